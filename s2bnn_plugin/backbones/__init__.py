@@ -1,0 +1,67 @@
+"""Binary backbones and their registry (timm-style: small factories, names that say what they build).
+
+Each factory has solo-learn's signature ``fn(method=None, **kwargs)`` and returns a module mapping
+(B, 3, H, W) to (B, num_features). Add a backbone: write its module here, then a factory decorated
+with :func:`register_backbone`; :mod:`s2bnn_plugin.solo` registers every entry with solo-learn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from s2bnn_plugin.backbones.base import BackboneConfig, BinaryBackbone
+from s2bnn_plugin.backbones.reactnet import ReActNetA
+from s2bnn_plugin.backbones.reactnet18 import ReActNet18
+
+__all__ = [
+    "BACKBONES",
+    "BackboneConfig",
+    "BinaryBackbone",
+    "ReActNet18",
+    "ReActNetA",
+    "create_backbone",
+    "list_backbones",
+    "reactnet18",
+    "reactnet_a",
+    "register_backbone",
+]
+
+BACKBONES: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_backbone(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Add a factory to :data:`BACKBONES` under its function name."""
+    if fn.__name__ in BACKBONES and BACKBONES[fn.__name__] is not fn:
+        raise ValueError(f"a backbone named {fn.__name__!r} is already registered")
+    BACKBONES[fn.__name__] = fn
+    return fn
+
+
+@register_backbone
+def reactnet_a(method: str | None = None, **kwargs: Any) -> ReActNetA:
+    """ReActNet-A, S2-BNN's student (1024-d features at width 1).
+
+    ``method`` is solo-learn's method name, accepted for its factory signature and unused.
+    Keyword arguments: see :class:`BackboneConfig`.
+    """
+    return ReActNetA(BackboneConfig.from_kwargs("reactnet_a", kwargs))
+
+
+@register_backbone
+def reactnet18(method: str | None = None, **kwargs: Any) -> ReActNet18:
+    """A ResNet-18-layout BNN with ReActNet-style blocks (512-d features at width 1)."""
+    return ReActNet18(BackboneConfig.from_kwargs("reactnet18", kwargs))
+
+
+def list_backbones() -> list[str]:
+    return sorted(BACKBONES)
+
+
+def create_backbone(name: str, **kwargs: Any) -> nn.Module:
+    """Build a registered backbone by name."""
+    if name not in BACKBONES:
+        raise KeyError(f"unknown backbone {name!r}; available: {list_backbones()}")
+    return BACKBONES[name](**kwargs)

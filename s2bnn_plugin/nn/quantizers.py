@@ -1,0 +1,142 @@
+"""Binarisers as swappable objects, in the spirit of larq's quantizers.
+
+A layer holds an ``input_quantizer`` (applied to its activations) and a ``kernel_quantizer``
+(applied to its latent weights). Each is a small ``nn.Module`` whose forward is the binariser and
+whose backward is the straight-through estimator (STE) that makes the binariser trainable. ``None``
+stands for "keep real", which is how step 1 of S2-BNN's two-step recipe (binary activations, real
+weights) is a setting rather than a second model.
+
+Convention shared with the packed CPU kernels: ``sign(0) = +1``. ``torch.sign`` maps 0 to 0, which is
+not a binary value and could not be packed into a bit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+__all__ = [
+    "Quantizer",
+    "ApproxSign",
+    "SteSign",
+    "ScaledSign",
+    "QUANTIZERS",
+    "binary_sign",
+    "get_quantizer",
+    "is_binary",
+]
+
+
+def binary_sign(x: torch.Tensor) -> torch.Tensor:
+    """+1 where ``x >= 0``, -1 elsewhere (never 0), in ``x``'s dtype."""
+    return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+
+
+class _ApproxSignFn(torch.autograd.Function):
+    """sign forward; ReActNet's piecewise-polynomial derivative backward."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return binary_sign(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        # d/dx of the quadratic approximation: 2 + 2x on [-1, 0), 2 - 2x on [0, 1), 0 elsewhere.
+        slope = torch.where(x < 0, 2.0 + 2.0 * x, 2.0 - 2.0 * x)
+        slope = torch.where(x.abs() < 1.0, slope, torch.zeros_like(slope))
+        return grad * slope.to(grad.dtype)
+
+
+class _SteSignFn(torch.autograd.Function):
+    """sign forward; clipped identity backward (gradient passes where |x| <= 1)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return binary_sign(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        return grad * (x.abs() <= 1.0).to(grad.dtype)
+
+
+class Quantizer(nn.Module):
+    """Base class: a parameter-free binariser. ``binary`` says whether its output has 1 bit."""
+
+    binary: bool = True
+    name: str = ""
+
+    def extra_repr(self) -> str:
+        return ""
+
+
+class ApproxSign(Quantizer):
+    """Activation binariser of ReActNet / Bi-Real Net: sign with a polynomial STE (the default)."""
+
+    name = "approx_sign"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _ApproxSignFn.apply(x)
+
+
+class SteSign(Quantizer):
+    """Activation binariser with the classic clipped-identity STE (BinaryNet, XNOR-Net)."""
+
+    name = "ste_sign"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _SteSignFn.apply(x)
+
+
+class ScaledSign(Quantizer):
+    """Weight binariser: ``sign(w)`` times a per-output-channel scale ``mean(|w|)``.
+
+    The scale is detached (a constant for the gradient, as in ReActNet); the latent weights get the
+    clipped-identity gradient. The scale is what the packed kernels fold into their output
+    transform, so the binary part stays a pure popcount.
+    """
+
+    name = "scaled_sign"
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        scale = self.scale(w)
+        return scale * _SteSignFn.apply(w)
+
+    @staticmethod
+    def scale(w: torch.Tensor) -> torch.Tensor:
+        """Per-output-channel ``mean(|w|)``, shaped to broadcast against ``w``."""
+        dims = tuple(range(1, w.dim()))
+        return w.abs().mean(dim=dims, keepdim=True).detach()
+
+
+QUANTIZERS: dict[str, Callable[[], Quantizer]] = {
+    ApproxSign.name: ApproxSign,
+    SteSign.name: SteSign,
+    ScaledSign.name: ScaledSign,
+}
+
+
+def get_quantizer(spec: str | Quantizer | None) -> Quantizer | None:
+    """Turn a quantizer name, object or ``None`` (= keep real) into a fresh module."""
+    if spec is None or isinstance(spec, Quantizer):
+        return spec
+    if isinstance(spec, str):
+        key = spec.lower()
+        if key in ("none", "real", "identity"):
+            return None
+        if key not in QUANTIZERS:
+            raise ValueError(
+                f"unknown quantizer {spec!r}; choose one of {sorted(QUANTIZERS)} or None (real)"
+            )
+        return QUANTIZERS[key]()
+    raise TypeError(f"a quantizer is a name, a Quantizer or None, not {type(spec).__name__}")
+
+
+def is_binary(quantizer: Quantizer | None) -> bool:
+    """True when ``quantizer`` produces 1-bit values."""
+    return quantizer is not None and quantizer.binary

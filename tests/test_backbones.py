@@ -1,0 +1,121 @@
+import pytest
+import torch
+
+from s2bnn_plugin.backbones import BACKBONES, create_backbone, reactnet18, reactnet_a
+from s2bnn_plugin.nn import QuantConv2d, count_complexity
+
+NAMES = sorted(BACKBONES)
+
+
+def test_registry_has_both_backbones_and_no_resnet_prefix():
+    assert NAMES == ["reactnet18", "reactnet_a"]
+    # solo-learn special-cases names starting with "resnet"
+    assert not any(n.startswith("resnet") for n in NAMES)
+
+
+@pytest.mark.parametrize("name,dim", [("reactnet_a", 1024), ("reactnet18", 512)])
+@pytest.mark.parametrize("size,cifar", [(32, True), (32, False), (224, False)])
+def test_output_shape(name, dim, size, cifar):
+    model = create_backbone(name, cifar=cifar).eval()
+    assert model.num_features == dim
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, size, size))
+    assert out.shape == (2, dim)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("width_mult", [0.1, 0.3, 0.5, 1.37])
+def test_width_mult_and_odd_resolutions(name, width_mult):
+    model = create_backbone(name, cifar=True, width_mult=width_mult)
+    out = model(torch.randn(3, 3, 29, 35))
+    assert out.shape == (3, model.num_features)
+    base = create_backbone(name).num_features
+    assert model.num_features == pytest.approx(base * width_mult, rel=0.2, abs=8)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("binary_weights", [True, False])
+def test_binary_weights_setting(name, binary_weights):
+    model = create_backbone(name, binary_weights=binary_weights, cifar=True, width_mult=0.25)
+    convs = [m for m in model.modules() if isinstance(m, QuantConv2d)]
+    assert convs and all(c.binary_input for c in convs)
+    assert all(c.binary_kernel == binary_weights for c in convs)
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    assert all(c.weight.grad is not None for c in convs)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_step1_weights_load_into_step2(name):
+    step1 = create_backbone(name, binary_weights=False, cifar=True, width_mult=0.25)
+    step2 = create_backbone(name, binary_weights=True, cifar=True, width_mult=0.25)
+    result = step2.load_state_dict(step1.state_dict(), strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_channels_last_equivalence(name):
+    model = create_backbone(name, cifar=True, width_mult=0.25).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = model(x)
+        model_cl = model.to(memory_format=torch.channels_last)
+        out = model_cl(x.contiguous(memory_format=torch.channels_last))
+    assert torch.allclose(ref, out, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_parameter_order_is_deterministic(name):
+    a = create_backbone(name, width_mult=0.25)
+    b = create_backbone(name, width_mult=0.25)
+    assert [n for n, _ in a.named_parameters()] == [n for n, _ in b.named_parameters()]
+    assert [p.shape for p in a.parameters()] == [p.shape for p in b.parameters()]
+
+
+def test_solo_signature_method_positional_or_none():
+    assert reactnet_a("simclr", width_mult=0.25).num_features == 256
+    assert reactnet18(method=None, width_mult=0.25).num_features == 128
+
+
+def test_unknown_kwarg_names_accepted_ones():
+    with pytest.raises(TypeError, match=r"unknown keyword argument\(s\) \['widht_mult'\].*width_mult"):
+        reactnet_a(widht_mult=0.5)
+
+
+@pytest.mark.parametrize("bad", [0, -1.0])
+def test_width_mult_must_be_positive(bad):
+    with pytest.raises(ValueError, match="width_mult must be > 0"):
+        reactnet18(width_mult=bad)
+
+
+def test_bad_flag_and_ste_values():
+    with pytest.raises(TypeError, match="binary_weights must be true or false"):
+        reactnet_a(binary_weights="yes")
+    with pytest.raises(ValueError, match="activation_ste must be"):
+        reactnet_a(activation_ste="scaled_sign")
+    assert reactnet_a(activation_ste="ste_sign", width_mult=0.1) is not None
+
+
+@pytest.mark.parametrize("shape", [(3, 32, 32), (2, 1, 32, 32), (2, 4, 32, 32)])
+def test_input_must_be_4d_rgb(shape):
+    model = reactnet18(cifar=True, width_mult=0.1)
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        model(torch.randn(*shape))
+
+
+def test_reactnet_a_complexity_matches_paper():
+    c = count_complexity(reactnet_a(), num_classes=1000)
+    # Paper (ReActNet / S2-BNN): 0.12 x 10^8 FLOPs and 0.87 x 10^8 OPs, 29.3 M params with fc.
+    assert c.flops == 11_862_016  # 3x3x3x32 stem at 112x112 + the 1024x1000 classifier
+    assert round(c.flops / 1e8, 2) == 0.12
+    assert round(c.ops / 1e8, 2) == 0.87
+    assert round((c.params + 1024 * 1000 + 1000) / 1e6, 1) == 29.3
+    step1 = count_complexity(reactnet_a(binary_weights=False))
+    assert step1.bops == 0  # real weights: nothing is XNOR-popcount
+
+
+def test_reactnet18_complexity():
+    c = count_complexity(reactnet18(), num_classes=1000)
+    # 16 binary 3x3 convs at 56/28/14/7 px: 1.676 x 10^9 binary MACs (Bi-Real-18 reports 1.68).
+    assert c.bops == 1_676_279_808
+    assert round(c.ops / 1e8, 1) == 1.6
