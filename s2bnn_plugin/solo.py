@@ -35,7 +35,7 @@ INSTALL_HINT = (
     "solo-learn is not importable. PyPI's `solo-learn` is an unusable 2021 release; install the "
     "current code from its GitHub repository (vturrisi/solo-learn): clone it, run "
     "`pip install -e '.[solo]'` in this plugin for solo-learn's runtime needs, then put the "
-    "checkout on sys.path, e.g. `python -c \"import site; print(site.getsitepackages()[0])\"` and "
+    'checkout on sys.path, e.g. `python -c "import site; print(site.getsitepackages()[0])"` and '
     "write the checkout's absolute path into a file `solo_learn.pth` in that folder "
     "(or export PYTHONPATH=/path/to/solo-learn). See README.md, 'Install'."
 )

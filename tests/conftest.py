@@ -1,4 +1,7 @@
-"""Shared fixtures. Tests marked ``solo`` skip, saying how to install solo-learn, where it is absent."""
+"""Shared fixtures.
+
+Tests marked ``solo`` skip where solo-learn is absent, saying how to install it.
+"""
 
 from __future__ import annotations
 

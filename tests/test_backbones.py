@@ -78,7 +78,8 @@ def test_solo_signature_method_positional_or_none():
 
 
 def test_unknown_kwarg_names_accepted_ones():
-    with pytest.raises(TypeError, match=r"unknown keyword argument\(s\) \['widht_mult'\].*width_mult"):
+    expected = r"unknown keyword argument\(s\) \['widht_mult'\].*width_mult"
+    with pytest.raises(TypeError, match=expected):
         reactnet_a(widht_mult=0.5)
 
 

@@ -24,8 +24,9 @@ def test_rprelu_is_shift_prelu_shift():
 
 
 def test_quant_conv_is_conv_of_signs_times_scale_with_zero_padding():
-    conv = QuantConv2d(5, 4, 3, stride=2, padding=1, input_quantizer="ste_sign",
-                       kernel_quantizer="scaled_sign")
+    conv = QuantConv2d(
+        5, 4, 3, stride=2, padding=1, input_quantizer="ste_sign", kernel_quantizer="scaled_sign"
+    )
     x = torch.randn(2, 5, 7, 9)
     scale = conv.weight.abs().mean(dim=(1, 2, 3)).reshape(1, -1, 1, 1)
     ints = F.conv2d(binary_sign(x), binary_sign(conv.weight), stride=2, padding=1)

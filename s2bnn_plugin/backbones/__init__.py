@@ -1,4 +1,6 @@
-"""Binary backbones and their registry (timm-style: small factories, names that say what they build).
+"""Binary backbones and their registry.
+
+timm-style: small factories, names that say what they build.
 
 Each factory has solo-learn's signature ``fn(method=None, **kwargs)`` and returns a module mapping
 (B, 3, H, W) to (B, num_features). Add a backbone: write its module here, then a factory decorated

@@ -6,8 +6,8 @@ whose backward is the straight-through estimator (STE) that makes the binariser 
 stands for "keep real", which is how step 1 of S2-BNN's two-step recipe (binary activations, real
 weights) is a setting rather than a second model.
 
-Convention shared with the packed CPU kernels: ``sign(0) = +1``. ``torch.sign`` maps 0 to 0, which is
-not a binary value and could not be packed into a bit.
+Convention shared with the packed CPU kernels: ``sign(0) = +1``. ``torch.sign`` maps 0 to 0,
+which is not a binary value and could not be packed into a bit.
 """
 
 from __future__ import annotations
