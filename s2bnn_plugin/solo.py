@@ -74,7 +74,9 @@ def require_solo() -> Any:
 
 def _methods() -> dict[str, Any]:
     """The plugin's methods, imported lazily (they subclass solo-learn's classes)."""
-    return {}
+    from s2bnn_plugin.methods.s2bnn import S2BNN
+
+    return {"s2bnn": S2BNN}
 
 
 def _add(registry: dict[str, Any], name: str, obj: Any, kind: str) -> None:

@@ -1,0 +1,277 @@
+"""``method=s2bnn``: S2-BNN's guided distribution calibration as a solo-learn method.
+
+A frozen real-valued teacher predicts a distribution for each large crop; the binary student's
+distillation head learns to match it (:func:`distillation_loss`). Optionally any other solo-learn
+objective trains alongside: ``loss = class_loss + ssl_weight * ssl_loss + distill_weight *
+distill_loss`` (``class_loss`` trains solo-learn's online linear classifier on detached features).
+
+How the mixing works: ``S2BNN(cfg)`` returns an instance of a class built for
+``method_kwargs.ssl_method``, ``S2BNN[<objective>]``, whose bases are ``(S2BNN, <objective class>,
+_KeepBaseOutputs)``. The objective keeps all of its own machinery (momentum encoders, queues,
+prototypes, its hooks) and reads its own settings, ``method_kwargs.ssl_kwargs``, as if they were
+its ``method_kwargs``. ``_KeepBaseOutputs`` sits just above ``BaseMethod`` in the MRO and keeps the
+per-crop features and the classifier loss, so the objective's loss can be separated from it.
+
+The teacher is not a registered sub-module: it never reaches the optimiser, DDP's gradient
+synchronisation, or solo-learn's checkpoints; a resumed run loads it again from its path.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import omegaconf
+import torch
+from solo.methods.base import BaseMethod
+from solo.utils.misc import omegaconf_select
+from solo.utils.momentum import initialize_momentum_params
+
+from s2bnn_plugin.methods.distillation import (
+    DistillationHead,
+    calibration_stats,
+    distillation_loss,
+)
+from s2bnn_plugin.methods.ssl_defaults import ssl_defaults
+from s2bnn_plugin.teachers import FORMATS, OUTPUTS, load_teacher
+
+__all__ = ["S2BNN", "mixed_class", "objective_names"]
+
+NOT_OBJECTIVES = {"base", "linear", "s2bnn"}
+
+
+def objective_names() -> list[str]:
+    """Names that ``ssl_method`` accepts: ``none`` and every solo-learn objective registered."""
+    from solo.methods import METHODS
+
+    return ["none"] + sorted(set(METHODS) - NOT_OBJECTIVES)
+
+
+def _objective_class(name: str) -> type[BaseMethod] | None:
+    from solo.methods import METHODS
+
+    if name == "none":
+        return None
+    if name == "s2bnn":
+        raise ValueError(
+            "method_kwargs.ssl_method=s2bnn: s2bnn cannot be mixed with itself; choose 'none' "
+            "(distillation only) or another objective"
+        )
+    if name not in METHODS or name in NOT_OBJECTIVES:
+        raise ValueError(
+            f"unknown method_kwargs.ssl_method {name!r}; available: {objective_names()}"
+        )
+    return METHODS[name]
+
+
+class _KeepBaseOutputs(BaseMethod):
+    """Keeps ``BaseMethod.training_step``'s outputs (per-crop feats, classifier loss)."""
+
+    def training_step(self, batch: list[Any], batch_idx: int) -> dict[str, Any]:
+        outs = super().training_step(batch, batch_idx)
+        self._base_outs = outs
+        return outs
+
+
+class S2BNN(BaseMethod):
+    """Guided distribution calibration of a binary student by a frozen real teacher.
+
+    method_kwargs:
+        teacher.ckpt (str, required): the teacher checkpoint (formats: see s2bnn_plugin.teachers).
+        teacher.format (str): auto | solo | moco | torchvision. Default auto.
+        teacher.output (str): projector (the prediction, default) | backbone (features).
+        temperature (float): distillation temperature. Default 0.2 (the paper's).
+        distill_weight (float): weight of the distillation loss. Default 1.0.
+        head_hidden_dim (int): hidden size of the student's distillation head. Default 2048.
+        ssl_method (str): none (distillation only, the paper's best) or a solo-learn method name.
+        ssl_weight (float): weight of that objective's loss. Default 1.0.
+        ssl_kwargs (dict): the objective's own method_kwargs (defaults: solo-learn's CIFAR recipe).
+        student_init (str | None): a step-1 checkpoint whose weights initialise this student.
+    """
+
+    def __new__(cls, cfg: omegaconf.DictConfig, *args: Any, **kwargs: Any) -> S2BNN:
+        if cls is S2BNN:
+            cls = mixed_class(str(omegaconf_select(cfg, "method_kwargs.ssl_method", "none")))
+        return super().__new__(cls)
+
+    def __init__(self, cfg: omegaconf.DictConfig) -> None:
+        cfg = S2BNN.add_and_assert_specific_cfg(cfg)
+        own = cfg.method_kwargs
+        # The objective sees its own settings as its method_kwargs while it is built, and fills
+        # its defaults there; they are written back under ssl_kwargs (so args.json records them).
+        cfg.method_kwargs = own.ssl_kwargs
+        try:
+            super().__init__(cfg)
+            filled = cfg.method_kwargs
+        finally:
+            cfg.method_kwargs = own
+        cfg.method_kwargs.ssl_kwargs = filled
+        mk = cfg.method_kwargs
+
+        self.temperature: float = float(mk.temperature)
+        self.distill_weight: float = float(mk.distill_weight)
+        self.ssl_method: str = str(mk.ssl_method)
+        self.ssl_weight: float = float(mk.ssl_weight) if self.ssl_method != "none" else 0.0
+
+        teacher = load_teacher(mk.teacher.ckpt, mk.teacher.format, mk.teacher.output)
+        crop = _crop_size(cfg)
+        teacher_dim = teacher.output_dim(crop)
+        # not a registered sub-module: see the module docstring
+        object.__setattr__(self, "teacher", teacher)
+        self.distill_head = DistillationHead(self.features_dim, mk.head_hidden_dim, teacher_dim)
+        self._base_outs: dict[str, Any] | None = None
+
+        if mk.student_init:
+            self._load_student_init(Path(mk.student_init))
+
+    @staticmethod
+    def add_and_assert_specific_cfg(cfg: omegaconf.DictConfig) -> omegaconf.DictConfig:
+        """Fill s2bnn's defaults and check its settings, before any weights are loaded.
+
+        (A mixed class replaces this static method by its objective's own chain, which
+        ``BaseMethod.__init__`` calls on the objective's view of the config.)
+        """
+        cfg.method_kwargs = omegaconf_select(cfg, "method_kwargs", {})
+        mk = cfg.method_kwargs
+        mk.teacher = omegaconf_select(cfg, "method_kwargs.teacher", {})
+        ckpt = omegaconf_select(cfg, "method_kwargs.teacher.ckpt", None)
+        if not ckpt:
+            raise ValueError(
+                "method=s2bnn needs a teacher: set method_kwargs.teacher.ckpt to a real-valued "
+                "self-supervised checkpoint (solo-learn .ckpt with args.json, MoCo v2 .pth.tar, or "
+                "a torchvision ResNet state dict)"
+            )
+        if not Path(str(ckpt)).expanduser().is_file():
+            raise FileNotFoundError(
+                f"method_kwargs.teacher.ckpt={ckpt} is not a file; give the path of the teacher "
+                "checkpoint (relative paths are relative to the directory you launch from)"
+            )
+        mk.teacher.format = omegaconf_select(cfg, "method_kwargs.teacher.format", "auto")
+        mk.teacher.output = omegaconf_select(cfg, "method_kwargs.teacher.output", "projector")
+        if mk.teacher.format not in FORMATS:
+            raise ValueError(f"method_kwargs.teacher.format must be one of {list(FORMATS)}")
+        if mk.teacher.output not in OUTPUTS:
+            raise ValueError(f"method_kwargs.teacher.output must be one of {list(OUTPUTS)}")
+        mk.temperature = omegaconf_select(cfg, "method_kwargs.temperature", 0.2)
+        mk.distill_weight = omegaconf_select(cfg, "method_kwargs.distill_weight", 1.0)
+        mk.head_hidden_dim = omegaconf_select(cfg, "method_kwargs.head_hidden_dim", 2048)
+        mk.ssl_method = str(omegaconf_select(cfg, "method_kwargs.ssl_method", "none")).lower()
+        mk.ssl_weight = omegaconf_select(cfg, "method_kwargs.ssl_weight", 1.0)
+        mk.student_init = omegaconf_select(cfg, "method_kwargs.student_init", None)
+        if not float(mk.temperature) > 0:
+            raise ValueError(f"method_kwargs.temperature must be > 0, got {mk.temperature}")
+        if mk.student_init and not Path(str(mk.student_init)).expanduser().is_file():
+            raise FileNotFoundError(
+                f"method_kwargs.student_init={mk.student_init} is not a file; give the step-1 "
+                "checkpoint (a .ckpt written by solo-learn) or null"
+            )
+
+        _objective_class(mk.ssl_method)  # unknown names fail here, listing the available ones
+        kwargs, momentum = ssl_defaults(mk.ssl_method)
+        user = omegaconf_select(cfg, "method_kwargs.ssl_kwargs", {}) or {}
+        mk.ssl_kwargs = omegaconf.OmegaConf.merge(kwargs, user)
+        if momentum:
+            cfg.momentum = omegaconf_select(cfg, "momentum", {}) or {}
+            for key, value in momentum.items():
+                cfg.momentum[key] = omegaconf_select(cfg, f"momentum.{key}", value)
+        return cfg
+
+    @property
+    def learnable_params(self) -> list[dict[str, Any]]:
+        return super().learnable_params + [
+            {"name": "distill_head", "params": self.distill_head.parameters()}
+        ]
+
+    def _apply(self, fn: Any, recurse: bool = True) -> S2BNN:
+        """Device, dtype and memory-format moves reach the unregistered teacher too, so it runs
+        where the student runs and under the trainer's precision."""
+        super()._apply(fn, recurse)
+        self.teacher._apply(fn)
+        return self
+
+    def training_step(self, batch: list[Any], batch_idx: int) -> torch.Tensor:
+        out = super().training_step(batch, batch_idx)
+        base = self._base_outs
+        self._base_outs = None
+        class_loss = base["loss"]  # online classifier (and momentum classifier, if any)
+        total = out["loss"] if isinstance(out, dict) else out
+        ssl_loss = total - class_loss if self.ssl_method != "none" else torch.zeros_like(total)
+
+        _, crops, _ = batch
+        crops = [crops] if isinstance(crops, torch.Tensor) else crops
+        distill = []
+        stats = []
+        for x, feats in zip(crops[: self.num_large_crops], base["feats"]):
+            if not self.no_channel_last:
+                x = x.to(memory_format=torch.channels_last)
+            target = self.teacher(x)
+            prediction = self.distill_head(feats)
+            distill.append(distillation_loss(prediction, target, self.temperature))
+            stats.append(calibration_stats(prediction, target, self.temperature))
+        distill_loss = sum(distill) / len(distill)
+        loss = class_loss + self.ssl_weight * ssl_loss + self.distill_weight * distill_loss
+
+        n = len(stats)
+        self.log_dict(
+            {
+                "train_distill_loss": distill_loss,
+                "train_ssl_loss": ssl_loss,
+                "train_teacher_student_agreement": sum(s.agreement for s in stats) / n,
+                "train_teacher_entropy": sum(s.teacher_entropy for s in stats) / n,
+                "train_student_entropy": sum(s.student_entropy for s in stats) / n,
+            },
+            on_epoch=True,
+            sync_dist=True,
+        )
+        return loss
+
+    def _load_student_init(self, path: Path) -> None:
+        """Initialise from a step-1 checkpoint: the backbone must fit exactly."""
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+        state = obj.get("state_dict", obj) if isinstance(obj, dict) else {}
+        own = self.state_dict()
+        backbone_keys = [k for k in own if k.startswith("backbone.")]
+        missing = [k for k in backbone_keys if k not in state]
+        wrong = [
+            f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+            for k in own
+            if k in state and state[k].shape != own[k].shape
+        ]
+        if missing or wrong:
+            raise ValueError(
+                f"student_init {path} does not fit the student ({self.backbone_name} with "
+                f"{dict(self.backbone_args)}): missing {missing[:4]}, shape mismatch {wrong[:4]}. "
+                "Use the step-1 checkpoint of the same backbone.name and backbone.kwargs "
+                "(only binary_weights may differ)."
+            )
+        loadable = {k: v for k, v in state.items() if k in own}
+        self.load_state_dict(loadable, strict=False)
+        for online, momentum in getattr(self, "momentum_pairs", []):
+            initialize_momentum_params(online, momentum)
+
+
+def _crop_size(cfg: omegaconf.DictConfig) -> int:
+    augmentations = omegaconf_select(cfg, "augmentations", None)
+    if augmentations:
+        return int(augmentations[0].get("crop_size", 224))
+    return 224
+
+
+@functools.cache
+def mixed_class(ssl_method: str) -> type[S2BNN]:
+    """The class S2BNN instantiates for ``ssl_method`` (cached, one per objective)."""
+    objective = _objective_class(ssl_method)
+    bases = (S2BNN, _KeepBaseOutputs) if objective is None else (S2BNN, objective, _KeepBaseOutputs)
+    chain = (objective or BaseMethod).add_and_assert_specific_cfg
+    name = f"S2BNN[{ssl_method}]"
+    return type(
+        name,
+        bases,
+        {
+            "add_and_assert_specific_cfg": staticmethod(chain),
+            "__module__": __name__,
+            "__qualname__": name,
+            "__doc__": S2BNN.__doc__,
+        },
+    )

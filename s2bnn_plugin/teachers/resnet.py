@@ -1,0 +1,87 @@
+"""Teachers stored as torchvision ResNet weights: MoCo v2 checkpoints and plain state dicts.
+
+The architecture is read off the weights (block type, blocks per stage, width, stem, head), so any
+torchvision-layout ResNet (18 to 152, wide variants, a 3x3 CIFAR stem, a Linear or MLP ``fc``)
+loads without naming it.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from torch import nn
+from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+
+from s2bnn_plugin.teachers.base import Teacher, TeacherError
+
+__all__ = ["MOCO_PREFIX", "build_resnet", "looks_like_resnet", "resnet_teacher", "strip_prefix"]
+
+MOCO_PREFIX = "module.encoder_q."
+
+
+def strip_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def looks_like_resnet(state: dict[str, torch.Tensor]) -> bool:
+    return "conv1.weight" in state and "layer1.0.conv1.weight" in state
+
+
+def _head(state: dict[str, torch.Tensor]) -> nn.Module | None:
+    """The ``fc`` as stored: a Linear, or an MLP of Linears and ReLUs (MoCo v2's 2048-2048-128)."""
+    if "fc.weight" in state:
+        w = state["fc.weight"]
+        return nn.Linear(w.shape[1], w.shape[0], bias="fc.bias" in state)
+    indices = sorted({int(m.group(1)) for k in state if (m := re.match(r"fc\.(\d+)\.weight", k))})
+    if not indices:
+        return None
+    layers: list[nn.Module] = []
+    for pos in range(indices[-1] + 1):
+        key = f"fc.{pos}.weight"
+        if key in state:
+            w = state[key]
+            if w.dim() != 2:
+                raise TeacherError(f"unsupported teacher head: {key} has shape {tuple(w.shape)}")
+            layers.append(nn.Linear(w.shape[1], w.shape[0], bias=f"fc.{pos}.bias" in state))
+        else:
+            layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
+def build_resnet(state: dict[str, torch.Tensor]) -> ResNet:
+    """A torchvision ResNet shaped like ``state`` (weights not loaded), ``fc`` as stored."""
+    bottleneck = "layer1.0.conv3.weight" in state
+    layers = []
+    for stage in range(1, 5):
+        blocks = {int(m.group(1)) for k in state if (m := re.match(rf"layer{stage}\.(\d+)\.", k))}
+        if not blocks:
+            raise TeacherError(f"ResNet weights without layer{stage}: not a torchvision ResNet")
+        layers.append(max(blocks) + 1)
+    stem = state["conv1.weight"]
+    inplanes = stem.shape[0]
+    width = state["layer1.0.conv1.weight"].shape[0]
+    width_per_group = width * 64 // inplanes if bottleneck else 64
+    model = ResNet(
+        Bottleneck if bottleneck else BasicBlock, layers, width_per_group=width_per_group
+    )
+    if stem.shape[-1] == 3:  # CIFAR stem (solo-learn's): 3x3 conv, no max-pool
+        model.conv1 = nn.Conv2d(3, inplanes, 3, stride=1, padding=stem.shape[-1] // 2, bias=False)
+        model.maxpool = nn.Identity()
+    head = _head(state)
+    model.fc = head if head is not None else nn.Identity()
+    return model
+
+
+def resnet_teacher(state: dict[str, torch.Tensor], output: str, source: str) -> Teacher:
+    """Build, load (strictly: every key must match) and wrap a ResNet teacher."""
+    model = build_resnet(state)
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise TeacherError(
+            f"{source}: the weights do not fit a torchvision ResNet (missing "
+            f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]})"
+        )
+    head = None if isinstance(model.fc, nn.Identity) else model.fc
+    model.fc = nn.Identity()
+    return Teacher(model, head, output=output, source=source)

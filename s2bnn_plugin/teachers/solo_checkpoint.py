@@ -1,0 +1,66 @@
+"""Teachers trained by any solo-learn method: a ``.ckpt`` with the run's ``args.json`` beside it.
+
+The run's method is rebuilt from ``args.json`` (so any solo-learn method, and any plugin's, can
+teach); its forward's ``z`` (projector output) or ``feats`` (backbone features) is the prediction.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from s2bnn_plugin.teachers.base import Teacher, TeacherError
+
+__all__ = ["find_args_json", "solo_teacher"]
+
+
+def find_args_json(ckpt: Path) -> Path | None:
+    candidate = ckpt.parent / "args.json"
+    return candidate if candidate.is_file() else None
+
+
+def solo_teacher(state: dict[str, torch.Tensor], ckpt: Path, output: str) -> Teacher:
+    """Rebuild the solo-learn method of ``ckpt`` and wrap it as a teacher."""
+    from omegaconf import OmegaConf
+
+    from s2bnn_plugin.solo import register, require_solo
+
+    methods = require_solo()
+    register()
+    args_path = find_args_json(ckpt)
+    if args_path is None:
+        raise TeacherError(
+            f"{ckpt}: a solo-learn checkpoint needs the run's args.json beside it (solo-learn "
+            "writes it next to the .ckpt); copy it there"
+        )
+    raw = json.loads(args_path.read_text())
+    cfg = OmegaConf.create(raw)
+    OmegaConf.set_struct(cfg, False)
+    name = cfg.get("method")
+    if name not in methods.METHODS:
+        raise TeacherError(
+            f"{ckpt}: args.json names method {name!r}, unknown to solo-learn here "
+            f"(available: {sorted(methods.METHODS)})"
+        )
+    method = methods.METHODS[name](cfg)
+    result = method.load_state_dict(state, strict=False)
+    wanted = [k for k in result.missing_keys if k.startswith(("backbone.", "projector."))]
+    if wanted or result.unexpected_keys:
+        raise TeacherError(
+            f"{ckpt}: its weights do not fit the {name} model its args.json describes "
+            f"(missing {wanted[:5]}, unexpected {result.unexpected_keys[:5]})"
+        )
+    key = "z" if output == "projector" else "feats"
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        out = method(x)
+        if key not in out:
+            raise TeacherError(
+                f"the {name} teacher's forward returns {sorted(out)}, without {key!r}; "
+                "set teacher.output=backbone"
+            )
+        return out[key]
+
+    return Teacher(method, None, output=output, source=str(ckpt), forward_fn=forward)
