@@ -92,7 +92,8 @@ class S2BNN(BaseMethod):
 
     def __new__(cls, cfg: omegaconf.DictConfig, *args: Any, **kwargs: Any) -> S2BNN:
         if cls is S2BNN:
-            cls = mixed_class(str(omegaconf_select(cfg, "method_kwargs.ssl_method", "none")))
+            ssl_method = str(omegaconf_select(cfg, "method_kwargs.ssl_method", "none")).lower()
+            cls = mixed_class(ssl_method)
         return super().__new__(cls)
 
     def __init__(self, cfg: omegaconf.DictConfig) -> None:
@@ -109,7 +110,8 @@ class S2BNN(BaseMethod):
         cfg.method_kwargs.ssl_kwargs = filled
         mk = cfg.method_kwargs
 
-        self.temperature: float = float(mk.temperature)
+        # not ``self.temperature``: SimCLR, MoCo, SwAV, NNCLR, ... keep their own under that name
+        self.distill_temperature: float = float(mk.temperature)
         self.distill_weight: float = float(mk.distill_weight)
         self.ssl_method: str = str(mk.ssl_method)
         self.ssl_weight: float = float(mk.ssl_weight) if self.ssl_method != "none" else 0.0
@@ -207,8 +209,8 @@ class S2BNN(BaseMethod):
                 x = x.to(memory_format=torch.channels_last)
             target = self.teacher(x)
             prediction = self.distill_head(feats)
-            distill.append(distillation_loss(prediction, target, self.temperature))
-            stats.append(calibration_stats(prediction, target, self.temperature))
+            distill.append(distillation_loss(prediction, target, self.distill_temperature))
+            stats.append(calibration_stats(prediction, target, self.distill_temperature))
         distill_loss = sum(distill) / len(distill)
         loss = class_loss + self.ssl_weight * ssl_loss + self.distill_weight * distill_loss
 

@@ -25,6 +25,16 @@ __all__ = ["FORMATS", "OUTPUTS", "Teacher", "TeacherError", "detect_format", "lo
 FORMATS = ("auto", "solo", "moco", "torchvision")
 
 
+def _reason(exc: Exception) -> str:
+    """The informative line of torch.load's error (for weights-only refusals, the line naming
+    the class it would not unpickle; torch's first line is generic advice)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for line in lines:
+        if "WeightsUnpickler error" in line:
+            return line.split(" Please use")[0]
+    return lines[0][:200] if lines else "no details"
+
+
 def _read(path: Path) -> dict:
     if not path.exists():
         raise FileNotFoundError(
@@ -36,8 +46,9 @@ def _read(path: Path) -> dict:
     except Exception as exc:  # torch raises several types for unreadable files
         raise TeacherError(
             f"cannot read teacher checkpoint {path} as a weights-only torch file "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); teachers must be plain "
-            "tensors/dicts (no pickled objects)"
+            f"({type(exc).__name__}: {_reason(exc)}); teachers must be plain "
+            "tensors/dicts (no pickled objects): re-save the weights with "
+            "torch.save(model.state_dict(), path)"
         ) from exc
     if not isinstance(obj, dict):
         raise TeacherError(f"{path} holds a {type(obj).__name__}, not a state dict")

@@ -1,0 +1,155 @@
+"""S2-BNN's guided distribution calibration loss, checked against hand computations."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from s2bnn_plugin.methods.distillation import (
+    DistillationHead,
+    calibration_stats,
+    distillation_loss,
+)
+
+STUDENT = [[1.0, 2.0, 0.0], [0.0, -1.0, 3.0]]
+TEACHER = [[2.0, 0.0, 1.0], [1.0, 1.0, 1.0]]
+
+
+def _log_softmax_by_hand(row: list[float], temperature: float) -> list[float]:
+    """log softmax(x / ||x|| / T), written out with plain floats."""
+    norm = math.sqrt(sum(v * v for v in row))
+    logits = [v / norm / temperature for v in row]
+    log_z = math.log(sum(math.exp(v) for v in logits))
+    return [v - log_z for v in logits]
+
+
+def _loss_by_hand(student, teacher, temperature):
+    total = 0.0
+    for s, t in zip(student, teacher):
+        ls = _log_softmax_by_hand(s, temperature)
+        pt = [math.exp(v) for v in _log_softmax_by_hand(t, temperature)]
+        total += -sum(p * q for p, q in zip(pt, ls))
+    return total / len(student)
+
+
+def _entropy_by_hand(rows, temperature):
+    total = 0.0
+    for row in rows:
+        lp = _log_softmax_by_hand(row, temperature)
+        total += -sum(math.exp(v) * v for v in lp)
+    return total / len(rows)
+
+
+@pytest.mark.parametrize("temperature", [0.2, 1.0, 0.05])
+def test_loss_matches_hand_computation(temperature):
+    loss = distillation_loss(torch.tensor(STUDENT), torch.tensor(TEACHER), temperature)
+    assert loss.dim() == 0
+    assert loss.item() == pytest.approx(_loss_by_hand(STUDENT, TEACHER, temperature), rel=1e-5)
+
+
+def test_default_temperature_is_the_papers():
+    s, t = torch.tensor(STUDENT), torch.tensor(TEACHER)
+    assert distillation_loss(s, t).item() == pytest.approx(_loss_by_hand(STUDENT, TEACHER, 0.2))
+
+
+def test_loss_ignores_the_vectors_norms():
+    s, t = torch.tensor(STUDENT), torch.tensor(TEACHER)
+    scaled = distillation_loss(s * torch.tensor([[3.0], [0.1]]), t * 7.0)
+    assert scaled.item() == pytest.approx(distillation_loss(s, t).item(), rel=1e-5)
+
+
+def test_loss_is_kl_plus_teacher_entropy():
+    torch.manual_seed(1)
+    s, t = torch.randn(16, 32, dtype=torch.float64), torch.randn(16, 32, dtype=torch.float64)
+    T = 0.2
+    ls = F.log_softmax(F.normalize(s, dim=1) / T, dim=1)
+    lt = F.log_softmax(F.normalize(t, dim=1) / T, dim=1)
+    kl = F.kl_div(ls, lt, log_target=True, reduction="batchmean")  # KL(teacher || student)
+    entropy = -(lt.exp() * lt).sum(1).mean()
+    assert distillation_loss(s, t, T).item() == pytest.approx((kl + entropy).item(), rel=1e-5)
+    # the minimum (student == teacher) is the teacher's entropy: KL is 0 there
+    assert distillation_loss(t, t, T).item() == pytest.approx(entropy.item(), rel=1e-5)
+    assert distillation_loss(s, t, T).item() > distillation_loss(t, t, T).item()
+
+
+def test_gradient_reaches_the_student_only():
+    student = torch.tensor(STUDENT, requires_grad=True)
+    teacher = torch.tensor(TEACHER, requires_grad=True)
+    distillation_loss(student, teacher).backward()
+    assert student.grad is not None and student.grad.abs().sum() > 0
+    assert teacher.grad is None
+
+
+def test_gradient_matches_finite_differences():
+    torch.manual_seed(2)
+    s = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(3, 5, dtype=torch.float64)
+    # the loss normalises in float32: check in float32 tolerance
+    assert torch.autograd.gradcheck(
+        lambda x: distillation_loss(x, t).double(), (s,), eps=1e-3, atol=1e-3, rtol=1e-2
+    )
+
+
+def test_half_precision_inputs_give_float32_loss():
+    s, t = torch.tensor(STUDENT).half(), torch.tensor(TEACHER).bfloat16()
+    loss = distillation_loss(s, t)
+    assert loss.dtype == torch.float32
+    assert loss.item() == pytest.approx(_loss_by_hand(STUDENT, TEACHER, 0.2), rel=1e-2)
+
+
+def test_shape_mismatch_is_refused():
+    with pytest.raises(ValueError, match=r"\(2, 3\).*\(2, 4\).*same shape"):
+        distillation_loss(torch.zeros(2, 3), torch.zeros(2, 4))
+    with pytest.raises(ValueError, match="same shape"):
+        distillation_loss(torch.zeros(2, 3), torch.zeros(3, 3))
+
+
+def test_calibration_stats_by_hand():
+    # rows 0 and 2 agree on the top-1 entry, row 1 does not
+    student = torch.tensor([[5.0, 1.0, 0.0], [0.0, 4.0, 1.0], [0.0, 0.0, 1.0]])
+    teacher = torch.tensor([[3.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 2.0]])
+    stats = calibration_stats(student, teacher, 0.2)
+    assert stats.agreement.item() == pytest.approx(2 / 3)
+    assert stats.teacher_entropy.item() == pytest.approx(
+        _entropy_by_hand(teacher.tolist(), 0.2), rel=1e-5
+    )
+    assert stats.student_entropy.item() == pytest.approx(
+        _entropy_by_hand(student.tolist(), 0.2), rel=1e-5
+    )
+
+
+def test_calibration_stats_extremes():
+    x = torch.randn(8, 10)
+    same = calibration_stats(x, x * 2.0)
+    assert same.agreement.item() == 1.0
+    assert same.teacher_entropy.item() == pytest.approx(same.student_entropy.item(), rel=1e-5)
+    # a constant vector gives the uniform distribution: entropy log(D), the maximum
+    uniform = calibration_stats(torch.ones(4, 10), torch.ones(4, 10))
+    assert uniform.teacher_entropy.item() == pytest.approx(math.log(10), rel=1e-5)
+    # a large temperature flattens any distribution towards uniform; a small one sharpens it
+    hot = calibration_stats(x, x, temperature=100.0)
+    cold = calibration_stats(x, x, temperature=0.01)
+    assert hot.student_entropy.item() == pytest.approx(math.log(10), rel=1e-3)
+    assert cold.student_entropy.item() < same.student_entropy.item() < math.log(10)
+    # opposite vectors never agree
+    assert calibration_stats(x, -x).agreement.item() == 0.0
+
+
+def test_calibration_stats_carry_no_gradient():
+    s = torch.randn(4, 6, requires_grad=True)
+    stats = calibration_stats(s, torch.randn(4, 6))
+    for value in (stats.agreement, stats.teacher_entropy, stats.student_entropy):
+        assert not value.requires_grad
+
+
+def test_distillation_head_shapes_and_training():
+    head = DistillationHead(in_dim=12, hidden_dim=7, out_dim=5)
+    assert [type(m).__name__ for m in head] == ["Linear", "BatchNorm1d", "ReLU", "Linear"]
+    assert head[0].weight.shape == (7, 12) and head[-1].weight.shape == (5, 7)
+    out = head(torch.randn(4, 12))
+    assert out.shape == (4, 5)
+    distillation_loss(out, torch.randn(4, 5)).backward()
+    assert all(p.grad is not None for p in head.parameters())

@@ -1,0 +1,408 @@
+"""``method=s2bnn`` in-process: the frozen teacher, the loss mix, bad input, two-step init."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models.resnet import BasicBlock, ResNet
+
+from s2bnn_plugin.methods.distillation import calibration_stats, distillation_loss
+
+pytestmark = pytest.mark.solo
+
+SMALL = {"cifar": True, "width_mult": 0.125}
+SSL_KWARGS = {
+    "proj_hidden_dim": 32,
+    "proj_output_dim": 16,
+    "pred_hidden_dim": 32,
+    "queue_size": 64,
+    "temperature": 0.5,  # differs from the distillation temperature on purpose
+}
+TEACHER_DIM = 16
+LOGGED = (
+    "train_distill_loss",
+    "train_ssl_loss",
+    "train_teacher_student_agreement",
+    "train_teacher_entropy",
+    "train_student_entropy",
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one intra-op thread is faster and immune to OpenMP spin-waiting on a busy
+    2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def methods():
+    from s2bnn_plugin.solo import register
+
+    register()
+    import solo.methods
+
+    return solo.methods.METHODS
+
+
+@pytest.fixture(scope="module")
+def teacher_ckpt(tmp_path_factory):
+    """A small MoCo v2-style teacher: ResNet (one block per stage), fc = MLP 512-32-16."""
+    torch.manual_seed(0)
+    model = ResNet(BasicBlock, [1, 1, 1, 1])
+    model.fc = nn.Sequential(nn.Linear(512, 32), nn.ReLU(), nn.Linear(32, TEACHER_DIM))
+    path = tmp_path_factory.mktemp("teacher") / "moco.pth.tar"
+    state = {f"module.encoder_q.{k}": v for k, v in model.state_dict().items()}
+    state["module.queue"] = torch.randn(TEACHER_DIM, 64)
+    torch.save({"state_dict": state}, path)
+    return path
+
+
+def s2bnn_cfg(ckpt, ssl_method="none", backbone_kwargs=None, **method_kwargs):
+    from solo_utils import base_cfg
+
+    mk = {
+        "teacher": {"ckpt": str(ckpt)},
+        "ssl_method": ssl_method,
+        "head_hidden_dim": 32,
+        "ssl_kwargs": dict(SSL_KWARGS),
+        **method_kwargs,
+    }
+    return base_cfg("s2bnn", "reactnet18", backbone_kwargs or SMALL, mk)
+
+
+def make(methods, ckpt, ssl_method="none", backbone_kwargs=None, **method_kwargs):
+    cfg = s2bnn_cfg(ckpt, ssl_method, backbone_kwargs, **method_kwargs)
+    return methods["s2bnn"](cfg), cfg
+
+
+def a_batch(n=4, size=32):
+    g = torch.Generator().manual_seed(1)
+    crops = [torch.randn(n, 3, size, size, generator=g) for _ in range(2)]
+    return torch.arange(n), crops, torch.randint(0, 5, (n,), generator=g)
+
+
+def capture_logs(model, monkeypatch) -> dict:
+    logged: dict = {}
+    monkeypatch.setattr(model, "log_dict", lambda d, **_: logged.update(d))
+    monkeypatch.setattr(model, "log", lambda k, v, **_: logged.__setitem__(k, v))
+    return logged
+
+
+# ---------------------------------------------------------------------------------------------
+# (a) the teacher: frozen, outside the optimiser and the checkpoints
+
+
+def test_teacher_is_frozen_and_outside_optimiser_and_state_dict(methods, teacher_ckpt):
+    model, _ = make(methods, teacher_ckpt, "simclr")
+    assert type(model).__name__ == "S2BNN[simclr]"
+    teacher_params = list(model.teacher.parameters())
+    assert teacher_params and not any(p.requires_grad for p in teacher_params)
+    assert not model.teacher.training
+    model.train()
+    assert not any(m.training for m in model.teacher.modules())
+
+    ids = {id(p) for p in teacher_params}
+    assert not ids & {id(p) for p in model.parameters()}
+    assert not any(m is model.teacher for m in model.modules())
+    assert not any(k.startswith("teacher") for k in model.state_dict())
+
+    groups = model.learnable_params
+    assert "distill_head" in [g["name"] for g in groups]
+    optimizer = model.configure_optimizers()
+    optimizer = optimizer[0][0] if isinstance(optimizer, tuple) else optimizer
+    in_optimizer = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    assert not ids & in_optimizer
+    for name in ("backbone", "distill_head", "projector", "classifier"):
+        assert {id(p) for p in getattr(model, name).parameters()} <= in_optimizer, name
+
+
+def test_checkpoint_has_no_teacher_weights_and_reloads_strictly(methods, teacher_ckpt, tmp_path):
+    from solo_utils import fit
+
+    model, cfg = make(methods, teacher_ckpt, "none")
+    teacher_state = {k: v.clone() for k, v in model.teacher.state_dict().items()}
+    trainer = fit(model, cfg, steps=2)
+    assert trainer.global_step == 2
+    # two training steps leave the teacher as loaded (BatchNorm statistics included)
+    for k, v in model.teacher.state_dict().items():
+        assert torch.equal(v, teacher_state[k]), k
+    assert not model.teacher.training
+
+    path = tmp_path / "s2bnn.ckpt"
+    trainer.save_checkpoint(path)
+    state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    assert not any("teacher" in k or "encoder_q" in k for k in state)
+    assert {k.split(".")[0] for k in state} == {"backbone", "classifier", "distill_head"}
+    fresh, _ = make(methods, teacher_ckpt, "none")
+    fresh.load_state_dict(state, strict=True)  # a resumed run: no teacher keys missing
+
+
+# ---------------------------------------------------------------------------------------------
+# (b) gradients reach the student only
+
+
+@pytest.mark.parametrize("ssl_method", ["none", "simclr", "byol"])
+def test_gradients_reach_the_student_only(methods, teacher_ckpt, ssl_method, monkeypatch):
+    model, _ = make(methods, teacher_ckpt, ssl_method)
+    capture_logs(model, monkeypatch)
+    model.train()
+    loss = model.training_step(a_batch(), 0)
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    loss.backward()
+    for name in ("backbone", "distill_head", "classifier"):
+        for pname, p in getattr(model, name).named_parameters():
+            assert p.grad is not None, f"{name}.{pname} got no gradient"
+    assert any(p.grad.abs().sum() > 0 for p in model.backbone.parameters())
+    assert any(p.grad.abs().sum() > 0 for p in model.distill_head.parameters())
+    assert all(p.grad is None for p in model.teacher.parameters())
+    if ssl_method == "byol":
+        assert all(p.grad is None for p in model.momentum_backbone.parameters())
+
+
+def test_distillation_alone_trains_backbone_and_head_not_classifier_weights(
+    methods, teacher_ckpt, monkeypatch
+):
+    """With the classifier's loss removed, the distillation loss's gradient flows to the
+    backbone and distillation head only (the classifier sees detached features)."""
+    model, _ = make(methods, teacher_ckpt, "none")
+    logs = capture_logs(model, monkeypatch)
+    model.train()
+    loss = model.training_step(a_batch(), 0)
+    (loss - logs["train_class_loss"]).backward()
+    assert all(p.grad is None or not p.grad.any() for p in model.classifier.parameters())
+    assert any(p.grad is not None and p.grad.any() for p in model.backbone.parameters())
+
+
+# ---------------------------------------------------------------------------------------------
+# (c) the mix
+
+
+@pytest.mark.parametrize("ssl_method", ["none", "simclr", "mocov2plus", "byol"])
+def test_mix_trains_through_lightning_and_logs(methods, teacher_ckpt, ssl_method):
+    from solo_utils import fit
+
+    model, cfg = make(methods, teacher_ckpt, ssl_method)
+    before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    trainer = fit(model, cfg, steps=2)
+    assert trainer.global_step == 2
+    metrics = trainer.callback_metrics
+    for key in LOGGED + ("train_class_loss",):
+        assert key in metrics, f"{key} not logged (got {sorted(metrics)})"
+        assert torch.isfinite(metrics[key]), key
+    if ssl_method == "none":
+        assert metrics["train_ssl_loss"].item() == 0.0
+    else:
+        assert metrics["train_ssl_loss"].item() > 0.0
+    assert 0.0 <= metrics["train_teacher_student_agreement"].item() <= 1.0
+    assert 0.0 < metrics["train_teacher_entropy"].item() <= torch.log(torch.tensor(16.0)) + 1e-4
+    assert metrics["train_distill_loss"].item() >= metrics["train_teacher_entropy"].item() - 1e-4
+    after = model.backbone.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before), "backbone did not train"
+    if ssl_method in ("mocov2plus", "byol"):  # the objective's own machinery runs
+        assert hasattr(model, "momentum_backbone")
+    if ssl_method == "mocov2plus":
+        assert model.queue.shape[-1] == SSL_KWARGS["queue_size"]
+
+
+@pytest.mark.parametrize("ssl_method", ["none", "simclr"])
+def test_total_loss_is_the_weighted_sum_computed_by_hand(
+    methods, teacher_ckpt, ssl_method, monkeypatch
+):
+    """loss = class_loss + ssl_weight * ssl_loss + distill_weight * distill_loss, each term
+    recomputed here from the model's modules (SimCLR's own loss function for ssl_loss)."""
+    from solo.losses.simclr import simclr_loss_func
+
+    model, _ = make(
+        methods, teacher_ckpt, ssl_method, ssl_weight=0.3, distill_weight=2.5, temperature=0.1
+    )
+    logs = capture_logs(model, monkeypatch)
+    model.train()
+    batch = a_batch()
+    indexes, crops, targets = batch
+    loss = model.training_step(batch, 0)
+
+    class_losses, distill, stats, z = [], [], [], []
+    for x in crops:
+        x = x.to(memory_format=torch.channels_last)
+        feats = model.backbone(x)
+        class_losses.append(F.cross_entropy(model.classifier(feats), targets))
+        prediction, target = model.distill_head(feats), model.teacher(x)
+        distill.append(distillation_loss(prediction, target, 0.1))
+        stats.append(calibration_stats(prediction, target, 0.1))
+        if ssl_method == "simclr":
+            z.append(model.projector(feats))
+    class_loss = sum(class_losses) / 2
+    distill_loss = sum(distill) / 2
+    if ssl_method == "simclr":
+        ssl_loss = simclr_loss_func(torch.cat(z), indexes=indexes.repeat(2), temperature=0.5)
+        expected = class_loss + 0.3 * ssl_loss + 2.5 * distill_loss
+    else:
+        ssl_loss = torch.tensor(0.0)
+        expected = class_loss + 2.5 * distill_loss
+
+    close = dict(rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(logs["train_class_loss"], class_loss, **close)
+    torch.testing.assert_close(logs["train_distill_loss"], distill_loss, **close)
+    torch.testing.assert_close(logs["train_ssl_loss"], ssl_loss, **close)
+    torch.testing.assert_close(loss, expected, **close)
+    agreement = sum(s.agreement for s in stats) / 2
+    torch.testing.assert_close(logs["train_teacher_student_agreement"], agreement)
+    teacher_entropy = sum(s.teacher_entropy for s in stats) / 2
+    torch.testing.assert_close(logs["train_teacher_entropy"], teacher_entropy, **close)
+
+
+def test_objective_keeps_its_own_temperature(methods, teacher_ckpt):
+    """The distillation temperature must not overwrite SimCLR's (both are 'temperature')."""
+    model, cfg = make(methods, teacher_ckpt, "simclr", temperature=0.1)
+    assert model.temperature == SSL_KWARGS["temperature"]
+    assert model.distill_temperature == 0.1
+    assert cfg.method_kwargs.ssl_kwargs.temperature == SSL_KWARGS["temperature"]
+
+
+def test_distill_weight_zero_leaves_only_the_classifier_loss(methods, teacher_ckpt, monkeypatch):
+    model, _ = make(methods, teacher_ckpt, "none", distill_weight=0.0)
+    logs = capture_logs(model, monkeypatch)
+    loss = model.training_step(a_batch(), 0)
+    torch.testing.assert_close(loss, logs["train_class_loss"])
+    assert logs["train_distill_loss"] > 0
+
+
+def test_teacher_backbone_output_sizes_the_head(methods, teacher_ckpt):
+    model, _ = make(methods, teacher_ckpt, "none", teacher={"ckpt": str(teacher_ckpt)})
+    assert model.distill_head[-1].out_features == TEACHER_DIM
+    model, _ = make(
+        methods, teacher_ckpt, "none", teacher={"ckpt": str(teacher_ckpt), "output": "backbone"}
+    )
+    assert model.distill_head[-1].out_features == 512
+    assert model.distill_head[0].in_features == model.features_dim
+
+
+def test_ssl_method_is_case_insensitive(methods, teacher_ckpt):
+    model, _ = make(methods, teacher_ckpt, "SimCLR")
+    assert type(model).__name__ == "S2BNN[simclr]"
+
+
+# ---------------------------------------------------------------------------------------------
+# (d) bad input, refused at construction (before any training)
+
+
+def test_missing_teacher_ckpt(methods, teacher_ckpt):
+    cfg = s2bnn_cfg(teacher_ckpt)
+    del cfg.method_kwargs.teacher
+    with pytest.raises(ValueError, match="method_kwargs.teacher.ckpt"):
+        methods["s2bnn"](cfg)
+
+
+def test_nonexistent_teacher_path(methods, tmp_path):
+    with pytest.raises(FileNotFoundError, match="teacher.ckpt=.*nope.pth is not a file"):
+        make(methods, tmp_path / "nope.pth")
+
+
+def test_teacher_matching_no_format(methods, tmp_path):
+    from s2bnn_plugin.teachers import TeacherError
+
+    path = tmp_path / "odd.pth"
+    torch.save({"encoder.weight": torch.zeros(2)}, path)
+    with pytest.raises(TeacherError, match="matches no known teacher format.*encoder.weight"):
+        make(methods, path)
+
+
+def test_unknown_ssl_method_lists_the_available_ones(methods, teacher_ckpt):
+    with pytest.raises(ValueError, match="unknown method_kwargs.ssl_method 'simclrr'") as info:
+        make(methods, teacher_ckpt, "simclrr")
+    for name in ("none", "simclr", "byol", "mocov2plus", "swav"):
+        assert f"'{name}'" in str(info.value)
+    assert "'s2bnn'" not in str(info.value)
+
+
+def test_mixing_with_itself_is_refused(methods, teacher_ckpt):
+    with pytest.raises(ValueError, match="cannot be mixed with itself.*'none'"):
+        make(methods, teacher_ckpt, "s2bnn")
+
+
+def test_bad_temperature_and_teacher_options(methods, teacher_ckpt):
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        make(methods, teacher_ckpt, temperature=0.0)
+    with pytest.raises(ValueError, match="teacher.format must be one of"):
+        make(methods, teacher_ckpt, teacher={"ckpt": str(teacher_ckpt), "format": "timm"})
+    with pytest.raises(ValueError, match="teacher.output must be one of"):
+        make(methods, teacher_ckpt, teacher={"ckpt": str(teacher_ckpt), "output": "logits"})
+
+
+def test_student_init_that_does_not_fit(methods, teacher_ckpt, tmp_path):
+    other, _ = make(methods, teacher_ckpt, backbone_kwargs={"cifar": True, "width_mult": 0.25})
+    path = tmp_path / "wide.ckpt"
+    torch.save({"state_dict": other.state_dict()}, path)
+    with pytest.raises(ValueError, match="does not fit the student.*same backbone.name"):
+        make(methods, teacher_ckpt, student_init=str(path))
+    with pytest.raises(FileNotFoundError, match="student_init=.*missing.ckpt"):
+        make(methods, teacher_ckpt, student_init=str(tmp_path / "missing.ckpt"))
+
+
+# ---------------------------------------------------------------------------------------------
+# (e) two-step training: step 1 (real weights) initialises step 2 (binary weights)
+
+
+def test_step1_checkpoint_initialises_step2(methods, teacher_ckpt, tmp_path):
+    from solo_utils import fit
+
+    step1, cfg1 = make(methods, teacher_ckpt, backbone_kwargs={**SMALL, "binary_weights": False})
+    trainer = fit(step1, cfg1, steps=1)
+    path = tmp_path / "step1.ckpt"
+    trainer.save_checkpoint(path)
+
+    step2, _ = make(
+        methods,
+        teacher_ckpt,
+        "byol",
+        backbone_kwargs={**SMALL, "binary_weights": True},
+        student_init=str(path),
+    )
+    assert step2.backbone.config.binary_weights and not step1.backbone.config.binary_weights
+    trained = step1.backbone.state_dict()
+    for k, v in step2.backbone.state_dict().items():
+        assert torch.equal(v, trained[k]), k
+    for k, v in step2.distill_head.state_dict().items():
+        assert torch.equal(v, step1.distill_head.state_dict()[k]), k
+    # the momentum encoder starts from the initialised student, not from random weights
+    for online, momentum in zip(
+        step2.backbone.parameters(), step2.momentum_backbone.parameters(), strict=True
+    ):
+        assert torch.equal(online, momentum)
+
+
+# ---------------------------------------------------------------------------------------------
+# (f) the teacher follows the model's dtype, device and memory-format moves
+
+
+def test_teacher_follows_dtype_and_memory_format(methods, teacher_ckpt, monkeypatch):
+    model, _ = make(methods, teacher_ckpt, "none")
+    model.double()
+    assert all(p.dtype == torch.float64 for p in model.teacher.parameters())
+    assert all(b.dtype == torch.float64 for b in model.teacher.buffers() if b.is_floating_point())
+    capture_logs(model, monkeypatch)
+    indexes, crops, targets = a_batch()
+    loss = model.training_step((indexes, [c.double() for c in crops], targets), 0)
+    assert torch.isfinite(loss)
+    model.to(torch.float32)
+    assert all(p.dtype == torch.float32 for p in model.teacher.parameters())
+    model.to(memory_format=torch.channels_last)
+    conv = model.teacher.backbone.conv1.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+    assert not any(p.requires_grad for p in model.teacher.parameters())
+    assert not model.teacher.training
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_teacher_follows_device_moves(methods, teacher_ckpt):
+    model, _ = make(methods, teacher_ckpt, "none")
+    model.cuda()
+    assert all(p.is_cuda for p in model.teacher.parameters())
+    model.cpu()
+    assert not any(p.is_cuda for p in model.teacher.parameters())
