@@ -43,6 +43,43 @@ def _cmd_backbones(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_solo(script_name: str, kind: str, args: argparse.Namespace) -> int:
+    """Run one of solo-learn's scripts with the plugin registered (also in DDP children)."""
+    import subprocess
+
+    from s2bnn_plugin.solo import (
+        CALLBACK_OVERRIDE,
+        SoloLearnNotFound,
+        find_solo_script,
+        hydra_quote,
+    )
+
+    try:
+        script = find_solo_script(script_name)
+    except SoloLearnNotFound as exc:
+        print(f"s2bnn {kind}: {exc}", file=sys.stderr)
+        return 2
+    extra = list(args.overrides)
+    if not any(a.startswith(("--config-path", "-cp")) for a in extra):
+        config_dir = configs_dir() / kind / args.dataset
+        if not config_dir.is_dir():
+            choices = sorted(p.name for p in (configs_dir() / kind).iterdir() if p.is_dir())
+            print(f"s2bnn {kind}: no configs for dataset {args.dataset!r}; choose {choices}")
+            return 2
+        extra = ["--config-path", str(config_dir), "--config-name", args.config, *extra]
+    command = [sys.executable, str(script), *(hydra_quote(a) for a in extra), CALLBACK_OVERRIDE]
+    print("+ " + " ".join(command), flush=True)
+    return subprocess.call(command)
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    return _run_solo("main_pretrain.py", "pretrain", args)
+
+
+def _cmd_linear(args: argparse.Namespace) -> int:
+    return _run_solo("main_linear.py", "linear", args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="s2bnn",
@@ -60,6 +97,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cifar", action="store_true", help="the 32 px stem")
     p.add_argument("--num-classes", type=int, default=1000, help="classifier counted in FLOPs")
     p.set_defaults(func=_cmd_backbones)
+
+    for name, func, default in (
+        ("pretrain", _cmd_pretrain, "s2bnn.yaml"),
+        ("linear", _cmd_linear, "reactnet_a.yaml"),
+    ):
+        script = "main_pretrain.py" if name == "pretrain" else "main_linear.py"
+        p = sub.add_parser(
+            name,
+            help=f"run solo-learn's {script} with the plugin registered",
+            description=f"Runs solo-learn's {script} with the plugin registered. Arguments after "
+            "the options are Hydra overrides (key=value), passed on; values holding '=' are "
+            "quoted for you. Give --config-path/--config-name yourself to use other configs.",
+        )
+        p.add_argument("--dataset", default="custom", help="config folder (default custom)")
+        p.add_argument("--config", default=default, help=f"config file (default {default})")
+        p.add_argument("overrides", nargs=argparse.REMAINDER, help="Hydra overrides")
+        p.set_defaults(func=func)
 
     return parser
 

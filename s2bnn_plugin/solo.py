@@ -23,7 +23,10 @@ from typing import Any
 from s2bnn_plugin.backbones import BACKBONES
 
 __all__ = [
+    "CALLBACK_OVERRIDE",
     "INSTALL_HINT",
+    "find_solo_script",
+    "hydra_quote",
     "RegisterS2BNN",
     "SoloLearnNotFound",
     "register",
@@ -39,6 +42,9 @@ INSTALL_HINT = (
     "write the checkout's absolute path into a file `solo_learn.pth` in that folder "
     "(or export PYTHONPATH=/path/to/solo-learn). See README.md, 'Install'."
 )
+
+
+CALLBACK_OVERRIDE = "++hydra.callbacks.s2bnn._target_=s2bnn_plugin.solo.RegisterS2BNN"
 
 
 class SoloLearnNotFound(ImportError):
@@ -115,3 +121,35 @@ class RegisterS2BNN(_HydraCallback):
 
     def __init__(self, **_: Any) -> None:
         register()
+
+
+def find_solo_script(name: str) -> Path:
+    """Path of solo-learn's ``main_pretrain.py`` / ``main_linear.py``: ``$SOLO_LEARN_DIR`` if set,
+    else the checkout that the importable ``solo`` package lives in."""
+    import os
+
+    env = os.environ.get("SOLO_LEARN_DIR")
+    if env:
+        root = Path(env).expanduser()
+    else:
+        spec = importlib.util.find_spec("solo") if solo_available() else None
+        if spec is None or not spec.submodule_search_locations:
+            raise SoloLearnNotFound(INSTALL_HINT)
+        root = Path(next(iter(spec.submodule_search_locations))).resolve().parent
+    script = root / name
+    if not script.is_file():
+        raise SoloLearnNotFound(
+            f"{script} does not exist: solo-learn's scripts come with its repository checkout "
+            "(a wheel has only the `solo` package). Point SOLO_LEARN_DIR at the checkout. "
+            + INSTALL_HINT
+        )
+    return script
+
+
+def hydra_quote(override: str) -> str:
+    """Quote an override's value when it holds characters Hydra's grammar rejects unquoted
+    (solo-learn names checkpoints ``...-ep=9.ckpt``)."""
+    key, sep, value = override.partition("=")
+    if not sep or not value or value[0] in "'\"[{" or not any(c in value for c in "=,: "):
+        return override
+    return f'{key}="{value}"'
