@@ -54,7 +54,10 @@ class SoloLearnNotFound(ImportError):
 def solo_available() -> bool:
     """True when solo-learn's ``solo/methods`` package can be found, without importing it
     (importing solo-learn costs seconds)."""
-    spec = importlib.util.find_spec("solo")
+    try:
+        spec = importlib.util.find_spec("solo")
+    except (ImportError, ValueError):
+        return False
     if spec is None or not spec.submodule_search_locations:
         return False
     return any(
@@ -132,7 +135,7 @@ def find_solo_script(name: str) -> Path:
     if env:
         root = Path(env).expanduser()
     else:
-        spec = importlib.util.find_spec("solo") if solo_available() else None
+        spec = importlib.util.find_spec("solo") if solo_available() else None  # no import
         if spec is None or not spec.submodule_search_locations:
             raise SoloLearnNotFound(INSTALL_HINT)
         root = Path(next(iter(spec.submodule_search_locations))).resolve().parent

@@ -1,0 +1,81 @@
+"""Packaging: imports need neither solo-learn nor compiled code; a wheel holds everything."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+BLOCK = """
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in {'solo', 'numba'}:
+            raise ModuleNotFoundError(f'blocked: {name}')
+sys.meta_path.insert(0, Block())
+"""
+
+
+def test_imports_without_solo_learn_or_numba():
+    code = (
+        BLOCK
+        + """
+import s2bnn_plugin, s2bnn_plugin.nn, s2bnn_plugin.backbones, s2bnn_plugin.teachers
+import s2bnn_plugin.methods, s2bnn_plugin.cli, s2bnn_plugin.solo as solo
+m = s2bnn_plugin.create_backbone('reactnet18', cifar=True, width_mult=0.1)
+assert not solo.solo_available()
+try:
+    solo.require_solo()
+except solo.SoloLearnNotFound as e:
+    assert 'vturrisi/solo-learn' in str(e) and '.pth' in str(e)
+else:
+    raise SystemExit('require_solo did not fail')
+assert 'numba' not in sys.modules and 'solo' not in sys.modules
+print('ok')
+"""
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"
+
+
+def test_every_subpackage_is_listed_in_pyproject():
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(config["packages"])
+    found = {"s2bnn_plugin"}
+    for init in (ROOT / "s2bnn_plugin").rglob("__init__.py"):
+        rel = init.parent.relative_to(ROOT)
+        found.add(".".join(rel.parts))
+    found |= {"s2bnn_plugin.kernels", "s2bnn_plugin.solo_configs"}
+    assert found == listed
+    assert config["package-dir"]["s2bnn_plugin.kernels"] == "kernels"
+
+
+def test_wheel_holds_kernels_and_configs(tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    (wheel,) = tmp_path.glob("s2bnn_plugin-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert "s2bnn_plugin/kernels/__init__.py" in names
+    assert not any(n.startswith("kernels/") for n in names)  # never a top-level `kernels`
+    for config in (ROOT / "solo_configs").rglob("*.yaml"):
+        assert f"s2bnn_plugin/solo_configs/{config.relative_to(ROOT / 'solo_configs')}" in names
