@@ -81,13 +81,20 @@ def scaled_width(channels: int, width_mult: float) -> int:
 
 
 class BinaryBackbone(nn.Module):
-    """Base of the binary backbones: (B, 3, H, W) -> (B, num_features), any resolution."""
+    """Base of the binary backbones: (B, 3, H, W) -> (B, num_features), any resolution.
+
+    Subclasses build ``stem`` (real), ``blocks`` (binary) and set ``num_features``; the head is the
+    global average ``pool``.
+    """
 
     num_features: int
+    stem: nn.Module
+    blocks: nn.Module
 
     def __init__(self, config: BackboneConfig) -> None:
         super().__init__()
         self.config = config
+        self.pool = nn.AdaptiveAvgPool2d(1)
 
     @staticmethod
     def check_input(x: torch.Tensor) -> None:
@@ -98,7 +105,8 @@ class BinaryBackbone(nn.Module):
             )
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        x = self.blocks(self.stem(x))
+        return torch.flatten(self.pool(x), 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)

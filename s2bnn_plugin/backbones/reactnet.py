@@ -78,9 +78,4 @@ class ReActNetA(BinaryBackbone):
             blocks.append(block)
             channels, previous = block.out_channels, out
         self.blocks = nn.Sequential(*blocks)
-        self.pool = nn.AdaptiveAvgPool2d(1)
         self.num_features = channels
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.blocks(self.stem(x))
-        return torch.flatten(self.pool(x), 1)

@@ -58,9 +58,4 @@ class ReActNet18(BinaryBackbone):
                 blocks.append(ReActResBlock(channels, out, stride, config))
                 channels = out
         self.blocks = nn.Sequential(*blocks)
-        self.pool = nn.AdaptiveAvgPool2d(1)
         self.num_features = channels
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.blocks(self.stem(x))
-        return torch.flatten(self.pool(x), 1)

@@ -34,35 +34,39 @@ def binary_sign(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
 
 
-class _ApproxSignFn(torch.autograd.Function):
-    """sign forward; ReActNet's piecewise-polynomial derivative backward."""
+class _SignFn(torch.autograd.Function):
+    """sign forward (``sign(0) = +1``); the backward multiplies by ``derivative(x)``, the STE."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+    def derivative(x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @classmethod
+    def forward(cls, ctx, x: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(x)
         return binary_sign(x)
 
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+    @classmethod
+    def backward(cls, ctx, grad: torch.Tensor) -> torch.Tensor:
         (x,) = ctx.saved_tensors
-        # d/dx of the quadratic approximation: 2 + 2x on [-1, 0), 2 - 2x on [0, 1), 0 elsewhere.
+        return grad * cls.derivative(x).to(grad.dtype)
+
+
+class _ApproxSignFn(_SignFn):
+    """ReActNet's piecewise-polynomial derivative: 2 + 2x on [-1, 0), 2 - 2x on [0, 1), else 0."""
+
+    @staticmethod
+    def derivative(x: torch.Tensor) -> torch.Tensor:
         slope = torch.where(x < 0, 2.0 + 2.0 * x, 2.0 - 2.0 * x)
-        slope = torch.where(x.abs() < 1.0, slope, torch.zeros_like(slope))
-        return grad * slope.to(grad.dtype)
+        return torch.where(x.abs() < 1.0, slope, torch.zeros_like(slope))
 
 
-class _SteSignFn(torch.autograd.Function):
-    """sign forward; clipped identity backward (gradient passes where |x| <= 1)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(x)
-        return binary_sign(x)
+class _SteSignFn(_SignFn):
+    """Clipped identity: the gradient passes where |x| <= 1."""
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        (x,) = ctx.saved_tensors
-        return grad * (x.abs() <= 1.0).to(grad.dtype)
+    def derivative(x: torch.Tensor) -> torch.Tensor:
+        return (x.abs() <= 1.0).to(x.dtype)
 
 
 class Quantizer(nn.Module):
