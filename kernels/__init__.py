@@ -1,1 +1,34 @@
-"""Bit-packed XNOR-popcount kernels (Numba only). Installed as ``s2bnn_plugin.kernels``."""
+"""Bit-packed XNOR-popcount kernels (Numba only). Installed as ``s2bnn_plugin.kernels``.
+
+All functions are ``@njit(cache=True)``: the first call in a fresh environment compiles them
+(seconds), later processes load the cached machine code. The parallel ones run on Numba's thread
+pool (``numba.set_num_threads``). ``NUMBA_CPU_NAME=generic`` compiles portable code for CPUs
+without AVX-512 (the vector popcount is then emulated with bit tricks).
+
+Layouts (see :mod:`.bitpack`): float maps are flat NHWC float32; sign bits are packed along
+channels into uint64 words, flat ``(T, N, H + 2 pad, W + 2 pad, words)``; binary weights are in
+blocks of 32 output channels, flat ``(blocks, k * k, words, 32)``.
+"""
+
+from .bconv import POSITIONS, binary_conv_acc, binary_conv_fused, binary_gemm, out_size
+from .bitpack import LANES, pack_signs, pack_weights, tap_sums, words_for
+from .realops import conv_nchw_bn, global_avgpool, maxpool3x3s2, projection_shortcut
+from .simd import popcount64
+
+__all__ = [
+    "LANES",
+    "POSITIONS",
+    "binary_conv_acc",
+    "binary_conv_fused",
+    "binary_gemm",
+    "conv_nchw_bn",
+    "global_avgpool",
+    "maxpool3x3s2",
+    "out_size",
+    "pack_signs",
+    "pack_weights",
+    "popcount64",
+    "projection_shortcut",
+    "tap_sums",
+    "words_for",
+]

@@ -1,0 +1,113 @@
+"""Bit-packing: signs along channels into uint64 words, and the weights' block layout.
+
+Convention (shared with :mod:`s2bnn_plugin.nn.quantizers`): a set bit means -1, a clear bit +1,
+and ``sign(0) = +1``. Activations: bit ``c % 64`` of word ``c // 64`` of pixel ``(n, y, x)`` is
+set when ``not (x[n, y, x, c] + bias[c] >= 0)`` -- the RSign of the layer that reads them (NaN
+gives -1, as ``torch.where(x >= 0, 1, -1)`` does). Channels past ``C`` in the last word are 0 in
+activations *and* weights, so they XOR to 0 and never count.
+
+Packed activations are NHWC-like, ``(T, N, H + 2 * pad, W + 2 * pad, words)`` flattened: ``T``
+threshold sets (two 1x1 convolutions reading the same tensor with different RSigns), and a
+border of zero words for a 3x3 convolution (corrected for in :mod:`.bconv`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from .simd import popcount64, sign_bits64, sign_bits_partial
+
+__all__ = ["LANES", "words_for", "pack_signs", "pack_weights", "tap_sums"]
+
+LANES = 32  # output channels per weight block: four 8-lane vectors in the micro-kernel
+
+
+@njit(cache=True)
+def words_for(channels: int) -> int:
+    """uint64 words holding ``channels`` bits."""
+    return (channels + 63) // 64
+
+
+@njit(cache=True, inline="always")
+def pack_row(z, zoff, channels, thr, toff, out, ooff, words):
+    """Pack ``not (z[zoff + c] + thr[toff + c] >= 0)`` for ``c < channels`` into ``words``.
+
+    One vector compare per word (:func:`.simd.sign_bits64`; masked for a partial last word).
+    """
+    full = channels // 64
+    for w in range(full):
+        out[ooff + w] = sign_bits64(z, zoff + w * 64, thr, toff + w * 64)
+    if full < words:
+        c0 = full * 64
+        out[ooff + full] = sign_bits_partial(z, zoff + c0, thr, toff + c0, channels - c0)
+
+
+@njit(cache=True, parallel=True)
+def pack_signs(x, n, h, w, c, thr, pad, out):
+    """Pack an NHWC float32 map (flat ``x``) for each row of ``thr`` (T, C) into ``out``.
+
+    ``out`` is the flat ``(T, n, h + 2 pad, w + 2 pad, words)`` buffer; only its interior is
+    written (the border must already be zero).
+    """
+    t_sets = thr.shape[0]
+    words = words_for(c)
+    hp = h + 2 * pad
+    wp = w + 2 * pad
+    flat_thr = thr.ravel()
+    for row in prange(t_sets * n * h):
+        t = row // (n * h)
+        img = (row // h) % n
+        y = row % h
+        for xx in range(w):
+            zoff = ((img * h + y) * w + xx) * c
+            ooff = (((t * n + img) * hp + y + pad) * wp + xx + pad) * words
+            pack_row(x, zoff, c, flat_thr, t * c, out, ooff, words)
+
+
+@njit(cache=True)
+def pack_weights(negative, groups):
+    """Block layout of a binary weight ``negative[co, ci, ky, kx]`` (1 where ``w < 0``).
+
+    Output channels split into ``groups`` equal groups (two 1x1 convs fused into one call); each
+    group is padded to whole blocks of :data:`LANES` channels. Result: flat
+    ``(blocks, k * k, words, LANES)`` so that the micro-kernel's inner loop reads four
+    contiguous 8-lane vectors per input word.
+    """
+    cout, cin, k, _ = negative.shape
+    cg = cout // groups
+    blocks_per_group = (cg + LANES - 1) // LANES
+    words = words_for(cin)
+    kk = k * k
+    out = np.zeros(groups * blocks_per_group * kk * words * LANES, np.uint64)
+    for co in range(cout):
+        g = co // cg
+        local = co - g * cg
+        blk = g * blocks_per_group + local // LANES
+        lane = local % LANES
+        for ky in range(k):
+            for kx in range(k):
+                t = ky * k + kx
+                for ci in range(cin):
+                    if negative[co, ci, ky, kx]:
+                        idx = ((blk * kk + t) * words + ci // 64) * LANES + lane
+                        out[idx] |= np.uint64(1) << np.uint64(ci % 64)
+    return out
+
+
+@njit(cache=True)
+def tap_sums(wt, blocks, kk, words, cin):
+    """Sum of the +-1 weights of each tap and lane, ``cin - 2 * popcount``: shape (kk, columns).
+
+    A 3x3 window hanging over the border reads zero words (= +1 in every channel) there, which
+    adds exactly this sum per missing tap; the fused kernel subtracts it back.
+    """
+    out = np.empty((kk, blocks * LANES), np.int64)
+    for blk in range(blocks):
+        for t in range(kk):
+            for lane in range(LANES):
+                pc = 0
+                for w in range(words):
+                    pc += popcount64(wt[((blk * kk + t) * words + w) * LANES + lane])
+                out[t, blk * LANES + lane] = cin - 2 * pc
+    return out

@@ -1,0 +1,263 @@
+"""LLVM-level building blocks Numba does not offer: popcount, unchecked loads, 8-lane vectors.
+
+Why: Numba has no ``np.bitwise_count`` in nopython mode, and its auto-vectoriser keeps a binary
+convolution's accumulators in memory (one load and one store per vector of work). Here an 8 x
+uint64 vector is a Numba type whose LLVM representation *is* ``<8 x i64>``, so a micro-kernel
+keeps its accumulators in registers; LLVM lowers ``llvm.ctpop.v8i64`` to ``vpopcntq`` on CPUs
+with AVX-512 VPOPCNTDQ and to portable bit tricks elsewhere (e.g. ``NUMBA_CPU_NAME=generic``).
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic, models, register_model
+
+__all__ = [
+    "I64x8",
+    "load",
+    "load_u64",
+    "popcount64",
+    "sign_bits64",
+    "sign_bits_partial",
+    "store",
+    "vload",
+    "vstore",
+    "vstore_f32",
+    "vxor_popcount_add",
+    "vzero",
+]
+
+_I64 = ir.IntType(64)
+_VEC = ir.VectorType(_I64, 8)
+
+
+class I64x8Type(types.Type):
+    """Eight 64-bit lanes held in one LLVM vector value (a zmm register on AVX-512)."""
+
+    def __init__(self) -> None:
+        super().__init__(name="i64x8")
+
+
+I64x8 = I64x8Type()
+
+
+@register_model(I64x8Type)
+class _I64x8Model(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, _VEC)
+
+
+def _element_ptr(context, builder, arrty, arr, idx):
+    """Pointer to element ``idx`` of a C-contiguous 1-D array (no bounds or wraparound check)."""
+    ary = context.make_array(arrty)(context, builder, arr)
+    return builder.gep(ary.data, [idx])
+
+
+def _check_u64_array(arr) -> bool:
+    return isinstance(arr, types.Array) and arr.ndim == 1 and arr.dtype == types.uint64
+
+
+@intrinsic
+def popcount64(typingctx, x):
+    """Number of set bits of a 64-bit integer (``llvm.ctpop``: ``popcnt``/``vpopcntq``)."""
+    if not isinstance(x, types.Integer) or x.bitwidth != 64:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.ctpop(args[0])
+
+    return types.int64(x), codegen
+
+
+@intrinsic
+def load_u64(typingctx, arr, idx):
+    """``arr[idx]`` for a flat uint64 array without Numba's negative-index wraparound code."""
+    if not _check_u64_array(arr) or not isinstance(idx, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.load(_element_ptr(context, builder, sig.args[0], args[0], args[1]))
+
+    return types.uint64(arr, idx), codegen
+
+
+def _flat(arr) -> bool:
+    return isinstance(arr, types.Array) and arr.ndim == 1 and arr.layout == "C"
+
+
+@intrinsic
+def load(typingctx, arr, idx):
+    """``arr[idx]`` of a flat contiguous array with no wraparound code.
+
+    Why: Numba turns ``arr[i]`` with a signed ``i`` into ``arr[i + n if i < 0 else i]``; inside a
+    loop that select makes LLVM vectorise with gathers instead of contiguous vector loads.
+    """
+    if not _flat(arr) or not isinstance(idx, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.load(_element_ptr(context, builder, sig.args[0], args[0], args[1]))
+
+    return arr.dtype(arr, idx), codegen
+
+
+@intrinsic
+def store(typingctx, arr, idx, val):
+    """``arr[idx] = val`` (cast to the array's dtype) with no wraparound code (see :func:`load`)."""
+    if not _flat(arr) or not isinstance(idx, types.Integer) or not isinstance(val, types.Number):
+        return None
+
+    def codegen(context, builder, sig, args):
+        v = context.cast(builder, args[2], sig.args[2], sig.args[0].dtype)
+        builder.store(v, _element_ptr(context, builder, sig.args[0], args[0], args[1]))
+        return context.get_dummy_value()
+
+    return types.none(arr, idx, val), codegen
+
+
+@intrinsic
+def vzero(typingctx):
+    """An all-zero 8-lane vector."""
+
+    def codegen(context, builder, sig, args):
+        return ir.Constant(_VEC, None)
+
+    return I64x8(), codegen
+
+
+@intrinsic
+def vload(typingctx, arr, idx):
+    """Eight consecutive uint64 ``arr[idx:idx + 8]`` as one vector (unaligned load)."""
+    if not _check_u64_array(arr) or not isinstance(idx, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ptr = _element_ptr(context, builder, sig.args[0], args[0], args[1])
+        return builder.load(builder.bitcast(ptr, _VEC.as_pointer()), align=8)
+
+    return I64x8(arr, idx), codegen
+
+
+@intrinsic
+def vstore(typingctx, arr, idx, vec):
+    """Store the eight lanes of ``vec`` to ``arr[idx:idx + 8]`` (a flat int64 array)."""
+    ok = isinstance(arr, types.Array) and arr.ndim == 1 and arr.dtype == types.int64
+    if not ok or not isinstance(idx, types.Integer) or vec != I64x8:
+        return None
+
+    def codegen(context, builder, sig, args):
+        ptr = _element_ptr(context, builder, sig.args[0], args[0], args[1])
+        builder.store(args[2], builder.bitcast(ptr, _VEC.as_pointer()), align=8)
+        return context.get_dummy_value()
+
+    return types.none(arr, idx, vec), codegen
+
+
+@intrinsic
+def vxor_popcount_add(typingctx, acc, a, w):
+    """``acc + popcount(broadcast(a) ^ w)`` lane-wise: one step of eight binary dot products."""
+    if acc != I64x8 or w != I64x8 or not isinstance(a, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        acc_v, a_v, w_v = args
+        zero_i32 = ir.Constant(ir.IntType(32), 0)
+        splat = builder.insert_element(ir.Constant(_VEC, ir.Undefined), a_v, zero_i32)
+        mask = ir.Constant(ir.VectorType(ir.IntType(32), 8), None)
+        splat = builder.shuffle_vector(splat, ir.Constant(_VEC, ir.Undefined), mask)
+        ctpop = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(_VEC, [_VEC]), "llvm.ctpop.v8i64"
+        )
+        return builder.add(acc_v, builder.call(ctpop, [builder.xor(splat, w_v)]))
+
+    return I64x8(acc, a, w), codegen
+
+
+@intrinsic
+def sign_bits64(typingctx, z, zoff, thr, toff):
+    """Bit j set where ``not (z[zoff + j] + thr[toff + j] >= 0)``, j < 64: one packed word.
+
+    A <64 x float> add and compare whose <64 x i1> result is reinterpreted as an integer: on
+    AVX-512 four ``vcmpps`` into mask registers instead of 64 scalar compares and shifts.
+    """
+    ok = all(
+        isinstance(a, types.Array) and a.ndim == 1 and a.dtype == types.float32 for a in (z, thr)
+    )
+    if not ok or not isinstance(zoff, types.Integer) or not isinstance(toff, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        vty = ir.VectorType(ir.FloatType(), 64)
+        zp = _element_ptr(context, builder, sig.args[0], args[0], args[1])
+        tp = _element_ptr(context, builder, sig.args[2], args[2], args[3])
+        zv = builder.load(builder.bitcast(zp, vty.as_pointer()), align=4)
+        tv = builder.load(builder.bitcast(tp, vty.as_pointer()), align=4)
+        ge = builder.fcmp_ordered(">=", builder.fadd(zv, tv), ir.Constant(vty, None))
+        bits = builder.bitcast(builder.not_(ge), _I64)
+        return bits
+
+    return types.uint64(z, zoff, thr, toff), codegen
+
+
+@intrinsic
+def sign_bits_partial(typingctx, z, zoff, thr, toff, count):
+    """:func:`sign_bits64` for the first ``count`` (< 64) channels only; higher bits are 0.
+
+    Masked loads (``llvm.masked.load``) never touch memory past ``count``, so the last word of a
+    row needs neither a scalar loop nor slack after the array.
+    """
+    ok = all(
+        isinstance(a, types.Array) and a.ndim == 1 and a.dtype == types.float32 for a in (z, thr)
+    )
+    ints = all(isinstance(a, types.Integer) for a in (zoff, toff, count))
+    if not ok or not ints:
+        return None
+
+    def codegen(context, builder, sig, args):
+        f32 = ir.FloatType()
+        vty = ir.VectorType(f32, 64)
+        i1v = ir.VectorType(ir.IntType(1), 64)
+        iota = ir.Constant(ir.VectorType(_I64, 64), list(range(64)))
+        undef = ir.Constant(ir.VectorType(_I64, 64), ir.Undefined)
+        n = builder.insert_element(undef, args[4], ir.Constant(ir.IntType(32), 0))
+        n = builder.shuffle_vector(n, undef, ir.Constant(ir.VectorType(ir.IntType(32), 64), None))
+        mask = builder.icmp_signed("<", iota, n)
+        masked_load = cgutils.get_or_insert_function(
+            builder.module,
+            ir.FunctionType(vty, [vty.as_pointer(), ir.IntType(32), i1v, vty]),
+            "llvm.masked.load.v64f32.p0",
+        )
+        zero = ir.Constant(vty, None)
+        align = ir.Constant(ir.IntType(32), 4)
+        zp = _element_ptr(context, builder, sig.args[0], args[0], args[1])
+        tp = _element_ptr(context, builder, sig.args[2], args[2], args[3])
+        zv = builder.call(masked_load, [builder.bitcast(zp, vty.as_pointer()), align, mask, zero])
+        tv = builder.call(masked_load, [builder.bitcast(tp, vty.as_pointer()), align, mask, zero])
+        ge = builder.fcmp_ordered(">=", builder.fadd(zv, tv), zero)
+        neg = builder.and_(builder.not_(ge), mask)
+        return builder.bitcast(neg, _I64)
+
+    return types.uint64(z, zoff, thr, toff, count), codegen
+
+
+@intrinsic
+def vstore_f32(typingctx, arr, idx, vec):
+    """Convert the eight integer lanes of ``vec`` to float32, store to ``arr[idx:idx + 8]``.
+
+    Popcounts are small integers (exact in float32); the output transform then runs on 16-lane
+    float vectors instead of 8-lane integer ones.
+    """
+    ok = isinstance(arr, types.Array) and arr.ndim == 1 and arr.dtype == types.float32
+    if not ok or not isinstance(idx, types.Integer) or vec != I64x8:
+        return None
+
+    def codegen(context, builder, sig, args):
+        fvec = ir.VectorType(ir.FloatType(), 8)
+        ptr = _element_ptr(context, builder, sig.args[0], args[0], args[1])
+        values = builder.sitofp(args[2], fvec)
+        builder.store(values, builder.bitcast(ptr, fvec.as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    return types.none(arr, idx, vec), codegen

@@ -1,0 +1,249 @@
+"""The packed file: one zip (``.npz``-style) holding a JSON layer specification and arrays.
+
+Why a zip of ``.npy`` members: numpy reads it with ``allow_pickle=False`` (no code runs on load),
+every member carries a CRC-32 (corruption is detected), and any language with a zip reader can
+parse it. Layout:
+
+- ``__spec__.npy``: the specification, UTF-8 JSON bytes (uint8). Keys: ``format``
+  (``"s2bnn-packed"``), ``format_version``, ``backbone`` (``name``, ``kwargs``), ``in_channels``,
+  ``num_features``, ``stem`` and ``units`` (see :func:`expected_arrays`).
+- ``stem.weight`` (cin, k, k, cout) float32, ``stem.affine`` (2, cout): BatchNorm ``y * a + b``.
+- per binary unit ``i``: ``units.i.weight`` uint64 (the kernels' block layout), ``units.i.rsign``
+  (groups, cin) float32 input shifts, ``units.i.affine`` (3, cout): weight scale and BatchNorm;
+  ``units.i.activation`` (3, cout): RPReLU shift, slope, shift; ``units.i.proj_weight``
+  (cin, cout) and ``units.i.proj_affine`` (2, cout) for a projection shortcut.
+
+Everything read is checked against the specification (names, dtypes, shapes, padding bits) before
+any compiled code can see it: a truncated, corrupted or newer-version file raises
+:class:`PackedFormatError`, never a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "PackedFormatError",
+    "expected_arrays",
+    "read_packed",
+    "validate",
+    "write_packed",
+]
+
+FORMAT = "s2bnn-packed"
+FORMAT_VERSION = 1
+SPEC_KEY = "__spec__"
+LANES = 32  # must equal s2bnn_plugin.kernels.LANES (checked by the tests, kept import-free here)
+RESIDUALS = ("identity", "avgpool", "projection")
+MAX_CHANNELS = 1 << 16
+
+
+class PackedFormatError(ValueError):
+    """A packed network file or specification that this version cannot use."""
+
+
+def _words(channels: int) -> int:
+    return (channels + 63) // 64
+
+
+def _need(cond: bool, message: str) -> None:
+    if not cond:
+        raise PackedFormatError(message)
+
+
+def _int(d: dict, key: str, where: str, lo: int, hi: int) -> int:
+    v = d.get(key)
+    _need(
+        isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi,
+        f"{where}: '{key}' must be an integer in [{lo}, {hi}], got {v!r}",
+    )
+    return v
+
+
+def unit_shapes(unit: dict) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Array suffixes, shapes and dtypes a (validated) unit owns."""
+    k, cin, g, cg = unit["kernel"], unit["in_channels"], unit["groups"], unit["group_channels"]
+    cout = g * cg
+    blocks = g * ((cg + LANES - 1) // LANES)
+    f32 = np.dtype(np.float32)
+    shapes = {
+        "weight": ((blocks * k * k * _words(cin) * LANES,), np.dtype(np.uint64)),
+        "rsign": ((g, cin), f32),
+        "affine": ((3, cout), f32),
+    }
+    if unit["activation"]:
+        shapes["activation"] = ((3, cout), f32)
+    if unit["residual"] == "projection":
+        shapes["proj_weight"] = ((cin, cout), f32)
+        shapes["proj_affine"] = ((2, cout), f32)
+    return shapes
+
+
+def validate(spec: Any) -> dict:
+    """Check a specification's structure and consistency; returns it. Raises PackedFormatError."""
+    _need(isinstance(spec, dict), "the specification is not a JSON object")
+    _need(
+        spec.get("format") == FORMAT,
+        f"not an s2bnn packed network (format {spec.get('format')!r}, expected {FORMAT!r})",
+    )
+    version = spec.get("format_version")
+    _need(
+        isinstance(version, int) and not isinstance(version, bool) and version >= 1,
+        f"invalid format_version {version!r}",
+    )
+    _need(
+        version <= FORMAT_VERSION,
+        f"this file has format version {version}, written by a newer s2bnn-plugin; this version "
+        f"reads format versions up to {FORMAT_VERSION} (upgrade s2bnn-plugin)",
+    )
+    backbone = spec.get("backbone")
+    _need(
+        isinstance(backbone, dict)
+        and isinstance(backbone.get("name"), str)
+        and isinstance(backbone.get("kwargs"), dict),
+        "'backbone' must be an object with a string 'name' and an object 'kwargs'",
+    )
+    _int(spec, "in_channels", "spec", 1, MAX_CHANNELS)
+    stem = spec.get("stem")
+    _need(isinstance(stem, dict), "'stem' must be an object")
+    k = _int(stem, "kernel", "stem", 1, 15)
+    _int(stem, "stride", "stem", 1, 8)
+    _int(stem, "padding", "stem", 0, k)
+    channels = _int(stem, "out_channels", "stem", 1, MAX_CHANNELS)
+    _need(isinstance(stem.get("maxpool"), bool), "stem: 'maxpool' must be true or false")
+    units = spec.get("units")
+    _need(isinstance(units, list) and len(units) >= 1, "'units' must be a non-empty list")
+    for i, unit in enumerate(units):
+        where = f"unit {i}"
+        _need(isinstance(unit, dict), f"{where} must be an object")
+        where = f"unit {i} ({unit.get('name', '?')})"
+        _need(unit.get("kernel") in (1, 3), f"{where}: 'kernel' must be 1 or 3")
+        stride = unit.get("stride")
+        _need(stride in (1, 2) and not isinstance(stride, bool), f"{where}: 'stride' must be 1/2")
+        ucin = _int(unit, "in_channels", where, 1, MAX_CHANNELS)
+        _need(ucin == channels, f"{where}: in_channels {ucin} != previous output {channels}")
+        groups = _int(unit, "groups", where, 1, 8)
+        cg = _int(unit, "group_channels", where, 1, MAX_CHANNELS)
+        _need(isinstance(unit.get("activation"), bool), f"{where}: 'activation' must be bool")
+        residual = unit.get("residual")
+        _need(residual in RESIDUALS, f"{where}: 'residual' must be one of {RESIDUALS}")
+        if residual == "identity":
+            _need(
+                stride == 1 and ucin == cg,
+                f"{where}: an identity residual needs stride 1 and in_channels == group_channels",
+            )
+        elif residual == "avgpool":
+            _need(
+                stride == 2 and ucin == cg,
+                f"{where}: an avgpool residual needs stride 2 and in_channels == group_channels",
+            )
+        else:
+            _need(groups == 1, f"{where}: a projection residual needs groups == 1")
+        channels = groups * cg
+    features = _int(spec, "num_features", "spec", 1, MAX_CHANNELS * 8)
+    _need(features == channels, f"num_features {features} != last unit's channels {channels}")
+    return spec
+
+
+def expected_arrays(spec: dict) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Every array name a validated specification needs, with its shape and dtype."""
+    stem = spec["stem"]
+    k, cout = stem["kernel"], stem["out_channels"]
+    f32 = np.dtype(np.float32)
+    out = {
+        "stem.weight": ((spec["in_channels"], k, k, cout), f32),
+        "stem.affine": ((2, cout), f32),
+    }
+    for i, unit in enumerate(spec["units"]):
+        for suffix, shape in unit_shapes(unit).items():
+            out[f"units.{i}.{suffix}"] = shape
+    return out
+
+
+def _check_padding_bits(spec: dict, arrays: dict[str, np.ndarray]) -> None:
+    """Bits past in_channels and lanes past group_channels must be zero (they would count)."""
+    for i, unit in enumerate(spec["units"]):
+        k, cin, g, cg = unit["kernel"], unit["in_channels"], unit["groups"], unit["group_channels"]
+        bpg = (cg + LANES - 1) // LANES
+        wt = arrays[f"units.{i}.weight"].reshape(g, bpg, k * k, _words(cin), LANES)
+        if cin % 64:
+            mask = np.uint64((1 << (cin % 64)) - 1)
+            _need(
+                not np.any(wt[..., -1, :] & ~mask),
+                f"unit {i}: weight bits set past in_channels (corrupted file?)",
+            )
+        if cg % LANES:
+            _need(
+                not np.any(wt[:, -1, :, :, cg % LANES :]),
+                f"unit {i}: weights set in padding lanes (corrupted file?)",
+            )
+
+
+def check_arrays(spec: dict, arrays: dict[str, np.ndarray]) -> None:
+    """Names, dtypes and shapes of ``arrays`` against a validated specification."""
+    expected = expected_arrays(spec)
+    missing = sorted(set(expected) - set(arrays))
+    extra = sorted(set(arrays) - set(expected))
+    _need(not missing, f"arrays missing from the file: {missing[:5]}")
+    _need(not extra, f"unexpected arrays in the file: {extra[:5]}")
+    for name, (shape, dtype) in expected.items():
+        a = arrays[name]
+        _need(
+            isinstance(a, np.ndarray) and a.dtype == dtype and a.shape == shape,
+            f"array {name!r}: expected {dtype} {shape}, got "
+            f"{getattr(a, 'dtype', type(a).__name__)} {getattr(a, 'shape', '')}",
+        )
+    _check_padding_bits(spec, arrays)
+
+
+def write_packed(path: str | os.PathLike, spec: dict, arrays: dict[str, np.ndarray]) -> Path:
+    """Write atomically (temporary file, then rename): a crash never leaves half a file."""
+    path = Path(path)
+    blob = np.frombuffer(json.dumps(spec, sort_keys=True).encode("utf-8"), dtype=np.uint8)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **{SPEC_KEY: blob}, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_packed(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
+    """Read and fully validate a packed file. Raises PackedFormatError (or FileNotFoundError)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no packed network file at {path}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if not hasattr(z, "files"):
+                raise PackedFormatError("a single .npy array, not a packed network (a zip)")
+            if SPEC_KEY not in z.files:
+                raise PackedFormatError("no specification member (not a packed network file)")
+            raw = z[SPEC_KEY]
+            if raw.dtype != np.uint8 or raw.ndim != 1:
+                raise PackedFormatError("the specification member is not UTF-8 bytes")
+            spec = validate(json.loads(raw.tobytes().decode("utf-8")))
+            arrays = {name: z[name] for name in z.files if name != SPEC_KEY}
+    except PackedFormatError as e:
+        raise PackedFormatError(f"{path}: {e}") from None
+    except Exception as e:  # zip, npy-header, CRC, JSON and unicode errors: all "unreadable"
+        raise PackedFormatError(
+            f"{path}: not a readable s2bnn packed network (truncated or corrupted?): "
+            f"{type(e).__name__}: {e}"
+        ) from e
+    try:
+        check_arrays(spec, arrays)
+    except PackedFormatError as e:
+        raise PackedFormatError(f"{path}: {e}") from None
+    return spec, arrays

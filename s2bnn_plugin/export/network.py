@@ -1,0 +1,384 @@
+"""A bit-packed binary backbone that runs on the CPU alone (numpy + Numba, no PyTorch).
+
+``net(x)`` maps a float32 NCHW batch to (N, num_features) float32 features. The Python layer
+checks the input and owns the buffers; every layer is one compiled call:
+
+    stem conv + BN [+ max pool] -> pack signs -> for each binary unit: fused XOR-popcount
+    convolution + scale + BN + residual + RPReLU + next layer's signs -> global average pool
+
+A batch is processed a few images at a time so that the float maps stay in cache; the buffers of
+the last input shape are kept for the next call.
+
+NaN inputs: a NaN pixel makes NaN every float value it reaches through the stem and the residual
+paths (sign bits read NaN as -1, like ``torch.where(x >= 0, 1, -1)``), so that image's features
+come out NaN, as in the PyTorch model; the other images of the batch are unaffected.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from s2bnn_plugin.export import reference as ref
+from s2bnn_plugin.export.format import (
+    check_arrays,
+    expected_arrays,
+    read_packed,
+    validate,
+    write_packed,
+)
+
+__all__ = ["PackedNetwork", "load"]
+
+ENGINES = ("numba", "numpy")
+CACHE_BYTES = 6 << 20  # float maps of one chunk of images should fit well inside L2 + L3
+
+
+def _aligned(a: np.ndarray, align: int = 64) -> np.ndarray:
+    """A C-contiguous copy of ``a`` whose data starts on an ``align``-byte boundary."""
+    raw = np.empty(a.nbytes + align, np.uint8)
+    start = (-raw.ctypes.data) % align
+    out = raw[start : start + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
+
+
+def _IDENTITY_ACT(channels: int) -> np.ndarray:  # noqa: N802
+    """RPReLU parameters that change nothing (shift 0, slope 1, shift 0)."""
+    act = np.zeros((3, channels), np.float32)
+    act[1] = 1
+    return act
+
+
+@dataclass
+class _Unit:
+    """Runtime view of one binary unit (arrays ready for the kernels)."""
+
+    spec: dict
+    prefix: str
+    weight: np.ndarray
+    wsum: np.ndarray
+    params: np.ndarray  # (6, C): affine rows then RPReLU rows, as the fused kernel reads them
+    thr_next: np.ndarray  # the next unit's RSign shifts (T, C); T = 0 for the last unit
+    pad_next: int
+    proj_weight: np.ndarray | None
+    proj_affine: np.ndarray | None
+
+    @property
+    def cout(self) -> int:
+        return self.spec["groups"] * self.spec["group_channels"]
+
+
+class PackedNetwork:
+    """A packed ``reactnet_a`` / ``reactnet18``: ``net(x)`` -> features; ``save``; ``load``."""
+
+    def __init__(self, spec: dict, arrays: dict[str, np.ndarray]) -> None:
+        validate(spec)
+        check_arrays(spec, arrays)
+        self.spec = spec
+        self.arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+        self._lock = threading.Lock()
+        self._workspaces: dict[tuple[int, int, int], dict] = {}
+        self._units: list[_Unit] | None = None
+
+    # -- description -----------------------------------------------------------------------
+    @property
+    def backbone(self) -> str:
+        return self.spec["backbone"]["name"]
+
+    @property
+    def backbone_kwargs(self) -> dict[str, Any]:
+        return dict(self.spec["backbone"]["kwargs"])
+
+    @property
+    def in_channels(self) -> int:
+        return self.spec["in_channels"]
+
+    @property
+    def num_features(self) -> int:
+        return self.spec["num_features"]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of all arrays (the file adds a few hundred bytes of zip and JSON)."""
+        return sum(a.nbytes for a in self.arrays.values())
+
+    def __repr__(self) -> str:
+        return (
+            f"PackedNetwork({self.backbone}, {len(self.spec['units'])} binary units, "
+            f"{self.num_features}-d features, {self.nbytes / 1e6:.2f} MB)"
+        )
+
+    def describe(self) -> str:
+        """One line per layer: what the kernels will run."""
+        stem = self.spec["stem"]
+        lines = [
+            f"stem: conv {stem['kernel']}x{stem['kernel']}/{stem['stride']} "
+            f"{self.in_channels}->{stem['out_channels']} + BN"
+            + (" + maxpool 3x3/2" if stem["maxpool"] else "")
+        ]
+        for i, u in enumerate(self.spec["units"]):
+            cout = u["groups"] * u["group_channels"]
+            groups = f" ({u['groups']} x {u['group_channels']})" if u["groups"] > 1 else ""
+            lines.append(
+                f"unit {i:2d} {u['name']}: binary {u['kernel']}x{u['kernel']}/{u['stride']} "
+                f"{u['in_channels']}->{cout}{groups}, residual {u['residual']}"
+                + (", RPReLU" if u["activation"] else "")
+            )
+        lines.append(f"global average pool -> {self.num_features}")
+        return "\n".join(lines)
+
+    # -- file ------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write one self-describing file (see :mod:`s2bnn_plugin.export.format`)."""
+        return write_packed(path, self.spec, self.arrays)
+
+    # -- inference -------------------------------------------------------------------------
+    def check_input(self, x: Any) -> np.ndarray:
+        """Validate a batch before any compiled code sees it; returns it C-contiguous."""
+        c = self.in_channels
+        if not isinstance(x, np.ndarray):
+            raise TypeError(
+                f"expected a numpy float32 array shaped (N, {c}, H, W), got {type(x).__name__}"
+                " (torch tensors: x.numpy())"
+            )
+        if x.dtype != np.float32:
+            raise ValueError(
+                f"expected dtype float32, got {x.dtype} (convert with x.astype(np.float32))"
+            )
+        if x.ndim != 4 or x.shape[1] != c:
+            raise ValueError(
+                f"expected a batch shaped (N, {c}, H, W) (NCHW, {c} channels), got shape {x.shape}"
+            )
+        if x.shape[2] < 1 or x.shape[3] < 1:
+            raise ValueError(f"expected H, W >= 1, got shape {x.shape}")
+        return np.ascontiguousarray(x)
+
+    def __call__(self, x: np.ndarray, *, engine: str = "numba") -> np.ndarray:
+        """Features (N, num_features) float32 of a float32 NCHW batch.
+
+        ``engine="numpy"`` runs the same computation without compiled code (slow; the reference
+        the kernels are tested against). Threads: ``numba.set_num_threads``.
+        """
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+        x = self.check_input(x)
+        n = x.shape[0]
+        if n == 0:
+            return np.zeros((0, self.num_features), np.float32)
+        if engine == "numpy":
+            return self._forward_numpy(x)
+        chunk = self._images_per_chunk(x.shape[2], x.shape[3])
+        out = np.empty((n, self.num_features), np.float32)
+        with self._lock:
+            for start in range(0, n, chunk):
+                stop = min(n, start + chunk)
+                out[start:stop] = self._forward_numba(x[start:stop])
+        return out
+
+    # -- numba engine ----------------------------------------------------------------------
+    def _runtime_units(self) -> list[_Unit]:
+        if self._units is None:
+            from s2bnn_plugin.kernels import LANES, tap_sums
+
+            if LANES != ref.LANES:
+                raise RuntimeError("kernels and file format disagree on the block width")
+            units = []
+            specs = self.spec["units"]
+            for i, u in enumerate(specs):
+                p = f"units.{i}."
+                k, cin, g, cg = u["kernel"], u["in_channels"], u["groups"], u["group_channels"]
+                blocks = g * ((cg + LANES - 1) // LANES)
+                weight = _aligned(self.arrays[p + "weight"])
+                wsum = tap_sums(weight, blocks, k * k, (cin + 63) // 64, cin)
+                cout = g * cg
+                nxt = specs[i + 1] if i + 1 < len(specs) else None
+                units.append(
+                    _Unit(
+                        spec=u,
+                        prefix=p,
+                        weight=weight,
+                        wsum=wsum,
+                        params=np.concatenate(
+                            [
+                                self.arrays[p + "affine"],
+                                self.arrays.get(p + "activation", _IDENTITY_ACT(cout)),
+                            ]
+                        ),
+                        thr_next=(
+                            self.arrays[f"units.{i + 1}.rsign"]
+                            if nxt
+                            else np.zeros((0, cout), np.float32)
+                        ),
+                        pad_next=nxt["kernel"] // 2 if nxt else 0,
+                        proj_weight=self.arrays.get(p + "proj_weight"),
+                        proj_affine=self.arrays.get(p + "proj_affine"),
+                    )
+                )
+            self._units = units
+        return self._units
+
+    def _shapes(self, h: int, w: int) -> list[tuple[int, int, int]]:
+        """(H, W, C) of the stem output and of every unit's output."""
+        stem = self.spec["stem"]
+        k, s, p = stem["kernel"], stem["stride"], stem["padding"]
+        h, w = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+        if stem["maxpool"]:
+            h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1
+        shapes = [(h, w, stem["out_channels"])]
+        for u in self.spec["units"]:
+            k, s = u["kernel"], u["stride"]
+            h, w = (h + 2 * (k // 2) - k) // s + 1, (w + 2 * (k // 2) - k) // s + 1
+            shapes.append((h, w, u["groups"] * u["group_channels"]))
+        return shapes
+
+    def _images_per_chunk(self, h: int, w: int) -> int:
+        largest = max(hh * ww * c for hh, ww, c in self._shapes(h, w)) * 4
+        return max(1, CACHE_BYTES // max(1, largest))
+
+    def _buffers(self, n: int, h: int, w: int) -> dict:
+        key = (n, h, w)
+        if key in self._workspaces:
+            return self._workspaces[key]
+        shapes = self._shapes(h, w)
+        specs = self.spec["units"]
+        buf: dict[str, Any] = {}
+        sh, sw, sc = shapes[0]
+        if self.spec["stem"]["maxpool"]:
+            stem = self.spec["stem"]
+            k, s, p = stem["kernel"], stem["stride"], stem["padding"]
+            ch, cw = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+            buf["stem_conv"] = np.empty(n * ch * cw * sc, np.float32)
+        buf["maps"] = [np.empty(n * hh * ww * c, np.float32) for hh, ww, c in shapes]
+        bits = []
+        for i, u in enumerate(specs):
+            hh, ww, c = shapes[i]
+            p = u["kernel"] // 2
+            bits.append(
+                np.zeros(
+                    u["groups"] * n * (hh + 2 * p) * (ww + 2 * p) * ((c + 63) // 64), np.uint64
+                )
+            )
+        bits.append(np.zeros(0, np.uint64))
+        buf["bits"] = bits
+        buf["proj"] = [
+            np.empty(n * shapes[i + 1][0] * shapes[i + 1][1] * shapes[i + 1][2], np.float32)
+            if u["residual"] == "projection"
+            else None
+            for i, u in enumerate(specs)
+        ]
+        if len(self._workspaces) >= 2:  # a full chunk and the last, smaller one
+            self._workspaces.pop(next(iter(self._workspaces)))
+        self._workspaces[key] = buf
+        return buf
+
+    def _job_chunk(self, n: int, positions: int) -> int:
+        """4-position blocks per parallel job: enough jobs to balance, few enough to be cheap."""
+        import numba
+
+        blocks = n * ((positions + 3) // 4)
+        return int(min(16, max(1, blocks // (8 * numba.get_num_threads()))))
+
+    def _forward_numba(self, x: np.ndarray) -> np.ndarray:
+        from s2bnn_plugin import kernels as K
+
+        units = self._runtime_units()
+        n, _, h, w = x.shape
+        shapes = self._shapes(h, w)
+        buf = self._buffers(n, h, w)
+        stem = self.spec["stem"]
+        sw, saff = self.arrays["stem.weight"], self.arrays["stem.affine"]
+        maps, bits = buf["maps"], buf["bits"]
+        if stem["maxpool"]:
+            conv = buf["stem_conv"]
+            K.conv_nchw_bn(x, sw, stem["stride"], stem["padding"], saff, conv)
+            ch = (h + 2 * stem["padding"] - stem["kernel"]) // stem["stride"] + 1
+            cw = (w + 2 * stem["padding"] - stem["kernel"]) // stem["stride"] + 1
+            K.maxpool3x3s2(conv, n, ch, cw, shapes[0][2], maps[0])
+        else:
+            K.conv_nchw_bn(x, sw, stem["stride"], stem["padding"], saff, maps[0])
+        hh, ww, c = shapes[0]
+        first = self.spec["units"][0]
+        K.pack_signs(
+            maps[0], n, hh, ww, c, self.arrays["units.0.rsign"], first["kernel"] // 2, bits[0]
+        )
+        for i, u in enumerate(units):
+            s = u.spec
+            hh, ww, c = shapes[i]
+            ho, wo, cout = shapes[i + 1]
+            res = maps[i]
+            if s["residual"] == "projection":
+                res = buf["proj"][i]
+                K.projection_shortcut(
+                    maps[i], n, hh, ww, c, s["stride"] == 2, u.proj_weight, u.proj_affine, res
+                )
+            K.binary_conv_fused(
+                bits[i],
+                n,
+                hh,
+                ww,
+                c,
+                s["kernel"],
+                s["stride"],
+                u.weight,
+                u.wsum,
+                s["groups"],
+                s["group_channels"],
+                u.params,
+                res,
+                s["residual"] == "avgpool",
+                maps[i + 1],
+                u.thr_next,
+                u.pad_next,
+                bits[i + 1],
+                self._job_chunk(n, ho * wo),
+            )
+        hh, ww, c = shapes[-1]
+        out = np.empty((n, c), np.float32)
+        K.global_avgpool(maps[-1], n, hh * ww, c, out)
+        return out
+
+    # -- numpy engine ----------------------------------------------------------------------
+    def _forward_numpy(self, x: np.ndarray) -> np.ndarray:
+        feats, _ = self.trace_numpy(x)
+        return feats
+
+    def trace_numpy(self, x: np.ndarray) -> tuple[np.ndarray, list[dict[str, np.ndarray]]]:
+        """Numpy forward that also returns, per unit, its input ``bits``, exact integer
+        accumulations ``acc`` (N, Ho, Wo, C) and output map ``out`` (for tests and ``check``)."""
+        x = self.check_input(x)
+        a = self.arrays
+        stem = self.spec["stem"]
+        cur = ref.conv_nchw_bn(
+            x, a["stem.weight"], stem["stride"], stem["padding"], a["stem.affine"]
+        )
+        if stem["maxpool"]:
+            cur = ref.maxpool3x3s2(cur)
+        trace = []
+        for i, u in enumerate(self.spec["units"]):
+            p = f"units.{i}."
+            bits = ref.pack_signs(cur, a[p + "rsign"], u["kernel"] // 2)
+            residual = cur
+            if u["residual"] == "projection":
+                residual = ref.projection_shortcut(
+                    cur, u["stride"] == 2, a[p + "proj_weight"], a[p + "proj_affine"]
+                )
+            acc, cur = ref.binary_unit(bits, u, a, p, residual)
+            trace.append({"bits": bits, "acc": acc, "out": cur})
+        return ref.global_avgpool(cur), trace
+
+
+def load(path: str | os.PathLike) -> PackedNetwork:
+    """Read a file written by :meth:`PackedNetwork.save` (validated; see ``format``)."""
+    spec, arrays = read_packed(path)
+    return PackedNetwork(spec, arrays)
+
+
+def expected_array_names(spec: dict) -> list[str]:
+    """Names of the arrays a specification needs (for tools that build files by hand)."""
+    return sorted(expected_arrays(validate(spec)))
