@@ -1,0 +1,194 @@
+"""ImageFolders as solo-learn's ``custom`` dataset reads them: validation, and loading to evaluate.
+
+solo-learn reads ``data.train_path`` and ``data.val_path`` with torchvision's ``ImageFolder``
+(one sub-folder per class, classes numbered in sorted name order). Its failures on bad input come
+late and cryptic (a crash after seconds of imports, or a top-5 metric error in linear evaluation),
+so :func:`validate_image_folder` checks up front what it needs and says how to fix it.
+
+For evaluation, images are loaded once into one float32 NCHW array (the packed CPU engine takes
+numpy batches, and features are extracted from the same array for every engine).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+from torchvision import transforms
+from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
+from tqdm.auto import tqdm
+
+from s2bnn_plugin.data.fashion_mnist import INCOMPLETE_MARKER
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "IMG_EXTENSIONS",
+    "MIN_CLASSES",
+    "DatasetSplits",
+    "ImageSet",
+    "eval_transform",
+    "load_image_folder",
+    "validate_dataset_root",
+    "validate_image_folder",
+]
+
+#: solo-learn's (timm's) normalisation for ``custom`` and ImageNet data.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+#: solo-learn's linear evaluation reports top-5 accuracy, which needs at least 5 classes.
+MIN_CLASSES = 5
+
+_LAYOUT = "an ImageFolder holds one sub-folder per class with the images inside (ROOT/cat/1.png)"
+
+
+class ImageSet(NamedTuple):
+    """Images ready for a backbone: ``images`` float32 (N, 3, size, size), normalised; ``labels``
+    int64 (N,) indexing ``class_names`` (sorted, as ImageFolder numbers them)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: list[str]
+
+
+@dataclass(frozen=True)
+class DatasetSplits:
+    """A dataset root with a ``train`` and a held-out ``val`` ImageFolder over the same classes
+    (solo-learn's ``data.train_path`` and ``data.val_path``)."""
+
+    root: Path
+    train: Path
+    val: Path
+    class_names: list[str]
+
+
+def _has_image(folder: str) -> bool:
+    """Whether ImageFolder would find at least one image below ``folder`` (same walk as
+    torchvision: recursive, following links, by extension)."""
+    for _, _, files in os.walk(folder, followlinks=True):
+        if any(has_file_allowed_extension(f, IMG_EXTENSIONS) for f in files):
+            return True
+    return False
+
+
+def validate_image_folder(
+    path: str | os.PathLike[str], *, min_classes: int = MIN_CLASSES, what: str = "data folder"
+) -> list[str]:
+    """Check that ``path`` is an ImageFolder solo-learn can train and evaluate on; return its
+    class names (sorted). Raises ``ValueError`` naming the problem and its fix."""
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(
+            f"{what} {path} does not exist. Give an existing ImageFolder ({_LAYOUT}), or "
+            "`fashion-mnist` for the built-in dataset."
+        )
+    if not path.is_dir():
+        raise ValueError(f"{what} {path} is a file, not a folder: {_LAYOUT}.")
+    classes = sorted(e.name for e in os.scandir(path) if e.is_dir())
+    if not classes:
+        raise ValueError(f"{what} {path} has no class sub-folders: {_LAYOUT}.")
+    empty = [c for c in classes if not _has_image(os.path.join(path, c))]
+    if len(empty) == len(classes):
+        raise ValueError(
+            f"{what} {path} holds no images (looked for {', '.join(IMG_EXTENSIONS)} files in "
+            f"{len(classes)} class folders): {_LAYOUT}."
+        )
+    if empty:
+        raise ValueError(
+            f"{what} {path}: class folder(s) {empty} hold no images; remove them or add images "
+            f"(torchvision's ImageFolder, which solo-learn uses, rejects empty classes)."
+        )
+    if len(classes) < min_classes:
+        raise ValueError(
+            f"{what} {path} has {len(classes)} class(es) ({', '.join(classes)}); at least "
+            f"{min_classes} are needed (solo-learn's linear evaluation computes top-5 accuracy). "
+            "Use a dataset with more classes."
+        )
+    return classes
+
+
+def validate_dataset_root(
+    root: str | os.PathLike[str], *, min_classes: int = MIN_CLASSES
+) -> DatasetSplits:
+    """Check ``root/train`` and ``root/val`` (see :func:`validate_image_folder`) and that they
+    have the same classes, without which ImageFolder would number the labels differently."""
+    root = Path(root)
+    if not root.is_dir():
+        validate_image_folder(root, min_classes=min_classes)  # raises with the right message
+    if (root / INCOMPLETE_MARKER).is_file():
+        raise ValueError(
+            f"{root} is an unfinished Fashion-MNIST preparation (interrupted); run the same "
+            "command again to complete it"
+        )
+    missing = [s for s in ("train", "val") if not (root / s).is_dir()]
+    if missing:
+        raise ValueError(
+            f"{root} has no {' and no '.join(s + '/' for s in missing)} sub-folder: a dataset "
+            "root holds a train/ and a held-out, labelled val/ ImageFolder over the same classes "
+            f"(solo-learn's data.train_path and data.val_path); {_LAYOUT}."
+        )
+    train = validate_image_folder(root / "train", min_classes=min_classes, what="training folder")
+    val = validate_image_folder(root / "val", min_classes=min_classes, what="validation folder")
+    if train != val:
+        only_train = sorted(set(train) - set(val))
+        only_val = sorted(set(val) - set(train))
+        raise ValueError(
+            f"{root}: train/ and val/ must have the same class folders (labels are numbered by "
+            f"sorted folder name); only in train/: {only_train}, only in val/: {only_val}"
+        )
+    return DatasetSplits(root=root, train=root / "train", val=root / "val", class_names=train)
+
+
+def eval_transform(
+    size: int,
+    *,
+    crop_ratio: float = 1.0,
+    mean: tuple[float, float, float] = IMAGENET_MEAN,
+    std: tuple[float, float, float] = IMAGENET_STD,
+) -> transforms.Compose:
+    """Resize the shorter side to ``round(size / crop_ratio)``, centre-crop ``size``, normalise.
+
+    solo-learn's ``custom`` validation pipeline is this with ``size=224, crop_ratio=224/256``
+    (resize 256, crop 224). The default ``crop_ratio=1.0`` keeps the whole image, which is what a
+    model pretrained on small (e.g. 32 px) images should see.
+    """
+    if not 0 < crop_ratio <= 1:
+        raise ValueError(f"crop_ratio must be in (0, 1], got {crop_ratio}")
+    return transforms.Compose(
+        [
+            transforms.Resize(round(size / crop_ratio)),
+            transforms.CenterCrop(size),
+            transforms.ToTensor(),
+            transforms.Normalize(mean=mean, std=std),
+        ]
+    )
+
+
+def load_image_folder(
+    path: str | os.PathLike[str],
+    size: int = 32,
+    *,
+    crop_ratio: float = 1.0,
+    mean: tuple[float, float, float] = IMAGENET_MEAN,
+    std: tuple[float, float, float] = IMAGENET_STD,
+    min_classes: int = MIN_CLASSES,
+    progress: bool = True,
+) -> ImageSet:
+    """Validate an ImageFolder and load all of it, transformed by :func:`eval_transform`, into
+    memory (N x 3 x size x size x 4 bytes: 12 KiB an image at 32 px)."""
+    validate_image_folder(path, min_classes=min_classes)
+    dataset = ImageFolder(
+        os.fspath(path), transform=eval_transform(size, crop_ratio=crop_ratio, mean=mean, std=std)
+    )
+    images = np.empty((len(dataset), 3, size, size), dtype=np.float32)
+    labels = np.asarray(dataset.targets, dtype=np.int64)
+    for i in tqdm(
+        range(len(dataset)), desc=f"loading {Path(path).name}", unit="img", disable=not progress
+    ):
+        images[i] = dataset[i][0].numpy()
+    return ImageSet(images, labels, list(dataset.classes))
