@@ -80,6 +80,102 @@ def _cmd_linear(args: argparse.Namespace) -> int:
     return _run_solo("main_linear.py", "linear", args)
 
 
+def _per_class(value: str) -> int | None:
+    return None if value == "all" else int(value)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    """Features of a model on a dataset's train and val splits, then kNN and a linear probe."""
+    try:
+        return _eval(args)
+    except (OSError, ValueError, RuntimeError) as exc:  # bad paths, data, files or shapes
+        print(f"s2bnn eval: {exc}", file=sys.stderr)
+        return 2
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import json
+
+    from s2bnn_plugin.data import load_image_folder, resolve_dataset
+    from s2bnn_plugin.evaluation import (
+        evaluate,
+        evaluate_raw_pixels,
+        load_engines,
+        prediction_agreement,
+    )
+
+    progress = not args.no_progress
+    if not Path(args.model).is_file():
+        raise FileNotFoundError(f"model file {args.model} does not exist")
+    splits = resolve_dataset(
+        args.data,
+        size=args.size,
+        train_per_class=args.train_per_class,
+        val_per_class=args.val_per_class,
+        seed=args.seed,
+        data_root=args.data_root,
+        progress=progress,
+    )
+    engines, notes = load_engines(args.model, args.engine)
+    for note in notes:
+        print(f"note: {note}")
+    load = {"crop_ratio": args.crop_ratio, "progress": progress}
+    train = load_image_folder(splits.train, args.size, **load)
+    val = load_image_folder(splits.val, args.size, **load)
+    print(
+        f"data: {splits.root} ({len(train.class_names)} classes, {len(train.labels)} train / "
+        f"{len(val.labels)} val images, {args.size} px)\nmodel: {args.model}"
+    )
+    options = {"k": args.k, "temperature": args.temperature, "weight_decay": args.weight_decay}
+    results = [
+        evaluate(
+            extractor,
+            train.images,
+            train.labels,
+            val.images,
+            val.labels,
+            name=name,
+            batch_size=args.batch_size,
+            progress=progress,
+            **options,
+        )
+        for name, extractor in engines.items()
+    ]
+    if args.raw_pixels:
+        results.append(
+            evaluate_raw_pixels(
+                train.images, train.labels, val.images, val.labels, weight_decay=args.weight_decay
+            )
+        )
+
+    print(f"{'engine':<11}{'dim':>6}{'kNN top-1':>11}{'linear top-1':>14}{'img/s':>9}")
+    for r in results:
+        knn = "-" if r.knn is None else f"{r.knn.top1:.2f}"
+        speed = "-" if r.images_per_second is None else f"{r.images_per_second:.0f}"
+        print(f"{r.name:<11}{r.feature_dim:>6}{knn:>11}{r.linear.top1:>14.2f}{speed:>9}")
+    report = {
+        "model": str(args.model),
+        "data": str(splits.root),
+        "size": args.size,
+        "classes": train.class_names,
+        "results": [r.to_dict() for r in results],
+    }
+    by_name = {r.name: r for r in results}
+    if "packed" in by_name and "torch" in by_name:
+        same = prediction_agreement(
+            by_name["packed"].knn.predictions, by_name["torch"].knn.predictions
+        )
+        report["knn_agreement_packed_vs_torch"] = same
+        n = len(val.labels)
+        print(
+            f"kNN agreement, packed vs torch: {100 * same:.2f} % ({round(same * n)} / {n} images)"
+        )
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="s2bnn",
@@ -114,6 +210,68 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", default=default, help=f"config file (default {default})")
         p.add_argument("overrides", nargs=argparse.REMAINDER, help="Hydra overrides")
         p.set_defaults(func=func)
+
+    from s2bnn_plugin.data import DEMO_TRAIN_PER_CLASS, DEMO_VAL_PER_CLASS
+
+    p = sub.add_parser(
+        "eval",
+        help="kNN and linear-probe accuracy of a checkpoint or packed network",
+        description="Extracts features of the dataset's train/ and val/ splits, then reports "
+        "solo-learn's weighted kNN top-1 (train split as the bank) and a linear probe's top-1 "
+        "(fitted on train, tested on val). Images are resized to --size and normalised with "
+        "ImageNet's mean and std.",
+    )
+    p.add_argument(
+        "--model",
+        required=True,
+        help="a solo-learn .ckpt (args.json beside it) or a packed network file",
+    )
+    p.add_argument(
+        "--data",
+        default="fashion-mnist",
+        help="'fashion-mnist' (Debian's dataset-fashion-mnist, prepared once) or a folder "
+        "holding train/ and val/ ImageFolders (default fashion-mnist)",
+    )
+    p.add_argument(
+        "--engine",
+        default="auto",
+        choices=["auto", "packed", "torch", "both"],
+        help="auto: packed for a packed file; both for a checkpoint when it can be packed, "
+        "else torch",
+    )
+    p.add_argument("--size", type=int, default=32, help="image size in pixels (default 32)")
+    p.add_argument(
+        "--crop-ratio",
+        type=float,
+        default=1.0,
+        help="resize to size/ratio, then centre-crop size (solo-learn's custom: 0.875 at 224)",
+    )
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--k", type=int, default=20, help="kNN neighbours (default 20)")
+    p.add_argument("--temperature", type=float, default=0.07, help="kNN temperature")
+    p.add_argument("--weight-decay", type=float, default=1e-2, help="linear probe L2 strength")
+    p.add_argument("--raw-pixels", action="store_true", help="add the raw-pixel linear probe")
+    p.add_argument(
+        "--train-per-class",
+        type=_per_class,
+        default=DEMO_TRAIN_PER_CLASS,
+        help=f"fashion-mnist: training images per class, or 'all' (default {DEMO_TRAIN_PER_CLASS})",
+    )
+    p.add_argument(
+        "--val-per-class",
+        type=_per_class,
+        default=DEMO_VAL_PER_CLASS,
+        help=f"fashion-mnist: held-out images per class, or 'all' (default {DEMO_VAL_PER_CLASS})",
+    )
+    p.add_argument("--seed", type=int, default=0, help="fashion-mnist: subsampling seed")
+    p.add_argument(
+        "--data-root",
+        default=None,
+        help="fashion-mnist: where to prepare it (default $S2BNN_DATA_DIR or ~/.cache/s2bnn/data)",
+    )
+    p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_eval)
 
     return parser
 
