@@ -176,6 +176,75 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pack(args: argparse.Namespace) -> int:
+    from s2bnn_plugin.export.commands import pack
+
+    return pack(args)
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from s2bnn_plugin.export.commands import check
+
+    return check(args)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from s2bnn_plugin.export.commands import bench
+
+    return bench(args)
+
+
+def _add_export_commands(sub: argparse._SubParsersAction) -> None:
+    """``pack``, ``check`` and ``bench``: the bit-packed CPU engine (s2bnn_plugin.export)."""
+    ckpt_help = "a solo-learn .ckpt (args.json beside it) or a state dict file"
+    p = sub.add_parser(
+        "pack",
+        help="bit-pack a trained binary backbone into one file for the CPU kernels",
+        description="Loads a solo-learn checkpoint (backbone.* weights, args.json beside it) or "
+        "a plain state dict (give --backbone and --backbone-kwargs), checks it against the float "
+        "model and writes the packed network.",
+    )
+    p.add_argument("checkpoint", metavar="CKPT", help=ckpt_help)
+    p.add_argument("-o", "--output", required=True, help="packed file to write")
+    p.add_argument("--force", action="store_true", help="overwrite an existing output")
+    p.add_argument("--backbone", default=None, help="backbone name (instead of args.json)")
+    p.add_argument("--backbone-kwargs", default=None, help="JSON, e.g. '{\"cifar\": true}'")
+    p.add_argument("--check-size", type=int, default=64, help="image size of the quick check")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_pack)
+
+    p = sub.add_parser(
+        "check",
+        help="a packed file: agreement with the float model, size, speed",
+        description="Compares the packed network's features with the float model's (the "
+        "checkpoint's with --ckpt, else the float twin rebuilt from the file), its file size "
+        "with the fp32 state dict's, and its speed with PyTorch's.",
+    )
+    p.add_argument("file", metavar="FILE", help="packed network file")
+    p.add_argument("--ckpt", default=None, help=ckpt_help + " to compare with")
+    p.add_argument("--backbone", default=None, help="backbone name for a state dict --ckpt")
+    p.add_argument("--backbone-kwargs", default=None, help="JSON kwargs for --backbone")
+    p.add_argument("--size", type=int, default=224, help="image size (default 224)")
+    p.add_argument("--batch", type=int, default=8, help="images (default 8)")
+    p.add_argument("--threads", type=int, default=1, help="threads for both engines")
+    p.add_argument("--repeats", type=int, default=3, help="best of this many timed runs")
+    p.add_argument("-v", "--verbose", action="store_true", help="print the layers")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_check)
+
+    from s2bnn_plugin.export.commands import add_bench_arguments
+
+    p = sub.add_parser(
+        "bench",
+        help="quick speed table: packed CPU engine vs PyTorch fp32",
+        description="Times a random-weight backbone end to end (and with --layers every binary "
+        "layer) against PyTorch fp32 on the same input and thread count.",
+    )
+    add_bench_arguments(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_bench)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="s2bnn",
@@ -273,6 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_eval)
 
+    _add_export_commands(sub)
     return parser
 
 

@@ -33,7 +33,7 @@ from s2bnn_plugin.export.format import (
     write_packed,
 )
 
-__all__ = ["PackedNetwork", "load"]
+__all__ = ["KernelCall", "PackedNetwork", "load"]
 
 ENGINES = ("numba", "numpy")
 CACHE_BYTES = 6 << 20  # float maps of one chunk of images should fit well inside L2 + L3
@@ -53,6 +53,16 @@ def _IDENTITY_ACT(channels: int) -> np.ndarray:  # noqa: N802
     act = np.zeros((3, channels), np.float32)
     act[1] = 1
     return act
+
+
+@dataclass
+class KernelCall:
+    """One compiled call of the forward pass: ``fn(*args)``; ``unit``: binary unit index."""
+
+    name: str
+    fn: Any
+    args: tuple
+    unit: int | None = None
 
 
 @dataclass
@@ -284,9 +294,13 @@ class PackedNetwork:
         blocks = n * ((positions + 3) // 4)
         return int(min(16, max(1, blocks // (8 * numba.get_num_threads()))))
 
-    def _forward_numba(self, x: np.ndarray) -> np.ndarray:
+    def kernel_calls(self, x: np.ndarray) -> tuple[list[KernelCall], np.ndarray]:
+        """The compiled calls that compute the features of ``x`` (one chunk of images), in order,
+        and the array they leave the features in. Running ``call.fn(*call.args)`` for each is the
+        forward pass; the benchmark re-runs single calls to time one layer."""
         from s2bnn_plugin import kernels as K
 
+        x = self.check_input(x)
         units = self._runtime_units()
         n, _, h, w = x.shape
         shapes = self._shapes(h, w)
@@ -294,19 +308,22 @@ class PackedNetwork:
         stem = self.spec["stem"]
         sw, saff = self.arrays["stem.weight"], self.arrays["stem.affine"]
         maps, bits = buf["maps"], buf["bits"]
+        calls = []
+        stride, pad = stem["stride"], stem["padding"]
         if stem["maxpool"]:
             conv = buf["stem_conv"]
-            K.conv_nchw_bn(x, sw, stem["stride"], stem["padding"], saff, conv)
-            ch = (h + 2 * stem["padding"] - stem["kernel"]) // stem["stride"] + 1
-            cw = (w + 2 * stem["padding"] - stem["kernel"]) // stem["stride"] + 1
-            K.maxpool3x3s2(conv, n, ch, cw, shapes[0][2], maps[0])
+            calls.append(KernelCall("stem", K.conv_nchw_bn, (x, sw, stride, pad, saff, conv)))
+            ch = (h + 2 * pad - stem["kernel"]) // stride + 1
+            cw = (w + 2 * pad - stem["kernel"]) // stride + 1
+            args = (conv, n, ch, cw, shapes[0][2], maps[0])
+            calls.append(KernelCall("maxpool", K.maxpool3x3s2, args))
         else:
-            K.conv_nchw_bn(x, sw, stem["stride"], stem["padding"], saff, maps[0])
+            calls.append(KernelCall("stem", K.conv_nchw_bn, (x, sw, stride, pad, saff, maps[0])))
         hh, ww, c = shapes[0]
         first = self.spec["units"][0]
-        K.pack_signs(
-            maps[0], n, hh, ww, c, self.arrays["units.0.rsign"], first["kernel"] // 2, bits[0]
-        )
+        thr = self.arrays["units.0.rsign"]
+        args = (maps[0], n, hh, ww, c, thr, first["kernel"] // 2, bits[0])
+        calls.append(KernelCall("pack", K.pack_signs, args))
         for i, u in enumerate(units):
             s = u.spec
             hh, ww, c = shapes[i]
@@ -314,34 +331,30 @@ class PackedNetwork:
             res = maps[i]
             if s["residual"] == "projection":
                 res = buf["proj"][i]
-                K.projection_shortcut(
-                    maps[i], n, hh, ww, c, s["stride"] == 2, u.proj_weight, u.proj_affine, res
-                )
-            K.binary_conv_fused(
-                bits[i],
-                n,
-                hh,
-                ww,
-                c,
-                s["kernel"],
-                s["stride"],
-                u.weight,
-                u.wsum,
-                s["groups"],
-                s["group_channels"],
-                u.params,
-                res,
-                s["residual"] == "avgpool",
-                maps[i + 1],
-                u.thr_next,
-                u.pad_next,
-                bits[i + 1],
-                self._job_chunk(n, ho * wo),
-            )
+                args = (maps[i], n, hh, ww, c, s["stride"] == 2, u.proj_weight, u.proj_affine, res)
+                calls.append(KernelCall(f"{s['name']}.shortcut", K.projection_shortcut, args))
+            args = (
+                bits[i], n, hh, ww, c, s["kernel"], s["stride"], u.weight, u.wsum, s["groups"],
+                s["group_channels"], u.params, res, s["residual"] == "avgpool", maps[i + 1],
+                u.thr_next, u.pad_next, bits[i + 1], self._job_chunk(n, ho * wo),
+            )  # fmt: skip
+            calls.append(KernelCall(s["name"], K.binary_conv_fused, args, unit=i))
         hh, ww, c = shapes[-1]
         out = np.empty((n, c), np.float32)
-        K.global_avgpool(maps[-1], n, hh * ww, c, out)
+        calls.append(KernelCall("pool", K.global_avgpool, (maps[-1], n, hh * ww, c, out)))
+        return calls, out
+
+    def _forward_numba(self, x: np.ndarray) -> np.ndarray:
+        calls, out = self.kernel_calls(x)
+        for call in calls:
+            call.fn(*call.args)
         return out
+
+    def to_torch(self):
+        """The float PyTorch twin of this packed network (see :mod:`.unpack`)."""
+        from s2bnn_plugin.export.unpack import unpack
+
+        return unpack(self)
 
     # -- numpy engine ----------------------------------------------------------------------
     def _forward_numpy(self, x: np.ndarray) -> np.ndarray:

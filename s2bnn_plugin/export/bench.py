@@ -1,0 +1,185 @@
+"""Speed of the packed network against PyTorch fp32, measured as ratios in one process.
+
+Both sides get the same input and the same thread count (``torch.set_num_threads`` and
+``numba.set_num_threads``); timings alternate between the two and keep the best of several runs,
+which filters out other processes on a shared machine. Used by ``s2bnn bench``, ``s2bnn check``
+and ``benchmarks/bench_kernels.py``. Timings are never asserted by the tests.
+"""
+
+from __future__ import annotations
+
+import io
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from s2bnn_plugin.export.network import PackedNetwork
+
+__all__ = [
+    "LayerTiming",
+    "Timing",
+    "compare",
+    "end_to_end",
+    "file_sizes",
+    "layer_timings",
+    "markdown_table",
+    "set_threads",
+]
+
+
+def set_threads(threads: int) -> None:
+    """The same number of threads for PyTorch and Numba."""
+    import numba
+
+    torch.set_num_threads(threads)
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+
+
+def compare(
+    reference: Callable[[], object], packed: Callable[[], object], repeats: int = 5
+) -> tuple[float, float]:
+    """Best-of-``repeats`` seconds of two callables, measured alternately after a warm-up."""
+    reference()
+    packed()
+    best_ref = best_packed = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        reference()
+        best_ref = min(best_ref, time.perf_counter() - t)
+        t = time.perf_counter()
+        packed()
+        best_packed = min(best_packed, time.perf_counter() - t)
+    return best_ref, best_packed
+
+
+@dataclass
+class Timing:
+    """End-to-end seconds per batch."""
+
+    batch: int
+    threads: int
+    torch_s: float
+    packed_s: float
+
+    @property
+    def speedup(self) -> float:
+        return self.torch_s / self.packed_s
+
+
+@dataclass
+class LayerTiming:
+    """One binary unit: ``F.conv2d`` fp32 of the same shape vs the fused packed kernel."""
+
+    name: str
+    kernel: int
+    stride: int
+    in_channels: int
+    out_channels: int
+    size: int
+    macs: int
+    threads: int
+    torch_s: float
+    packed_s: float
+
+    @property
+    def speedup(self) -> float:
+        return self.torch_s / self.packed_s
+
+
+def end_to_end(
+    model: nn.Module,
+    net: PackedNetwork,
+    size: int,
+    batch: int,
+    threads: int,
+    repeats: int = 5,
+    seed: int = 0,
+) -> Timing:
+    """Features of the same random batch: the float model in eval vs the packed network."""
+    set_threads(threads)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, net.in_channels, size, size, generator=gen)
+    xn = x.numpy()
+    model.eval()
+
+    def reference() -> None:
+        with torch.no_grad():
+            model(x)
+
+    t_ref, t_packed = compare(reference, lambda: net(xn), repeats)
+    return Timing(batch, threads, t_ref, t_packed)
+
+
+def layer_timings(
+    net: PackedNetwork, size: int, threads: int, repeats: int = 5, seed: int = 0
+) -> list[LayerTiming]:
+    """Each distinct binary unit of ``net`` at ``size`` px, batch 1, on the input it really gets.
+
+    The packed side is the whole fused unit (popcount convolution, scale, BN, residual, RPReLU
+    and packing the next layer's signs); the torch side is the convolution alone.
+    """
+    set_threads(threads)
+    x = np.random.default_rng(seed).standard_normal((1, net.in_channels, size, size))
+    calls, _ = net.kernel_calls(x.astype(np.float32))
+    for call in calls:  # fill every buffer with the real activations
+        call.fn(*call.args)
+    rows, seen = [], set()
+    for call in calls:
+        if call.unit is None:
+            continue
+        u = net.spec["units"][call.unit]
+        a = call.args
+        n, h, w = a[1], a[2], a[3]
+        cout = u["groups"] * u["group_channels"]
+        key = (u["kernel"], u["stride"], u["in_channels"], cout, h, w)
+        if key in seen:
+            continue
+        seen.add(key)
+        k, s = u["kernel"], u["stride"]
+        res = a[12] if u["residual"] != "projection" else None
+        if res is not None and res.size == n * h * w * u["in_channels"]:
+            xin = torch.from_numpy(res.reshape(n, h, w, -1).copy()).permute(0, 3, 1, 2)
+        else:
+            xin = torch.randn(n, u["in_channels"], h, w)
+        xin = xin.contiguous()
+        weight = torch.randn(cout, u["in_channels"], k, k)
+        t_ref, t_packed = compare(
+            lambda xin=xin, weight=weight, s=s, k=k: F.conv2d(xin, weight, None, s, k // 2),
+            lambda call=call: call.fn(*call.args),
+            repeats,
+        )
+        ho, wo = (h + 2 * (k // 2) - k) // s + 1, (w + 2 * (k // 2) - k) // s + 1
+        macs = n * ho * wo * cout * u["in_channels"] * k * k
+        rows.append(
+            LayerTiming(call.name, k, s, u["in_channels"], cout, h, macs, threads, t_ref, t_packed)
+        )
+    return rows
+
+
+def file_sizes(net: PackedNetwork, model: nn.Module) -> tuple[int, int]:
+    """Bytes of the packed file and of the model's fp32 state dict saved with ``torch.save``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        packed = net.save(Path(tmp) / "net.s2bnn").stat().st_size
+    buf = io.BytesIO()
+    torch.save({k: v.float() for k, v in model.state_dict().items()}, buf)
+    return packed, buf.getbuffer().nbytes
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A GitHub markdown table: first column left-aligned, the others (numbers) right-aligned."""
+    cells = [[str(c) for c in headers]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+
+    def line(row: list[str]) -> str:
+        parts = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]
+        return "| " + " | ".join(parts) + " |"
+
+    rule = "|:" + "-" * (widths[0] + 1) + "|" + "|".join("-" * (w + 1) + ":" for w in widths[1:])
+    return "\n".join([line(cells[0]), rule + "|", *(line(r) for r in cells[1:])])

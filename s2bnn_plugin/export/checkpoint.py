@@ -1,0 +1,90 @@
+"""Load a trained backbone for packing: a solo-learn checkpoint or a plain state dict.
+
+A solo-learn pretraining ``.ckpt`` stores weights only (``state_dict`` with ``backbone.*`` keys,
+next to the projector, momentum encoder, ...); the run's ``args.json`` beside it names the
+backbone (``backbone.name``, ``backbone.kwargs``). A plain state dict needs the name and kwargs
+given explicitly. Files are read with ``torch.load(weights_only=True)``: no code runs on load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from s2bnn_plugin.backbones import create_backbone, list_backbones
+
+__all__ = ["load_backbone", "read_args_json"]
+
+PREFIXES = ("backbone.", "module.backbone.", "module.")
+
+
+def read_args_json(ckpt: Path) -> tuple[str, dict[str, Any]]:
+    """``backbone.name`` and ``backbone.kwargs`` from the ``args.json`` beside ``ckpt``."""
+    path = ckpt.parent / "args.json"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{ckpt}: no args.json beside it to name the backbone; pass --backbone NAME "
+            "[--backbone-kwargs JSON]"
+        )
+    try:
+        args = json.loads(path.read_text())
+        backbone = args["backbone"]
+        name, kwargs = backbone["name"], dict(backbone.get("kwargs") or {})
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not a solo-learn args.json with backbone.name ({e})") from e
+    if not isinstance(name, str):
+        raise ValueError(f"{path}: backbone.name must be a string, got {name!r}")
+    return name, kwargs
+
+
+def _state_dict(obj: Any, where: Path) -> dict[str, torch.Tensor]:
+    """The backbone's tensors out of a Lightning checkpoint or a (prefixed) state dict."""
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not obj:
+        raise ValueError(f"{where}: neither a checkpoint with 'state_dict' nor a state dict")
+    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    for prefix in PREFIXES:
+        picked = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+        if picked:
+            return picked
+    return tensors
+
+
+def load_backbone(
+    path: str | os.PathLike,
+    backbone: str | None = None,
+    backbone_kwargs: dict[str, Any] | None = None,
+) -> tuple[nn.Module, str, dict[str, Any]]:
+    """Build the backbone and load its weights (``strict=True``); returns it in eval mode with
+    its name and kwargs. ``backbone`` / ``backbone_kwargs`` override ``args.json``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if backbone is None:
+        name, kwargs = read_args_json(path)
+        if backbone_kwargs is not None:
+            kwargs = backbone_kwargs
+    else:
+        name, kwargs = backbone, dict(backbone_kwargs or {})
+    if name not in list_backbones():
+        raise ValueError(f"unknown backbone {name!r}; the plugin has {list_backbones()}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle / zip errors: report the file, not a traceback
+        raise ValueError(f"{path}: cannot read it as a torch checkpoint ({e})") from e
+    state = _state_dict(obj, path)
+    model = create_backbone(name, **kwargs)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ValueError(
+            f"{path}: the weights do not fit {name}({kwargs}) -- wrong backbone name or "
+            f"kwargs? {str(e).splitlines()[0]}"
+        ) from e
+    return model.eval(), name, kwargs

@@ -1,0 +1,88 @@
+"""From a packed network back to an equivalent float PyTorch backbone (its "float twin").
+
+Why: ``s2bnn check FILE`` and the torch reference engine need the float model, and a packed file
+alone does not contain the latent weights. It does not need them: a binary conv's effective
+weight is ``sign(w) * mean|w|``, so latent weights ``sign * scale`` reproduce it exactly, and a
+BatchNorm with running mean 0 and variance ``1 - eps`` multiplies by its weight exactly. The twin
+computes what the packed network computes, up to float summation order.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from s2bnn_plugin.backbones import create_backbone
+from s2bnn_plugin.export import reference as ref
+from s2bnn_plugin.export.network import PackedNetwork
+
+__all__ = ["unpack"]
+
+
+def _set_bn(bn: nn.BatchNorm2d, mul: torch.Tensor, add: torch.Tensor) -> None:
+    """Make ``bn`` (eval) compute ``x * mul + add``: 1 / sqrt((1 - eps) + eps) == 1 exactly."""
+    bn.running_mean.zero_()
+    bn.running_var.fill_(1.0 - bn.eps)
+    bn.weight.copy_(mul)
+    bn.bias.copy_(add)
+
+
+def _set_rprelu(act: nn.Module, params: torch.Tensor) -> None:
+    act.shift_in.bias.copy_(params[0])
+    act.prelu.weight.copy_(params[1].expand_as(act.prelu.weight))
+    act.shift_out.bias.copy_(params[2])
+
+
+def unpack(net: PackedNetwork) -> nn.Module:
+    """Rebuild the backbone named in the file and load the packed values into it (eval mode)."""
+    spec, a = net.spec, {k: torch.from_numpy(v.copy()) for k, v in net.arrays.items()}
+    model = create_backbone(spec["backbone"]["name"], **spec["backbone"]["kwargs"])
+    modules = dict(model.named_modules())
+    with torch.no_grad():
+        stem = model.stem
+        stem[0].weight.copy_(a["stem.weight"].permute(3, 0, 1, 2))
+        _set_bn(stem[1], a["stem.affine"][0], a["stem.affine"][1])
+        for i, u in enumerate(spec["units"]):
+            p = f"units.{i}."
+            convs = _unit_modules(modules, u["name"], u["groups"])
+            signs = ref.unpack_weights(
+                net.arrays[p + "weight"],
+                u["kernel"],
+                u["in_channels"],
+                u["groups"],
+                u["group_channels"],
+            )
+            signs = torch.from_numpy(signs).float()
+            cg = u["group_channels"]
+            for g, unit in enumerate(convs):
+                sl = slice(g * cg, (g + 1) * cg)
+                scale = a[p + "affine"][0, sl]
+                unit.conv.weight.copy_(signs[sl] * scale[:, None, None, None])
+                unit.conv.input_quantizer.shift.bias.copy_(a[p + "rsign"][g])
+                _set_bn(unit.bn, a[p + "affine"][1, sl], a[p + "affine"][2, sl])
+                if u["residual"] == "projection":
+                    unit.shortcut.proj.weight.copy_(a[p + "proj_weight"].t()[:, :, None, None])
+                    pa = a[p + "proj_affine"]
+                    _set_bn(unit.shortcut.bn, pa[0], pa[1])
+            if u["activation"]:
+                _set_rprelu(_activation(modules, u["name"]), a[p + "activation"])
+    return model.eval()
+
+
+def _unit_modules(modules: dict[str, nn.Module], name: str, groups: int) -> list[nn.Module]:
+    m = modules.get(name)
+    if m is None:
+        raise ValueError(f"the backbone has no layer {name!r} (file and backbone disagree)")
+    units = list(m) if isinstance(m, nn.ModuleList) else [m]
+    if len(units) != groups:
+        raise ValueError(f"layer {name!r}: {len(units)} convolutions, the file has {groups}")
+    return units
+
+
+def _activation(modules: dict[str, nn.Module], name: str) -> nn.Module:
+    """The RPReLU after a unit: conv3x3 -> act3x3, conv1x1 -> act1x1, conv_a -> act_a."""
+    parent, _, leaf = name.rpartition(".")
+    act_name = f"{parent}.{leaf.replace('conv', 'act')}"
+    if act_name not in modules:
+        raise ValueError(f"the backbone has no activation {act_name!r} after {name!r}")
+    return modules[act_name]
