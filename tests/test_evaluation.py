@@ -33,6 +33,7 @@ from s2bnn_plugin.evaluation import (
     prediction_agreement,
     raw_pixel_probe,
 )
+from s2bnn_plugin.evaluation.linear import _gray_as_rgb
 
 HAVE_FASHION_MNIST = (DEFAULT_SOURCE_DIR / "t10k-labels-idx1-ubyte.gz").is_file()
 HAVE_EXPORT = importlib.util.find_spec("s2bnn_plugin.export") is not None
@@ -166,6 +167,21 @@ def test_linear_probe_bad_input():
         linear_probe(x, y[:5], x, y)
     with pytest.raises(ValueError, match="2-D"):
         linear_probe(x.ravel(), y, x, y)
+
+
+def test_raw_pixel_probe_treats_gray_rgb_as_one_channel():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 90)
+    gray = (labels[:, None, None, None] + rng.normal(0, 1.5, (90, 1, 5, 5))).astype(np.float32)
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    rgb = ((gray - mean[:, None, None]) / std[:, None, None]).astype(np.float32)
+    one = raw_pixel_probe(gray[:60], labels[:60], gray[60:], labels[60:])
+    three = raw_pixel_probe(rgb[:60], labels[:60], rgb[60:], labels[60:])
+    np.testing.assert_array_equal(one.predictions, three.predictions)
+    assert _gray_as_rgb(rgb)
+    color = rgb.copy()
+    color[-1, 2, 0, 0] += 0.01  # one pixel of colour anywhere: all channels are kept
+    assert not _gray_as_rgb(color) and not _gray_as_rgb(gray)
 
 
 @pytest.mark.skipif(not HAVE_FASHION_MNIST, reason=f"Fashion-MNIST not installed: {APT_HINT}")

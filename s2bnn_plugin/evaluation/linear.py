@@ -108,6 +108,27 @@ def linear_probe(
     )
 
 
+def _gray_as_rgb(images: np.ndarray) -> bool:
+    """Whether every channel is a positive affine copy of the first: a grayscale image stored as
+    RGB (as Fashion-MNIST is here), then normalised per channel."""
+    if images.ndim != 4 or images.shape[1] == 1 or len(images) == 0:
+        return False
+    sample = images[:64].astype(np.float64)  # fit the affine map on a few images ...
+    first = sample[:, 0].ravel()
+    spread = first.std()
+    if spread == 0:
+        return False
+    for c in range(1, images.shape[1]):
+        slope, intercept = (float(v) for v in np.polyfit(first, sample[:, c].ravel(), 1))
+        if slope <= 0:
+            return False
+        # ... and check it on all of them.
+        residual = images[:, c] - (slope * images[:, 0] + intercept)
+        if np.abs(residual).max() > 1e-4 * slope * spread:
+            return False
+    return True
+
+
 def raw_pixel_probe(
     train_images: np.ndarray,
     train_labels: np.ndarray,
@@ -116,11 +137,20 @@ def raw_pixel_probe(
     **kwargs: float,
 ) -> LinearProbeResult:
     """The no-learning baseline: :func:`linear_probe` on flattened pixels. A self-supervised
-    encoder's features are worth something only if they beat it."""
+    encoder's features are worth something only if they beat it.
+
+    Grayscale images stored as RGB are probed on one channel: after standardisation the three
+    channels are the same columns, so one carries all the information, and the fit is three
+    times smaller and several times faster (the same model, with the L2 penalty on one weight
+    per pixel instead of spread over three copies).
+    """
+    train_images, test_images = np.asarray(train_images), np.asarray(test_images)
+    if _gray_as_rgb(train_images) and _gray_as_rgb(test_images):
+        train_images, test_images = train_images[:, :1], test_images[:, :1]
     return linear_probe(
-        np.asarray(train_images).reshape(len(train_images), -1),
+        train_images.reshape(len(train_images), -1),
         train_labels,
-        np.asarray(test_images).reshape(len(test_images), -1),
+        test_images.reshape(len(test_images), -1),
         test_labels,
         **kwargs,
     )
