@@ -1,0 +1,491 @@
+"""The ``s2bnn demo`` pipeline: the paper's comparison in miniature, resumable stage by stage.
+
+Stages (each leaves ``stages/<name>.json`` when finished; a restart skips finished stages and
+never retrains, hence never overwrites, a finished checkpoint):
+
+1. ``data``: the dataset root (Fashion-MNIST prepared once, or the user's ImageFolder), validated;
+2. ``teacher``: a real-valued self-supervised teacher (solo-learn SimCLR on solo-learn's ResNet-18);
+3. ``contrastive``, ``distill``, ``mixed``: three binary students with the same budget: SimCLR
+   alone, S2-BNN distillation alone, SimCLR + distillation;
+4. ``eval-<model>``: kNN and linear probe on the held-out split (students on the packed CPU engine,
+   the teacher in PyTorch, plus a raw-pixel probe), with kNN class distributions kept for the
+   calibration analysis;
+5. ``report``: results.md / results.json and the PNG plots.
+
+All training runs through solo-learn's own ``main_pretrain.py`` in a subprocess with the plugin's
+configs plus overrides; an interrupted training resumes from its last epoch checkpoint through
+solo-learn's auto-resume.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["STUDENTS", "DemoConfig", "DemoError", "run_demo"]
+
+
+class DemoError(RuntimeError):
+    """A problem the user can fix (bad data, missing solo-learn, a failed training run)."""
+
+
+#: student name -> (config file, extra overrides, description). Same budget for all three.
+STUDENTS: dict[str, tuple[str, list[str], str]] = {
+    "contrastive": (
+        "bnn_mocov2plus.yaml",
+        ["method=simclr", "~method_kwargs.queue_size", "~momentum"],
+        "binary, SimCLR only (no teacher)",
+    ),
+    "distill": ("s2bnn.yaml", [], "binary, S2-BNN distillation only"),
+    "mixed": (
+        "s2bnn.yaml",
+        ["method_kwargs.ssl_method=simclr", "+method_kwargs.ssl_weight=1.0"],
+        "binary, SimCLR + distillation",
+    ),
+}
+STAGES = ["data", "teacher", *STUDENTS, "eval", "report"]
+
+
+@dataclass
+class DemoConfig:
+    """Everything that decides the demo's results; the defaults fit 15 minutes on 2 CPU cores."""
+
+    out_dir: Path = Path("s2bnn-demo")
+    data: str = "fashion-mnist"
+    train_per_class: int = 200
+    val_per_class: int = 100
+    image_size: int = 32
+    # teacher: real-valued ResNet-18 (solo-learn's, ImageNet stem), SimCLR
+    teacher_epochs: int = 3
+    teacher_batch_size: int = 128
+    teacher_lr: float = 2.0e-3  # Adam; solo-learn scales it by batch_size / 256
+    # students: reactnet18 with binary weights and activations, same budget for all three
+    backbone: str = "reactnet18"
+    width_mult: float = 0.5
+    cifar_stem: bool = False  # the 32 px stem is ~10x slower on CPU (32x32 maps in stage 1)
+    epochs: int = 3
+    batch_size: int = 64
+    lr: float = 2.0e-3  # Adam; scaled by batch_size / 256 as well
+    proj_hidden_dim: int = 512
+    temperature: float = 0.2
+    num_workers: int = 1
+    eval_batch_size: int = 256
+    knn_k: int = 20
+    knn_temperature: float = 0.07
+    seed: int = 0
+    extra_overrides: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["out_dir"] = str(self.out_dir)
+        return d
+
+
+Log = Callable[[str], None]
+
+
+def _print(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json(path: Path, content: Any) -> None:
+    """Atomic, so that an interrupted write never leaves a marker that looks finished."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(content, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+class Stages:
+    """Markers of finished stages under ``out_dir/stages``."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.dir = out_dir / "stages"
+
+    def done(self, name: str) -> dict[str, Any] | None:
+        return _read_json(self.dir / f"{name}.json")
+
+    def finish(self, name: str, result: dict[str, Any]) -> dict[str, Any]:
+        _write_json(self.dir / f"{name}.json", result)
+        return result
+
+
+def _check_settings(cfg: DemoConfig) -> None:
+    """A demo folder belongs to one set of settings: resuming with others would mix results."""
+    path = cfg.out_dir / "demo_config.json"
+    settings = {k: v for k, v in cfg.to_json().items() if k != "out_dir"}
+    previous = _read_json(path)
+    if previous is not None and previous != settings:
+        changed = sorted(k for k in settings if previous.get(k) != settings[k])
+        raise DemoError(
+            f"{cfg.out_dir} holds a demo run with other settings (changed: {changed}); "
+            "use another --out folder, or delete it to start over"
+        )
+    _write_json(path, settings)
+
+
+# ---------------------------------------------------------------------------------- stages
+
+
+def stage_data(cfg: DemoConfig) -> dict[str, Any]:
+    from s2bnn_plugin.data import FashionMNISTNotFound, resolve_dataset
+
+    data_root = cfg.out_dir / "data" if cfg.data == "fashion-mnist" else None
+    try:
+        splits = resolve_dataset(
+            cfg.data,
+            size=cfg.image_size,
+            train_per_class=cfg.train_per_class,
+            val_per_class=cfg.val_per_class,
+            seed=cfg.seed,
+            data_root=data_root,
+        )
+    except (FashionMNISTNotFound, ValueError) as e:
+        raise DemoError(str(e)) from e
+    return {
+        "root": str(splits.root),
+        "train": str(splits.train),
+        "val": str(splits.val),
+        "classes": splits.class_names,
+    }
+
+
+def _final_checkpoint(run_dir: Path, epochs: int) -> Path | None:
+    ckpts = sorted(run_dir.rglob(f"*-ep={epochs - 1}.ckpt"), key=lambda p: p.stat().st_mtime)
+    return ckpts[-1] if ckpts else None
+
+
+def _train(
+    cfg: DemoConfig,
+    name: str,
+    config: str,
+    overrides: list[str],
+    epochs: int,
+    log: Log,
+    quiet: bool,
+) -> Path:
+    """Run solo-learn's main_pretrain.py for one model; return its last checkpoint."""
+    from s2bnn_plugin.cli import configs_dir
+    from s2bnn_plugin.solo import CALLBACK_OVERRIDE, find_solo_script, hydra_quote
+
+    run_dir = (cfg.out_dir / "runs" / name).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    command = [
+        sys.executable,
+        str(find_solo_script("main_pretrain.py")),
+        "--config-path",
+        str(configs_dir() / "pretrain" / "custom"),
+        "--config-name",
+        config,
+        *(hydra_quote(o) for o in overrides),
+        f"name=demo-{name}",
+        f"max_epochs={epochs}",
+        f"checkpoint.dir={run_dir}",
+        f"default_root_dir={run_dir}",
+        "accelerator=cpu",
+        'devices="1"',
+        "wandb.enabled=false",
+        "augmentations=mocov2_32.yaml",
+        f"data.num_workers={cfg.num_workers}",
+        f"++seed={cfg.seed}",
+        "auto_resume.enabled=true",
+        *cfg.extra_overrides,
+        CALLBACK_OVERRIDE,
+    ]
+    log_path = run_dir / "train.log"
+    log(f"  solo-learn main_pretrain.py, {epochs} epoch(s); log: {log_path}")
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    with open(log_path, "a") as handle:
+        handle.write("+ " + " ".join(command) + "\n")
+        handle.flush()
+        if quiet:
+            rc = subprocess.call(command, cwd=run_dir, env=env, stdout=handle, stderr=handle)
+        else:  # Lightning's progress bar goes to the terminal
+            rc = subprocess.call(command, cwd=run_dir, env=env)
+    if rc != 0:
+        raise DemoError(
+            f"training {name!r} failed (exit code {rc}); see {log_path} and the output above. "
+            "Run the demo again to resume from the last finished epoch."
+        )
+    ckpt = _final_checkpoint(run_dir, epochs)
+    if ckpt is None:
+        raise DemoError(
+            f"training {name!r} finished but wrote no last-epoch checkpoint in {run_dir}"
+        )
+    return ckpt
+
+
+def _common(cfg: DemoConfig, data: dict[str, Any], batch_size: int, lr: float) -> list[str]:
+    return [
+        f"data.train_path={data['train']}",
+        # no data.val_path: solo-learn would validate at 224 px every epoch (slow, unused)
+        f"optimizer.batch_size={batch_size}",
+        "optimizer.name=adam",
+        f"optimizer.lr={lr}",
+        "optimizer.weight_decay=0.0",
+        "scheduler.name=warmup_cosine",
+        "++scheduler.warmup_epochs=0",
+    ]
+
+
+def stage_teacher(cfg: DemoConfig, data: dict[str, Any], log: Log, quiet: bool) -> dict[str, Any]:
+    overrides = [
+        *_common(cfg, data, cfg.teacher_batch_size, cfg.teacher_lr),
+        "method=simclr",
+        "~method_kwargs.queue_size",
+        "~momentum",
+        f"method_kwargs.proj_hidden_dim={cfg.proj_hidden_dim}",
+        f"method_kwargs.temperature={cfg.temperature}",
+        "optimizer.classifier_lr=1e-3",
+        "~optimizer.kwargs",
+    ]
+    ckpt = _train(
+        cfg, "teacher", "teacher_mocov2plus.yaml", overrides, cfg.teacher_epochs, log, quiet
+    )
+    return {"checkpoint": str(ckpt)}
+
+
+def stage_student(
+    cfg: DemoConfig,
+    name: str,
+    data: dict[str, Any],
+    teacher_ckpt: str,
+    log: Log,
+    quiet: bool,
+) -> dict[str, Any]:
+    config, extra, _ = STUDENTS[name]
+    overrides = [
+        *_common(cfg, data, cfg.batch_size, cfg.lr),
+        f"backbone.name={cfg.backbone}",
+        f"backbone.kwargs.width_mult={cfg.width_mult}",
+        f"backbone.kwargs.cifar={str(cfg.cifar_stem).lower()}",
+        f"method_kwargs.temperature={cfg.temperature}",
+        *extra,
+    ]
+    if name == "contrastive":
+        overrides.append(f"method_kwargs.proj_hidden_dim={cfg.proj_hidden_dim}")
+    else:
+        overrides += [
+            f"method_kwargs.teacher.ckpt={teacher_ckpt}",
+            "method_kwargs.teacher.format=solo",
+            f"method_kwargs.head_hidden_dim={cfg.proj_hidden_dim}",
+        ]
+        if name == "mixed":
+            overrides += [
+                f"+method_kwargs.ssl_kwargs.proj_hidden_dim={cfg.proj_hidden_dim}",
+                "+method_kwargs.ssl_kwargs.proj_output_dim=128",
+                f"+method_kwargs.ssl_kwargs.temperature={cfg.temperature}",
+            ]
+    ckpt = _train(cfg, name, config, overrides, cfg.epochs, log, quiet)
+    return {"checkpoint": str(ckpt)}
+
+
+def _distributions(
+    train_f: np.ndarray, train_y: np.ndarray, val_f: np.ndarray, cfg: DemoConfig, n_cls: int
+) -> np.ndarray:
+    """kNN class distributions (weighted votes, normalised) of the held-out images: the
+    "prediction distribution" compared between teacher and students."""
+    from s2bnn_plugin.evaluation import knn_scores
+
+    def unit(x: np.ndarray) -> np.ndarray:
+        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+    scores = knn_scores(
+        unit(train_f),
+        train_y,
+        unit(val_f),
+        k=cfg.knn_k,
+        temperature=cfg.knn_temperature,
+        num_classes=n_cls,
+    ).numpy()
+    return scores / np.maximum(scores.sum(axis=1, keepdims=True), 1e-30)
+
+
+def stage_eval(
+    cfg: DemoConfig, data: dict[str, Any], models: dict[str, str], log: Log
+) -> dict[str, Any]:
+    """Features, kNN and linear probe for each model (each saved as it finishes), raw pixels."""
+    import torch
+
+    from s2bnn_plugin.evaluation import evaluate_features, evaluate_raw_pixels, extract_features
+    from s2bnn_plugin.evaluation.models import load_solo_backbone
+    from s2bnn_plugin.solo import register
+
+    register()  # the teacher's backbone is solo-learn's, the students' the plugin's
+    eval_dir = cfg.out_dir / "eval"
+    cache = eval_dir / "images.npz"
+    if cache.is_file():
+        arrays = np.load(cache)
+        train_x, train_y, val_x, val_y = (arrays[k] for k in ("tx", "ty", "vx", "vy"))
+    else:
+        from s2bnn_plugin.data import load_image_folder
+
+        train = load_image_folder(data["train"], cfg.image_size)
+        val = load_image_folder(data["val"], cfg.image_size)
+        train_x, train_y, val_x, val_y = train.images, train.labels, val.images, val.labels
+        eval_dir.mkdir(parents=True, exist_ok=True)
+        np.savez(cache.with_suffix(".tmp.npz"), tx=train_x, ty=train_y, vx=val_x, vy=val_y)
+        os.replace(cache.with_suffix(".tmp.npz"), cache)
+    n_cls = len(data["classes"])
+    results: dict[str, Any] = {}
+    for name, ckpt in models.items():
+        done = _read_json(eval_dir / f"{name}.json")
+        if done is not None:
+            log(f"  {name}: already evaluated, skipped")
+            results[name] = done
+            continue
+        module = load_solo_backbone(ckpt)
+        if name == "teacher":
+            engine_name = "torch"
+
+            def extractor(x: np.ndarray, m: torch.nn.Module = module) -> np.ndarray:
+                with torch.inference_mode():
+                    return m(torch.from_numpy(x)).float().numpy()
+
+        else:
+            from s2bnn_plugin import export
+
+            extractor = export.pack(module)
+            engine_name = "packed (bit-packed XNOR-popcount, Numba)"
+        start = time.perf_counter()
+        tf = extract_features(extractor, train_x, cfg.eval_batch_size, True, f"{name}: train")
+        vf = extract_features(extractor, val_x, cfg.eval_batch_size, True, f"{name}: val")
+        seconds = time.perf_counter() - start
+        res = evaluate_features(
+            tf,
+            train_y,
+            vf,
+            val_y,
+            name=name,
+            k=cfg.knn_k,
+            temperature=cfg.knn_temperature,
+            seconds=seconds,
+        )
+        dist = _distributions(tf, train_y, vf, cfg, n_cls)
+        np.save(eval_dir / f"{name}_knn_dist.npy", dist)
+        np.save(eval_dir / f"{name}_linear_pred.npy", res.linear.predictions)
+        summary = {**res.to_dict(), "engine": engine_name, "checkpoint": ckpt}
+        _write_json(eval_dir / f"{name}.json", summary)
+        log(
+            f"  {name}: kNN {summary['knn_top1']:.2f} %, linear {summary['linear_top1']:.2f} % "
+            f"({engine_name}, {seconds:.1f} s for features)"
+        )
+        results[name] = summary
+    raw_path = eval_dir / "raw_pixels.json"
+    raw = _read_json(raw_path)
+    if raw is None:
+        raw = evaluate_raw_pixels(train_x, train_y, val_x, val_y).to_dict()
+        _write_json(raw_path, raw)
+    log(f"  raw pixels: linear {raw['linear_top1']:.2f} %")
+    results["raw_pixels"] = raw
+    np.save(eval_dir / "val_labels.npy", val_y)
+    return results
+
+
+# ---------------------------------------------------------------------------------- driver
+
+
+def run_demo(
+    cfg: DemoConfig,
+    *,
+    until: str | None = None,
+    quiet: bool = False,
+    log: Log = _print,
+) -> dict[str, Any]:
+    """Run (or resume) the demo in ``cfg.out_dir``; ``until``: stop after that stage."""
+    from s2bnn_plugin.solo import SoloLearnNotFound, find_solo_script, require_solo
+
+    if until is not None and until not in STAGES:
+        raise DemoError(f"unknown stage {until!r}; stages: {STAGES}")
+    try:  # fail at once, before any data work, when solo-learn is missing
+        require_solo()
+        find_solo_script("main_pretrain.py")
+    except SoloLearnNotFound as e:
+        raise DemoError(str(e)) from e
+    cfg.out_dir = Path(cfg.out_dir)
+    if cfg.data != "fashion-mnist":
+        from s2bnn_plugin.data import validate_dataset_root
+
+        try:  # validate user data before writing anything
+            validate_dataset_root(cfg.data)
+        except ValueError as e:
+            raise DemoError(str(e)) from e
+        cfg.data = str(Path(cfg.data).resolve())
+    cfg.out_dir.mkdir(parents=True, exist_ok=True)
+    _check_settings(cfg)
+    stages = Stages(cfg.out_dir)
+    timings: dict[str, float] = dict((stages.done("timings") or {}).get("seconds", {}))
+    total = len(STAGES)
+
+    def run(index: int, name: str, title: str, fn: Callable[[], dict[str, Any]]) -> dict:
+        done = stages.done(name)
+        if done is not None:
+            log(f"[{index}/{total}] {title}: done earlier, skipped ({stages.dir / name}.json)")
+            return done
+        log(f"[{index}/{total}] {title} ...")
+        start = time.perf_counter()
+        result = fn()
+        timings[name] = round(time.perf_counter() - start, 1)
+        stages.finish("timings", {"seconds": timings})
+        log(f"[{index}/{total}] {title}: finished in {timings[name]:.0f} s")
+        return stages.finish(name, result)
+
+    data = run(1, "data", "data", lambda: stage_data(cfg))
+    if until == "data":
+        return {"data": data}
+    teacher = run(
+        2,
+        "teacher",
+        "real-valued teacher (SimCLR, ResNet-18)",
+        lambda: stage_teacher(cfg, data, log, quiet),
+    )
+    if until == "teacher":
+        return {"teacher": teacher}
+    ckpts = {"teacher": teacher["checkpoint"]}
+    for i, (name, (_, _, desc)) in enumerate(STUDENTS.items()):
+        result = run(
+            3 + i,
+            name,
+            f"student '{name}' ({desc})",
+            lambda name=name: stage_student(cfg, name, data, teacher["checkpoint"], log, quiet),
+        )
+        ckpts[name] = result["checkpoint"]
+        if until == name:
+            return {name: result}
+    evaluation = run(
+        6, "eval", "evaluation on the held-out split", lambda: stage_eval(cfg, data, ckpts, log)
+    )
+    if until == "eval":
+        return evaluation
+
+    def report() -> dict[str, Any]:
+        from s2bnn_plugin.demo.report import write_report
+
+        return write_report(cfg, data, evaluation, timings)
+
+    out = run(7, "report", "report (results.md, results.json, plots)", report)
+    log(f"results: {cfg.out_dir / 'results.md'}")
+    return out
+
+
+def clean_run(out_dir: Path, name: str) -> None:
+    """Forget one stage (and its checkpoints), e.g. to retrain it: used by tests."""
+    shutil.rmtree(out_dir / "runs" / name, ignore_errors=True)
+    (out_dir / "stages" / f"{name}.json").unlink(missing_ok=True)

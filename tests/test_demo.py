@@ -1,0 +1,113 @@
+"""`s2bnn demo`: stage resume and bad input, on a tiny generated ImageFolder with tiny models
+(real solo-learn training subprocesses; skipped without solo-learn)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from s2bnn_plugin.demo import DemoConfig, DemoError, run_demo
+
+pytestmark = pytest.mark.solo
+
+
+def _folder(root: Path, classes: int, per_class: int, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    for c in range(classes):
+        folder = root / f"class{c}"
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            pixels = (rng.random((32, 32, 3)) * 255).astype("uint8")
+            Image.fromarray(pixels).save(folder / f"{i}.png")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("demo_data")
+    _folder(root / "train", 5, 8)
+    _folder(root / "val", 5, 4, seed=1)
+    return root
+
+
+def tiny(out: Path, data: Path) -> DemoConfig:
+    return DemoConfig(
+        out_dir=out,
+        data=str(data),
+        teacher_epochs=1,
+        epochs=1,
+        teacher_batch_size=8,
+        batch_size=8,
+        width_mult=0.125,
+        proj_hidden_dim=32,
+        num_workers=0,
+        eval_batch_size=16,
+        knn_k=5,
+    )
+
+
+def test_resume_skips_finished_stages_and_keeps_checkpoints(dataset, tmp_path):
+    out = tmp_path / "demo"
+    logs: list[str] = []
+    run_demo(tiny(out, dataset), until="teacher", quiet=True, log=logs.append)  # "interrupted"
+    teacher = json.loads((out / "stages" / "teacher.json").read_text())["checkpoint"]
+    before = (Path(teacher).stat().st_mtime_ns, Path(teacher).read_bytes())
+    assert not (out / "stages" / "distill.json").exists()
+
+    logs.clear()
+    run_demo(tiny(out, dataset), quiet=True, log=logs.append)
+    assert any("teacher" in line and "skipped" in line for line in logs), logs
+    assert (Path(teacher).stat().st_mtime_ns, Path(teacher).read_bytes()) == before
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["results"]) == {"raw_pixels", "teacher", "contrastive", "distill", "mixed"}
+    for name in ("contrastive", "distill", "mixed"):
+        assert results["results"][name]["engine"].startswith("packed")
+        assert 0 <= results["results"][name]["knn_top1"] <= 100
+    for png in ("accuracy.png", "calibration.png"):
+        assert (out / png).stat().st_size > 1000
+    assert "distillation only" in (out / "results.md").read_text()
+
+    # a third run finds everything finished and touches nothing
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.ckpt")}
+    logs.clear()
+    run_demo(tiny(out, dataset), quiet=True, log=logs.append)
+    assert sum("skipped" in line for line in logs) == 7, logs
+    assert stamps == {p: p.stat().st_mtime_ns for p in out.rglob("*.ckpt")}
+
+    # other settings in the same folder would mix results: refused
+    changed = tiny(out, dataset)
+    changed.epochs = 2
+    with pytest.raises(DemoError, match="other settings"):
+        run_demo(changed, quiet=True, log=logs.append)
+
+
+@pytest.mark.parametrize(
+    "make,message",
+    [
+        (lambda root: None, "does not exist"),
+        (
+            lambda root: [(root / s / "a").mkdir(parents=True) for s in ("train", "val")],
+            "no images",
+        ),
+        (lambda root: [_folder(root / s, 4, 2) for s in ("train", "val")], "at least 5"),
+        (lambda root: _folder(root / "train", 5, 2), "no val/"),
+    ],
+    ids=["missing", "no-images", "four-classes", "no-val"],
+)
+def test_bad_data_is_refused_before_anything_runs(tmp_path, make, message):
+    data = tmp_path / "data"
+    make(data)
+    out = tmp_path / "demo"
+    with pytest.raises(DemoError, match=message):
+        run_demo(tiny(out, data), quiet=True, log=lambda _: None)
+    assert not (out / "runs").exists()
+
+
+def test_cli_reports_bad_data(tmp_path, capsys):
+    from s2bnn_plugin.cli import main
+
+    assert main(["demo", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
+    assert "does not exist" in capsys.readouterr().err
