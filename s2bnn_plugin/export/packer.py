@@ -313,8 +313,8 @@ def pack(model: nn.Module, *, progress: bool = False) -> PackedNetwork:
     training = [n or "<model>" for n, m in model.named_modules() if m.training]
     if training:
         raise PackError(
-            f"cannot pack a model in training mode (layer {training[0]!r}: BatchNorm would use "
-            "batch statistics); call model.eval() first"
+            f"cannot pack a model in training mode (layer {training[0]!r} has training=True; "
+            "BatchNorm would use batch statistics); call model.eval() first"
         )
     w = _Walker(model)
     w.visit(model)

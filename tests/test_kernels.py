@@ -1,0 +1,337 @@
+"""The Numba kernels against independent references: exact integer accumulations.
+
+Binary convolutions are compared with ``torch.nn.functional.conv2d`` on +-1 tensors with zero
+padding (exact in float32: the sums are small integers); the fused unit with the numpy reference
+engine (same float32 operations in the same order, so bit-for-bit equal). Shapes come from
+hypothesis: channel counts that are not multiples of 64 (or of the 32-channel weight blocks), odd
+spatial sizes, stride 2, batches above 1, the two-group (concatenated 1x1) form.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from numba import njit
+
+from s2bnn_plugin import kernels as K
+from s2bnn_plugin.export import reference as ref
+from s2bnn_plugin.export.format import LANES as FORMAT_LANES
+
+FAST = settings(max_examples=12, deadline=None)
+
+
+def _pack_input(x: np.ndarray, thr: np.ndarray, pad: int) -> np.ndarray:
+    """Pack (G, N, H, W, C) float maps with one threshold row per group, via the kernel."""
+    g, n, h, w, c = x.shape
+    per = n * (h + 2 * pad) * (w + 2 * pad) * K.words_for(c)
+    bits = np.zeros(g * per, np.uint64)
+    for i in range(g):
+        part = np.zeros(per, np.uint64)
+        K.pack_signs(x[i].ravel(), n, h, w, c, np.ascontiguousarray(thr[i : i + 1]), pad, part)
+        bits[i * per : (i + 1) * per] = part
+    return bits
+
+
+def _torch_acc(x, thr, weight, k, stride):
+    """sign(x + thr) (sign(0) = +1) convolved with sign(weight), zero padded, per group."""
+    outs = []
+    cg = weight.shape[0] // x.shape[0]
+    for g in range(x.shape[0]):
+        s = torch.from_numpy(np.where(x[g] + thr[g] >= 0, 1.0, -1.0).astype(np.float32))
+        wg = weight[g * cg : (g + 1) * cg]
+        ws = torch.from_numpy(np.where(wg >= 0, 1.0, -1.0).astype(np.float32))
+        outs.append(F.conv2d(s.permute(0, 3, 1, 2), ws, None, stride, k // 2).permute(0, 2, 3, 1))
+    return torch.cat(outs, dim=-1).numpy().astype(np.int64)
+
+
+def test_lanes_agree():
+    assert K.LANES == FORMAT_LANES == ref.LANES
+
+
+@njit
+def _popcounts(a):
+    out = np.empty(a.size, np.int64)
+    for i in range(a.size):
+        out[i] = K.popcount64(a[i])
+    return out
+
+
+@given(st.lists(st.integers(0, 2**64 - 1), min_size=1, max_size=20))
+@settings(max_examples=30, deadline=None)
+def test_popcount(values):
+    a = np.array(values, dtype=np.uint64)
+    assert _popcounts(a).tolist() == [bin(v).count("1") for v in values]
+
+
+@given(
+    n=st.integers(1, 3),
+    h=st.integers(1, 6),
+    w=st.integers(1, 6),
+    c=st.sampled_from([1, 5, 31, 32, 63, 64, 65, 100, 130]),
+    t=st.integers(1, 2),
+    pad=st.integers(0, 1),
+    seed=st.integers(0, 2**16),
+)
+@FAST
+def test_pack_signs_matches_reference(n, h, w, c, t, pad, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, h, w, c)).astype(np.float32)
+    x[rng.random(x.shape) < 0.05] = 0.0  # sign(0) = +1
+    x[rng.random(x.shape) < 0.02] = np.nan  # NaN reads as -1, like torch.where(x >= 0, 1, -1)
+    thr = rng.standard_normal((t, c)).astype(np.float32)
+    expected = ref.pack_signs(x, thr, pad)
+    got = np.zeros(expected.size, np.uint64)
+    K.pack_signs(x.ravel(), n, h, w, c, thr, pad, got)
+    np.testing.assert_array_equal(got.reshape(expected.shape), expected)
+
+
+def test_pack_signs_bit_order():
+    x = np.zeros((1, 1, 1, 70), np.float32)
+    x[..., 3] = -1.0
+    x[..., 66] = -0.5
+    got = np.zeros(2, np.uint64)
+    K.pack_signs(x.ravel(), 1, 1, 1, 70, np.zeros((1, 70), np.float32), 0, got)
+    assert got.tolist() == [1 << 3, 1 << 2]
+
+
+@given(
+    cout=st.sampled_from([1, 7, 32, 33, 64, 100]),
+    cin=st.sampled_from([1, 3, 63, 64, 65, 130]),
+    k=st.sampled_from([1, 3]),
+    groups=st.integers(1, 2),
+    seed=st.integers(0, 2**16),
+)
+@settings(max_examples=15, deadline=None)
+def test_weight_layout_round_trip(cout, cin, k, groups, seed):
+    rng = np.random.default_rng(seed)
+    neg = rng.random((groups * cout, cin, k, k)) < 0.5
+    wt = K.pack_weights(neg.astype(np.uint8), groups)
+    signs = ref.unpack_weights(wt, k, cin, groups, cout)
+    np.testing.assert_array_equal(signs, np.where(neg, -1.0, 1.0))
+
+
+@given(
+    n=st.integers(1, 3),
+    h=st.integers(1, 9),
+    w=st.integers(1, 9),
+    cin=st.sampled_from([1, 5, 32, 63, 64, 65, 100, 129]),
+    cout=st.sampled_from([1, 8, 31, 32, 33, 70]),
+    k=st.sampled_from([1, 3]),
+    stride=st.integers(1, 2),
+    groups=st.integers(1, 2),
+    seed=st.integers(0, 2**16),
+)
+@FAST
+def test_binary_conv_acc_is_exact(n, h, w, cin, cout, k, stride, groups, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((groups, n, h, w, cin)).astype(np.float32)
+    thr = (0.3 * rng.standard_normal((groups, cin))).astype(np.float32)
+    weight = rng.standard_normal((groups * cout, cin, k, k)).astype(np.float32)
+    weight[rng.random(weight.shape) < 0.05] = 0.0  # sign(0) = +1 for weights too
+    bits = _pack_input(x, thr, k // 2)
+    wt = K.pack_weights((~(weight >= 0)).astype(np.uint8), groups)
+    bpg = (cout + K.LANES - 1) // K.LANES
+    wsum = K.tap_sums(wt, groups * bpg, k * k, K.words_for(cin), cin)
+    ho, wo = K.out_size(h, k, stride), K.out_size(w, k, stride)
+    out = np.full((n, ho, wo, groups * cout), -(2**30), np.int32)
+    K.binary_conv_acc(bits, n, h, w, cin, k, stride, wt, wsum, groups, cout, 2, out)
+    np.testing.assert_array_equal(out, _torch_acc(x, thr, weight, k, stride))
+
+
+@given(
+    m=st.integers(1, 13),
+    cin=st.sampled_from([1, 40, 64, 200]),
+    cout=st.sampled_from([1, 32, 45]),
+    seed=st.integers(0, 2**16),
+)
+@FAST
+def test_binary_gemm(m, cin, cout, seed):
+    rng = np.random.default_rng(seed)
+    a = rng.random((m, cin)) < 0.5
+    b = rng.random((cout, cin)) < 0.5
+    a_words = ref.pack_signs(
+        np.where(a, -1.0, 1.0).astype(np.float32)[None, None], np.zeros((1, cin), np.float32), 0
+    )[0, 0, 0]
+    wt = K.pack_weights(b[:, :, None, None].astype(np.uint8), 1)
+    got = K.binary_gemm(np.ascontiguousarray(a_words), wt, cin, cout, 1)
+    expected = np.where(a, -1, 1) @ np.where(b, -1, 1).T
+    np.testing.assert_array_equal(got, expected)
+
+
+@given(
+    n=st.integers(1, 2),
+    h=st.integers(1, 7),
+    w=st.integers(1, 7),
+    cin=st.sampled_from([3, 64, 70]),
+    k=st.sampled_from([1, 3]),
+    stride=st.integers(1, 2),
+    groups=st.integers(1, 2),
+    next_sets=st.integers(0, 2),
+    opad=st.integers(0, 1),
+    seed=st.integers(0, 2**16),
+)
+@FAST
+def test_fused_unit_matches_reference(n, h, w, cin, k, stride, groups, next_sets, opad, seed):
+    """Float output and next-layer bits of the fused kernel equal the numpy engine's exactly."""
+    if stride == 2 and k == 1:
+        k = 3
+    rng = np.random.default_rng(seed)
+    cg = cin
+    cout = groups * cg
+    x = rng.standard_normal((n, h, w, cin)).astype(np.float32)
+    rsign = (0.2 * rng.standard_normal((groups, cin))).astype(np.float32)
+    bits = ref.pack_signs(x, rsign, k // 2)
+    weight = rng.standard_normal((cout, cin, k, k)).astype(np.float32)
+    wt = K.pack_weights((weight < 0).astype(np.uint8), groups)
+    affine = rng.uniform(0.05, 2, (3, cout)).astype(np.float32)
+    affine[2] = rng.standard_normal(cout)
+    act = np.stack(
+        [rng.standard_normal(cout), rng.uniform(-0.5, 1, cout), rng.standard_normal(cout)]
+    ).astype(np.float32)
+    thr = rng.standard_normal((next_sets, cout)).astype(np.float32)
+    residual = "avgpool" if stride == 2 else "identity"
+    unit = {
+        "kernel": k,
+        "stride": stride,
+        "in_channels": cin,
+        "groups": groups,
+        "group_channels": cg,
+        "residual": residual,
+        "activation": True,
+    }
+    arrays = {"u.weight": wt, "u.affine": affine, "u.activation": act}
+    acc, y = ref.binary_unit(bits, unit, arrays, "u.", x)
+
+    bpg = (cg + K.LANES - 1) // K.LANES
+    wsum = K.tap_sums(wt, groups * bpg, k * k, K.words_for(cin), cin)
+    ho, wo = y.shape[1:3]
+    z = np.zeros(n * ho * wo * cout, np.float32)
+    obits = np.zeros(
+        next_sets * n * (ho + 2 * opad) * (wo + 2 * opad) * K.words_for(cout), np.uint64
+    )
+    K.binary_conv_fused(
+        bits.ravel(),
+        n,
+        h,
+        w,
+        cin,
+        k,
+        stride,
+        wt,
+        wsum,
+        groups,
+        cg,
+        np.concatenate([affine, act]),
+        x.ravel(),
+        stride == 2,
+        z,
+        thr,
+        opad,
+        obits,
+        1,
+    )
+    np.testing.assert_array_equal(z.reshape(y.shape), y)
+    np.testing.assert_array_equal(obits, ref.pack_signs(y, thr, opad).ravel())
+
+
+@given(
+    n=st.integers(1, 2),
+    h=st.integers(1, 9),
+    w=st.integers(1, 9),
+    cin=st.sampled_from([1, 3]),
+    cout=st.sampled_from([5, 16]),
+    k=st.sampled_from([1, 3, 7]),
+    stride=st.integers(1, 2),
+    seed=st.integers(0, 2**16),
+)
+@FAST
+def test_float_glue_matches_reference(n, h, w, cin, cout, k, stride, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, cin, h, w)).astype(np.float32)
+    wt = rng.standard_normal((cin, k, k, cout)).astype(np.float32)
+    aff = rng.standard_normal((2, cout)).astype(np.float32)
+    pad = k // 2
+    expected = ref.conv_nchw_bn(x, wt, stride, pad, aff)
+    got = np.zeros(expected.size, np.float32)
+    K.conv_nchw_bn(x, wt, stride, pad, aff, got)
+    np.testing.assert_array_equal(got.reshape(expected.shape), expected)
+
+    m = expected
+    pooled = ref.maxpool3x3s2(m)
+    got = np.zeros(pooled.size, np.float32)
+    K.maxpool3x3s2(m.ravel(), *m.shape, got)
+    np.testing.assert_array_equal(got.reshape(pooled.shape), pooled)
+
+    pw = rng.standard_normal((cout, 6)).astype(np.float32)
+    for pool in (False, True):
+        expected = ref.projection_shortcut(m, pool, pw, aff[:, :1].repeat(6, 1))
+        got = np.zeros(expected.size, np.float32)
+        K.projection_shortcut(m.ravel(), *m.shape, pool, pw, aff[:, :1].repeat(6, 1), got)
+        np.testing.assert_array_equal(got.reshape(expected.shape), expected)
+
+    feats = np.zeros((m.shape[0], m.shape[3]), np.float32)
+    K.global_avgpool(m.ravel(), m.shape[0], m.shape[1] * m.shape[2], m.shape[3], feats)
+    np.testing.assert_array_equal(feats, ref.global_avgpool(m))
+
+
+def _has_vpopcntdq() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return "avx512_vpopcntdq" in f.read()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _has_vpopcntdq(), reason="CPU without AVX-512 VPOPCNTDQ")
+def test_micro_kernel_uses_vector_popcount():
+    from s2bnn_plugin.kernels.inspect import popcount_report
+
+    report = popcount_report()
+    assert report["vpopcntq_zmm"] >= 16, report
+
+
+def test_portable_build_without_avx512():
+    """``NUMBA_CPU_NAME=generic`` (any x86-64) compiles and gives the same accumulations."""
+    code = textwrap.dedent(
+        """
+        import numpy as np
+        from s2bnn_plugin import kernels as K
+        from s2bnn_plugin.kernels.inspect import popcount_report
+        rng = np.random.default_rng(0)
+        n, h, w, cin, cout, k, s = 2, 5, 7, 70, 33, 3, 2
+        x = rng.standard_normal((n, h, w, cin)).astype(np.float32)
+        bits = np.zeros(n * (h + 2) * (w + 2) * 2, np.uint64)
+        K.pack_signs(x.ravel(), n, h, w, cin, np.zeros((1, cin), np.float32), 1, bits)
+        neg = (rng.random((cout, cin, k, k)) < 0.5).astype(np.uint8)
+        wt = K.pack_weights(neg, 1)
+        wsum = K.tap_sums(wt, 2, 9, 2, cin)
+        out = np.zeros((n, 3, 4, cout), np.int32)
+        K.binary_conv_acc(bits, n, h, w, cin, k, s, wt, wsum, 1, cout, 1, out)
+        np.save("out.npy", out)
+        np.save("x.npy", x)
+        np.save("neg.npy", neg)
+        print(popcount_report())
+        """
+    )
+    env = dict(os.environ, NUMBA_CPU_NAME="generic")
+    tmp = os.path.join(os.path.dirname(__file__), "..", ".pytest_cache", "generic")
+    os.makedirs(tmp, exist_ok=True)
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=tmp, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert "'cpu': 'generic'" in done.stdout and "'vpopcntq': 0" in done.stdout, done.stdout
+    out = np.load(os.path.join(tmp, "out.npy"))
+    x = np.load(os.path.join(tmp, "x.npy"))[None]
+    neg = np.load(os.path.join(tmp, "neg.npy"))
+    weight = np.where(neg, -1.0, 1.0).astype(np.float32)
+    np.testing.assert_array_equal(out, _torch_acc(x, np.zeros((1, 70), np.float32), weight, 3, 2))
