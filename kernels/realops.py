@@ -12,44 +12,173 @@ import numpy as np
 from numba import njit, prange
 
 from .bconv import out_size
+from .simd import fadd, fload, fload_n, fmul, fsplat, fstore_n, load
 
 __all__ = ["conv_nchw_bn", "maxpool3x3s2", "projection_shortcut", "global_avgpool"]
+
+
+@njit(cache=True, inline="always")
+def _stem_block(x, xbase, h, w, iy0, ix0, wt, k, cout, c0, cin, count):
+    """One output position, channels ``c0 .. c0 + count`` (count <= 32): two 16-lane register
+    accumulators summed over (ci, ky, kx) in order, taps outside the image skipped."""
+    a0 = fsplat(0.0)
+    a1 = fsplat(0.0)
+    n0 = min(16, count)
+    n1 = count - n0
+    for ci in range(cin):
+        for ky in range(k):
+            iy = iy0 + ky
+            if iy < 0 or iy >= h:
+                continue
+            for kx in range(k):
+                ix = ix0 + kx
+                if ix < 0 or ix >= w:
+                    continue
+                xv = fsplat(load(x, xbase + (ci * h + iy) * w + ix))
+                wo = ((ci * k + ky) * k + kx) * cout + c0
+                w0 = fload(wt, wo) if n0 == 16 else fload_n(wt, wo, n0)
+                a0 = fadd(a0, fmul(xv, w0))
+                if n1 > 0:
+                    w1 = fload(wt, wo + 16) if n1 == 16 else fload_n(wt, wo + 16, n1)
+                    a1 = fadd(a1, fmul(xv, w1))
+    return a0, a1
+
+
+@njit(cache=True, inline="always")
+def _stem_block4(x, xbase, h, w, iy0, ix0, stride, wt, k, cout, c0, cin, count):
+    """Four outputs along a row (ix0, ix0 + stride, ...), all taps inside the image in x:
+    eight independent accumulators hide the add latency. Same summation order as
+    :func:`_stem_block` for each output."""
+    a00 = fsplat(0.0)
+    a01 = fsplat(0.0)
+    a10 = fsplat(0.0)
+    a11 = fsplat(0.0)
+    a20 = fsplat(0.0)
+    a21 = fsplat(0.0)
+    a30 = fsplat(0.0)
+    a31 = fsplat(0.0)
+    n0 = min(16, count)
+    n1 = count - n0
+    for ci in range(cin):
+        for ky in range(k):
+            iy = iy0 + ky
+            if iy < 0 or iy >= h:
+                continue
+            xrow = xbase + (ci * h + iy) * w + ix0
+            for kx in range(k):
+                wo = ((ci * k + ky) * k + kx) * cout + c0
+                w0 = fload(wt, wo) if n0 == 16 else fload_n(wt, wo, n0)
+                w1 = fload(wt, wo + 16) if n1 == 16 else fload_n(wt, wo + 16, n1)
+                x0 = fsplat(load(x, xrow + kx))
+                x1 = fsplat(load(x, xrow + stride + kx))
+                x2 = fsplat(load(x, xrow + 2 * stride + kx))
+                x3 = fsplat(load(x, xrow + 3 * stride + kx))
+                a00 = fadd(a00, fmul(x0, w0))
+                a01 = fadd(a01, fmul(x0, w1))
+                a10 = fadd(a10, fmul(x1, w0))
+                a11 = fadd(a11, fmul(x1, w1))
+                a20 = fadd(a20, fmul(x2, w0))
+                a21 = fadd(a21, fmul(x2, w1))
+                a30 = fadd(a30, fmul(x3, w0))
+                a31 = fadd(a31, fmul(x3, w1))
+    return a00, a01, a10, a11, a20, a21, a30, a31
+
+
+@njit(cache=True, inline="always")
+def _stem_block(x, xbase, h, w, iy0, ix0, wt, k, cout, c0, cin, count):
+    """One output position, channels ``c0 .. c0 + count`` (count <= 32): two 16-lane register
+    accumulators summed over (ci, ky, kx) in order, taps outside the image skipped."""
+    a0 = fsplat(0.0)
+    a1 = fsplat(0.0)
+    n0 = min(16, count)
+    n1 = count - n0
+    for ci in range(cin):
+        for ky in range(k):
+            iy = iy0 + ky
+            if iy < 0 or iy >= h:
+                continue
+            for kx in range(k):
+                ix = ix0 + kx
+                if ix < 0 or ix >= w:
+                    continue
+                xv = fsplat(load(x, xbase + (ci * h + iy) * w + ix))
+                wo = ((ci * k + ky) * k + kx) * cout + c0
+                w0 = fload(wt, wo) if n0 == 16 else fload_n(wt, wo, n0)
+                a0 = fadd(a0, fmul(xv, w0))
+                if n1 > 0:
+                    w1 = fload(wt, wo + 16) if n1 == 16 else fload_n(wt, wo + 16, n1)
+                    a1 = fadd(a1, fmul(xv, w1))
+    return a0, a1
+
+
+@njit(cache=True, inline="always")
+def _stem_store(a0, a1, aff, cout, c0, count, out, obase):
+    """BatchNorm ``y * aff[0] + aff[1]`` of one position's ``count`` channels, stored."""
+    n0 = min(16, count)
+    y0 = fadd(fmul(a0, fload_n(aff, c0, n0)), fload_n(aff, cout + c0, n0))
+    fstore_n(out, obase + c0, y0, n0)
+    if count > 16:
+        n1 = count - 16
+        y1 = fadd(fmul(a1, fload_n(aff, c0 + 16, n1)), fload_n(aff, cout + c0 + 16, n1))
+        fstore_n(out, obase + c0 + 16, y1, n1)
 
 
 @njit(cache=True, parallel=True)
 def conv_nchw_bn(x, wt, stride, pad, aff, out):
     """Real convolution of an NCHW float32 batch, then the BatchNorm ``y * aff[0] + aff[1]``.
 
-    ``wt``: (cin, k, k, cout); ``out``: flat NHWC float32 (n, ho, wo, cout). Summation order
-    over (ci, ky, kx) per output, out-of-image taps skipped (zero padding).
+    ``wt``: (cin, k, k, cout); ``out``: flat NHWC float32 (n, ho, wo, cout). Each output sums
+    over (ci, ky, kx) in that order with out-of-image taps skipped (zero padding); up to 32
+    output channels of 4 positions stay in vector registers.
     """
     n, cin, h, w = x.shape
     k = wt.shape[1]
     cout = wt.shape[3]
     ho = (h + 2 * pad - k) // stride + 1
     wo = (w + 2 * pad - k) // stride + 1
+    flat_x = x.ravel()
+    flat_w = wt.ravel()
+    flat_aff = aff.ravel()
+    # output columns whose taps all fall inside the image horizontally
+    lo = min(wo, (pad + stride - 1) // stride)
+    hi = max(lo, min(wo, (w - k + pad) // stride + 1))
     for row in prange(n * ho):
         img = row // ho
         oy = row % ho
-        acc = np.zeros(wo * cout, np.float32)
-        for ci in range(cin):
-            for ky in range(k):
-                iy = oy * stride + ky - pad
-                if iy < 0 or iy >= h:
-                    continue
-                for kx in range(k):
-                    for ox in range(wo):
-                        ix = ox * stride + kx - pad
-                        if ix < 0 or ix >= w:
-                            continue
-                        xv = x[img, ci, iy, ix]
-                        base = ox * cout
-                        for co in range(cout):
-                            acc[base + co] += xv * wt[ci, ky, kx, co]
-        obase = row * wo * cout
-        for ox in range(wo):
-            for co in range(cout):
-                out[obase + ox * cout + co] = acc[ox * cout + co] * aff[0, co] + aff[1, co]
+        xbase = img * cin * h * w
+        iy0 = oy * stride - pad
+        for c0 in range(0, cout, 32):
+            count = min(32, cout - c0)
+            ox = 0
+            while ox < wo:
+                obase = (row * wo + ox) * cout
+                if lo <= ox and ox + 4 <= hi:
+                    a00, a01, a10, a11, a20, a21, a30, a31 = _stem_block4(
+                        flat_x,
+                        xbase,
+                        h,
+                        w,
+                        iy0,
+                        ox * stride - pad,
+                        stride,
+                        flat_w,
+                        k,
+                        cout,
+                        c0,
+                        cin,
+                        count,
+                    )
+                    _stem_store(a00, a01, flat_aff, cout, c0, count, out, obase)
+                    _stem_store(a10, a11, flat_aff, cout, c0, count, out, obase + cout)
+                    _stem_store(a20, a21, flat_aff, cout, c0, count, out, obase + 2 * cout)
+                    _stem_store(a30, a31, flat_aff, cout, c0, count, out, obase + 3 * cout)
+                    ox += 4
+                else:
+                    a0, a1 = _stem_block(
+                        flat_x, xbase, h, w, iy0, ox * stride - pad, flat_w, k, cout, c0, cin, count
+                    )
+                    _stem_store(a0, a1, flat_aff, cout, c0, count, out, obase)
+                    ox += 1
 
 
 @njit(cache=True, parallel=True)

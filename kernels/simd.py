@@ -15,7 +15,16 @@ from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
 __all__ = [
+    "F32x16",
     "I64x8",
+    "fadd",
+    "fload",
+    "fload_n",
+    "fmul",
+    "fprelu",
+    "fsplat",
+    "fstore",
+    "fstore_n",
     "load",
     "load_u64",
     "popcount64",
@@ -216,14 +225,11 @@ def sign_bits_partial(typingctx, z, zoff, thr, toff, count):
         return None
 
     def codegen(context, builder, sig, args):
-        f32 = ir.FloatType()
-        vty = ir.VectorType(f32, 64)
+        vty = ir.VectorType(ir.FloatType(), 64)
         i1v = ir.VectorType(ir.IntType(1), 64)
-        iota = ir.Constant(ir.VectorType(_I64, 64), list(range(64)))
-        undef = ir.Constant(ir.VectorType(_I64, 64), ir.Undefined)
-        n = builder.insert_element(undef, args[4], ir.Constant(ir.IntType(32), 0))
-        n = builder.shuffle_vector(n, undef, ir.Constant(ir.VectorType(ir.IntType(32), 64), None))
-        mask = builder.icmp_signed("<", iota, n)
+        # lanes below count: (1 << count) - 1 reinterpreted as <64 x i1> (one kmovq on AVX-512)
+        low = builder.sub(builder.shl(ir.Constant(_I64, 1), args[4]), ir.Constant(_I64, 1))
+        mask = builder.bitcast(low, i1v)
         masked_load = cgutils.get_or_insert_function(
             builder.module,
             ir.FunctionType(vty, [vty.as_pointer(), ir.IntType(32), i1v, vty]),
@@ -236,8 +242,7 @@ def sign_bits_partial(typingctx, z, zoff, thr, toff, count):
         zv = builder.call(masked_load, [builder.bitcast(zp, vty.as_pointer()), align, mask, zero])
         tv = builder.call(masked_load, [builder.bitcast(tp, vty.as_pointer()), align, mask, zero])
         ge = builder.fcmp_ordered(">=", builder.fadd(zv, tv), zero)
-        neg = builder.and_(builder.not_(ge), mask)
-        return builder.bitcast(neg, _I64)
+        return builder.and_(builder.bitcast(builder.not_(ge), _I64), low)
 
     return types.uint64(z, zoff, thr, toff, count), codegen
 
@@ -261,3 +266,165 @@ def vstore_f32(typingctx, arr, idx, vec):
         return context.get_dummy_value()
 
     return types.none(arr, idx, vec), codegen
+
+
+# -- 16 x float32 vectors: the float epilogue without alias checks or remainder loops ----------
+
+_F16 = ir.VectorType(ir.FloatType(), 16)
+
+
+class F32x16Type(types.Type):
+    """Sixteen float32 lanes held in one LLVM vector value."""
+
+    def __init__(self) -> None:
+        super().__init__(name="f32x16")
+
+
+F32x16 = F32x16Type()
+
+
+@register_model(F32x16Type)
+class _F32x16Model(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, _F16)
+
+
+def _f32_flat(arr) -> bool:
+    return _flat(arr) and arr.dtype == types.float32
+
+
+def _lane_mask(builder, count):
+    """<16 x i1> with the lanes below ``count`` (0..16) set."""
+    i16 = ir.IntType(16)
+    wide = builder.sub(builder.shl(ir.Constant(_I64, 1), count), ir.Constant(_I64, 1))
+    return builder.bitcast(builder.trunc(wide, i16), ir.VectorType(ir.IntType(1), 16))
+
+
+@intrinsic
+def fload(typingctx, arr, idx):
+    """``arr[idx:idx + 16]`` of a flat float32 array as a vector (unaligned)."""
+    if not _f32_flat(arr) or not isinstance(idx, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ptr = _element_ptr(context, builder, sig.args[0], args[0], args[1])
+        return builder.load(builder.bitcast(ptr, _F16.as_pointer()), align=4)
+
+    return F32x16(arr, idx), codegen
+
+
+@intrinsic
+def fload_n(typingctx, arr, idx, count):
+    """The first ``count`` (< 16) lanes of ``arr[idx:]``, zeros above; no access past them."""
+    ints = isinstance(idx, types.Integer) and isinstance(count, types.Integer)
+    if not _f32_flat(arr) or not ints:
+        return None
+
+    def codegen(context, builder, sig, args):
+        fn = cgutils.get_or_insert_function(
+            builder.module,
+            ir.FunctionType(
+                _F16, [_F16.as_pointer(), ir.IntType(32), ir.VectorType(ir.IntType(1), 16), _F16]
+            ),
+            "llvm.masked.load.v16f32.p0",
+        )
+        ptr = builder.bitcast(
+            _element_ptr(context, builder, sig.args[0], args[0], args[1]), _F16.as_pointer()
+        )
+        mask = _lane_mask(builder, args[2])
+        return builder.call(
+            fn, [ptr, ir.Constant(ir.IntType(32), 4), mask, ir.Constant(_F16, None)]
+        )
+
+    return F32x16(arr, idx, count), codegen
+
+
+@intrinsic
+def fstore(typingctx, arr, idx, vec):
+    """Store the 16 lanes of ``vec`` to ``arr[idx:idx + 16]``."""
+    if not _f32_flat(arr) or not isinstance(idx, types.Integer) or vec != F32x16:
+        return None
+
+    def codegen(context, builder, sig, args):
+        ptr = _element_ptr(context, builder, sig.args[0], args[0], args[1])
+        builder.store(args[2], builder.bitcast(ptr, _F16.as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    return types.none(arr, idx, vec), codegen
+
+
+@intrinsic
+def fstore_n(typingctx, arr, idx, vec, count):
+    """Store the first ``count`` (< 16) lanes of ``vec`` to ``arr[idx:]``; nothing beyond."""
+    ints = isinstance(idx, types.Integer) and isinstance(count, types.Integer)
+    if not _f32_flat(arr) or not ints or vec != F32x16:
+        return None
+
+    def codegen(context, builder, sig, args):
+        fn = cgutils.get_or_insert_function(
+            builder.module,
+            ir.FunctionType(
+                ir.VoidType(),
+                [_F16, _F16.as_pointer(), ir.IntType(32), ir.VectorType(ir.IntType(1), 16)],
+            ),
+            "llvm.masked.store.v16f32.p0",
+        )
+        ptr = builder.bitcast(
+            _element_ptr(context, builder, sig.args[0], args[0], args[1]), _F16.as_pointer()
+        )
+        mask = _lane_mask(builder, args[3])
+        builder.call(fn, [args[2], ptr, ir.Constant(ir.IntType(32), 4), mask])
+        return context.get_dummy_value()
+
+    return types.none(arr, idx, vec, count), codegen
+
+
+@intrinsic
+def fsplat(typingctx, x):
+    """A vector of 16 copies of ``x`` (converted to float32)."""
+    if not isinstance(x, types.Number):
+        return None
+
+    def codegen(context, builder, sig, args):
+        v = context.cast(builder, args[0], sig.args[0], types.float32)
+        vec = builder.insert_element(
+            ir.Constant(_F16, ir.Undefined), v, ir.Constant(ir.IntType(32), 0)
+        )
+        mask = ir.Constant(ir.VectorType(ir.IntType(32), 16), None)
+        return builder.shuffle_vector(vec, ir.Constant(_F16, ir.Undefined), mask)
+
+    return F32x16(x), codegen
+
+
+def _binary(op: str):
+    @intrinsic
+    def fn(typingctx, a, b):
+        if a != F32x16 or b != F32x16:
+            return None
+
+        def codegen(context, builder, sig, args):
+            return getattr(builder, op)(args[0], args[1])
+
+        return F32x16(a, b), codegen
+
+    return fn
+
+
+fadd = _binary("fadd")
+fadd.__doc__ = "Lane-wise ``a + b`` (float32, IEEE: no contraction with a product)."
+fmul = _binary("fmul")
+fmul.__doc__ = "Lane-wise ``a * b``."
+
+
+@intrinsic
+def fprelu(typingctx, y, slope):
+    """Lane-wise ``y if y > 0 else y * slope`` (PReLU; NaN stays NaN)."""
+    if y != F32x16 or slope != F32x16:
+        return None
+
+    def codegen(context, builder, sig, args):
+        y_v, s_v = args
+        positive = builder.fcmp_ordered(">", y_v, ir.Constant(_F16, None))
+        return builder.select(positive, y_v, builder.fmul(y_v, s_v))
+
+    return F32x16(y, slope), codegen

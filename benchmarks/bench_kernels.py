@@ -1,0 +1,131 @@
+"""Packed XNOR-popcount engine vs PyTorch fp32 on this CPU: per layer and end to end.
+
+Run: ``python benchmarks/bench_kernels.py`` (about 5 minutes on 2 cores; ``--quick`` for a short
+run). Everything is measured in one process, on the same input and with the same thread count
+for both engines (``torch.set_num_threads`` / ``numba.set_num_threads``), best of ``--repeats``
+runs taken alternately. The model has random weights: speed does not depend on their values.
+
+- Per layer: every distinct binary unit of ReActNet-A at 224 px, batch 1, against
+  ``torch.nn.functional.conv2d`` fp32 of the same shape on the same input. The packed side is the
+  whole fused unit (convolution, scale, BatchNorm, residual, RPReLU, next layer's packed signs);
+  the torch side is the convolution alone.
+- End to end: ReActNet-A features at 224 px, batch 1 and 32, against the same model in PyTorch
+  fp32 eval mode.
+- File: the packed file against the fp32 state dict.
+
+Prints markdown tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+
+import numba
+import torch
+from s2bnn_plugin.kernels.inspect import popcount_report
+
+from s2bnn_plugin.backbones import create_backbone
+from s2bnn_plugin.export import pack
+from s2bnn_plugin.export.bench import end_to_end, file_sizes, layer_timings, markdown_table
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 32])
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--repeats", type=int, default=5, help="best of (end to end: fewer for 32)")
+    p.add_argument("--quick", action="store_true", help="2 repeats, batch 1 and 8")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.repeats, args.batch = 2, [1, 8]
+
+    model = create_backbone("reactnet_a").eval()
+    net = pack(model)
+    net(torch.zeros(1, 3, 32, 32).numpy())  # compile (or load the cache), start the threads
+    report = popcount_report()
+    print(
+        f"CPU: {cpu_name()}; LLVM target {report['cpu']}; numba {numba.__version__} "
+        f"({numba.threading_layer()} threading layer); torch {torch.__version__}"
+    )
+    print(
+        f"micro-kernel assembly: {report['vpopcntq_zmm']} vpopcntq on zmm registers, "
+        f"{report['popcnt_scalar']} scalar popcnt\n"
+    )
+
+    rows = []
+    for threads in args.threads:
+        for r in layer_timings(net, args.size, threads, args.repeats):
+            gmacs = r.macs / r.packed_s / 1e9
+            rows.append(
+                [
+                    f"{r.kernel}x{r.kernel}/{r.stride} {r.in_channels}->{r.out_channels}",
+                    f"{r.size}",
+                    threads,
+                    f"{r.torch_s * 1e3:.3f}",
+                    f"{r.packed_s * 1e3:.3f}",
+                    f"{gmacs:.0f}",
+                    f"{r.speedup:.1f}x",
+                ]
+            )
+    print(f"### ReActNet-A binary layers, {args.size} px, batch 1\n")
+    print(
+        markdown_table(
+            [
+                "layer",
+                "input px",
+                "threads",
+                "conv2d fp32 ms",
+                "packed unit ms",
+                "binary GMAC/s",
+                "speedup",
+            ],
+            rows,
+        )
+    )
+
+    rows = []
+    for threads in args.threads:
+        for batch in args.batch:
+            repeats = args.repeats if batch <= 8 else max(2, args.repeats // 2)
+            t = end_to_end(model, net, args.size, batch, threads, repeats)
+            rows.append(
+                [
+                    f"ReActNet-A {args.size} px",
+                    batch,
+                    threads,
+                    f"{t.torch_s * 1e3:.1f}",
+                    f"{t.packed_s * 1e3:.2f}",
+                    f"{t.speedup:.1f}x",
+                ]
+            )
+    print(f"\n### End to end (features), {args.size} px\n")
+    print(
+        markdown_table(
+            ["model", "batch", "threads", "PyTorch fp32 ms", "packed ms", "speedup"], rows
+        )
+    )
+
+    packed, fp32 = file_sizes(net, model)
+    print(
+        f"\n### File\n\npacked {packed / 1e6:.2f} MB vs fp32 state dict {fp32 / 1e6:.2f} MB "
+        f"(1/{fp32 / packed:.1f})"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
