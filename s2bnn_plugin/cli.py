@@ -247,7 +247,15 @@ def _add_export_commands(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     """The whole S2-BNN story on a CPU in one resumable command (see s2bnn_plugin.demo)."""
+    import warnings
+
     from s2bnn_plugin.demo import DemoConfig, DemoError, run_demo
+    from s2bnn_plugin.solo import solo_available
+
+    if solo_available():
+        with warnings.catch_warnings():  # timm / torch deprecation noise from solo-learn's imports
+            warnings.simplefilter("ignore")
+            import solo.methods  # noqa: F401
 
     cfg = DemoConfig(out_dir=Path(args.out), data=args.data)
     for key in ("epochs", "teacher_epochs", "train_per_class", "val_per_class", "width_mult"):
