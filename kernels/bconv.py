@@ -197,6 +197,25 @@ def _border(acc, aofs, cols, k, oy, ox, stride, h, w, wsum):
                     store(acc, aofs + col, load(acc, aofs + col) + half)
 
 
+@njit(cache=True)
+def _check_conv(bits, n, h, w, cin, k, stride, wt, wsum, groups, cg, chunk):
+    """Shapes and buffer sizes, checked once per call: the loops themselves have no bounds
+    checks, so a wrong buffer must be refused here rather than read or written past."""
+    if n < 1 or h < 1 or w < 1 or cin < 1 or cg < 1 or groups < 1 or chunk < 1:
+        raise ValueError("binary conv: sizes must be positive")
+    if k < 1 or k % 2 == 0 or stride < 1:
+        raise ValueError("binary conv: odd kernel size and positive stride expected")
+    pad = k // 2
+    words = words_for(cin)
+    bpg = (cg + LANES - 1) // LANES
+    if bits.size < groups * n * (h + 2 * pad) * (w + 2 * pad) * words:
+        raise ValueError("binary conv: the packed input is too small for its shape")
+    if wt.size != groups * bpg * k * k * words * LANES:
+        raise ValueError("binary conv: the packed weights do not match the shape")
+    if k > 1 and (wsum.shape[0] != k * k or wsum.shape[1] != groups * bpg * LANES):
+        raise ValueError("binary conv: the tap sums do not match the weights")
+
+
 @njit(cache=True, parallel=True)
 def binary_conv_acc(bits, n, h, w, cin, k, stride, wt, wsum, groups, cg, chunk, out):
     """Exact integer accumulations ``sum(sign(a) * sign(w))`` of a binary convolution.
@@ -205,6 +224,9 @@ def binary_conv_acc(bits, n, h, w, cin, k, stride, wt, wsum, groups, cg, chunk, 
     ``wt``: :func:`.bitpack.pack_weights` layout; ``wsum``: :func:`.bitpack.tap_sums`;
     ``out``: int32 (n, ho, wo, groups * cg). ``chunk``: 4-position blocks per parallel job.
     """
+    _check_conv(bits, n, h, w, cin, k, stride, wt, wsum, groups, cg, chunk)
+    if out.size != n * out_size(h, k, stride) * out_size(w, k, stride) * groups * cg:
+        raise ValueError("binary_conv_acc: out has the wrong size")
     words = words_for(cin)
     pad = k // 2
     hp = h + 2 * pad
@@ -351,18 +373,27 @@ def binary_conv_fused(
     ``thr`` (T, C): the next layer's RSign shifts -- for each row, packed signs of ``z + thr``
     go to ``obits``, flat (T, n, ho + 2 opad, wo + 2 opad, words(C)) whose border stays zero.
     """
+    _check_conv(bits, n, h, w, cin, k, stride, wt, wsum, groups, cg, chunk)
+    ho = out_size(h, k, stride)
+    wo = out_size(w, k, stride)
+    cout = groups * cg
+    if prm.shape[0] != 6 or prm.shape[1] != cout or z.size != n * ho * wo * cout:
+        raise ValueError("binary_conv_fused: parameters or output of the wrong size")
+    if res.size != (n * h * w * cg if pooled else n * ho * wo * cg):
+        raise ValueError("binary_conv_fused: the residual has the wrong size")
+    if (thr.shape[0] > 0 and thr.shape[1] != cout) or opad < 0:
+        raise ValueError("binary_conv_fused: thresholds of the wrong size")
+    if obits.size < thr.shape[0] * n * (ho + 2 * opad) * (wo + 2 * opad) * words_for(cout):
+        raise ValueError("binary_conv_fused: the packed output is too small")
     words = words_for(cin)
     pad = k // 2
     hp = h + 2 * pad
     wp = w + 2 * pad
-    ho = out_size(h, k, stride)
-    wo = out_size(w, k, stride)
     nq = ho * wo
     nblocks = (nq + POSITIONS - 1) // POSITIONS
     jobs_per_img = (nblocks + chunk - 1) // chunk
     bpg = (cg + LANES - 1) // LANES
     cols = groups * bpg * LANES
-    cout = groups * cg
     ktot = k * k * cin
     t_sets = thr.shape[0]
     flat_thr = thr.ravel()

@@ -54,6 +54,10 @@ def pack_signs(x, n, h, w, c, thr, pad, out):
     words = words_for(c)
     hp = h + 2 * pad
     wp = w + 2 * pad
+    if x.size != n * h * w * c or thr.shape[1] != c or pad < 0:
+        raise ValueError("pack_signs: input or thresholds of the wrong size")
+    if out.size < t_sets * n * hp * wp * words:
+        raise ValueError("pack_signs: the packed output is too small")
     flat_thr = thr.ravel()
     for row in prange(t_sets * n * h):
         t = row // (n * h)

@@ -136,6 +136,10 @@ def conv_nchw_bn(x, wt, stride, pad, aff, out):
     cout = wt.shape[3]
     ho = (h + 2 * pad - k) // stride + 1
     wo = (w + 2 * pad - k) // stride + 1
+    if wt.shape[0] != cin or wt.shape[2] != k or aff.shape[0] != 2 or aff.shape[1] != cout:
+        raise ValueError("conv_nchw_bn: weights or BatchNorm of the wrong shape")
+    if ho < 1 or wo < 1 or stride < 1 or pad < 0 or out.size != n * ho * wo * cout:
+        raise ValueError("conv_nchw_bn: output of the wrong size")
     flat_x = x.ravel()
     flat_w = wt.ravel()
     flat_aff = aff.ravel()
@@ -186,6 +190,8 @@ def maxpool3x3s2(x, n, h, w, c, out):
     """3x3 max pool, stride 2, padding 1 (padding never wins), NHWC flat; NaN propagates."""
     ho = out_size(h, 3, 2)
     wo = out_size(w, 3, 2)
+    if x.size != n * h * w * c or out.size != n * ho * wo * c:
+        raise ValueError("maxpool3x3s2: input or output of the wrong size")
     for row in prange(n * ho):
         img = row // ho
         oy = row % ho
@@ -221,6 +227,10 @@ def projection_shortcut(x, n, h, w, cin, pool, wt, aff, out):
     cout = wt.shape[1]
     ho = (h + 1) // 2 if pool else h
     wo = (w + 1) // 2 if pool else w
+    if x.size != n * h * w * cin or wt.shape[0] != cin or out.size != n * ho * wo * cout:
+        raise ValueError("projection_shortcut: input, weights or output of the wrong size")
+    if aff.shape[0] != 2 or aff.shape[1] != cout:
+        raise ValueError("projection_shortcut: BatchNorm of the wrong shape")
     for row in prange(n * ho):
         img = row // ho
         oy = row % ho
@@ -263,6 +273,8 @@ def projection_shortcut(x, n, h, w, cin, pool, wt, aff, out):
 @njit(cache=True, parallel=True)
 def global_avgpool(x, n, hw, c, out):
     """Mean over all positions of a flat NHWC map: ``out`` (n, c), summed in position order."""
+    if x.size != n * hw * c or out.shape[0] != n or out.shape[1] != c:
+        raise ValueError("global_avgpool: input or output of the wrong size")
     for img in prange(n):
         acc = np.zeros(c, np.float32)
         base = img * hw * c

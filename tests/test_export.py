@@ -188,6 +188,14 @@ def test_save_load_round_trip(packed_cases, tmp_path):
     assert again.num_features == net.num_features and again.backbone_kwargs == net.backbone_kwargs
 
 
+def test_pickle(packed_cases):
+    import pickle
+
+    _, net, size = packed_cases["r18_cifar"]
+    x = _images(2, size).numpy()
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(net))(x), net(x))
+
+
 def test_packed_file_is_at_most_a_twentieth(tmp_path):
     from s2bnn_plugin.export.bench import file_sizes
 

@@ -335,3 +335,30 @@ def test_portable_build_without_avx512():
     neg = np.load(os.path.join(tmp, "neg.npy"))
     weight = np.where(neg, -1.0, 1.0).astype(np.float32)
     np.testing.assert_array_equal(out, _torch_acc(x, np.zeros((1, 70), np.float32), weight, 3, 2))
+
+
+def test_kernels_refuse_buffers_of_the_wrong_size():
+    """The loops have no bounds checks; every public kernel checks its buffers first."""
+    bits = np.zeros(2 * 7 * 7, np.uint64)
+    wt = K.pack_weights(np.zeros((32, 64, 3, 3), np.uint8), 1)
+    wsum = K.tap_sums(wt, 1, 9, 1, 64)
+    out = np.zeros((2, 5, 5, 32), np.int32)
+    K.binary_conv_acc(bits, 2, 5, 5, 64, 3, 1, wt, wsum, 1, 32, 1, out)  # fits
+    with pytest.raises(ValueError, match="packed input"):
+        K.binary_conv_acc(bits, 3, 5, 5, 64, 3, 1, wt, wsum, 1, 32, 1, out)
+    with pytest.raises(ValueError, match="packed weights"):
+        K.binary_conv_acc(bits, 2, 5, 5, 64, 3, 1, wt[:-1], wsum, 1, 32, 1, out)
+    with pytest.raises(ValueError, match="out"):
+        K.binary_conv_acc(bits, 2, 5, 5, 64, 3, 1, wt, wsum, 1, 32, 1, out[:1])
+    prm = np.zeros((6, 32), np.float32)
+    res = np.zeros(2 * 5 * 5 * 32, np.float32)
+    z = np.zeros(2 * 5 * 5 * 32, np.float32)
+    thr = np.zeros((1, 32), np.float32)
+    obits = np.zeros(2 * 7 * 7, np.uint64)
+    args = [bits, 2, 5, 5, 64, 3, 1, wt, wsum, 1, 32, prm, res, False, z, thr, 1, obits, 1]
+    with pytest.raises(ValueError, match="residual"):
+        K.binary_conv_fused(*args[:12], res[:-1], *args[13:])
+    with pytest.raises(ValueError, match="packed output"):
+        K.binary_conv_fused(*args[:17], obits[:-1], 1)
+    with pytest.raises(ValueError, match="wrong size"):
+        K.pack_signs(z, 2, 5, 5, 31, thr, 0, obits)

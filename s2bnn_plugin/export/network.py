@@ -96,6 +96,13 @@ class PackedNetwork:
         self._workspaces: dict[tuple[int, int, int], dict] = {}
         self._units: list[_Unit] | None = None
 
+    def __getstate__(self) -> dict:
+        """Picklable (e.g. for worker processes): only the specification and the arrays."""
+        return {"spec": self.spec, "arrays": self.arrays}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["spec"], state["arrays"])
+
     # -- description -----------------------------------------------------------------------
     @property
     def backbone(self) -> str:
