@@ -24,7 +24,7 @@ import sys
 
 import numba
 import torch
-from s2bnn_plugin.kernels.inspect import popcount_report
+from s2bnn_plugin.kernels.assembly import popcount_report
 
 from s2bnn_plugin.backbones import create_backbone
 from s2bnn_plugin.export import pack

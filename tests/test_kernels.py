@@ -293,7 +293,7 @@ def _has_vpopcntdq() -> bool:
 
 @pytest.mark.skipif(not _has_vpopcntdq(), reason="CPU without AVX-512 VPOPCNTDQ")
 def test_micro_kernel_uses_vector_popcount():
-    from s2bnn_plugin.kernels.inspect import popcount_report
+    from s2bnn_plugin.kernels.assembly import popcount_report
 
     report = popcount_report()
     assert report["vpopcntq_zmm"] >= 16, report
@@ -305,7 +305,7 @@ def test_portable_build_without_avx512():
         """
         import numpy as np
         from s2bnn_plugin import kernels as K
-        from s2bnn_plugin.kernels.inspect import popcount_report
+        from s2bnn_plugin.kernels.assembly import popcount_report
         rng = np.random.default_rng(0)
         n, h, w, cin, cout, k, s = 2, 5, 7, 70, 33, 3, 2
         x = rng.standard_normal((n, h, w, cin)).astype(np.float32)
