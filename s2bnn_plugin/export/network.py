@@ -25,13 +25,7 @@ from typing import Any
 import numpy as np
 
 from s2bnn_plugin.export import reference as ref
-from s2bnn_plugin.export.format import (
-    check_arrays,
-    expected_arrays,
-    read_packed,
-    validate,
-    write_packed,
-)
+from s2bnn_plugin.export.format import check_arrays, read_packed, validate, write_packed
 
 __all__ = ["KernelCall", "PackedNetwork", "load"]
 
@@ -48,7 +42,7 @@ def _aligned(a: np.ndarray, align: int = 64) -> np.ndarray:
     return out
 
 
-def _IDENTITY_ACT(channels: int) -> np.ndarray:  # noqa: N802
+def _identity_activation(channels: int) -> np.ndarray:
     """RPReLU parameters that change nothing (shift 0, slope 1, shift 0)."""
     act = np.zeros((3, channels), np.float32)
     act[1] = 1
@@ -224,7 +218,7 @@ class PackedNetwork:
                         params=np.concatenate(
                             [
                                 self.arrays[p + "affine"],
-                                self.arrays.get(p + "activation", _IDENTITY_ACT(cout)),
+                                self.arrays.get(p + "activation", _identity_activation(cout)),
                             ]
                         ),
                         thr_next=(
@@ -397,8 +391,3 @@ def load(path: str | os.PathLike) -> PackedNetwork:
     """Read a file written by :meth:`PackedNetwork.save` (validated; see ``format``)."""
     spec, arrays = read_packed(path)
     return PackedNetwork(spec, arrays)
-
-
-def expected_array_names(spec: dict) -> list[str]:
-    """Names of the arrays a specification needs (for tools that build files by hand)."""
-    return sorted(expected_arrays(validate(spec)))

@@ -36,7 +36,11 @@ def _set_rprelu(act: nn.Module, params: torch.Tensor) -> None:
 def unpack(net: PackedNetwork) -> nn.Module:
     """Rebuild the backbone named in the file and load the packed values into it (eval mode)."""
     spec, a = net.spec, {k: torch.from_numpy(v.copy()) for k, v in net.arrays.items()}
-    model = create_backbone(spec["backbone"]["name"], **spec["backbone"]["kwargs"])
+    name, kwargs = spec["backbone"]["name"], spec["backbone"]["kwargs"]
+    try:
+        model = create_backbone(name, **kwargs)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"the file's backbone {name}({kwargs}) cannot be rebuilt: {e}") from e
     modules = dict(model.named_modules())
     with torch.no_grad():
         stem = model.stem
