@@ -24,6 +24,7 @@ from s2bnn_plugin.export.network import PackedNetwork
 
 __all__ = [
     "LayerTiming",
+    "prebinarised",
     "Timing",
     "compare",
     "end_to_end",
@@ -57,6 +58,26 @@ def compare(
         packed()
         best_packed = min(best_packed, time.perf_counter() - t)
     return best_ref, best_packed
+
+
+def prebinarised(model: nn.Module) -> nn.Module:
+    """A copy whose binary convolutions hold ``sign(w) * mean|w|`` as plain weights.
+
+    The training model re-binarises every weight on each forward (cheap next to a training
+    step, but a large share of a batch-1 inference); this copy computes the same features with
+    that work done once -- the fairer float baseline for inference speed.
+    """
+    import copy
+
+    from s2bnn_plugin.nn import QuantConv2d
+
+    twin = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        for m in twin.modules():
+            if isinstance(m, QuantConv2d) and m.kernel_quantizer is not None:
+                m.weight.copy_(m.quantized_weight())
+                m.kernel_quantizer = None
+    return twin
 
 
 @dataclass
