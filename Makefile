@@ -1,5 +1,5 @@
 # Two-command start on a fresh machine (Debian/Ubuntu, Python >= 3.11, root for apt-get):
-#   make demo   # set everything up, then run `s2bnn demo` (about 15 minutes on 2 CPU cores)
+#   make demo   # set everything up, then run `s2bnn demo` (about 8 minutes on 2 idle CPU cores)
 #   make test   # set everything up, then run the test suite
 # solo-learn (the GitHub version) must be importable for the demo: see README.md, "Install".
 

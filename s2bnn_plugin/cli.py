@@ -250,12 +250,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     import warnings
 
     from s2bnn_plugin.demo import DemoConfig, DemoError, run_demo
-    from s2bnn_plugin.solo import solo_available
+    from s2bnn_plugin.solo import require_solo, solo_available
 
     if solo_available():
         with warnings.catch_warnings():  # timm / torch deprecation noise from solo-learn's imports
             warnings.simplefilter("ignore")
-            import solo.methods  # noqa: F401
+            require_solo()
 
     cfg = DemoConfig(out_dir=Path(args.out), data=args.data)
     for key in ("epochs", "teacher_epochs", "train_per_class", "val_per_class", "width_mult"):

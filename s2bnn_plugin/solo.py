@@ -26,6 +26,7 @@ __all__ = [
     "CALLBACK_OVERRIDE",
     "INSTALL_HINT",
     "find_solo_script",
+    "solo_checkout",
     "hydra_quote",
     "RegisterS2BNN",
     "SoloLearnNotFound",
@@ -126,19 +127,25 @@ class RegisterS2BNN(_HydraCallback):
         register()
 
 
-def find_solo_script(name: str) -> Path:
-    """Path of solo-learn's ``main_pretrain.py`` / ``main_linear.py``: ``$SOLO_LEARN_DIR`` if set,
-    else the checkout that the importable ``solo`` package lives in."""
+def solo_checkout() -> Path | None:
+    """The solo-learn checkout: ``$SOLO_LEARN_DIR`` if set, else the folder holding the
+    importable ``solo`` package (found without importing it)."""
     import os
 
     env = os.environ.get("SOLO_LEARN_DIR")
     if env:
-        root = Path(env).expanduser()
-    else:
-        spec = importlib.util.find_spec("solo") if solo_available() else None  # no import
-        if spec is None or not spec.submodule_search_locations:
-            raise SoloLearnNotFound(INSTALL_HINT)
-        root = Path(next(iter(spec.submodule_search_locations))).resolve().parent
+        return Path(env).expanduser()
+    if not solo_available():
+        return None
+    spec = importlib.util.find_spec("solo")
+    return Path(next(iter(spec.submodule_search_locations))).resolve().parent
+
+
+def find_solo_script(name: str) -> Path:
+    """Path of solo-learn's ``main_pretrain.py`` / ``main_linear.py``."""
+    root = solo_checkout()
+    if root is None:
+        raise SoloLearnNotFound(INSTALL_HINT)
     script = root / name
     if not script.is_file():
         raise SoloLearnNotFound(

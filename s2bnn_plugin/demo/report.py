@@ -108,28 +108,41 @@ def _plots(out_dir: Path, rows: dict[str, Any], calib: dict[str, Any], timings: 
     plt.close(fig)
     written.append("calibration.png")
 
-    curves = {}
-    for name in ("teacher", *STUDENT_NAMES):
+    # the paper's calibration view during training: how the student's distribution over the
+    # teacher's prediction space approaches the teacher's (logged each epoch by method=s2bnn)
+    keys = ("train_teacher_student_agreement", "train_student_entropy", "train_teacher_entropy")
+    curves: dict[str, dict[str, list[tuple[int, float]]]] = {}
+    for name in STUDENT_NAMES:
         for path in sorted((out_dir / "runs" / name).rglob("metrics.csv")):
             with open(path) as f:
                 for row in csv.DictReader(f):
-                    loss = row.get("train_loss") or row.get("train_nce_loss")
-                    step = row.get("step")
-                    if loss and step:
-                        curves.setdefault(name, []).append((int(step), float(loss)))
+                    for key in keys:
+                        value = row.get(f"{key}_epoch")
+                        if value:
+                            points = curves.setdefault(name, {}).setdefault(key, [])
+                            points.append((int(row["epoch"]) + 1, float(value)))
     if curves:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for name, points in curves.items():
-            points.sort()
-            ax.plot(*zip(*points), label=LABELS[name].split(" (")[0])
-        ax.set_xlabel("step")
-        ax.set_ylabel("train_loss (logged by Lightning)")
-        ax.set_title("Training curves (each model's own objective)")
-        ax.legend(fontsize=7)
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+        teacher_drawn = False
+        for name, series in curves.items():
+            label = LABELS[name].split(" (")[0]
+            if keys[0] in series:
+                ax1.plot(*zip(*sorted(series[keys[0]])), marker="o", label=label)
+            if keys[1] in series:
+                ax2.plot(*zip(*sorted(series[keys[1]])), marker="o", label=label)
+            if keys[2] in series and not teacher_drawn:  # the same frozen teacher for all
+                ax2.plot(*zip(*sorted(series[keys[2]])), "k--", label="teacher")
+                teacher_drawn = True
+        ax1.set(xlabel="epoch", ylabel="top-1 agreement", ylim=(0, 1))
+        ax1.set_title("Student vs teacher: same top-1 'class'")
+        ax2.set(xlabel="epoch", ylabel="entropy (nats)")
+        ax2.set_title("Prediction entropy (T = distillation temperature)")
+        for ax in (ax1, ax2):
+            ax.legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(out_dir / "training_curves.png", dpi=110)
+        fig.savefig(out_dir / "training_calibration.png", dpi=110)
         plt.close(fig)
-        written.append("training_curves.png")
+        written.append("training_calibration.png")
     return written
 
 

@@ -8,7 +8,6 @@ solo-learn checkout, if present.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 __all__ = ["SSL_DEFAULTS", "MOMENTUM_DEFAULTS", "ssl_defaults"]
@@ -67,14 +66,15 @@ MOMENTUM_DEFAULTS: dict[str, dict[str, float]] = {
 
 def _from_checkout(name: str) -> tuple[dict[str, Any], dict[str, float]] | None:
     """solo-learn's own CIFAR config for ``name``, read from the checkout if there is one."""
-    try:
-        import solo
-        import yaml
-    except ImportError:  # pragma: no cover - hydra brings PyYAML
+    import yaml  # hydra brings PyYAML
+
+    from s2bnn_plugin.solo import solo_checkout
+
+    root = solo_checkout()
+    if root is None:
         return None
-    root = Path(solo.__file__).resolve().parent.parent / "scripts" / "pretrain" / "cifar"
-    candidates = [root / f"{name}.yaml", root / f"{name.split('_')[0]}.yaml"]
-    for path in candidates:
+    folder = root / "scripts" / "pretrain" / "cifar"
+    for path in (folder / f"{name}.yaml", folder / f"{name.split('_')[0]}.yaml"):
         if path.is_file():
             cfg = yaml.safe_load(path.read_text()) or {}
             if cfg.get("method") == name:
