@@ -29,7 +29,6 @@ from s2bnn_plugin.evaluation.models import (
     is_checkpoint,
     load_engines,
     load_solo_backbone,
-    read_solo_args,
 )
 
 __all__ = [
@@ -53,5 +52,4 @@ __all__ = [
     "load_solo_backbone",
     "prediction_agreement",
     "raw_pixel_probe",
-    "read_solo_args",
 ]

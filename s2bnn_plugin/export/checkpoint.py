@@ -1,4 +1,5 @@
-"""Load a trained backbone for packing: a solo-learn checkpoint or a plain state dict.
+"""Load a trained backbone: a solo-learn checkpoint or a plain state dict (the one loader that
+``s2bnn pack``, ``s2bnn check``, ``s2bnn eval`` and the demo share).
 
 A solo-learn pretraining ``.ckpt`` stores weights only (``state_dict`` with ``backbone.*`` keys,
 next to the projector, momentum encoder, ...); the run's ``args.json`` beside it names the
@@ -23,8 +24,8 @@ __all__ = ["load_backbone", "read_args_json"]
 PREFIXES = ("backbone.", "module.backbone.", "module.")
 
 
-def read_args_json(ckpt: Path) -> tuple[str, dict[str, Any]]:
-    """``backbone.name`` and ``backbone.kwargs`` from the ``args.json`` beside ``ckpt``."""
+def read_args_json(ckpt: Path) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """``backbone.name``, ``backbone.kwargs`` and the whole ``args.json`` beside ``ckpt``."""
     path = ckpt.parent / "args.json"
     if not path.is_file():
         raise FileNotFoundError(
@@ -39,7 +40,35 @@ def read_args_json(ckpt: Path) -> tuple[str, dict[str, Any]]:
         raise ValueError(f"{path}: not a solo-learn args.json with backbone.name ({e})") from e
     if not isinstance(name, str):
         raise ValueError(f"{path}: backbone.name must be a string, got {name!r}")
-    return name, kwargs
+    return name, kwargs, args
+
+
+def _build(name: str, kwargs: dict[str, Any], args: dict[str, Any]) -> nn.Module:
+    """The plugin's backbone ``name``, or solo-learn's (e.g. a real ResNet teacher) with
+    solo-learn's ResNet adjustments (no ``fc``; the 3x3 stem on CIFAR)."""
+    if name in list_backbones():
+        return create_backbone(name, **kwargs)
+    from s2bnn_plugin.solo import SoloLearnNotFound, require_solo
+
+    try:
+        registry = require_solo().BaseMethod._BACKBONES
+    except SoloLearnNotFound as e:
+        raise ValueError(
+            f"unknown backbone {name!r}; the plugin has {list_backbones()} (solo-learn's "
+            f"backbones need solo-learn: {e})"
+        ) from e
+    if name not in registry:
+        raise ValueError(
+            f"unknown backbone {name!r}; the plugin has {list_backbones()}, solo-learn has "
+            f"{sorted(registry)}"
+        )
+    model = registry[name](args.get("method"), **kwargs)
+    if name.startswith("resnet"):
+        model.fc = nn.Identity()
+        if (args.get("data") or {}).get("dataset") in ("cifar10", "cifar100"):
+            model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=2, bias=False)
+            model.maxpool = nn.Identity()
+    return model
 
 
 def _state_dict(obj: Any, where: Path) -> dict[str, torch.Tensor]:
@@ -66,25 +95,24 @@ def load_backbone(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    args: dict[str, Any] = {}
     if backbone is None:
-        name, kwargs = read_args_json(path)
+        name, kwargs, args = read_args_json(path)
         if backbone_kwargs is not None:
             kwargs = backbone_kwargs
     else:
         name, kwargs = backbone, dict(backbone_kwargs or {})
-    if name not in list_backbones():
-        raise ValueError(f"unknown backbone {name!r}; the plugin has {list_backbones()}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle / zip errors: report the file, not a traceback
         raise ValueError(f"{path}: cannot read it as a torch checkpoint ({e})") from e
     state = _state_dict(obj, path)
-    model = create_backbone(name, **kwargs)
+    model = _build(name, kwargs, args)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise ValueError(
-            f"{path}: the weights do not fit {name}({kwargs}) -- wrong backbone name or "
-            f"kwargs? {str(e).splitlines()[0]}"
+            f"{path}: the weights do not fit the backbone {name}({kwargs}) -- wrong backbone "
+            f"name or kwargs? {str(e).splitlines()[0]}"
         ) from e
     return model.eval(), name, kwargs
