@@ -1,8 +1,8 @@
 """The ``s2bnn`` command: a thin argparse layer over the plugin's modules.
 
-Each sub-command is one ``_cmd_<name>`` function plus its parser in :func:`build_parser`; heavy
-imports (torch, numba, solo-learn) happen inside the command that needs them, so ``s2bnn --help``
-is instant.
+Each sub-command is one ``_cmd_<name>`` function plus its parser in :func:`build_parser`; the
+heavy imports (numba and its compiled kernels, solo-learn) happen inside the command that needs
+them, so ``s2bnn --help`` costs only torch's import.
 """
 
 from __future__ import annotations
@@ -232,15 +232,19 @@ def _add_export_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_check)
 
-    from s2bnn_plugin.export.commands import add_bench_arguments
-
     p = sub.add_parser(
         "bench",
         help="quick speed table: packed CPU engine vs PyTorch fp32",
         description="Times a random-weight backbone end to end (and with --layers every binary "
         "layer) against PyTorch fp32 on the same input and thread count.",
     )
-    add_bench_arguments(p)
+    p.add_argument("--backbone", default="reactnet_a", help="backbone (default reactnet_a)")
+    p.add_argument("--width-mult", type=float, default=1.0)
+    p.add_argument("--size", type=int, default=224, help="input resolution (default 224)")
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 32], help="batch sizes")
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts")
+    p.add_argument("--repeats", type=int, default=3, help="best of this many runs")
+    p.add_argument("--layers", action="store_true", help="also time every binary layer")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_bench)
 

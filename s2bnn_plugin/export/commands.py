@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["add_bench_arguments", "bench", "check", "pack"]
+__all__ = ["bench", "check", "pack"]
 
 
 def _fail(command: str, message: object) -> int:
@@ -158,16 +158,6 @@ def check(args: argparse.Namespace) -> int:
     ]
     print(markdown_table(["", "packed", "float", "ratio"], rows))
     return 0
-
-
-def add_bench_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backbone", default="reactnet_a", help="backbone (default reactnet_a)")
-    p.add_argument("--width-mult", type=float, default=1.0)
-    p.add_argument("--size", type=int, default=224, help="input resolution (default 224)")
-    p.add_argument("--batch", type=int, nargs="+", default=[1, 32], help="batch sizes")
-    p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts")
-    p.add_argument("--repeats", type=int, default=3, help="best of this many runs")
-    p.add_argument("--layers", action="store_true", help="also time every binary layer")
 
 
 def bench(args: argparse.Namespace) -> int:
