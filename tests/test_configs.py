@@ -1,0 +1,70 @@
+"""Every shipped Hydra config composes (defaults found, callback listed) and names things that
+exist; the ones for GPUs are not run here, so this is what guards them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from s2bnn_plugin.backbones import BACKBONES
+from s2bnn_plugin.cli import configs_dir
+
+ROOT = configs_dir()
+CONFIGS = sorted(p for kind in ("pretrain", "linear") for p in (ROOT / kind).glob("*/*.yaml"))
+
+
+def _compose(path: Path):
+    with initialize_config_dir(config_dir=str(path.parent), version_base="1.2"):
+        return compose(config_name=path.name, return_hydra_config=True)
+
+
+def test_every_dataset_has_the_full_set():
+    pretrain = {
+        "s2bnn",
+        "s2bnn_mocov2plus",
+        "s2bnn_step1",
+        "s2bnn_step2",
+        "bnn_mocov2plus",
+        "teacher_mocov2plus",
+    }
+    for dataset in ("cifar", "imagenet-100", "imagenet", "custom"):
+        assert {p.stem for p in (ROOT / "pretrain" / dataset).glob("*.yaml")} == pretrain
+        assert {p.stem for p in (ROOT / "linear" / dataset).glob("*.yaml")} == set(BACKBONES)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_config_composes(path):
+    cfg = _compose(path)
+    callback = cfg.hydra.callbacks.s2bnn._target_
+    assert callback == "s2bnn_plugin.solo.RegisterS2BNN"
+    assert cfg.wandb.enabled is False
+    name = cfg.backbone.name
+    assert name in BACKBONES or name.startswith("resnet")
+    if name in BACKBONES:  # the kwargs are accepted by the factory
+        BACKBONES[name](**OmegaConf.to_container(cfg.backbone.kwargs))
+    if path.parent.parent.name == "pretrain":
+        assert len(cfg.augmentations) == 1 and cfg.augmentations[0].num_crops == 2
+        if cfg.method == "s2bnn":
+            assert OmegaConf.is_missing(cfg.method_kwargs.teacher, "ckpt")
+            step1 = path.stem == "s2bnn_step1"
+            assert cfg.backbone.kwargs.binary_weights is (not step1)
+            if path.stem == "s2bnn_step2":
+                assert OmegaConf.is_missing(cfg.method_kwargs, "student_init")
+    else:
+        assert cfg.pretrain_method == "s2bnn"
+        assert OmegaConf.is_missing(cfg, "pretrained_feature_extractor")
+
+
+@pytest.mark.solo
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_methods_exist_in_solo_learn(path):
+    from s2bnn_plugin.solo import register, require_solo
+
+    register()
+    cfg = _compose(path)
+    if "method" in cfg:
+        assert cfg.method in require_solo().METHODS
+    assert cfg.backbone.name in require_solo().BaseMethod._BACKBONES
