@@ -3,7 +3,6 @@ loading and the ``s2bnn eval`` command."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import numpy as np
@@ -36,7 +35,6 @@ from s2bnn_plugin.evaluation import (
 from s2bnn_plugin.evaluation.linear import _gray_as_rgb
 
 HAVE_FASHION_MNIST = (DEFAULT_SOURCE_DIR / "t10k-labels-idx1-ubyte.gz").is_file()
-HAVE_EXPORT = importlib.util.find_spec("s2bnn_plugin.export") is not None
 CLASSES = ["ant", "bee", "cat", "dog", "eel", "fox"]
 
 
@@ -341,7 +339,6 @@ def test_cli_eval_torch_engine(tmp_path, capsys):
     assert 0 <= results[0]["knn_top1"] <= 100 and results[1]["knn_top1"] is None
 
 
-@pytest.mark.skipif(not HAVE_EXPORT, reason="s2bnn_plugin.export not available")
 def test_cli_eval_both_engines_agree(tmp_path, capsys):
     ckpt = _solo_checkpoint(
         tmp_path, _trained_like_backbone(), {"cifar": True, "width_mult": 0.125}
