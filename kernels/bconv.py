@@ -25,6 +25,7 @@ from numba import njit, prange
 from .bitpack import LANES, pack_row, words_for
 from .simd import (
     fadd,
+    fdiv,
     fload,
     fload_n,
     fmul,
@@ -266,51 +267,68 @@ def binary_conv_acc(bits, n, h, w, cin, k, stride, wt, wsum, groups, cg, chunk, 
 
 
 @njit(cache=True, inline="always")
-def _pooled_residual(res, img, hr, wr, cg, oy, ox, row):
-    """2x2 average pool (ceil mode, padding not counted) of the residual at output (oy, ox).
+def _residual_taps(img, hr, wr, cg, oy, ox, pooled):
+    """Where the residual of output (oy, ox) comes from: flat offsets ``r0..r3`` of up to four
+    pixels of a (n, hr, wr, cg) map and how many of them count (``taps``: 4, 2 or 1).
 
-    Summed ``((a + b) + c) + d`` then divided, in PyTorch's order.
+    Not pooled: the pixel itself. Pooled: the 2x2 average (ceil mode, padding not counted)
+    of the input-sized map -- ``((r0 + r1) + r2) + r3) / 4``, ``(r0 + r1) / 2`` or ``r0``.
     """
+    if not pooled:
+        r0 = ((img * hr + oy) * wr + ox) * cg
+        return r0, r0, r0, r0, 1
     y0 = 2 * oy
     x0 = 2 * ox
     has_x = x0 + 1 < wr
     has_y = y0 + 1 < hr
     o00 = ((img * hr + y0) * wr + x0) * cg
-    o01 = o00 + cg
-    o10 = o00 + wr * cg
-    o11 = o10 + cg
     if has_x and has_y:
-        for c in range(cg):
-            s = (load(res, o00 + c) + load(res, o01 + c)) + load(res, o10 + c)
-            store(row, c, (s + load(res, o11 + c)) / np.float32(4))
-    elif has_x:
-        for c in range(cg):
-            store(row, c, (load(res, o00 + c) + load(res, o01 + c)) / np.float32(2))
-    elif has_y:
-        for c in range(cg):
-            store(row, c, (load(res, o00 + c) + load(res, o10 + c)) / np.float32(2))
-    else:
-        for c in range(cg):
-            store(row, c, load(res, o00 + c))
+        return o00, o00 + cg, o00 + wr * cg, o00 + wr * cg + cg, 4
+    if has_x:
+        return o00, o00 + cg, o00, o00, 2
+    if has_y:
+        return o00, o00 + wr * cg, o00, o00, 2
+    return o00, o00, o00, o00, 1
 
 
 @njit(cache=True, inline="always")
-def _transform_step(acc, a, ktot, prm, co, cout, rsrc, r, z, zo, count):
+def _residual_vec(res, r0, r1, r2, r3, taps, c, count):
+    """Channels ``c .. c + count`` of the residual (see :func:`_residual_taps`), PyTorch's order
+    of operations."""
+    if count == 16:
+        if taps == 1:
+            return fload(res, r0 + c)
+        s = fadd(fload(res, r0 + c), fload(res, r1 + c))
+        if taps == 2:
+            return fdiv(s, fsplat(2.0))
+        s = fadd(fadd(s, fload(res, r2 + c)), fload(res, r3 + c))
+        return fdiv(s, fsplat(4.0))
+    if taps == 1:
+        return fload_n(res, r0 + c, count)
+    s = fadd(fload_n(res, r0 + c, count), fload_n(res, r1 + c, count))
+    if taps == 2:
+        return fdiv(s, fsplat(2.0))
+    s = fadd(fadd(s, fload_n(res, r2 + c, count)), fload_n(res, r3 + c, count))
+    return fdiv(s, fsplat(4.0))
+
+
+@njit(cache=True, inline="always")
+def _transform_step(acc, a, ktot, prm, co, cout, res, c, r0, r1, r2, r3, taps, z, zo, count):
     """Channels ``co .. co + count`` (count <= 16) of :func:`_transform`, as 16-lane vectors."""
     if count == 16:
         pop = fload(acc, a)
         scale, mul, add = fload(prm, co), fload(prm, cout + co), fload(prm, 2 * cout + co)
         shift_in, slope = fload(prm, 3 * cout + co), fload(prm, 4 * cout + co)
-        shift_out, res = fload(prm, 5 * cout + co), fload(rsrc, r)
+        shift_out = fload(prm, 5 * cout + co)
     else:
         pop = fload_n(acc, a, count)
         scale, mul = fload_n(prm, co, count), fload_n(prm, cout + co, count)
         add, shift_in = fload_n(prm, 2 * cout + co, count), fload_n(prm, 3 * cout + co, count)
         slope, shift_out = fload_n(prm, 4 * cout + co, count), fload_n(prm, 5 * cout + co, count)
-        res = fload_n(rsrc, r, count)
+    res_v = _residual_vec(res, r0, r1, r2, r3, taps, c, count)
     y = fmul(fadd(fmul(pop, fsplat(-2.0)), fsplat(ktot)), scale)  # ktot - 2 pop: exact
     y = fadd(fmul(y, mul), add)
-    y = fadd(fprelu(fadd(fadd(y, res), shift_in), slope), shift_out)
+    y = fadd(fprelu(fadd(fadd(y, res_v), shift_in), slope), shift_out)
     if count == 16:
         fstore(z, zo, y)
     else:
@@ -318,28 +336,20 @@ def _transform_step(acc, a, ktot, prm, co, cout, rsrc, r, z, zo, count):
 
 
 @njit(cache=True, inline="always")
-def _transform(acc, aofs, ktot, cg, cbase, cout, prm, rsrc, roff, z, zoff):
+def _transform(acc, aofs, ktot, cg, cbase, cout, prm, res, r0, r1, r2, r3, taps, z, zoff):
     """Float output transform of one position and group: scale, BatchNorm, residual, RPReLU.
 
     ``prm``: flat (6, cout) -- weight scale, BN multiplier, BN offset, RPReLU shift, slope,
-    shift. Explicit 16-lane vectors (the last step masked): no alias checks or scalar remainder
-    loops, which dominated at 32-128 channels per position. Same float32 operations, in the
-    same order, as the numpy reference.
+    shift; the residual: :func:`_residual_taps`, pooled on the fly. Explicit 16-lane vectors
+    (the last step masked): no alias checks or scalar remainder loops, which dominated at
+    32-128 channels per position. Same float32 operations, in the same order, as the numpy
+    reference.
     """
     for c in range(0, cg, 16):
         _transform_step(
-            acc,
-            aofs + c,
-            ktot,
-            prm,
-            cbase + c,
-            cout,
-            rsrc,
-            roff + c,
-            z,
-            zoff + cbase + c,
-            min(16, cg - c),
-        )
+            acc, aofs + c, ktot, prm, cbase + c, cout, res, c, r0, r1, r2, r3, taps, z,
+            zoff + cbase + c, min(16, cg - c),
+        )  # fmt: skip
 
 
 @njit(cache=True, parallel=True)
@@ -407,7 +417,6 @@ def binary_conv_fused(
         img = job // jobs_per_img
         first = (job % jobs_per_img) * chunk
         acc = np.empty(POSITIONS * cols, np.float32)
-        row = np.empty(cg, np.float32)
         by = (first * POSITIONS) // wo
         bx = (first * POSITIONS) % wo
         for blk in range(first, min(first + chunk, nblocks)):
@@ -422,26 +431,13 @@ def binary_conv_fused(
                 aofs = p * cols
                 _border(acc, aofs, cols, k, oy, ox, stride, h, w, flat_wsum)
                 zoff = ((img * ho + oy) * wo + ox) * cout
-                rsrc = res
-                roff = ((img * ho + oy) * wo + ox) * cg
-                if pooled:
-                    _pooled_residual(res, img, h, w, cg, oy, ox, row)
-                    rsrc = row
-                    roff = 0
+                hr, wr = (h, w) if pooled else (ho, wo)
+                r0, r1, r2, r3, taps = _residual_taps(img, hr, wr, cg, oy, ox, pooled)
                 for g in range(groups):
                     _transform(
-                        acc,
-                        aofs + g * bpg * LANES,
-                        ktot_f,
-                        cg,
-                        g * cg,
-                        cout,
-                        flat_prm,
-                        rsrc,
-                        roff,
-                        z,
-                        zoff,
-                    )
+                        acc, aofs + g * bpg * LANES, ktot_f, cg, g * cg, cout, flat_prm, res,
+                        r0, r1, r2, r3, taps, z, zoff,
+                    )  # fmt: skip
             # Pack the next layer's signs only now, once the block's float stores have left
             # the store buffer: reading a row back right after writing it stalls.
             oy, ox = by, bx

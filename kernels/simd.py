@@ -18,6 +18,7 @@ __all__ = [
     "F32x16",
     "I64x8",
     "fadd",
+    "fdiv",
     "fload",
     "fload_n",
     "fmul",
@@ -414,6 +415,8 @@ fadd = _binary("fadd")
 fadd.__doc__ = "Lane-wise ``a + b`` (float32, IEEE: no contraction with a product)."
 fmul = _binary("fmul")
 fmul.__doc__ = "Lane-wise ``a * b``."
+fdiv = _binary("fdiv")
+fdiv.__doc__ = "Lane-wise ``a / b`` (IEEE division, as in PyTorch's average pooling)."
 
 
 @intrinsic
