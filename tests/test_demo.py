@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from s2bnn_plugin.data import APT_HINT, DEFAULT_SOURCE_DIR
 from s2bnn_plugin.demo import DemoConfig, DemoError, run_demo
 
 pytestmark = pytest.mark.solo
@@ -23,6 +24,9 @@ def _folder(root: Path, classes: int, per_class: int, seed: int = 0) -> None:
         for i in range(per_class):
             pixels = (rng.random((32, 32, 3)) * 255).astype("uint8")
             Image.fromarray(pixels).save(folder / f"{i}.png")
+
+
+HAVE_FASHION_MNIST = (DEFAULT_SOURCE_DIR / "t10k-labels-idx1-ubyte.gz").is_file()
 
 
 @pytest.fixture(scope="module")
@@ -111,3 +115,14 @@ def test_cli_reports_bad_data(tmp_path, capsys):
 
     assert main(["demo", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not HAVE_FASHION_MNIST, reason=f"Fashion-MNIST not installed: {APT_HINT}")
+def test_relative_out_dir_with_default_data(tmp_path, monkeypatch):
+    """`make demo` passes a relative --out; solo-learn's runs start in their own folders."""
+    monkeypatch.chdir(tmp_path)
+    cfg = tiny(Path("demo"), Path("unused"))
+    cfg.data, cfg.train_per_class, cfg.val_per_class = "fashion-mnist", 3, 2
+    run_demo(cfg, until="teacher", quiet=True, log=lambda _: None)
+    stage = json.loads((tmp_path / "demo" / "stages" / "teacher.json").read_text())
+    assert Path(stage["checkpoint"]).is_file()

@@ -420,7 +420,8 @@ def run_demo(
         find_solo_script("main_pretrain.py")
     except SoloLearnNotFound as e:
         raise DemoError(str(e)) from e
-    cfg.out_dir = Path(cfg.out_dir)
+    # absolute: solo-learn's runs start in their own folders, where a relative path breaks
+    cfg.out_dir = Path(cfg.out_dir).resolve()
     if cfg.data != "fashion-mnist":
         from s2bnn_plugin.data import validate_dataset_root
 
