@@ -85,33 +85,6 @@ def _stem_block4(x, xbase, h, w, iy0, ix0, stride, wt, k, cout, c0, cin, count):
 
 
 @njit(cache=True, inline="always")
-def _stem_block(x, xbase, h, w, iy0, ix0, wt, k, cout, c0, cin, count):
-    """One output position, channels ``c0 .. c0 + count`` (count <= 32): two 16-lane register
-    accumulators summed over (ci, ky, kx) in order, taps outside the image skipped."""
-    a0 = fsplat(0.0)
-    a1 = fsplat(0.0)
-    n0 = min(16, count)
-    n1 = count - n0
-    for ci in range(cin):
-        for ky in range(k):
-            iy = iy0 + ky
-            if iy < 0 or iy >= h:
-                continue
-            for kx in range(k):
-                ix = ix0 + kx
-                if ix < 0 or ix >= w:
-                    continue
-                xv = fsplat(load(x, xbase + (ci * h + iy) * w + ix))
-                wo = ((ci * k + ky) * k + kx) * cout + c0
-                w0 = fload(wt, wo) if n0 == 16 else fload_n(wt, wo, n0)
-                a0 = fadd(a0, fmul(xv, w0))
-                if n1 > 0:
-                    w1 = fload(wt, wo + 16) if n1 == 16 else fload_n(wt, wo + 16, n1)
-                    a1 = fadd(a1, fmul(xv, w1))
-    return a0, a1
-
-
-@njit(cache=True, inline="always")
 def _stem_store(a0, a1, aff, cout, c0, count, out, obase):
     """BatchNorm ``y * aff[0] + aff[1]`` of one position's ``count`` channels, stored."""
     n0 = min(16, count)
