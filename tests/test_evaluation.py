@@ -4,6 +4,7 @@ loading and the ``s2bnn eval`` command."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -310,27 +311,20 @@ def _dataset(tmp_path, classes=CLASSES):
     return root
 
 
-def test_cli_eval_torch_engine(tmp_path, capsys):
+def _run_eval(tmp_path, engine: str, *extra: str) -> tuple[int, Path]:
+    """``s2bnn eval`` on a small trained-like checkpoint and image folder; (exit code, report)."""
     ckpt = _solo_checkpoint(
         tmp_path, _trained_like_backbone(), {"cifar": True, "width_mult": 0.125}
     )
     report = tmp_path / "r.json"
-    argv = [
-        "eval",
-        "--model",
-        str(ckpt),
-        "--data",
-        str(_dataset(tmp_path)),
-        "--engine",
-        "torch",
-        "--size",
-        "16",
-        "--no-progress",
-        "--raw-pixels",
-        "--json",
-        str(report),
-    ]
-    assert main(argv) == 0
+    argv = ["eval", "--model", str(ckpt), "--data", str(_dataset(tmp_path))]
+    argv += ["--engine", engine, "--size", "16", "--no-progress", "--json", str(report), *extra]
+    return main(argv), report
+
+
+def test_cli_eval_torch_engine(tmp_path, capsys):
+    code, report = _run_eval(tmp_path, "torch", "--raw-pixels")
+    assert code == 0
     out = capsys.readouterr().out
     assert "kNN top-1" in out and "linear top-1" in out and "raw pixels" in out
     results = json.loads(report.read_text())["results"]
@@ -340,25 +334,8 @@ def test_cli_eval_torch_engine(tmp_path, capsys):
 
 
 def test_cli_eval_both_engines_agree(tmp_path, capsys):
-    ckpt = _solo_checkpoint(
-        tmp_path, _trained_like_backbone(), {"cifar": True, "width_mult": 0.125}
-    )
-    report = tmp_path / "r.json"
-    argv = [
-        "eval",
-        "--model",
-        str(ckpt),
-        "--data",
-        str(_dataset(tmp_path)),
-        "--engine",
-        "both",
-        "--size",
-        "16",
-        "--no-progress",
-        "--json",
-        str(report),
-    ]
-    assert main(argv) == 0
+    code, report = _run_eval(tmp_path, "both")
+    assert code == 0
     assert "kNN agreement, packed vs torch" in capsys.readouterr().out
     assert json.loads(report.read_text())["knn_agreement_packed_vs_torch"] >= 0.995
 
