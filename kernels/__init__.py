@@ -18,19 +18,37 @@ checks; each public kernel checks its buffer sizes first and raises ``ValueError
 validated entry point is :class:`s2bnn_plugin.export.PackedNetwork`.
 """
 
-from .bconv import POSITIONS, binary_conv_acc, binary_conv_fused, binary_gemm, out_size
-from .bitpack import LANES, pack_signs, pack_weights, tap_sums, words_for
+from .bconv import (
+    POSITIONS,
+    binary_conv_acc,
+    binary_conv_fused,
+    binary_gemm,
+    block_positions,
+    out_size,
+)
+from .bitpack import (
+    LANES,
+    NARROW_CHANNELS,
+    kernel_weights,
+    pack_signs,
+    pack_weights,
+    tap_sums,
+    words_for,
+)
 from .realops import conv_nchw_bn, global_avgpool, maxpool3x3s2, projection_shortcut
 from .simd import popcount64
 
 __all__ = [
     "LANES",
+    "NARROW_CHANNELS",
     "POSITIONS",
     "binary_conv_acc",
     "binary_conv_fused",
     "binary_gemm",
+    "block_positions",
     "conv_nchw_bn",
     "global_avgpool",
+    "kernel_weights",
     "maxpool3x3s2",
     "out_size",
     "pack_signs",

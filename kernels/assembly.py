@@ -10,30 +10,41 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .bconv import _micro_kernel
+from .bconv import _micro_kernel, _micro_kernel_narrow
+from .simd import address
 
 __all__ = ["micro_kernel_asm", "popcount_report"]
 
 
-def micro_kernel_asm() -> str:
-    """Assembly of the binary-convolution micro-kernel, compiled now for the current target."""
-    fresh = njit(cache=False)(_micro_kernel.py_func)
-    bits = np.zeros(64, np.uint64)
-    acc = np.zeros(4 * 32, np.float32)
-    fresh(bits, 0, 1, 2, 3, bits, 0, 1, 1, 1, acc, 0, 32)
+def micro_kernel_asm(narrow: bool = False) -> str:
+    """Assembly of a binary-convolution micro-kernel (64-bit lanes, or with ``narrow`` the
+    32-bit one of layers with at most 32 input channels), compiled now for the current target."""
+    kernel = _micro_kernel_narrow if narrow else _micro_kernel
+    fresh = njit(cache=False)(kernel.py_func)
+
+    @njit(cache=False)
+    def call(bits, acc, out):
+        pb, pa, po = address(bits), address(acc), address(out)
+        if narrow:
+            fresh(pb, 0, 1, 2, 3, 4, 5, 6, 7, pb, 0, 1, 1, pa, po, False, 1, 0, 32)
+        else:
+            fresh(pb, 0, 1, 2, 3, pb, 0, 1, 1, 1, pa, po, False, 1, 0, 32)
+
+    call(np.zeros(64, np.uint64), np.zeros(8 * 32, np.float32), np.zeros(8 * 32, np.int32))
     return "\n".join(fresh.inspect_asm().values())
 
 
 def popcount_report() -> dict[str, object]:
-    """Counts of the popcount instructions in the micro-kernel and the target CPU name."""
+    """Counts of the popcount instructions in the two micro-kernels and the target CPU name."""
     import llvmlite.binding as llvm
     from numba.core import config
 
-    asm = micro_kernel_asm()
-    lines = [line.strip() for line in asm.splitlines()]
+    lines = [line.strip() for line in micro_kernel_asm().splitlines()]
+    narrow = [line.strip() for line in micro_kernel_asm(narrow=True).splitlines()]
     return {
         "cpu": config.CPU_NAME or llvm.get_host_cpu_name(),
         "vpopcntq": sum(1 for line in lines if line.startswith("vpopcntq")),
         "vpopcntq_zmm": sum(1 for line in lines if line.startswith("vpopcntq") and "zmm" in line),
-        "popcnt_scalar": sum(1 for line in lines if line.startswith("popcnt")),
+        "vpopcntd_zmm": sum(1 for line in narrow if line.startswith("vpopcntd") and "zmm" in line),
+        "popcnt_scalar": sum(1 for line in lines + narrow if line.startswith("popcnt")),
     }

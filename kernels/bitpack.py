@@ -18,9 +18,18 @@ from numba import njit, prange
 
 from .simd import popcount64, sign_bits64, sign_bits_partial
 
-__all__ = ["LANES", "words_for", "pack_signs", "pack_weights", "tap_sums"]
+__all__ = [
+    "LANES",
+    "NARROW_CHANNELS",
+    "kernel_weights",
+    "pack_signs",
+    "pack_weights",
+    "tap_sums",
+    "words_for",
+]
 
 LANES = 32  # output channels per weight block: four 8-lane vectors in the micro-kernel
+NARROW_CHANNELS = 32  # at most this many input channels: 32-bit popcount lanes (kernel_weights)
 
 
 @njit(cache=True)
@@ -97,6 +106,23 @@ def pack_weights(negative, groups):
                         idx = ((blk * kk + t) * words + ci // 64) * LANES + lane
                         out[idx] |= np.uint64(1) << np.uint64(ci % 64)
     return out
+
+
+def kernel_weights(wt: np.ndarray, cin: int) -> np.ndarray:
+    """The layout the convolution kernels read: :func:`pack_weights`' own, except for at most
+    :data:`NARROW_CHANNELS` input channels, where each lane's word holds its bits in the low
+    half: those keep only the low 32 bits, as uint32 pairs in a uint64 array of half the length
+    (the kernels then popcount 16 lanes of 32 bits instead of 8 half-empty ones of 64).
+    """
+    wt = np.ascontiguousarray(wt, dtype=np.uint64).ravel()
+    if cin > NARROW_CHANNELS:
+        return wt
+    if np.any(wt >> np.uint64(NARROW_CHANNELS)):
+        raise ValueError(
+            f"kernel_weights: bits above channel 32 in a weight for {cin} input channels; "
+            "expected pack_weights' output for this layer"
+        )
+    return wt.astype(np.uint32).view(np.uint64)
 
 
 @njit(cache=True)

@@ -16,6 +16,8 @@ from numba.extending import intrinsic, models, register_model
 
 __all__ = [
     "F32x16",
+    "address",
+    "I32x16",
     "I64x8",
     "fadd",
     "fdiv",
@@ -25,6 +27,8 @@ __all__ = [
     "fprelu",
     "fsplat",
     "fstore",
+    "fstore_i32",
+    "iadd16",
     "fstore_n",
     "load",
     "load_u64",
@@ -33,14 +37,22 @@ __all__ = [
     "sign_bits_partial",
     "store",
     "vload",
+    "vload32",
     "vstore",
     "vstore_f32",
+    "vstore32_f32",
+    "vstore32_dot",
+    "vstore_dot",
     "vxor_popcount_add",
+    "vxor_popcount_add32",
     "vzero",
+    "vzero32",
 ]
 
 _I64 = ir.IntType(64)
+_I32 = ir.IntType(32)
 _VEC = ir.VectorType(_I64, 8)
+_F16 = ir.VectorType(ir.FloatType(), 16)
 
 
 class I64x8Type(types.Type):
@@ -59,14 +71,47 @@ class _I64x8Model(models.PrimitiveModel):
         super().__init__(dmm, fe_type, _VEC)
 
 
+def _base_ptr(context, builder, arrty, arr):
+    """The data pointer of a C-contiguous 1-D array, or the raw pointer itself."""
+    if isinstance(arrty, types.CPointer):
+        return arr
+    return context.make_array(arrty)(context, builder, arr).data
+
+
 def _element_ptr(context, builder, arrty, arr, idx):
-    """Pointer to element ``idx`` of a C-contiguous 1-D array (no bounds or wraparound check)."""
-    ary = context.make_array(arrty)(context, builder, arr)
-    return builder.gep(ary.data, [idx])
+    """Pointer to element ``idx`` of a flat array or raw pointer (no bounds or wraparound
+    check)."""
+    return builder.gep(_base_ptr(context, builder, arrty, arr), [idx])
+
+
+def _flat(arr) -> bool:
+    """A C-contiguous 1-D array, or a raw pointer from :func:`address`."""
+    if isinstance(arr, types.CPointer):
+        return True
+    return isinstance(arr, types.Array) and arr.ndim == 1 and arr.layout == "C"
 
 
 def _check_u64_array(arr) -> bool:
-    return isinstance(arr, types.Array) and arr.ndim == 1 and arr.dtype == types.uint64
+    return _flat(arr) and arr.dtype == types.uint64
+
+
+@intrinsic
+def address(typingctx, arr):
+    """The data pointer of a flat array, typed (``CPointer(dtype)``); every memory intrinsic
+    here takes it in place of the array.
+
+    Why: Numba reference-counts arrays passed between compiled functions. Inside a micro-kernel
+    those increments and decrements are calls to the runtime, and the one after the inner loop
+    forces every accumulator out of its register and back; a raw pointer is not counted. The
+    caller keeps the array alive and has checked its size.
+    """
+    if not isinstance(arr, types.Array) or arr.ndim != 1 or arr.layout != "C":
+        return None
+
+    def codegen(context, builder, sig, args):
+        return context.make_array(sig.args[0])(context, builder, args[0]).data
+
+    return types.CPointer(arr.dtype)(arr), codegen
 
 
 @intrinsic
@@ -91,10 +136,6 @@ def load_u64(typingctx, arr, idx):
         return builder.load(_element_ptr(context, builder, sig.args[0], args[0], args[1]))
 
     return types.uint64(arr, idx), codegen
-
-
-def _flat(arr) -> bool:
-    return isinstance(arr, types.Array) and arr.ndim == 1 and arr.layout == "C"
 
 
 @intrinsic
@@ -153,7 +194,7 @@ def vload(typingctx, arr, idx):
 @intrinsic
 def vstore(typingctx, arr, idx, vec):
     """Store the eight lanes of ``vec`` to ``arr[idx:idx + 8]`` (a flat int64 array)."""
-    ok = isinstance(arr, types.Array) and arr.ndim == 1 and arr.dtype == types.int64
+    ok = _flat(arr) and arr.dtype == types.int64
     if not ok or not isinstance(idx, types.Integer) or vec != I64x8:
         return None
 
@@ -183,6 +224,43 @@ def vxor_popcount_add(typingctx, acc, a, w):
         return builder.add(acc_v, builder.call(ctpop, [builder.xor(splat, w_v)]))
 
     return I64x8(acc, a, w), codegen
+
+
+def _splat_i32(builder, value, lanes):
+    vty = ir.VectorType(_I32, lanes)
+    v = builder.insert_element(ir.Constant(vty, ir.Undefined), value, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(v, ir.Constant(vty, ir.Undefined), ir.Constant(vty, None))
+
+
+def _store_dot(builder, ptr, counts, ktot, lanes):
+    """Store int32 ``ktot - 2 * counts`` (the +-1 dot products) at ``ptr``."""
+    vty = ir.VectorType(_I32, lanes)
+    if counts.type != vty:
+        counts = builder.trunc(counts, vty)
+    k = ktot if ktot.type == _I32 else builder.trunc(ktot, _I32)
+    dot = builder.sub(_splat_i32(builder, k, lanes), builder.shl(counts, ir.Constant(vty, 1)))
+    builder.store(dot, builder.bitcast(ptr, vty.as_pointer()), align=4)
+
+
+def _dot_store_typing(arr, idx, vec, ktot, vec_type):
+    ok = _flat(arr) and arr.dtype == types.int32
+    ints = isinstance(idx, types.Integer) and isinstance(ktot, types.Integer)
+    return ok and ints and vec == vec_type
+
+
+@intrinsic
+def vstore_dot(typingctx, arr, idx, vec, ktot):
+    """Store the 8 lanes ``ktot - 2 * vec`` as int32 to ``arr[idx:idx + 8]`` (popcounts to dot
+    products, straight from the registers)."""
+    if not _dot_store_typing(arr, idx, vec, ktot, I64x8):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ptr = _element_ptr(context, builder, sig.args[0], args[0], args[1])
+        _store_dot(builder, ptr, args[2], args[3], 8)
+        return context.get_dummy_value()
+
+    return types.none(arr, idx, vec, ktot), codegen
 
 
 @intrinsic
@@ -255,7 +333,7 @@ def vstore_f32(typingctx, arr, idx, vec):
     Popcounts are small integers (exact in float32); the output transform then runs on 16-lane
     float vectors instead of 8-lane integer ones.
     """
-    ok = isinstance(arr, types.Array) and arr.ndim == 1 and arr.dtype == types.float32
+    ok = _flat(arr) and arr.dtype == types.float32
     if not ok or not isinstance(idx, types.Integer) or vec != I64x8:
         return None
 
@@ -269,9 +347,126 @@ def vstore_f32(typingctx, arr, idx, vec):
     return types.none(arr, idx, vec), codegen
 
 
-# -- 16 x float32 vectors: the float epilogue without alias checks or remainder loops ----------
+# -- 16 x int32 vectors: layers with at most 32 input channels --------------------------------
+# A pixel of such a layer fills only the low half of its uint64 word; popcounts on 32-bit lanes
+# (``vpopcntd``) do twice the useful work per instruction of 64-bit ones there.
 
-_F16 = ir.VectorType(ir.FloatType(), 16)
+_VEC32 = ir.VectorType(_I32, 16)
+
+
+class I32x16Type(types.Type):
+    """Sixteen 32-bit lanes held in one LLVM vector value."""
+
+    def __init__(self) -> None:
+        super().__init__(name="i32x16")
+
+
+I32x16 = I32x16Type()
+
+
+@register_model(I32x16Type)
+class _I32x16Model(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, _VEC32)
+
+
+@intrinsic
+def vzero32(typingctx):
+    """An all-zero 16-lane vector."""
+
+    def codegen(context, builder, sig, args):
+        return ir.Constant(_VEC32, None)
+
+    return I32x16(), codegen
+
+
+@intrinsic
+def vload32(typingctx, arr, idx):
+    """Sixteen uint32 from 32-bit element ``idx`` on of a uint64 array (its memory as uint32)."""
+    if not _check_u64_array(arr) or not isinstance(idx, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        data = _base_ptr(context, builder, sig.args[0], args[0])
+        ptr = builder.gep(builder.bitcast(data, _I32.as_pointer()), [args[1]])
+        return builder.load(builder.bitcast(ptr, _VEC32.as_pointer()), align=4)
+
+    return I32x16(arr, idx), codegen
+
+
+@intrinsic
+def vxor_popcount_add32(typingctx, acc, a, w):
+    """``acc + popcount(broadcast(low 32 bits of a) ^ w)`` lane-wise, on 16 lanes."""
+    if acc != I32x16 or w != I32x16 or not isinstance(a, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        acc_v, a_v, w_v = args
+        low = builder.trunc(a_v, _I32) if a_v.type.width > 32 else a_v
+        splat = builder.insert_element(ir.Constant(_VEC32, ir.Undefined), low, ir.Constant(_I32, 0))
+        mask = ir.Constant(ir.VectorType(_I32, 16), None)
+        splat = builder.shuffle_vector(splat, ir.Constant(_VEC32, ir.Undefined), mask)
+        ctpop = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(_VEC32, [_VEC32]), "llvm.ctpop.v16i32"
+        )
+        return builder.add(acc_v, builder.call(ctpop, [builder.xor(splat, w_v)]))
+
+    return I32x16(acc, a, w), codegen
+
+
+@intrinsic
+def vstore32_f32(typingctx, arr, idx, vec):
+    """Convert the sixteen integer lanes of ``vec`` to float32, store to ``arr[idx:idx + 16]``."""
+    ok = _flat(arr) and arr.dtype == types.float32
+    if not ok or not isinstance(idx, types.Integer) or vec != I32x16:
+        return None
+
+    def codegen(context, builder, sig, args):
+        ptr = _element_ptr(context, builder, sig.args[0], args[0], args[1])
+        values = builder.sitofp(args[2], _F16)
+        builder.store(values, builder.bitcast(ptr, _F16.as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    return types.none(arr, idx, vec), codegen
+
+
+@intrinsic
+def vstore32_dot(typingctx, arr, idx, vec, ktot):
+    """:func:`vstore_dot` for a 16-lane 32-bit vector."""
+    if not _dot_store_typing(arr, idx, vec, ktot, I32x16):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ptr = _element_ptr(context, builder, sig.args[0], args[0], args[1])
+        _store_dot(builder, ptr, args[2], args[3], 16)
+        return context.get_dummy_value()
+
+    return types.none(arr, idx, vec, ktot), codegen
+
+
+@intrinsic
+def iadd16(typingctx, arr, idx, other, oidx):
+    """``arr[idx:idx + 16] += other[oidx:oidx + 16]`` on int32 (one vector add)."""
+    ok = all(_flat(a) and a.dtype == types.int32 for a in (arr, other))
+    if not ok or not isinstance(idx, types.Integer) or not isinstance(oidx, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        vty = ir.VectorType(_I32, 16)
+        p = builder.bitcast(
+            _element_ptr(context, builder, sig.args[0], args[0], args[1]), vty.as_pointer()
+        )
+        q = builder.bitcast(
+            _element_ptr(context, builder, sig.args[2], args[2], args[3]), vty.as_pointer()
+        )
+        total = builder.add(builder.load(p, align=4), builder.load(q, align=4))
+        builder.store(total, p, align=4)
+        return context.get_dummy_value()
+
+    return types.none(arr, idx, other, oidx), codegen
+
+
+# -- 16 x float32 vectors: the float epilogue without alias checks or remainder loops ----------
 
 
 class F32x16Type(types.Type):
@@ -349,6 +544,22 @@ def fstore(typingctx, arr, idx, vec):
     def codegen(context, builder, sig, args):
         ptr = _element_ptr(context, builder, sig.args[0], args[0], args[1])
         builder.store(args[2], builder.bitcast(ptr, _F16.as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    return types.none(arr, idx, vec), codegen
+
+
+@intrinsic
+def fstore_i32(typingctx, arr, idx, vec):
+    """Store the 16 lanes of ``vec``, converted to int32 (truncating), to ``arr[idx:idx + 16]``."""
+    ok = _flat(arr) and arr.dtype == types.int32
+    if not ok or not isinstance(idx, types.Integer) or vec != F32x16:
+        return None
+
+    def codegen(context, builder, sig, args):
+        vty = ir.VectorType(_I32, 16)
+        ptr = _element_ptr(context, builder, sig.args[0], args[0], args[1])
+        builder.store(builder.fptosi(args[2], vty), builder.bitcast(ptr, vty.as_pointer()), align=4)
         return context.get_dummy_value()
 
     return types.none(arr, idx, vec), codegen

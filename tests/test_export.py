@@ -139,7 +139,8 @@ def test_every_binary_layer_accumulates_exactly(packed_cases, key):
         bpg = (u["group_channels"] + K.LANES - 1) // K.LANES
         wsum = K.tap_sums(wt, g * bpg, k * k, K.words_for(c), c)
         out = np.zeros(expected.shape, np.int32)
-        K.binary_conv_acc(bits, n, h, w, c, k, u["stride"], wt, wsum, g, u["group_channels"], 1,
+        wk = K.kernel_weights(wt, c)
+        K.binary_conv_acc(bits, n, h, w, c, k, u["stride"], wk, wsum, g, u["group_channels"], 1,
                           out)  # fmt: skip
         np.testing.assert_array_equal(out, expected, err_msg=u["name"])
 

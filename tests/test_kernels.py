@@ -143,8 +143,32 @@ def test_binary_conv_acc_is_exact(n, h, w, cin, cout, k, stride, groups, seed):
     wsum = K.tap_sums(wt, groups * bpg, k * k, K.words_for(cin), cin)
     ho, wo = K.out_size(h, k, stride), K.out_size(w, k, stride)
     out = np.full((n, ho, wo, groups * cout), -(2**30), np.int32)
-    K.binary_conv_acc(bits, n, h, w, cin, k, stride, wt, wsum, groups, cout, 2, out)
+    wk = K.kernel_weights(wt, cin)  # 32-bit lanes for cin <= 32
+    K.binary_conv_acc(bits, n, h, w, cin, k, stride, wk, wsum, groups, cout, 2, out)
     np.testing.assert_array_equal(out, _torch_acc(x, thr, weight, k, stride))
+
+
+@pytest.mark.parametrize("cin", [5, 64])
+def test_binary_conv_acc_every_small_shape(cin):
+    """Every small map (1..7 x 1..9), both strides, full and partial channel blocks, on both
+    micro-kernels: border classes, blocks across rows and short last blocks, exhaustively."""
+    rng = np.random.default_rng(cin)
+    for h in range(1, 8):
+        for w in range(1, 10):
+            x = rng.standard_normal((1, 2, h, w, cin)).astype(np.float32)
+            thr = np.zeros((1, cin), np.float32)
+            bits = _pack_input(x, thr, 1)
+            for cout in (32, 33):
+                weight = rng.standard_normal((cout, cin, 3, 3)).astype(np.float32)
+                wt = K.pack_weights((weight < 0).astype(np.uint8), 1)
+                wsum = K.tap_sums(wt, (cout + K.LANES - 1) // K.LANES, 9, K.words_for(cin), cin)
+                for stride in (1, 2):
+                    ho, wo = K.out_size(h, 3, stride), K.out_size(w, 3, stride)
+                    out = np.full((2, ho, wo, cout), -(2**30), np.int32)
+                    wk = K.kernel_weights(wt, cin)
+                    K.binary_conv_acc(bits, 2, h, w, cin, 3, stride, wk, wsum, 1, cout, 1, out)
+                    expected = _torch_acc(x, thr, weight, 3, stride)
+                    np.testing.assert_array_equal(out, expected, err_msg=f"{h}x{w}/{stride}")
 
 
 @given(
@@ -162,7 +186,7 @@ def test_binary_gemm(m, cin, cout, seed):
         np.where(a, -1.0, 1.0).astype(np.float32)[None, None], np.zeros((1, cin), np.float32), 0
     )[0, 0, 0]
     wt = K.pack_weights(b[:, :, None, None].astype(np.uint8), 1)
-    got = K.binary_gemm(np.ascontiguousarray(a_words), wt, cin, cout, 1)
+    got = K.binary_gemm(np.ascontiguousarray(a_words), K.kernel_weights(wt, cin), cin, cout, 1)
     expected = np.where(a, -1, 1) @ np.where(b, -1, 1).T
     np.testing.assert_array_equal(got, expected)
 
@@ -171,7 +195,7 @@ def test_binary_gemm(m, cin, cout, seed):
     n=st.integers(1, 2),
     h=st.integers(1, 7),
     w=st.integers(1, 7),
-    cin=st.sampled_from([3, 64, 70]),
+    cin=st.sampled_from([3, 32, 64, 70]),
     k=st.sampled_from([1, 3]),
     stride=st.integers(1, 2),
     groups=st.integers(1, 2),
@@ -226,7 +250,7 @@ def test_fused_unit_matches_reference(n, h, w, cin, k, stride, groups, next_sets
         cin,
         k,
         stride,
-        wt,
+        K.kernel_weights(wt, cin),
         wsum,
         groups,
         cg,
@@ -296,7 +320,9 @@ def test_micro_kernel_uses_vector_popcount():
     from s2bnn_plugin.kernels.assembly import popcount_report
 
     report = popcount_report()
-    assert report["vpopcntq_zmm"] >= 16, report
+    assert report["vpopcntq_zmm"] >= 16, report  # 4 positions x 4 vectors of 8 x 64 bits
+    assert report["vpopcntd_zmm"] >= 16, report  # narrow: 8 positions x 2 vectors of 16 x 32
+    assert report["popcnt_scalar"] == 0, report
 
 
 def test_portable_build_without_avx512():
@@ -319,6 +345,15 @@ def test_portable_build_without_avx512():
         np.save("out.npy", out)
         np.save("x.npy", x)
         np.save("neg.npy", neg)
+        # the narrow (32-bit lane) path: 20 input channels, stride 1
+        xn = x[..., :20].copy()
+        bn = np.zeros(n * (h + 2) * (w + 2), np.uint64)
+        K.pack_signs(xn.ravel(), n, h, w, 20, np.zeros((1, 20), np.float32), 1, bn)
+        wn = K.pack_weights(np.ascontiguousarray(neg[:, :20]), 1)
+        sn = K.tap_sums(wn, 2, 9, 1, 20)
+        outn = np.zeros((n, h, w, cout), np.int32)
+        K.binary_conv_acc(bn, n, h, w, 20, k, 1, K.kernel_weights(wn, 20), sn, 1, cout, 1, outn)
+        np.save("out_narrow.npy", outn)
         print(popcount_report())
         """
     )
@@ -330,11 +365,15 @@ def test_portable_build_without_avx512():
     )
     assert done.returncode == 0, done.stderr
     assert "'cpu': 'generic'" in done.stdout and "'vpopcntq': 0" in done.stdout, done.stdout
+    assert "'vpopcntd_zmm': 0" in done.stdout, done.stdout
     out = np.load(os.path.join(tmp, "out.npy"))
     x = np.load(os.path.join(tmp, "x.npy"))[None]
     neg = np.load(os.path.join(tmp, "neg.npy"))
     weight = np.where(neg, -1.0, 1.0).astype(np.float32)
     np.testing.assert_array_equal(out, _torch_acc(x, np.zeros((1, 70), np.float32), weight, 3, 2))
+    narrow = np.load(os.path.join(tmp, "out_narrow.npy"))
+    expected = _torch_acc(x[..., :20], np.zeros((1, 20), np.float32), weight[:, :20], 3, 1)
+    np.testing.assert_array_equal(narrow, expected)
 
 
 def test_kernels_refuse_buffers_of_the_wrong_size():
@@ -362,3 +401,22 @@ def test_kernels_refuse_buffers_of_the_wrong_size():
         K.binary_conv_fused(*args[:17], obits[:-1], 1)
     with pytest.raises(ValueError, match="wrong size"):
         K.pack_signs(z, 2, 5, 5, 31, thr, 0, obits)
+
+
+def test_narrow_layers_need_the_32_bit_weight_layout():
+    """At most 32 input channels: the kernels read kernel_weights' layout, and say so."""
+    wt = K.pack_weights(np.ones((32, 32, 3, 3), np.uint8), 1)
+    wide = K.pack_weights(np.ones((32, 64, 3, 3), np.uint8), 1)
+    np.testing.assert_array_equal(K.kernel_weights(wide, 64), wide)  # unchanged above 32
+    narrow = K.kernel_weights(wt, 32)
+    assert narrow.dtype == np.uint64 and narrow.size * 2 == wt.size
+    np.testing.assert_array_equal(narrow.view(np.uint32), wt.astype(np.uint32))
+    bits = np.zeros(7 * 7, np.uint64)
+    wsum = K.tap_sums(wt, 1, 9, 1, 32)
+    out = np.zeros((1, 5, 5, 32), np.int32)
+    with pytest.raises(ValueError, match="kernel_weights"):
+        K.binary_conv_acc(bits, 1, 5, 5, 32, 3, 1, wt, wsum, 1, 32, 1, out)
+    K.binary_conv_acc(bits, 1, 5, 5, 32, 3, 1, narrow, wsum, 1, 32, 1, out)
+    assert out[0, 2, 2, 0] == -9 * 32  # all-+1 input, all--1 weights, interior position
+    with pytest.raises(ValueError, match="bits above channel 32"):
+        K.kernel_weights(K.pack_weights(np.ones((32, 40, 1, 1), np.uint8), 1), 32)

@@ -195,7 +195,7 @@ class PackedNetwork:
     # -- numba engine ----------------------------------------------------------------------
     def _runtime_units(self) -> list[_Unit]:
         if self._units is None:
-            from s2bnn_plugin.kernels import LANES, tap_sums
+            from s2bnn_plugin.kernels import LANES, kernel_weights, tap_sums
 
             if LANES != ref.LANES:
                 raise RuntimeError("kernels and file format disagree on the block width")
@@ -205,8 +205,9 @@ class PackedNetwork:
                 p = f"units.{i}."
                 k, cin, g, cg = u["kernel"], u["in_channels"], u["groups"], u["group_channels"]
                 blocks = g * ((cg + LANES - 1) // LANES)
-                weight = _aligned(self.arrays[p + "weight"])
-                wsum = tap_sums(weight, blocks, k * k, (cin + 63) // 64, cin)
+                stored = self.arrays[p + "weight"]
+                wsum = tap_sums(stored, blocks, k * k, (cin + 63) // 64, cin)
+                weight = _aligned(kernel_weights(stored, cin))
                 cout = g * cg
                 nxt = specs[i + 1] if i + 1 < len(specs) else None
                 units.append(
@@ -288,12 +289,16 @@ class PackedNetwork:
         self._workspaces[key] = buf
         return buf
 
-    def _job_chunk(self, n: int, positions: int) -> int:
-        """4-position blocks per parallel job: enough jobs to balance, few enough to be cheap."""
+    def _job_chunk(self, n: int, positions: int, cin: int) -> int:
+        """Blocks per parallel job: at least 8 jobs a thread to balance, few enough to be cheap
+        (each job starts its own accumulator block)."""
         import numba
 
-        blocks = n * ((positions + 3) // 4)
-        return int(min(16, max(1, blocks // (8 * numba.get_num_threads()))))
+        from s2bnn_plugin.kernels import block_positions
+
+        per_block = block_positions(cin)
+        blocks = n * ((positions + per_block - 1) // per_block)
+        return int(min(64, max(1, blocks // (8 * numba.get_num_threads()))))
 
     def kernel_calls(self, x: np.ndarray) -> tuple[list[KernelCall], np.ndarray]:
         """The compiled calls that compute the features of ``x`` (one chunk of images), in order,
@@ -337,7 +342,7 @@ class PackedNetwork:
             args = (
                 bits[i], n, hh, ww, c, s["kernel"], s["stride"], u.weight, u.wsum, s["groups"],
                 s["group_channels"], u.params, res, s["residual"] == "avgpool", maps[i + 1],
-                u.thr_next, u.pad_next, bits[i + 1], self._job_chunk(n, ho * wo),
+                u.thr_next, u.pad_next, bits[i + 1], self._job_chunk(n, ho * wo, c),
             )  # fmt: skip
             calls.append(KernelCall(s["name"], K.binary_conv_fused, args, unit=i))
         hh, ww, c = shapes[-1]
