@@ -6,9 +6,11 @@ for both engines (``torch.set_num_threads`` / ``numba.set_num_threads``), best o
 runs taken alternately. The model has random weights: speed does not depend on their values.
 
 - Per layer: every distinct binary unit of ReActNet-A at 224 px, batch 1, against
-  ``torch.nn.functional.conv2d`` fp32 of the same shape on the same input. The packed side is the
-  whole fused unit (convolution, scale, BatchNorm, residual, RPReLU, next layer's packed signs);
-  the torch side is the convolution alone.
+  ``torch.nn.functional.conv2d`` fp32 of the same shape on the same input (NCHW, the default,
+  and channels-last), each timed in bursts of 3 consecutive calls (warm caches) in alternating
+  rounds. Two packed figures: the binary convolution alone (exact int32 accumulations, the
+  per-layer speedup) and the whole fused unit (convolution, scale, BatchNorm, residual, RPReLU,
+  next layer's packed signs) against the same convolution alone.
 - End to end: ReActNet-A features at 224 px, batch 1 and 32, against the same model in PyTorch
   fp32 eval mode, and against a copy whose weights were binarised once beforehand (the training
   model re-binarises its weights on every forward, a large share of batch-1 time).
@@ -32,6 +34,7 @@ from s2bnn_plugin.export import pack
 from s2bnn_plugin.export.bench import (
     end_to_end,
     file_sizes,
+    layer_table,
     layer_timings,
     markdown_table,
     prebinarised,
@@ -73,36 +76,21 @@ def main(argv: list[str] | None = None) -> int:
         f"{report['popcnt_scalar']} scalar popcnt\n"
     )
 
-    rows = []
-    for threads in args.threads:
-        for r in layer_timings(net, args.size, threads, args.repeats):
-            gmacs = r.macs / r.packed_s / 1e9
-            rows.append(
-                [
-                    f"{r.kernel}x{r.kernel}/{r.stride} {r.in_channels}->{r.out_channels}",
-                    f"{r.size}",
-                    threads,
-                    f"{r.torch_s * 1e3:.3f}",
-                    f"{r.packed_s * 1e3:.3f}",
-                    f"{gmacs:.0f}",
-                    f"{r.speedup:.1f}x",
-                ]
-            )
+    layers = [r for t in args.threads for r in layer_timings(net, args.size, t, args.repeats)]
     print(f"### ReActNet-A binary layers, {args.size} px, batch 1\n")
+    print(layer_table(layers))
     print(
-        markdown_table(
-            [
-                "layer",
-                "input px",
-                "threads",
-                "conv2d fp32 ms",
-                "packed unit ms",
-                "binary GMAC/s",
-                "speedup",
-            ],
-            rows,
-        )
+        "\nspeedup: the binary convolution alone (exact int32 accumulations) vs F.conv2d fp32 "
+        "NCHW; fused unit: conv + scale + BN + residual + RPReLU + next layer's signs, vs the "
+        "same F.conv2d alone."
     )
+    three = [r for r in layers if r.kernel == 3]
+    for threads in args.threads:
+        worst = min((r for r in three if r.threads == threads), key=lambda r: r.speedup)
+        print(
+            f"{threads} thread(s): slowest 3x3 binary conv {worst.speedup:.1f}x "
+            f"({worst.in_channels} ch, {worst.size} px, stride {worst.stride})"
+        )
 
     fast = prebinarised(model)
     rows = []

@@ -13,6 +13,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -24,13 +25,15 @@ from s2bnn_plugin.export.network import PackedNetwork
 
 __all__ = [
     "LayerTiming",
-    "prebinarised",
     "Timing",
+    "best_times",
     "compare",
     "end_to_end",
     "file_sizes",
+    "layer_table",
     "layer_timings",
     "markdown_table",
+    "prebinarised",
     "set_threads",
 ]
 
@@ -47,17 +50,27 @@ def compare(
     reference: Callable[[], object], packed: Callable[[], object], repeats: int = 5
 ) -> tuple[float, float]:
     """Best-of-``repeats`` seconds of two callables, measured alternately after a warm-up."""
-    reference()
-    packed()
-    best_ref = best_packed = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        reference()
-        best_ref = min(best_ref, time.perf_counter() - t)
-        t = time.perf_counter()
-        packed()
-        best_packed = min(best_packed, time.perf_counter() - t)
+    best_ref, best_packed = best_times([reference, packed], repeats, burst=1)
     return best_ref, best_packed
+
+
+def best_times(
+    fns: Sequence[Callable[[], object]], repeats: int = 5, burst: int = 3
+) -> list[float]:
+    """Best seconds per call of each callable: ``repeats`` rounds, each running every callable
+    ``burst`` times in a row (``burst > 1``: each is timed with its own data warm in cache, as a
+    layer in a network or a repeated micro-benchmark sees it; the rounds alternate, so a slow
+    spell of a shared machine hits every callable alike)."""
+    for fn in fns:
+        fn()
+    best = [float("inf")] * len(fns)
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            for _ in range(burst):
+                t = time.perf_counter()
+                fn()
+                best[i] = min(best[i], time.perf_counter() - t)
+    return best
 
 
 def prebinarised(model: nn.Module) -> nn.Module:
@@ -96,7 +109,8 @@ class Timing:
 
 @dataclass
 class LayerTiming:
-    """One binary unit: ``F.conv2d`` fp32 of the same shape vs the fused packed kernel."""
+    """One binary unit, batch 1: the binary convolution alone and the whole fused unit, against
+    ``F.conv2d`` fp32 of the same shape (NCHW, PyTorch's default, and channels-last)."""
 
     name: str
     kernel: int
@@ -106,11 +120,24 @@ class LayerTiming:
     size: int
     macs: int
     threads: int
-    torch_s: float
-    packed_s: float
+    torch_s: float  # F.conv2d fp32, NCHW
+    torch_cl_s: float  # F.conv2d fp32, channels-last
+    conv_s: float  # packed binary convolution alone: exact int32 accumulations, NHWC
+    packed_s: float  # packed fused unit: conv, scale, BN, residual, RPReLU, next layer's signs
 
     @property
     def speedup(self) -> float:
+        """Binary convolution vs ``F.conv2d`` NCHW: the per-layer figure."""
+        return self.torch_s / self.conv_s
+
+    @property
+    def speedup_cl(self) -> float:
+        """Binary convolution vs the faster channels-last ``F.conv2d``."""
+        return self.torch_cl_s / self.conv_s
+
+    @property
+    def unit_speedup(self) -> float:
+        """Whole fused unit vs ``F.conv2d`` NCHW alone (the float side does less work)."""
         return self.torch_s / self.packed_s
 
 
@@ -143,9 +170,13 @@ def layer_timings(
 ) -> list[LayerTiming]:
     """Each distinct binary unit of ``net`` at ``size`` px, batch 1, on the input it really gets.
 
-    The packed side is the whole fused unit (popcount convolution, scale, BN, residual, RPReLU
-    and packing the next layer's signs); the torch side is the convolution alone.
+    Four callables per unit, timed by :func:`best_times` (bursts of 3, warm caches): PyTorch's
+    ``F.conv2d`` fp32 in NCHW and in channels-last; the packed binary convolution alone
+    (:func:`binary_conv_acc`: exact int32 accumulations, NHWC, the same micro-kernel and driver
+    as the fused unit); the fused unit as the network runs it.
     """
+    from s2bnn_plugin.kernels import binary_conv_acc, out_size
+
     set_threads(threads)
     x = np.random.default_rng(seed).standard_normal((1, net.in_channels, size, size))
     calls, _ = net.kernel_calls(x.astype(np.float32))
@@ -170,18 +201,73 @@ def layer_timings(
         else:
             xin = torch.randn(n, u["in_channels"], h, w)
         xin = xin.contiguous()
+        xcl = xin.contiguous(memory_format=torch.channels_last)
         weight = torch.randn(cout, u["in_channels"], k, k)
-        t_ref, t_packed = compare(
-            lambda xin=xin, weight=weight, s=s, k=k: F.conv2d(xin, weight, None, s, k // 2),
-            lambda call=call: call.fn(*call.args),
+        wcl = weight.contiguous(memory_format=torch.channels_last)
+        ho, wo = out_size(h, k, s), out_size(w, k, s)
+        acc = np.empty((n, ho, wo, cout), np.int32)
+        conv_args = (*a[:11], a[-1], acc)  # bits .. group_channels, chunk, out
+        t_nchw, t_cl, t_conv, t_unit = best_times(
+            [
+                partial(F.conv2d, xin, weight, None, s, k // 2),
+                partial(F.conv2d, xcl, wcl, None, s, k // 2),
+                partial(binary_conv_acc, *conv_args),
+                partial(call.fn, *call.args),
+            ],
             repeats,
         )
-        ho, wo = (h + 2 * (k // 2) - k) // s + 1, (w + 2 * (k // 2) - k) // s + 1
         macs = n * ho * wo * cout * u["in_channels"] * k * k
         rows.append(
-            LayerTiming(call.name, k, s, u["in_channels"], cout, h, macs, threads, t_ref, t_packed)
+            LayerTiming(
+                call.name,
+                k,
+                s,
+                u["in_channels"],
+                cout,
+                h,
+                macs,
+                threads,
+                t_nchw,
+                t_cl,
+                t_conv,
+                t_unit,
+            )  # fmt: skip
         )
     return rows
+
+
+def layer_table(rows: Sequence[LayerTiming]) -> str:
+    """The per-layer markdown table of ``s2bnn bench --layers`` and the benchmark script."""
+    headers = [
+        "layer",
+        "input px",
+        "threads",
+        "conv2d fp32 ms",
+        "conv2d channels-last ms",
+        "binary conv ms",
+        "binary GMAC/s",
+        "speedup",
+        "speedup vs channels-last",
+        "fused unit ms",
+        "fused unit vs conv2d",
+    ]
+    cells = [
+        [
+            f"{r.kernel}x{r.kernel}/{r.stride} {r.in_channels}->{r.out_channels}",
+            r.size,
+            r.threads,
+            f"{r.torch_s * 1e3:.3f}",
+            f"{r.torch_cl_s * 1e3:.3f}",
+            f"{r.conv_s * 1e3:.3f}",
+            f"{r.macs / r.conv_s / 1e9:.0f}",
+            f"{r.speedup:.1f}x",
+            f"{r.speedup_cl:.1f}x",
+            f"{r.packed_s * 1e3:.3f}",
+            f"{r.unit_speedup:.1f}x",
+        ]
+        for r in rows
+    ]
+    return markdown_table(headers, cells)
 
 
 def file_sizes(net: PackedNetwork, model: nn.Module) -> tuple[int, int]:

@@ -165,7 +165,13 @@ def bench(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from s2bnn_plugin.backbones import create_backbone
-    from s2bnn_plugin.export.bench import end_to_end, file_sizes, layer_timings, markdown_table
+    from s2bnn_plugin.export.bench import (
+        end_to_end,
+        file_sizes,
+        layer_table,
+        layer_timings,
+        markdown_table,
+    )
     from s2bnn_plugin.export.packer import pack as pack_model
 
     try:
@@ -185,35 +191,9 @@ def bench(args: argparse.Namespace) -> int:
         )
     )
     if args.layers:
-        lrows = []
-        for threads in args.threads:
-            for r in layer_timings(net, args.size, threads, args.repeats):
-                lrows.append(
-                    [
-                        f"{r.kernel}x{r.kernel}/{r.stride}",
-                        f"{r.in_channels}->{r.out_channels}",
-                        r.size,
-                        threads,
-                        f"{r.torch_s * 1e3:.3f}",
-                        f"{r.packed_s * 1e3:.3f}",
-                        f"{r.speedup:.1f}x",
-                    ]
-                )
+        layers = [r for t in args.threads for r in layer_timings(net, args.size, t, args.repeats)]
         print()
-        print(
-            markdown_table(
-                [
-                    "layer",
-                    "channels",
-                    "input px",
-                    "threads",
-                    "conv2d fp32 ms",
-                    "packed unit ms",
-                    "speedup",
-                ],
-                lrows,
-            )
-        )
+        print(layer_table(layers))
     packed, fp32 = file_sizes(net, model)
     print(
         f"\nfile: {packed / 1e6:.3f} MB packed vs {fp32 / 1e6:.3f} MB fp32 state dict "
