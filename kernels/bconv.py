@@ -347,35 +347,45 @@ def _popcounts(
     for every weight block: into ``acc`` (positions, columns) or, with ``direct``, as dot
     products into the int32 ``out`` from ``obase`` on (then ``count`` must be a full block and
     the columns the output channels).
-
-    ``narrow``: at most 32 input channels, weights in the 32-bit layout
-    (:func:`_micro_kernel_narrow`, 8 positions); otherwise 4 positions (:func:`_micro_kernel`).
     """
     rowstride = wp * words
-    cols = groups * bpg * LANES
-    kk = k * k
     positions = _block_positions(narrow)
     o0, o1, o2, o3, o4, o5, o6, o7 = _block_offsets(
         oy, ox, count, positions, wo, stride, rowstride, words
     )
-    first = obase if direct else 0
-    # raw pointers: no reference counting inside the micro-kernels (see simd.address)
-    pbits, pwt, pacc, pout = address(bits), address(wt), address(acc), address(out)
+    _kernel_calls(
+        address(bits), address(wt), address(acc), address(out), direct, ktot,
+        obase if direct else 0, o0, o1, o2, o3, o4, o5, o6, o7, img, n, hp * rowstride, groups,
+        bpg, k, rowstride, words, narrow,
+    )  # fmt: skip
+
+
+@njit(cache=True, inline="always")
+def _kernel_calls(
+    pbits, pwt, pacc, pout, direct, ktot, dst, o0, o1, o2, o3, o4, o5, o6, o7, img, n, plane,
+    groups, bpg, k, rowstride, words, narrow,
+):  # fmt: skip
+    """One block: the micro-kernel for every weight block of every group. ``o0..o7``: the
+    positions' top-left taps within an image plane (``plane`` words; the 4-position kernel
+    reads the first four); results to ``dst + block * LANES`` of ``acc``/``out`` (raw pointers,
+    see :func:`.simd.address`: nothing is reference-counted in here)."""
+    cols = groups * bpg * LANES
+    kk = k * k
     for g in range(groups):
-        base = (g * n + img) * hp * rowstride
+        base = (g * n + img) * plane
         for j in range(bpg):
             blk = g * bpg + j
             if narrow:
                 _micro_kernel_narrow(
                     pbits, base + o0, base + o1, base + o2, base + o3, base + o4, base + o5,
                     base + o6, base + o7, pwt, blk * kk * LANES, k, rowstride, pacc, pout, direct,
-                    ktot, first + blk * LANES, cols,
+                    ktot, dst + blk * LANES, cols,
                 )  # fmt: skip
             else:
                 _micro_kernel(
                     pbits, base + o0, base + o1, base + o2, base + o3, pwt,
                     blk * kk * words * LANES, k, rowstride, words, pacc, pout, direct, ktot,
-                    first + blk * LANES, cols,
+                    dst + blk * LANES, cols,
                 )  # fmt: skip
 
 
@@ -605,10 +615,40 @@ def binary_conv_acc(bits, n, h, w, cin, k, stride, wt, wsum, groups, cg, chunk, 
     # Dot products straight from the registers into ``out`` when a block's rows are exactly
     # its outputs (no padding lanes); otherwise through ``acc``.
     direct_ok = cols == cout and (k == 1 or k == 3)
+    rowstride = wp * words
+    step = stride * words
+    pbits, pwt, pout = address(bits), address(wt), address(flat_out)
     for job in prange(n * jobs_per_img):
         img, first, by, bx = _job_start(job, jobs_per_img, chunk, positions, wo)
         acc = np.empty(positions * cols, np.float32)
-        for blk in range(first, min(first + chunk, nblocks)):
+        pacc = address(acc)
+        last = min(first + chunk, nblocks)
+        blk = first
+        while blk < last:
+            y0 = by * stride - pad
+            if direct_ok and bx + positions <= wo and y0 >= 0 and y0 + k <= h:
+                # the usual case: a run of whole blocks along a row that sees no padding above
+                # or below -- incremental offsets, dot products straight into ``out``
+                run = min(last - blk, (wo - bx) // positions)
+                o0 = by * stride * rowstride + bx * step
+                dst = ((img * ho + by) * wo + bx) * cout
+                start = dst
+                for _ in range(run):
+                    _kernel_calls(
+                        pbits, pwt, pacc, pout, True, ktot, dst, o0, o0 + step, o0 + 2 * step,
+                        o0 + 3 * step, o0 + 4 * step, o0 + 5 * step, o0 + 6 * step,
+                        o0 + 7 * step, img, n, hp * rowstride, groups, bpg, k, rowstride, words,
+                        narrow,
+                    )  # fmt: skip
+                    o0 += positions * step
+                    dst += positions * cout
+                if pad > 0:  # only the run's ends can reach past the left or right edge
+                    _fix_position(flat_out, start, cout, by, bx, stride, h, w, fix)
+                    end = bx + run * positions - 1
+                    _fix_position(flat_out, dst - cout, cout, by, end, stride, h, w, fix)
+                blk += run
+                by, bx = _advance(by, bx, run * positions, wo)
+                continue
             count = min(positions, nq - blk * positions)
             obase = ((img * ho + by) * wo + bx) * cout
             direct = direct_ok and count == positions
@@ -622,22 +662,28 @@ def binary_conv_acc(bits, n, h, w, cin, k, stride, wt, wsum, groups, cg, chunk, 
                     _border_block_direct(
                         flat_out, obase, cout, by, bx, count, stride, h, w, wo, fix
                     )
-                by, bx = _advance(by, bx, count, wo)
-                continue
-            if edge:
-                _border_block(acc, cols, k, by, bx, count, stride, h, w, wo, table)
-            if cols == cout:  # the block's outputs are one contiguous run (16 | cols)
-                for i in range(0, count * cout, 16):
-                    y = fadd(fmul(fload(acc, i), fsplat(-2.0)), fsplat(ktot_f))
-                    fstore_i32(flat_out, obase + i, y)
             else:
-                for p in range(count):
-                    for g in range(groups):
-                        for c in range(cg):
-                            pop = load(acc, p * cols + g * bpg * LANES + c)
-                            v = np.int32(ktot_f - np.float32(2.0) * pop)
-                            store(flat_out, obase + p * cout + g * cg + c, v)
+                if edge:
+                    _border_block(acc, cols, k, by, bx, count, stride, h, w, wo, table)
+                _store_dots(acc, flat_out, obase, count, cout, cols, groups, cg, bpg, ktot_f)
+            blk += 1
             by, bx = _advance(by, bx, count, wo)
+
+
+@njit(cache=True, inline="always")
+def _store_dots(acc, out, obase, count, cout, cols, groups, cg, bpg, ktot_f):
+    """Dot products ``ktot - 2 * popcount`` of a block's popcounts in ``acc`` into ``out``."""
+    if cols == cout:  # the block's outputs are one contiguous run (16 | cols)
+        for i in range(0, count * cout, 16):
+            y = fadd(fmul(fload(acc, i), fsplat(-2.0)), fsplat(ktot_f))
+            fstore_i32(out, obase + i, y)
+        return
+    for p in range(count):
+        for g in range(groups):
+            for c in range(cg):
+                pop = load(acc, p * cols + g * bpg * LANES + c)
+                v = np.int32(ktot_f - np.float32(2.0) * pop)
+                store(out, obase + p * cout + g * cg + c, v)
 
 
 @njit(cache=True, inline="always")
