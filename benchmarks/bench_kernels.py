@@ -22,6 +22,7 @@ Prints markdown tables.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 
@@ -72,9 +73,14 @@ def main(argv: list[str] | None = None) -> int:
         f"({numba.threading_layer()} threading layer); torch {torch.__version__}"
     )
     print(
-        f"micro-kernel assembly: {report['vpopcntq_zmm']} vpopcntq on zmm registers, "
-        f"{report['popcnt_scalar']} scalar popcnt\n"
+        f"micro-kernel assembly: {report['vpopcntq_zmm']} vpopcntq and "
+        f"{report['vpopcntd_zmm']} vpopcntd (narrow layers) on zmm registers, "
+        f"{report['popcnt_scalar']} scalar popcnt"
     )
+    wait = os.environ.get("OMP_WAIT_POLICY")
+    if wait:  # a passive policy puts Numba's workers to sleep between kernels: slow on 2 threads
+        print(f"OMP_WAIT_POLICY={wait} (the README's figures use the default)")
+    print()
 
     layers = [r for t in args.threads for r in layer_timings(net, args.size, t, args.repeats)]
     print(f"### ReActNet-A binary layers, {args.size} px, batch 1\n")

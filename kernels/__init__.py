@@ -1,9 +1,10 @@
 """Bit-packed XNOR-popcount kernels (Numba only). Installed as ``s2bnn_plugin.kernels``.
 
-Modules: :mod:`.simd` (LLVM intrinsics: popcount, 8 x int64 and 16 x float32 vector values,
-masked loads), :mod:`.bitpack` (sign packing, weight layout), :mod:`.bconv` (the binary
-convolution: micro-kernel, exact accumulation, fused unit), :mod:`.realops` (stem convolution,
-pooling, projection shortcut), :mod:`.assembly` (does the compiled code use ``vpopcntq``?).
+Modules: :mod:`.simd` (LLVM intrinsics: popcount, 8 x int64, 16 x int32 and 16 x float32
+vector values, masked loads, raw pointers), :mod:`.bitpack` (sign packing, weight layouts),
+:mod:`.bconv` (the binary convolution: micro-kernels, exact accumulation, fused unit),
+:mod:`.realops` (stem convolution, pooling, projection shortcut), :mod:`.assembly` (does the
+compiled code use ``vpopcntq`` / ``vpopcntd``?).
 
 All functions are ``@njit(cache=True)``: the first call in a fresh environment compiles them
 (about 20 s), later processes load the cached machine code. The parallel ones run on Numba's
@@ -13,9 +14,11 @@ without AVX-512 (the vector popcount and masked loads are then emulated).
 
 Layouts (see :mod:`.bitpack`): float maps are flat NHWC float32; sign bits are packed along
 channels into uint64 words, flat ``(T, N, H + 2 pad, W + 2 pad, words)``; binary weights are in
-blocks of 32 output channels, flat ``(blocks, k * k, words, 32)``. The inner loops have no bounds
-checks; each public kernel checks its buffer sizes first and raises ``ValueError``. The safe,
-validated entry point is :class:`s2bnn_plugin.export.PackedNetwork`.
+blocks of 32 output channels, flat ``(blocks, k * k, words, 32)`` as stored, and as the kernels
+read them after :func:`kernel_weights` (which keeps only the low 32 bits per lane when there are
+at most 32 input channels). The inner loops have no bounds checks; each public kernel checks
+its buffer sizes first and raises ``ValueError``. The safe, validated entry point is
+:class:`s2bnn_plugin.export.PackedNetwork`.
 """
 
 from .bconv import (

@@ -2,15 +2,23 @@
 
 For +-1 vectors packed as bits (set = -1), ``dot(a, w) = K - 2 * popcount(a ^ w)``. The work is
 split as in a float GEMM micro-kernel: a block of 4 output positions x 32 output channels keeps
-its 16 accumulators (8 lanes each) in registers while the loop runs over taps and input words;
-each activation word is loaded once and reused for 32 output channels, each weight vector for 4
-positions. Inputs of a 3x3 convolution carry a one-pixel border of zero words, so the inner loop
-has no bounds checks; a zero word reads as +1 in every channel where the model's zero padding
-contributes 0, and the per-tap weight sums of the missing taps are subtracted afterwards (only at
-border positions), which makes the accumulation exact.
+its 16 accumulators (8 lanes of 64 bits each) in registers while the loop runs over taps and
+input words; each activation word is loaded once and reused for 32 output channels, each weight
+vector for 4 positions. Layers with at most 32 input channels fill only half of each word: they
+use 16 lanes of 32 bits (``vpopcntd``) and blocks of 8 positions x 32 channels instead, twice the
+useful work per instruction. The micro-kernels take raw pointers (:func:`.simd.address`), so no
+reference counting -- a runtime call that pushes every accumulator out of its register -- runs
+inside them.
 
-Two drivers share the micro-kernel: :func:`binary_conv_acc` returns the exact integer
-accumulations (the tests compare them with ``F.conv2d`` on +-1 tensors); :func:`binary_conv_fused`
+Inputs of a 3x3 convolution carry a one-pixel border of zero words, so the inner loop has no
+bounds checks; a zero word reads as +1 in every channel where the model's zero padding
+contributes 0, and the weight sums of the missing taps are subtracted afterwards (only at border
+positions, from a table with one row per kind of border position), which makes the accumulation
+exact.
+
+Two drivers share the micro-kernels: :func:`binary_conv_acc` returns the exact integer
+accumulations (the tests compare them with ``F.conv2d`` on +-1 tensors; stored straight from the
+registers, and along padding-free rows without per-block bookkeeping); :func:`binary_conv_fused`
 applies the whole output transform in the same pass -- weight scale, BatchNorm, the residual
 (optionally 2x2-average-pooled), RPReLU -- writes the float map needed by the next residual and
 packs the next layer's sign bits directly. Parallel over blocks of output positions (``prange``

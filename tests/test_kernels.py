@@ -150,11 +150,12 @@ def test_binary_conv_acc_is_exact(n, h, w, cin, cout, k, stride, groups, seed):
 
 @pytest.mark.parametrize("cin", [5, 64])
 def test_binary_conv_acc_every_small_shape(cin):
-    """Every small map (1..7 x 1..9), both strides, full and partial channel blocks, on both
-    micro-kernels: border classes, blocks across rows and short last blocks, exhaustively."""
+    """Every small map (1..7 x 1..17), both strides, full and partial channel blocks, one block
+    and many blocks per parallel job, on both micro-kernels: border classes, blocks across rows,
+    short last blocks and runs along a row, exhaustively."""
     rng = np.random.default_rng(cin)
     for h in range(1, 8):
-        for w in range(1, 10):
+        for w in range(1, 18):
             x = rng.standard_normal((1, 2, h, w, cin)).astype(np.float32)
             thr = np.zeros((1, cin), np.float32)
             bits = _pack_input(x, thr, 1)
@@ -162,13 +163,14 @@ def test_binary_conv_acc_every_small_shape(cin):
                 weight = rng.standard_normal((cout, cin, 3, 3)).astype(np.float32)
                 wt = K.pack_weights((weight < 0).astype(np.uint8), 1)
                 wsum = K.tap_sums(wt, (cout + K.LANES - 1) // K.LANES, 9, K.words_for(cin), cin)
+                wk = K.kernel_weights(wt, cin)
                 for stride in (1, 2):
-                    ho, wo = K.out_size(h, 3, stride), K.out_size(w, 3, stride)
-                    out = np.full((2, ho, wo, cout), -(2**30), np.int32)
-                    wk = K.kernel_weights(wt, cin)
-                    K.binary_conv_acc(bits, 2, h, w, cin, 3, stride, wk, wsum, 1, cout, 1, out)
                     expected = _torch_acc(x, thr, weight, 3, stride)
-                    np.testing.assert_array_equal(out, expected, err_msg=f"{h}x{w}/{stride}")
+                    for chunk in (1, 64):
+                        out = np.full(expected.shape, -(2**30), np.int32)
+                        K.binary_conv_acc(bits, 2, h, w, cin, 3, stride, wk, wsum, 1, cout, chunk,
+                                          out)  # fmt: skip
+                        np.testing.assert_array_equal(out, expected, err_msg=f"{h}x{w}/{stride}")
 
 
 @given(
