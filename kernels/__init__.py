@@ -2,9 +2,10 @@
 
 Modules: :mod:`.simd` (LLVM intrinsics: popcount, 8 x int64, 16 x int32 and 16 x float32
 vector values, masked loads, raw pointers), :mod:`.bitpack` (sign packing, weight layouts),
-:mod:`.bconv` (the binary convolution: micro-kernels, exact accumulation, fused unit),
-:mod:`.realops` (stem convolution, pooling, projection shortcut), :mod:`.assembly` (does the
-compiled code use ``vpopcntq`` / ``vpopcntd``?).
+:mod:`.micro` (the micro-kernels and their blocks of output positions), :mod:`.border` (exact
+zero-padding corrections), :mod:`.bconv` (the binary convolution drivers: exact accumulation,
+fused unit), :mod:`.realops` (stem convolution, pooling, projection shortcut), :mod:`.assembly`
+(does the compiled code use ``vpopcntq`` / ``vpopcntd``?).
 
 All functions are ``@njit(cache=True)``: the first call in a fresh environment compiles them
 (about 20 s), later processes load the cached machine code. The parallel ones run on Numba's

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .bconv import _micro_kernel, _micro_kernel_narrow
+from .micro import _micro_kernel, _micro_kernel_narrow
 from .simd import address
 
 __all__ = ["micro_kernel_asm", "popcount_report"]

@@ -8,7 +8,7 @@ activations *and* weights, so they XOR to 0 and never count.
 
 Packed activations are NHWC-like, ``(T, N, H + 2 * pad, W + 2 * pad, words)`` flattened: ``T``
 threshold sets (two 1x1 convolutions reading the same tensor with different RSigns), and a
-border of zero words for a 3x3 convolution (corrected for in :mod:`.bconv`).
+border of zero words for a 3x3 convolution (corrected for in :mod:`.border`).
 """
 
 from __future__ import annotations

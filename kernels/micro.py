@@ -1,0 +1,380 @@
+"""Micro-kernels of the binary convolution and the blocks of output positions they work on.
+
+A block is a few output positions in row-major order (4, or 8 on narrow layers: at most 32 input
+channels) times 32 output channels; its popcounts stay in registers while the loop runs over
+taps and input words: each activation word is loaded once and reused for 32 output channels,
+each weight vector for every position of the block. Wide layers use 8 lanes of 64 bits
+(``vpopcntq``); narrow ones fill only the low half of each word and use 16 lanes of 32 bits
+(``vpopcntd``), twice the useful work per instruction. The micro-kernels take raw pointers
+(:func:`.simd.address`): no reference counting -- a runtime call that pushes every accumulator
+out of its register -- runs inside them. Results go to a float32 block buffer as popcounts, or
+straight from the registers to an int32 map as dot products ``K - 2 * popcount``.
+"""
+
+from __future__ import annotations
+
+from numba import njit
+
+from .bitpack import LANES, NARROW_CHANNELS
+from .simd import (
+    address,
+    load_u64,
+    vload,
+    vload32,
+    vstore32_dot,
+    vstore32_f32,
+    vstore_dot,
+    vstore_f32,
+    vxor_popcount_add,
+    vxor_popcount_add32,
+    vzero,
+    vzero32,
+)
+
+__all__ = ["POSITIONS", "block_positions"]
+
+
+POSITIONS = 4  # output positions per block on wide layers (8 on narrow ones)
+
+
+@njit(cache=True, inline="always")
+def _block_positions(narrow):
+    """Output positions per micro-kernel call: 8 on narrow layers, else :data:`POSITIONS`."""
+    return 2 * POSITIONS if narrow else POSITIONS
+
+
+@njit(cache=True)
+def block_positions(cin):
+    """Output positions per block (the unit of ``chunk``) of a convolution over ``cin`` input
+    channels."""
+    return _block_positions(cin <= NARROW_CHANNELS)
+
+
+@njit(cache=True, inline="always")
+def _next(oy, ox, wo):
+    """The output position after (oy, ox) in row-major order."""
+    if ox + 1 == wo:
+        return oy + 1, 0
+    return oy, ox + 1
+
+
+@njit(cache=True, inline="always")
+def _advance(oy, ox, count, wo):
+    """The position ``count`` steps after (oy, ox) in row-major order."""
+    ox += count
+    while ox >= wo:
+        ox -= wo
+        oy += 1
+    return oy, ox
+
+
+@njit(cache=True, inline="always")
+def _offset(oy, ox, stride, rowstride, words):
+    return oy * stride * rowstride + ox * stride * words
+
+
+@njit(cache=True, inline="always")
+def _block_offsets(oy, ox, count, positions, wo, stride, rowstride, words):
+    """Offsets of the top-left taps of up to 8 positions from (oy, ox) on, in row-major order;
+    those past ``count`` repeat the last real one (same work, no branches in the micro-kernel)."""
+    o0 = _offset(oy, ox, stride, rowstride, words)
+    step = stride * words
+    if ox + positions <= wo:  # the usual case: the whole block lies in one row
+        return (o0, o0 + step, o0 + 2 * step, o0 + 3 * step, o0 + 4 * step, o0 + 5 * step,
+                o0 + 6 * step, o0 + 7 * step)  # fmt: skip
+    o1 = o0
+    if count > 1:
+        oy, ox = _next(oy, ox, wo)
+        o1 = _offset(oy, ox, stride, rowstride, words)
+    o2 = o1
+    if count > 2:
+        oy, ox = _next(oy, ox, wo)
+        o2 = _offset(oy, ox, stride, rowstride, words)
+    o3 = o2
+    if count > 3:
+        oy, ox = _next(oy, ox, wo)
+        o3 = _offset(oy, ox, stride, rowstride, words)
+    o4 = o3
+    if count > 4:
+        oy, ox = _next(oy, ox, wo)
+        o4 = _offset(oy, ox, stride, rowstride, words)
+    o5 = o4
+    if count > 5:
+        oy, ox = _next(oy, ox, wo)
+        o5 = _offset(oy, ox, stride, rowstride, words)
+    o6 = o5
+    if count > 6:
+        oy, ox = _next(oy, ox, wo)
+        o6 = _offset(oy, ox, stride, rowstride, words)
+    o7 = o6
+    if count > 7:
+        oy, ox = _next(oy, ox, wo)
+        o7 = _offset(oy, ox, stride, rowstride, words)
+    return o0, o1, o2, o3, o4, o5, o6, o7
+
+
+@njit(cache=True)
+def _micro_kernel(
+    bits, b0, b1, b2, b3, wt, wofs, k, rowstride, words, acc, out, direct, ktot, aofs, astride
+):
+    """popcount(a ^ w) summed over taps and words for 4 positions x 32 channels.
+
+    ``b0..b3``: flat offsets of the 4 positions' top-left taps in ``bits``; ``wofs``: offset of
+    the weight block. Results of position ``p``, lane ``l`` go to ``[aofs + p * astride + l]`` of
+    the float32 ``acc`` as popcounts (exact: they stay far below 2**24), or with ``direct`` of
+    the int32 ``out`` as the dot products ``ktot - 2 * popcount``.
+    """
+    c00 = vzero()
+    c01 = vzero()
+    c02 = vzero()
+    c03 = vzero()
+    c10 = vzero()
+    c11 = vzero()
+    c12 = vzero()
+    c13 = vzero()
+    c20 = vzero()
+    c21 = vzero()
+    c22 = vzero()
+    c23 = vzero()
+    c30 = vzero()
+    c31 = vzero()
+    c32 = vzero()
+    c33 = vzero()
+    for ky in range(k):
+        for kx in range(k):
+            toff = ky * rowstride + kx * words
+            wtap = wofs + (ky * k + kx) * words * LANES
+            for w in range(words):
+                a0 = load_u64(bits, b0 + toff + w)
+                a1 = load_u64(bits, b1 + toff + w)
+                a2 = load_u64(bits, b2 + toff + w)
+                a3 = load_u64(bits, b3 + toff + w)
+                wi = wtap + w * LANES
+                v0 = vload(wt, wi)
+                v1 = vload(wt, wi + 8)
+                v2 = vload(wt, wi + 16)
+                v3 = vload(wt, wi + 24)
+                c00 = vxor_popcount_add(c00, a0, v0)
+                c01 = vxor_popcount_add(c01, a0, v1)
+                c02 = vxor_popcount_add(c02, a0, v2)
+                c03 = vxor_popcount_add(c03, a0, v3)
+                c10 = vxor_popcount_add(c10, a1, v0)
+                c11 = vxor_popcount_add(c11, a1, v1)
+                c12 = vxor_popcount_add(c12, a1, v2)
+                c13 = vxor_popcount_add(c13, a1, v3)
+                c20 = vxor_popcount_add(c20, a2, v0)
+                c21 = vxor_popcount_add(c21, a2, v1)
+                c22 = vxor_popcount_add(c22, a2, v2)
+                c23 = vxor_popcount_add(c23, a2, v3)
+                c30 = vxor_popcount_add(c30, a3, v0)
+                c31 = vxor_popcount_add(c31, a3, v1)
+                c32 = vxor_popcount_add(c32, a3, v2)
+                c33 = vxor_popcount_add(c33, a3, v3)
+    if direct:
+        _store4(out, aofs, astride, ktot, c00, c01, c02, c03, c10, c11, c12, c13, c20, c21, c22,
+                c23, c30, c31, c32, c33)  # fmt: skip
+        return
+    vstore_f32(acc, aofs, c00)
+    vstore_f32(acc, aofs + 8, c01)
+    vstore_f32(acc, aofs + 16, c02)
+    vstore_f32(acc, aofs + 24, c03)
+    o = aofs + astride
+    vstore_f32(acc, o, c10)
+    vstore_f32(acc, o + 8, c11)
+    vstore_f32(acc, o + 16, c12)
+    vstore_f32(acc, o + 24, c13)
+    o += astride
+    vstore_f32(acc, o, c20)
+    vstore_f32(acc, o + 8, c21)
+    vstore_f32(acc, o + 16, c22)
+    vstore_f32(acc, o + 24, c23)
+    o += astride
+    vstore_f32(acc, o, c30)
+    vstore_f32(acc, o + 8, c31)
+    vstore_f32(acc, o + 16, c32)
+    vstore_f32(acc, o + 24, c33)
+
+
+@njit(cache=True, inline="always")
+def _store4(out, o, stride, ktot, c00, c01, c02, c03, c10, c11, c12, c13, c20, c21, c22, c23,
+            c30, c31, c32, c33):  # fmt: skip
+    """Dot products of :func:`_micro_kernel`'s 16 accumulators straight into int32 ``out``."""
+    vstore_dot(out, o, c00, ktot)
+    vstore_dot(out, o + 8, c01, ktot)
+    vstore_dot(out, o + 16, c02, ktot)
+    vstore_dot(out, o + 24, c03, ktot)
+    o += stride
+    vstore_dot(out, o, c10, ktot)
+    vstore_dot(out, o + 8, c11, ktot)
+    vstore_dot(out, o + 16, c12, ktot)
+    vstore_dot(out, o + 24, c13, ktot)
+    o += stride
+    vstore_dot(out, o, c20, ktot)
+    vstore_dot(out, o + 8, c21, ktot)
+    vstore_dot(out, o + 16, c22, ktot)
+    vstore_dot(out, o + 24, c23, ktot)
+    o += stride
+    vstore_dot(out, o, c30, ktot)
+    vstore_dot(out, o + 8, c31, ktot)
+    vstore_dot(out, o + 16, c32, ktot)
+    vstore_dot(out, o + 24, c33, ktot)
+
+
+@njit(cache=True)
+def _micro_kernel_narrow(
+    bits, b0, b1, b2, b3, b4, b5, b6, b7, wt, wofs, k, rowstride, acc, out, direct, ktot, aofs,
+    astride,
+):  # fmt: skip
+    """:func:`_micro_kernel` for at most 32 input channels: 8 positions x 32 channels on 16-lane
+    32-bit vectors (each pixel's word holds its bits in the low half).
+
+    ``wt``: the narrow layout of :func:`.bitpack.kernel_weights`, 32 uint32 per tap and block;
+    ``wofs`` counts uint32 elements. Results as in :func:`_micro_kernel`.
+    """
+    c00 = vzero32()
+    c01 = vzero32()
+    c10 = vzero32()
+    c11 = vzero32()
+    c20 = vzero32()
+    c21 = vzero32()
+    c30 = vzero32()
+    c31 = vzero32()
+    c40 = vzero32()
+    c41 = vzero32()
+    c50 = vzero32()
+    c51 = vzero32()
+    c60 = vzero32()
+    c61 = vzero32()
+    c70 = vzero32()
+    c71 = vzero32()
+    for ky in range(k):
+        for kx in range(k):
+            toff = ky * rowstride + kx
+            wi = wofs + (ky * k + kx) * LANES
+            v0 = vload32(wt, wi)
+            v1 = vload32(wt, wi + 16)
+            a = load_u64(bits, b0 + toff)
+            c00 = vxor_popcount_add32(c00, a, v0)
+            c01 = vxor_popcount_add32(c01, a, v1)
+            a = load_u64(bits, b1 + toff)
+            c10 = vxor_popcount_add32(c10, a, v0)
+            c11 = vxor_popcount_add32(c11, a, v1)
+            a = load_u64(bits, b2 + toff)
+            c20 = vxor_popcount_add32(c20, a, v0)
+            c21 = vxor_popcount_add32(c21, a, v1)
+            a = load_u64(bits, b3 + toff)
+            c30 = vxor_popcount_add32(c30, a, v0)
+            c31 = vxor_popcount_add32(c31, a, v1)
+            a = load_u64(bits, b4 + toff)
+            c40 = vxor_popcount_add32(c40, a, v0)
+            c41 = vxor_popcount_add32(c41, a, v1)
+            a = load_u64(bits, b5 + toff)
+            c50 = vxor_popcount_add32(c50, a, v0)
+            c51 = vxor_popcount_add32(c51, a, v1)
+            a = load_u64(bits, b6 + toff)
+            c60 = vxor_popcount_add32(c60, a, v0)
+            c61 = vxor_popcount_add32(c61, a, v1)
+            a = load_u64(bits, b7 + toff)
+            c70 = vxor_popcount_add32(c70, a, v0)
+            c71 = vxor_popcount_add32(c71, a, v1)
+    if direct:
+        o = aofs
+        vstore32_dot(out, o, c00, ktot)
+        vstore32_dot(out, o + 16, c01, ktot)
+        o += astride
+        vstore32_dot(out, o, c10, ktot)
+        vstore32_dot(out, o + 16, c11, ktot)
+        o += astride
+        vstore32_dot(out, o, c20, ktot)
+        vstore32_dot(out, o + 16, c21, ktot)
+        o += astride
+        vstore32_dot(out, o, c30, ktot)
+        vstore32_dot(out, o + 16, c31, ktot)
+        o += astride
+        vstore32_dot(out, o, c40, ktot)
+        vstore32_dot(out, o + 16, c41, ktot)
+        o += astride
+        vstore32_dot(out, o, c50, ktot)
+        vstore32_dot(out, o + 16, c51, ktot)
+        o += astride
+        vstore32_dot(out, o, c60, ktot)
+        vstore32_dot(out, o + 16, c61, ktot)
+        o += astride
+        vstore32_dot(out, o, c70, ktot)
+        vstore32_dot(out, o + 16, c71, ktot)
+        return
+    o = aofs
+    vstore32_f32(acc, o, c00)
+    vstore32_f32(acc, o + 16, c01)
+    o += astride
+    vstore32_f32(acc, o, c10)
+    vstore32_f32(acc, o + 16, c11)
+    o += astride
+    vstore32_f32(acc, o, c20)
+    vstore32_f32(acc, o + 16, c21)
+    o += astride
+    vstore32_f32(acc, o, c30)
+    vstore32_f32(acc, o + 16, c31)
+    o += astride
+    vstore32_f32(acc, o, c40)
+    vstore32_f32(acc, o + 16, c41)
+    o += astride
+    vstore32_f32(acc, o, c50)
+    vstore32_f32(acc, o + 16, c51)
+    o += astride
+    vstore32_f32(acc, o, c60)
+    vstore32_f32(acc, o + 16, c61)
+    o += astride
+    vstore32_f32(acc, o, c70)
+    vstore32_f32(acc, o + 16, c71)
+
+
+@njit(cache=True, inline="always")
+def _kernel_calls(
+    pbits, pwt, pacc, pout, direct, ktot, dst, o0, o1, o2, o3, o4, o5, o6, o7, img, n, plane,
+    groups, bpg, k, rowstride, words, narrow,
+):  # fmt: skip
+    """One block: the micro-kernel for every weight block of every group. ``o0..o7``: the
+    positions' top-left taps within an image plane (``plane`` words; the 4-position kernel
+    reads the first four); results to ``dst + block * LANES`` of ``acc``/``out`` (raw pointers,
+    see :func:`.simd.address`: nothing is reference-counted in here)."""
+    cols = groups * bpg * LANES
+    kk = k * k
+    for g in range(groups):
+        base = (g * n + img) * plane
+        for j in range(bpg):
+            blk = g * bpg + j
+            if narrow:
+                _micro_kernel_narrow(
+                    pbits, base + o0, base + o1, base + o2, base + o3, base + o4, base + o5,
+                    base + o6, base + o7, pwt, blk * kk * LANES, k, rowstride, pacc, pout, direct,
+                    ktot, dst + blk * LANES, cols,
+                )  # fmt: skip
+            else:
+                _micro_kernel(
+                    pbits, base + o0, base + o1, base + o2, base + o3, pwt,
+                    blk * kk * words * LANES, k, rowstride, words, pacc, pout, direct, ktot,
+                    dst + blk * LANES, cols,
+                )  # fmt: skip
+
+
+@njit(cache=True, inline="always")
+def _popcounts(
+    bits, img, n, hp, wp, words, k, stride, wo, oy, ox, count, wt, narrow, groups, bpg, acc, out,
+    direct, ktot, obase,
+):  # fmt: skip
+    """Popcounts of ``count`` positions from (oy, ox) on (at most :func:`_block_positions`),
+    for every weight block: into ``acc`` (positions, columns) or, with ``direct``, as dot
+    products into the int32 ``out`` from ``obase`` on (then ``count`` must be a full block and
+    the columns the output channels).
+    """
+    rowstride = wp * words
+    positions = _block_positions(narrow)
+    o0, o1, o2, o3, o4, o5, o6, o7 = _block_offsets(
+        oy, ox, count, positions, wo, stride, rowstride, words
+    )
+    _kernel_calls(
+        address(bits), address(wt), address(acc), address(out), direct, ktot,
+        obase if direct else 0, o0, o1, o2, o3, o4, o5, o6, o7, img, n, hp * rowstride, groups,
+        bpg, k, rowstride, words, narrow,
+    )  # fmt: skip
