@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .simd import popcount64, sign_bits64, sign_bits_partial
+from .simd import popcount64, sign_bits32, sign_bits64, sign_bits_partial
 
 __all__ = [
     "LANES",
@@ -49,7 +49,10 @@ def pack_row(z, zoff, channels, thr, toff, out, ooff, words):
         out[ooff + w] = sign_bits64(z, zoff + w * 64, thr, toff + w * 64)
     if full < words:
         c0 = full * 64
-        out[ooff + full] = sign_bits_partial(z, zoff + c0, thr, toff + c0, channels - c0)
+        if channels - c0 == 32:  # e.g. the first blocks of ReActNet-A: no masked loads needed
+            out[ooff + full] = sign_bits32(z, zoff + c0, thr, toff + c0)
+        else:
+            out[ooff + full] = sign_bits_partial(z, zoff + c0, thr, toff + c0, channels - c0)
 
 
 @njit(cache=True, parallel=True)

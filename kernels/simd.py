@@ -33,6 +33,7 @@ __all__ = [
     "load",
     "load_u64",
     "popcount64",
+    "sign_bits32",
     "sign_bits64",
     "sign_bits_partial",
     "store",
@@ -263,30 +264,39 @@ def vstore_dot(typingctx, arr, idx, vec, ktot):
     return types.none(arr, idx, vec, ktot), codegen
 
 
-@intrinsic
-def sign_bits64(typingctx, z, zoff, thr, toff):
-    """Bit j set where ``not (z[zoff + j] + thr[toff + j] >= 0)``, j < 64: one packed word.
+def _sign_bits(lanes):
+    """An intrinsic packing ``lanes`` (32 or 64) signs into the low bits of a uint64."""
 
-    A <64 x float> add and compare whose <64 x i1> result is reinterpreted as an integer: on
-    AVX-512 four ``vcmpps`` into mask registers instead of 64 scalar compares and shifts.
-    """
-    ok = all(
-        isinstance(a, types.Array) and a.ndim == 1 and a.dtype == types.float32 for a in (z, thr)
-    )
-    if not ok or not isinstance(zoff, types.Integer) or not isinstance(toff, types.Integer):
-        return None
+    @intrinsic
+    def sign_bits(typingctx, z, zoff, thr, toff):
+        ok = all(
+            isinstance(a, types.Array) and a.ndim == 1 and a.dtype == types.float32
+            for a in (z, thr)
+        )
+        if not ok or not isinstance(zoff, types.Integer) or not isinstance(toff, types.Integer):
+            return None
 
-    def codegen(context, builder, sig, args):
-        vty = ir.VectorType(ir.FloatType(), 64)
-        zp = _element_ptr(context, builder, sig.args[0], args[0], args[1])
-        tp = _element_ptr(context, builder, sig.args[2], args[2], args[3])
-        zv = builder.load(builder.bitcast(zp, vty.as_pointer()), align=4)
-        tv = builder.load(builder.bitcast(tp, vty.as_pointer()), align=4)
-        ge = builder.fcmp_ordered(">=", builder.fadd(zv, tv), ir.Constant(vty, None))
-        bits = builder.bitcast(builder.not_(ge), _I64)
-        return bits
+        def codegen(context, builder, sig, args):
+            vty = ir.VectorType(ir.FloatType(), lanes)
+            zp = _element_ptr(context, builder, sig.args[0], args[0], args[1])
+            tp = _element_ptr(context, builder, sig.args[2], args[2], args[3])
+            zv = builder.load(builder.bitcast(zp, vty.as_pointer()), align=4)
+            tv = builder.load(builder.bitcast(tp, vty.as_pointer()), align=4)
+            ge = builder.fcmp_ordered(">=", builder.fadd(zv, tv), ir.Constant(vty, None))
+            bits = builder.bitcast(builder.not_(ge), ir.IntType(lanes))
+            return bits if lanes == 64 else builder.zext(bits, _I64)
 
-    return types.uint64(z, zoff, thr, toff), codegen
+        return types.uint64(z, zoff, thr, toff), codegen
+
+    return sign_bits
+
+
+# Bit j set where ``not (z[zoff + j] + thr[toff + j] >= 0)``, j < 64: one packed word. A
+# <64 x float> add and compare whose <64 x i1> result is reinterpreted as an integer: on AVX-512
+# four ``vcmpps`` into mask registers instead of 64 scalar compares and shifts.
+sign_bits64 = _sign_bits(64)
+# The same for exactly 32 channels, in the low half of the word (no masked loads).
+sign_bits32 = _sign_bits(32)
 
 
 @intrinsic
