@@ -22,6 +22,8 @@ its buffer sizes first and raises ``ValueError``. The safe, validated entry poin
 :class:`s2bnn_plugin.export.PackedNetwork`.
 """
 
+from pathlib import Path as _Path
+
 from .bconv import (
     POSITIONS,
     binary_conv_acc,
@@ -39,8 +41,13 @@ from .bitpack import (
     tap_sums,
     words_for,
 )
+from .cache import drop_stale_cache as _drop_stale_cache
 from .realops import conv_nchw_bn, global_avgpool, maxpool3x3s2, projection_shortcut
 from .simd import popcount64
+
+# Compiled code is loaded from the cache at a kernel's first call, never at import: checking the
+# cache against the sources here, after the imports, comes first still.
+_drop_stale_cache(_Path(__file__).parent)
 
 __all__ = [
     "LANES",

@@ -422,3 +422,40 @@ def test_narrow_layers_need_the_32_bit_weight_layout():
     assert out[0, 2, 2, 0] == -9 * 32  # all-+1 input, all--1 weights, interior position
     with pytest.raises(ValueError, match="bits above channel 32"):
         K.kernel_weights(K.pack_weights(np.ones((32, 40, 1, 1), np.uint8), 1), 32)
+
+
+def test_stale_numba_cache_is_dropped_when_any_kernel_source_changes(tmp_path, monkeypatch):
+    """Numba keys its cache by each function's own file; a change to an inlined helper in
+    another file must not leave stale machine code behind."""
+    from s2bnn_plugin.kernels.cache import STAMP, drop_stale_cache
+
+    monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
+    (tmp_path / "simd.py").write_text("A = 1\n")
+    (tmp_path / "bconv.py").write_text("B = 1\n")
+    cache = tmp_path / "__pycache__"
+    cache.mkdir()
+    compiled = cache / "bconv.binary_conv_acc-1.py311.nbi"
+    compiled.write_bytes(b"old")
+    assert drop_stale_cache(tmp_path)  # no stamp yet: unknown provenance, dropped
+    assert not compiled.exists() and (cache / STAMP).exists()
+    compiled.write_bytes(b"new")
+    assert not drop_stale_cache(tmp_path) and compiled.exists()  # same sources: kept
+    (tmp_path / "simd.py").write_text("A = 2\n")  # only the helper's file changes
+    assert drop_stale_cache(tmp_path) and not compiled.exists()
+    (cache / "x.nbc").write_bytes(b"")
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))  # a custom cache dir is left alone
+    (tmp_path / "simd.py").write_text("A = 3\n")
+    assert not drop_stale_cache(tmp_path) and (cache / "x.nbc").exists()
+
+
+def test_the_installed_kernels_carry_a_current_cache_stamp():
+    from pathlib import Path
+
+    import s2bnn_plugin.kernels as pkg
+    from s2bnn_plugin.kernels.cache import STAMP, source_digest
+
+    here = Path(pkg.__file__).parent
+    stamp = here / "__pycache__" / STAMP
+    if os.environ.get("NUMBA_CACHE_DIR") or not os.access(here, os.W_OK):
+        pytest.skip("cache stamp only kept in a writable package __pycache__")
+    assert stamp.read_text() == source_digest(here)
