@@ -73,6 +73,24 @@ def _job_start(job, jobs_per_img, chunk, positions, wo):
     return img, first, (first * positions) // wo, (first * positions) % wo
 
 
+@njit(cache=True, inline="always")
+def _geometry(n, h, w, cin, k, stride, groups, cg, chunk):
+    """Sizes both drivers derive from a convolution's shape: input words per pixel, padding,
+    padded input size, output size, block kind and count, jobs per image, weight blocks per
+    group, accumulator columns and the dot products' length ``K``."""
+    words = words_for(cin)
+    pad = k // 2
+    ho = out_size(h, k, stride)
+    wo = out_size(w, k, stride)
+    narrow = cin <= NARROW_CHANNELS
+    positions = _block_positions(narrow)
+    nblocks = (ho * wo + positions - 1) // positions
+    jobs_per_img = (nblocks + chunk - 1) // chunk
+    bpg = (cg + LANES - 1) // LANES
+    return (words, pad, h + 2 * pad, w + 2 * pad, ho, wo, narrow, positions, nblocks,
+            jobs_per_img, bpg, groups * bpg * LANES, k * k * cin)  # fmt: skip
+
+
 @njit(cache=True)
 def _check_conv(bits, n, h, w, cin, k, stride, wt, wsum, groups, cg, chunk):
     """Shapes and buffer sizes, checked once per call: the loops themselves have no bounds
@@ -110,20 +128,10 @@ def binary_conv_acc(bits, n, h, w, cin, k, stride, wt, wsum, groups, cg, chunk, 
     _check_conv(bits, n, h, w, cin, k, stride, wt, wsum, groups, cg, chunk)
     if out.size != n * out_size(h, k, stride) * out_size(w, k, stride) * groups * cg:
         raise ValueError("binary_conv_acc: out has the wrong size")
-    words = words_for(cin)
-    pad = k // 2
-    hp = h + 2 * pad
-    wp = w + 2 * pad
-    ho = out_size(h, k, stride)
-    wo = out_size(w, k, stride)
+    words, pad, hp, wp, ho, wo, narrow, positions, nblocks, jobs_per_img, bpg, cols, ktot = (
+        _geometry(n, h, w, cin, k, stride, groups, cg, chunk)
+    )
     nq = ho * wo
-    narrow = cin <= NARROW_CHANNELS
-    positions = _block_positions(narrow)
-    nblocks = (nq + positions - 1) // positions
-    jobs_per_img = (nblocks + chunk - 1) // chunk
-    bpg = (cg + LANES - 1) // LANES
-    cols = groups * bpg * LANES
-    ktot = k * k * cin
     ktot_f = np.float32(ktot)  # float32 arithmetic on popcounts < 2**24 is exact
     cout = groups * cg
     table = _border_table(wsum, k, cols)
@@ -332,18 +340,10 @@ def binary_conv_fused(
         raise ValueError("binary_conv_fused: thresholds of the wrong size")
     if obits.size < thr.shape[0] * n * (ho + 2 * opad) * (wo + 2 * opad) * words_for(cout):
         raise ValueError("binary_conv_fused: the packed output is too small")
-    words = words_for(cin)
-    pad = k // 2
-    hp = h + 2 * pad
-    wp = w + 2 * pad
+    words, pad, hp, wp, ho, wo, narrow, positions, nblocks, jobs_per_img, bpg, cols, ktot = (
+        _geometry(n, h, w, cin, k, stride, groups, cg, chunk)
+    )
     nq = ho * wo
-    narrow = cin <= NARROW_CHANNELS
-    positions = _block_positions(narrow)
-    nblocks = (nq + positions - 1) // positions
-    jobs_per_img = (nblocks + chunk - 1) // chunk
-    bpg = (cg + LANES - 1) // LANES
-    cols = groups * bpg * LANES
-    ktot = k * k * cin
     t_sets = thr.shape[0]
     flat_thr = thr.ravel()
     owords = words_for(cout)
