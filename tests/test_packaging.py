@@ -43,6 +43,28 @@ print('ok')
     assert proc.stdout.strip() == "ok"
 
 
+def test_help_and_the_parser_do_not_import_torch():
+    """``s2bnn --help`` answers at once: building the parser imports neither torch nor
+    torchvision (they take about 2 s); ``s2bnn_plugin.create_backbone`` still works."""
+    code = """
+import contextlib, io, sys
+from s2bnn_plugin.cli import build_parser, main
+build_parser()
+with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.suppress(SystemExit):
+    main(['--help'])
+assert 'pack' in out.getvalue() and 'demo' in out.getvalue(), out.getvalue()
+heavy = sorted(m for m in ('torch', 'torchvision') if m in sys.modules)
+assert not heavy, heavy
+from s2bnn_plugin import create_backbone
+from s2bnn_plugin.data import DatasetSplits, load_image_folder
+assert 'torch' in sys.modules and callable(create_backbone) and callable(load_image_folder)
+print('ok')
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"
+
+
 def test_every_subpackage_is_listed_in_pyproject():
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     listed = set(config["packages"])

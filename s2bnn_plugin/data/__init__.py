@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from s2bnn_plugin.data.fashion_mnist import (
     APT_HINT,
@@ -23,17 +24,32 @@ from s2bnn_plugin.data.fashion_mnist import (
     subsample_per_class,
 )
 from s2bnn_plugin.data.idx import IdxFormatError, read_idx
-from s2bnn_plugin.data.image_folder import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    MIN_CLASSES,
-    DatasetSplits,
-    ImageSet,
-    eval_transform,
-    load_image_folder,
-    validate_dataset_root,
-    validate_image_folder,
-)
+
+if TYPE_CHECKING:
+    from s2bnn_plugin.data.image_folder import DatasetSplits
+
+# ``image_folder`` needs torch and torchvision (about 2 s to import): loaded on first use, so
+# that the command line's parser and ``--help`` stay fast.
+_FROM_IMAGE_FOLDER = {
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "MIN_CLASSES",
+    "DatasetSplits",
+    "ImageSet",
+    "eval_transform",
+    "load_image_folder",
+    "validate_dataset_root",
+    "validate_image_folder",
+}
+
+
+def __getattr__(name: str):
+    if name in _FROM_IMAGE_FOLDER:
+        from s2bnn_plugin.data import image_folder
+
+        return getattr(image_folder, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "APT_HINT",
@@ -92,4 +108,6 @@ def resolve_dataset(
             progress=progress,
         )
         data = out_dir
+    from s2bnn_plugin.data.image_folder import validate_dataset_root
+
     return validate_dataset_root(data)
