@@ -334,12 +334,19 @@ def test_mixing_with_itself_is_refused(methods, teacher_ckpt):
 
 
 def test_bad_temperature_and_teacher_options(methods, teacher_ckpt):
+    from s2bnn_plugin.teachers import TeacherError
+
     with pytest.raises(ValueError, match="temperature must be > 0"):
         make(methods, teacher_ckpt, temperature=0.0)
     with pytest.raises(ValueError, match="teacher.format must be one of"):
         make(methods, teacher_ckpt, teacher={"ckpt": str(teacher_ckpt), "format": "timm"})
     with pytest.raises(ValueError, match="teacher.output must be one of"):
         make(methods, teacher_ckpt, teacher={"ckpt": str(teacher_ckpt), "output": "logits"})
+    with pytest.raises(ValueError, match="stem_padding must be null or an int >= 0"):
+        make(methods, teacher_ckpt, teacher={"ckpt": str(teacher_ckpt), "stem_padding": -1})
+    # reaches the loader: this teacher's stem is 7x7, where a padding choice cannot apply
+    with pytest.raises(TeacherError, match="3x3 \\(CIFAR\\) stems only"):
+        make(methods, teacher_ckpt, teacher={"ckpt": str(teacher_ckpt), "stem_padding": 2})
 
 
 def test_student_init_that_does_not_fit(methods, teacher_ckpt, tmp_path):

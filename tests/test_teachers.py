@@ -167,18 +167,45 @@ def test_cifar_stem_resnet(tmp_path, images):
     model.fc = _mlp(512, 32, 8)
     path = tmp_path / "cifar.pth"
     torch.save({"state_dict": model.state_dict()}, path)
-    teacher = load_teacher(path)
+    with pytest.warns(UserWarning, match="does not record its padding: using 1"):
+        teacher = load_teacher(path)
     assert teacher.backbone.conv1.kernel_size == (3, 3)
     assert teacher.backbone.conv1.stride == (1, 1)
     assert isinstance(teacher.backbone.maxpool, nn.Identity)
     with torch.no_grad():
         torch.testing.assert_close(teacher(images), model(images))
-        features = load_teacher(path, output="backbone")
+        features = load_teacher(path, output="backbone", stem_padding=1)
         torch.testing.assert_close(features(images), _features(model, images))
     # the same weights as a MoCo v2 checkpoint
-    moco = load_teacher(save_moco(model, tmp_path / "cifar_moco.pth"))
+    moco = load_teacher(save_moco(model, tmp_path / "cifar_moco.pth"), stem_padding=1)
     with torch.no_grad():
         torch.testing.assert_close(moco(images), model(images))
+
+
+def test_cifar_stem_padding_is_the_users_choice(tmp_path, images, recwarn):
+    """solo-learn's CIFAR ResNets pad their 3x3 stem by 2; a state dict cannot say so."""
+    model = cifar_resnet18(padding=2)
+    path = tmp_path / "solo_style.pth"
+    torch.save(model.state_dict(), path)
+    teacher = load_teacher(path, output="backbone", stem_padding=2)
+    assert not [w for w in recwarn if "padding" in str(w.message)]  # chosen: no warning
+    assert teacher.backbone.conv1.padding == (2, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(teacher(images), _features(model, images))
+        with pytest.warns(UserWarning, match="stem_padding=2"):
+            guessed = load_teacher(path, output="backbone")
+        assert guessed(images).shape == teacher(images).shape  # same shapes, other numbers
+        assert not torch.allclose(guessed(images), teacher(images))
+    for bad in (-1, 1.5, True, "2"):
+        with pytest.raises(TeacherError, match="stem_padding must be an int"):
+            load_teacher(path, stem_padding=bad)
+
+
+def test_stem_padding_is_refused_where_it_cannot_apply(tmp_path):
+    imagenet = tmp_path / "r18.pth"
+    torch.save(moco_resnet18().state_dict(), imagenet)
+    with pytest.raises(TeacherError, match="3x3 \\(CIFAR\\) stems only.*7x7"):
+        load_teacher(imagenet, stem_padding=2)
 
 
 def test_wide_bottleneck_resnet(tmp_path, images):
@@ -352,6 +379,8 @@ def test_solo_learn_checkpoint(tmp_path, images, output, key):
     forced = load_teacher(ckpt, format="solo", output=output)
     with torch.no_grad():
         torch.testing.assert_close(forced(images), expected)
+    with pytest.raises(TeacherError, match="args.json defines its stem"):
+        load_teacher(ckpt, output=output, stem_padding=2)
 
 
 @pytest.mark.solo

@@ -81,6 +81,9 @@ class S2BNN(BaseMethod):
         teacher.ckpt (str, required): the teacher checkpoint (formats: see s2bnn_plugin.teachers).
         teacher.format (str): auto | solo | moco | torchvision. Default auto.
         teacher.output (str): projector (the prediction, default) | backbone (features).
+        teacher.stem_padding (int): padding of a 3x3 (CIFAR) stem in a bare state dict, which
+            the weights do not record. Default null: 1, with a warning (solo-learn's own CIFAR
+            ResNets use 2; their .ckpt + args.json needs nothing).
         temperature (float): distillation temperature. Default 0.2 (the paper's).
         distill_weight (float): weight of the distillation loss. Default 1.0.
         head_hidden_dim (int): hidden size of the student's distillation head. Default 2048.
@@ -116,7 +119,9 @@ class S2BNN(BaseMethod):
         self.ssl_method: str = str(mk.ssl_method)
         self.ssl_weight: float = float(mk.ssl_weight) if self.ssl_method != "none" else 0.0
 
-        teacher = load_teacher(mk.teacher.ckpt, mk.teacher.format, mk.teacher.output)
+        teacher = load_teacher(
+            mk.teacher.ckpt, mk.teacher.format, mk.teacher.output, mk.teacher.stem_padding
+        )
         crop = _crop_size(cfg)
         teacher_dim = teacher.output_dim(crop)
         # not a registered sub-module: see the module docstring
@@ -155,6 +160,12 @@ class S2BNN(BaseMethod):
             raise ValueError(f"method_kwargs.teacher.format must be one of {list(FORMATS)}")
         if mk.teacher.output not in OUTPUTS:
             raise ValueError(f"method_kwargs.teacher.output must be one of {list(OUTPUTS)}")
+        mk.teacher.stem_padding = omegaconf_select(cfg, "method_kwargs.teacher.stem_padding", None)
+        pad = mk.teacher.stem_padding
+        if pad is not None and (isinstance(pad, bool) or not isinstance(pad, int) or pad < 0):
+            raise ValueError(
+                f"method_kwargs.teacher.stem_padding must be null or an int >= 0, got {pad!r}"
+            )
         mk.temperature = omegaconf_select(cfg, "method_kwargs.temperature", 0.2)
         mk.distill_weight = omegaconf_select(cfg, "method_kwargs.distill_weight", 1.0)
         mk.head_hidden_dim = omegaconf_select(cfg, "method_kwargs.head_hidden_dim", 2048)

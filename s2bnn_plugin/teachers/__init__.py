@@ -82,18 +82,37 @@ def detect_format(path: Path, obj: dict) -> str:
     )
 
 
-def load_teacher(path: str | Path, format: str = "auto", output: str = "projector") -> Teacher:
-    """Load a frozen teacher (eval mode, no gradients) from ``path``."""
+def load_teacher(
+    path: str | Path,
+    format: str = "auto",
+    output: str = "projector",
+    stem_padding: int | None = None,
+) -> Teacher:
+    """Load a frozen teacher (eval mode, no gradients) from ``path``.
+
+    ``stem_padding``: the padding of a 3x3 (CIFAR) stem in a bare state dict (``moco`` /
+    ``torchvision`` formats), which the weights do not record; a solo-learn checkpoint's
+    ``args.json`` defines its own.
+    """
     path = Path(path).expanduser()
     if format not in FORMATS:
         raise TeacherError(f"teacher.format must be one of {list(FORMATS)}, got {format!r}")
     if output not in OUTPUTS:
         raise TeacherError(f"teacher.output must be one of {list(OUTPUTS)}, got {output!r}")
+    if stem_padding is not None and (
+        isinstance(stem_padding, bool) or not isinstance(stem_padding, int) or stem_padding < 0
+    ):
+        raise TeacherError(f"teacher.stem_padding must be an int >= 0, got {stem_padding!r}")
     obj = _read(path)
     if format == "auto":
         format = detect_format(path, obj)
     state = _tensors(obj)
     if format == "solo":
+        if stem_padding is not None:
+            raise TeacherError(
+                f"{path}: a solo-learn checkpoint's args.json defines its stem; "
+                "teacher.stem_padding is for bare state dicts only: leave it unset"
+            )
         return solo_teacher(state, path, output)
     if format == "moco":
         state = {k[len(MOCO_PREFIX) :]: v for k, v in state.items() if k.startswith(MOCO_PREFIX)}
@@ -106,4 +125,4 @@ def load_teacher(path: str | Path, format: str = "auto", output: str = "projecto
             f"{path}: format {format!r} expects torchvision ResNet keys (conv1.weight, "
             f"layer1.0.conv1.weight, ...); found {sorted(state)[:8]}"
         )
-    return resnet_teacher(state, output, f"{path} ({format})")
+    return resnet_teacher(state, output, f"{path} ({format})", stem_padding)

@@ -8,6 +8,7 @@ loads without naming it.
 from __future__ import annotations
 
 import re
+import warnings
 
 import torch
 from torch import nn
@@ -49,8 +50,12 @@ def _head(state: dict[str, torch.Tensor]) -> nn.Module | None:
     return nn.Sequential(*layers)
 
 
-def build_resnet(state: dict[str, torch.Tensor]) -> ResNet:
-    """A torchvision ResNet shaped like ``state`` (weights not loaded), ``fc`` as stored."""
+def build_resnet(state: dict[str, torch.Tensor], stem_padding: int | None = None) -> ResNet:
+    """A torchvision ResNet shaped like ``state`` (weights not loaded), ``fc`` as stored.
+
+    A 3x3 (CIFAR) stem's padding is not recorded in a state dict: ``stem_padding`` sets it;
+    ``None`` takes 1, the usual CIFAR ResNet, with a warning (solo-learn's use 2).
+    """
     bottleneck = "layer1.0.conv3.weight" in state
     layers = []
     for stage in range(1, 5):
@@ -65,17 +70,32 @@ def build_resnet(state: dict[str, torch.Tensor]) -> ResNet:
     model = ResNet(
         Bottleneck if bottleneck else BasicBlock, layers, width_per_group=width_per_group
     )
-    if stem.shape[-1] == 3:  # CIFAR stem (solo-learn's): 3x3 conv, no max-pool
-        model.conv1 = nn.Conv2d(3, inplanes, 3, stride=1, padding=stem.shape[-1] // 2, bias=False)
+    if stem.shape[-1] == 3:  # CIFAR stem: 3x3 conv, no max-pool
+        if stem_padding is None:
+            warnings.warn(
+                "teacher conv1 is 3x3 and a state dict does not record its padding: using 1, "
+                "the usual CIFAR ResNet. solo-learn's CIFAR ResNets use 2: load their .ckpt "
+                "with its args.json (format solo) or set method_kwargs.teacher.stem_padding=2.",
+                stacklevel=3,
+            )
+            stem_padding = 1
+        model.conv1 = nn.Conv2d(3, inplanes, 3, stride=1, padding=stem_padding, bias=False)
         model.maxpool = nn.Identity()
+    elif stem_padding is not None:
+        raise TeacherError(
+            f"teacher.stem_padding={stem_padding} applies to 3x3 (CIFAR) stems only; this "
+            f"teacher's conv1 is {stem.shape[-2]}x{stem.shape[-1]}: leave stem_padding unset"
+        )
     head = _head(state)
     model.fc = head if head is not None else nn.Identity()
     return model
 
 
-def resnet_teacher(state: dict[str, torch.Tensor], output: str, source: str) -> Teacher:
+def resnet_teacher(
+    state: dict[str, torch.Tensor], output: str, source: str, stem_padding: int | None = None
+) -> Teacher:
     """Build, load (strictly: every key must match) and wrap a ResNet teacher."""
-    model = build_resnet(state)
+    model = build_resnet(state, stem_padding)
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise TeacherError(
