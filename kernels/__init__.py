@@ -8,10 +8,12 @@ fused unit), :mod:`.realops` (stem convolution, pooling, projection shortcut), :
 (does the compiled code use ``vpopcntq`` / ``vpopcntd``?).
 
 All functions are ``@njit(cache=True)``: the first call in a fresh environment compiles them
-(about 20 s), later processes load the cached machine code. The parallel ones run on Numba's
-thread pool (``numba.set_num_threads``); only their outermost loop is a ``prange`` and every
-iteration writes its own output rows. ``NUMBA_CPU_NAME=generic`` compiles portable code for CPUs
-without AVX-512 (the vector popcount and masked loads are then emulated).
+(about 20 s), later processes load the cached machine code, which :mod:`.cache` drops whenever
+any kernel source changes (Numba alone would keep code that inlined an edited helper). The
+parallel ones run on Numba's thread pool (``numba.set_num_threads``); only their outermost loop
+is a ``prange`` and every iteration writes its own output rows. ``NUMBA_CPU_NAME=generic``
+compiles portable code for CPUs without AVX-512 (the vector popcount and masked loads are then
+emulated).
 
 Layouts (see :mod:`.bitpack`): float maps are flat NHWC float32; sign bits are packed along
 channels into uint64 words, flat ``(T, N, H + 2 pad, W + 2 pad, words)``; binary weights are in
