@@ -29,22 +29,12 @@ if TYPE_CHECKING:
     from s2bnn_plugin.data.image_folder import DatasetSplits
 
 # ``image_folder`` needs torch and torchvision (about 2 s to import): loaded on first use, so
-# that the command line's parser and ``--help`` stay fast.
-_FROM_IMAGE_FOLDER = {
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
-    "MIN_CLASSES",
-    "DatasetSplits",
-    "ImageSet",
-    "eval_transform",
-    "load_image_folder",
-    "validate_dataset_root",
-    "validate_image_folder",
-}
+# that the command line's parser and ``--help`` stay fast. Every name of ``__all__`` not bound
+# above comes from there.
 
 
 def __getattr__(name: str):
-    if name in _FROM_IMAGE_FOLDER:
+    if name in __all__:
         from s2bnn_plugin.data import image_folder
 
         return getattr(image_folder, name)
