@@ -1,8 +1,14 @@
-"""The ``s2bnn`` command: a thin argparse layer over the plugin's modules.
+"""The ``s2bnn`` command: argument parsing over the plugin's typed command functions.
 
-Each sub-command is one ``_cmd_<name>`` function plus its parser in :func:`build_parser`; the
-heavy imports (numba and its compiled kernels, solo-learn) happen inside the command that needs
-them, so ``s2bnn --help`` costs only torch's import.
+Each sub-command is one ``_cmd_<name>`` function that only turns parsed arguments into a call
+(:mod:`s2bnn_plugin.export.commands`, :mod:`s2bnn_plugin.evaluation.command`,
+:mod:`s2bnn_plugin.compat.install`, :mod:`s2bnn_plugin.doctor`, ...); the heavy imports (torch,
+numba and its kernels, solo-learn) happen inside the command that needs them, so
+``s2bnn --help`` imports neither torch nor torchvision.
+
+Errors: the plugin's own (:class:`~s2bnn_plugin.errors.S2BNNError`: bad input, missing installs)
+print one line to stderr and exit with code 2; ``--debug`` shows their traceback. Any other
+exception is a bug and propagates with its traceback.
 """
 
 from __future__ import annotations
@@ -12,14 +18,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["build_parser", "main"]
+from s2bnn_plugin.compat.solo import configs_dir
+from s2bnn_plugin.errors import S2BNNError
 
-
-def configs_dir() -> Path:
-    """Where the Hydra configs shipped with the plugin are installed."""
-    import s2bnn_plugin.solo_configs as configs
-
-    return Path(configs.__file__).resolve().parent
+__all__ = ["build_parser", "configs_dir", "main"]
 
 
 def _cmd_configs(args: argparse.Namespace) -> int:
@@ -47,27 +49,16 @@ def _run_solo(script_name: str, kind: str, args: argparse.Namespace) -> int:
     """Run one of solo-learn's scripts with the plugin registered (also in DDP children)."""
     import subprocess
 
-    from s2bnn_plugin.solo import (
-        CALLBACK_OVERRIDE,
-        SoloLearnNotFound,
-        find_solo_script,
-        hydra_quote,
-    )
+    from s2bnn_plugin.compat.solo import solo_command
 
-    try:
-        script = find_solo_script(script_name)
-    except SoloLearnNotFound as exc:
-        print(f"s2bnn {kind}: {exc}", file=sys.stderr)
-        return 2
-    extra = list(args.overrides)
-    if not any(a.startswith(("--config-path", "-cp")) for a in extra):
-        config_dir = configs_dir() / kind / args.dataset
-        if not config_dir.is_dir():
-            choices = sorted(p.name for p in (configs_dir() / kind).iterdir() if p.is_dir())
-            print(f"s2bnn {kind}: no configs for dataset {args.dataset!r}; choose {choices}")
-            return 2
-        extra = ["--config-path", str(config_dir), "--config-name", args.config, *extra]
-    command = [sys.executable, str(script), *(hydra_quote(a) for a in extra), CALLBACK_OVERRIDE]
+    command = solo_command(
+        script_name,
+        list(args.overrides),
+        kind=kind,
+        dataset=args.dataset,
+        config=args.config,
+        python=sys.executable,
+    )
     print("+ " + " ".join(command), flush=True)
     return subprocess.call(command)
 
@@ -86,112 +77,76 @@ def _per_class(value: str) -> int | None:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     """Features of a model on a dataset's train and val splits, then kNN and a linear probe."""
-    try:
-        return _eval(args)
-    except (OSError, ValueError, RuntimeError) as exc:  # bad paths, data, files or shapes
-        print(f"s2bnn eval: {exc}", file=sys.stderr)
-        return 2
+    from s2bnn_plugin.evaluation.command import evaluate_model
 
-
-def _eval(args: argparse.Namespace) -> int:
-    import json
-
-    from s2bnn_plugin.data import load_image_folder, resolve_dataset
-    from s2bnn_plugin.evaluation import (
-        evaluate,
-        evaluate_raw_pixels,
-        load_engines,
-        prediction_agreement,
-    )
-
-    progress = not args.no_progress
-    if not Path(args.model).is_file():
-        raise FileNotFoundError(f"model file {args.model} does not exist")
-    splits = resolve_dataset(
+    evaluate_model(
+        args.model,
         args.data,
+        engine=args.engine,
         size=args.size,
+        crop_ratio=args.crop_ratio,
+        batch_size=args.batch_size,
+        k=args.k,
+        temperature=args.temperature,
+        weight_decay=args.weight_decay,
+        raw_pixels=args.raw_pixels,
         train_per_class=args.train_per_class,
         val_per_class=args.val_per_class,
         seed=args.seed,
         data_root=args.data_root,
-        progress=progress,
+        json_path=args.json,
+        progress=not args.no_progress,
     )
-    engines, notes = load_engines(args.model, args.engine)
-    for note in notes:
-        print(f"note: {note}")
-    load = {"crop_ratio": args.crop_ratio, "progress": progress}
-    train = load_image_folder(splits.train, args.size, **load)
-    val = load_image_folder(splits.val, args.size, **load)
-    print(
-        f"data: {splits.root} ({len(train.class_names)} classes, {len(train.labels)} train / "
-        f"{len(val.labels)} val images, {args.size} px)\nmodel: {args.model}"
-    )
-    options = {"k": args.k, "temperature": args.temperature, "weight_decay": args.weight_decay}
-    results = [
-        evaluate(
-            extractor,
-            train.images,
-            train.labels,
-            val.images,
-            val.labels,
-            name=name,
-            batch_size=args.batch_size,
-            progress=progress,
-            **options,
-        )
-        for name, extractor in engines.items()
-    ]
-    if args.raw_pixels:
-        results.append(
-            evaluate_raw_pixels(
-                train.images, train.labels, val.images, val.labels, weight_decay=args.weight_decay
-            )
-        )
-
-    print(f"{'engine':<11}{'dim':>6}{'kNN top-1':>11}{'linear top-1':>14}{'img/s':>9}")
-    for r in results:
-        knn = "-" if r.knn is None else f"{r.knn.top1:.2f}"
-        speed = "-" if r.images_per_second is None else f"{r.images_per_second:.0f}"
-        print(f"{r.name:<11}{r.feature_dim:>6}{knn:>11}{r.linear.top1:>14.2f}{speed:>9}")
-    report = {
-        "model": str(args.model),
-        "data": str(splits.root),
-        "size": args.size,
-        "classes": train.class_names,
-        "results": [r.to_dict() for r in results],
-    }
-    by_name = {r.name: r for r in results}
-    if "packed" in by_name and "torch" in by_name:
-        same = prediction_agreement(
-            by_name["packed"].knn.predictions, by_name["torch"].knn.predictions
-        )
-        report["knn_agreement_packed_vs_torch"] = same
-        n = len(val.labels)
-        print(
-            f"kNN agreement, packed vs torch: {100 * same:.2f} % ({round(same * n)} / {n} images)"
-        )
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {args.json}")
     return 0
 
 
 def _cmd_pack(args: argparse.Namespace) -> int:
-    from s2bnn_plugin.export.commands import pack
+    from s2bnn_plugin.export.commands import pack, parse_kwargs
 
-    return pack(args)
+    pack(
+        args.checkpoint,
+        args.output,
+        force=args.force,
+        backbone=args.backbone,
+        backbone_kwargs=parse_kwargs(args.backbone_kwargs),
+        check_size=args.check_size,
+        progress=not args.no_progress,
+    )
+    return 0
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from s2bnn_plugin.export.commands import check
+    from s2bnn_plugin.export.commands import check, parse_kwargs
 
-    return check(args)
+    check(
+        args.file,
+        ckpt=args.ckpt,
+        backbone=args.backbone,
+        backbone_kwargs=parse_kwargs(args.backbone_kwargs),
+        size=args.size,
+        batch=args.batch,
+        threads=args.threads,
+        repeats=args.repeats,
+        verbose=args.verbose,
+        progress=not args.no_progress,
+    )
+    return 0
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from s2bnn_plugin.export.commands import bench
 
-    return bench(args)
+    bench(
+        args.backbone,
+        width_mult=args.width_mult,
+        size=args.size,
+        batches=tuple(args.batch),
+        threads=tuple(args.threads),
+        repeats=args.repeats,
+        layers=args.layers,
+        progress=not args.no_progress,
+    )
+    return 0
 
 
 def _add_export_commands(sub: argparse._SubParsersAction) -> None:
@@ -253,8 +208,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     """The whole S2-BNN story on a CPU in one resumable command (see s2bnn_plugin.demo)."""
     import warnings
 
-    from s2bnn_plugin.demo import DemoConfig, DemoError, run_demo
-    from s2bnn_plugin.solo import require_solo, solo_available
+    from s2bnn_plugin.compat.solo import require_solo, solo_available
+    from s2bnn_plugin.demo import DemoConfig, run_demo
 
     if solo_available():
         with warnings.catch_warnings():  # timm / torch deprecation noise from solo-learn's imports
@@ -266,12 +221,24 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         value = getattr(args, key)
         if value is not None:
             setattr(cfg, key, value)
-    try:
-        run_demo(cfg, until=args.until, quiet=args.quiet)
-    except DemoError as e:
-        print(f"s2bnn demo: {e}", file=sys.stderr)
-        return 2
+    run_demo(cfg, until=args.until, quiet=args.quiet)
     return 0
+
+
+def _cmd_setup_solo(args: argparse.Namespace) -> int:
+    from s2bnn_plugin.compat.install import setup_solo
+
+    result = setup_solo(args.source, allow_other_commit=args.allow_other_commit, force=args.force)
+    print(result.message)
+    return 0
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from s2bnn_plugin.doctor import diagnose, render
+
+    checks = diagnose(data_root=args.data_root)
+    print(render(checks))
+    return 0 if all(c.ok or not c.required for c in checks) else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -279,7 +246,37 @@ def build_parser() -> argparse.ArgumentParser:
         prog="s2bnn",
         description="Self-supervised binary networks (S2-BNN) for solo-learn.",
     )
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback of the plugin's own errors"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "setup-solo",
+        help="install the pinned solo-learn for this Python (download, or --from PATH)",
+        description="Puts solo-learn's source tree at the commit the plugin pins into a per-user "
+        "cache folder and a .pth file into this Python's site-packages. Source: --from PATH (a "
+        "checkout, a .tar.gz of one, or a folder holding one such .tar.gz), else "
+        "$S2BNN_SOLO_SOURCE, else a download from GitHub. Safe to run again.",
+    )
+    p.add_argument("--from", dest="source", default=None, metavar="PATH", help="local source")
+    p.add_argument(
+        "--allow-other-commit",
+        action="store_true",
+        help="accept a solo-learn tree at another commit than the pinned one",
+    )
+    p.add_argument("--force", action="store_true", help="install again even if installed")
+    p.set_defaults(func=_cmd_setup_solo)
+
+    p = sub.add_parser(
+        "doctor",
+        help="what this environment has and lacks for each feature, with the fixes",
+        description="Checks torch, Numba and the CPU's vector popcount, solo-learn and its "
+        "commit, registration, matplotlib, Fashion-MNIST and GPUs. Exit code 0 when everything "
+        "the README's commands need is there (a GPU is optional).",
+    )
+    p.add_argument("--data-root", default=None, help="where Fashion-MNIST is prepared")
+    p.set_defaults(func=_cmd_doctor)
 
     p = sub.add_parser("configs", help="print where the solo-learn configs are installed")
     p.add_argument("--list", action="store_true", help="also list the yaml files")
@@ -382,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(contrastive only, S2-BNN distillation only, both) with solo-learn's main_pretrain.py, "
         "evaluates them on the held-out split with the packed CPU engine, and writes "
         "results.md, results.json and PNG plots into --out. Run it again to resume: finished "
-        "stages are skipped. Defaults take about 15 minutes on 2 CPU cores.",
+        "stages are skipped. Defaults take about 8 minutes on 2 CPU cores.",
     )
     p.add_argument("--out", default="s2bnn-demo", help="demo folder (default ./s2bnn-demo)")
     p.add_argument(
@@ -404,7 +401,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except S2BNNError as e:
+        if args.debug:
+            raise
+        print(f"s2bnn {args.command}: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

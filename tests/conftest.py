@@ -1,9 +1,13 @@
 """Shared fixtures.
 
-Tests marked ``solo`` skip where solo-learn is absent, saying how to install it.
+Tests marked ``solo`` need solo-learn. Where it is absent they skip, saying how to install it;
+under CI (``CI=true``) they fail instead: CI installs solo-learn, so a missing one is a broken
+set-up that must not pass as skips.
 """
 
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
@@ -11,19 +15,22 @@ import torch
 from s2bnn_plugin.solo import INSTALL_HINT, solo_available
 
 SOLO = solo_available()
-
-
-def pytest_collection_modifyitems(config, items):
-    if SOLO:
-        return
-    skip = pytest.mark.skip(reason=f"needs solo-learn. {INSTALL_HINT}")
-    for item in items:
-        if "solo" in item.keywords:
-            item.add_marker(skip)
+IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
 def pytest_report_header(config):
-    return f"solo-learn importable: {SOLO} (tests marked 'solo' {'run' if SOLO else 'skip'})"
+    where = "fail (CI=true)" if IN_CI else "skip"
+    return f"solo-learn importable: {SOLO} (tests marked 'solo' {'run' if SOLO else where})"
+
+
+def pytest_runtest_setup(item):
+    """Runs before the test's fixtures are set up (some of them import solo-learn)."""
+    if SOLO or item.get_closest_marker("solo") is None:
+        return
+    message = f"needs solo-learn. {INSTALL_HINT}"
+    if IN_CI:
+        pytest.fail(f"CI=true but solo-learn is not importable: {message}", pytrace=False)
+    pytest.skip(message)
 
 
 @pytest.fixture(autouse=True)

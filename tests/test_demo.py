@@ -53,6 +53,7 @@ def tiny(out: Path, data: Path) -> DemoConfig:
     )
 
 
+@pytest.mark.slow
 def test_resume_skips_finished_stages_and_keeps_checkpoints(dataset, tmp_path):
     out = tmp_path / "demo"
     logs: list[str] = []
@@ -118,6 +119,7 @@ def test_cli_reports_bad_data(tmp_path, capsys):
 
 
 @pytest.mark.skipif(not HAVE_FASHION_MNIST, reason=f"Fashion-MNIST not installed: {APT_HINT}")
+@pytest.mark.slow
 def test_relative_out_dir_with_default_data(tmp_path, monkeypatch):
     """`make demo` passes a relative --out; solo-learn's runs start in their own folders."""
     monkeypatch.chdir(tmp_path)

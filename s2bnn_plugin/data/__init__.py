@@ -1,13 +1,15 @@
 """Data for training and evaluation: Fashion-MNIST as an ImageFolder, and any user ImageFolder.
 
-:func:`resolve_dataset` is the single entry point the commands use: ``"fashion-mnist"`` prepares
-(once) the built-in dataset, anything else is a path to a dataset root holding ``train/`` and
-``val/`` ImageFolders, validated with messages that say how to fix it.
+:func:`resolve_dataset` is the single entry point the commands use: ``"fashion-mnist"`` (or a
+folder holding its four idx files) prepares the built-in dataset once; anything else is a path
+to a dataset root holding ``train/`` and ``val/`` ImageFolders, validated with messages that say
+how to fix it.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from s2bnn_plugin.data.fashion_mnist import (
@@ -16,9 +18,11 @@ from s2bnn_plugin.data.fashion_mnist import (
     DEMO_TRAIN_PER_CLASS,
     DEMO_VAL_PER_CLASS,
     FASHION_MNIST_CLASSES,
+    SOURCE_ENV,
     FashionMNISTNotFound,
     default_data_root,
     fashion_mnist_dir,
+    find_fashion_mnist,
     load_fashion_mnist,
     prepare_fashion_mnist,
     subsample_per_class,
@@ -53,6 +57,8 @@ __all__ = [
     "MIN_CLASSES",
     "DatasetSplits",
     "FashionMNISTNotFound",
+    "SOURCE_ENV",
+    "find_fashion_mnist",
     "IdxFormatError",
     "ImageSet",
     "default_data_root",
@@ -72,6 +78,18 @@ __all__ = [
 FASHION_MNIST = "fashion-mnist"
 
 
+def _is_idx_folder(path: str | os.PathLike[str]) -> bool:
+    """A folder with Fashion-MNIST's idx files (and no ImageFolder ``train/``)."""
+    folder = Path(path)
+    if not folder.is_dir() or (folder / "train").is_dir():
+        return False
+    try:
+        find_fashion_mnist(folder)
+    except FashionMNISTNotFound:
+        return False
+    return True
+
+
 def resolve_dataset(
     data: str | os.PathLike[str],
     *,
@@ -80,12 +98,15 @@ def resolve_dataset(
     val_per_class: int | None = DEMO_VAL_PER_CLASS,
     seed: int = 0,
     data_root: str | os.PathLike[str] | None = None,
-    source_dir: str | os.PathLike[str] = DEFAULT_SOURCE_DIR,
+    source_dir: str | os.PathLike[str] | None = None,
     progress: bool = True,
 ) -> DatasetSplits:
     """A validated dataset root: Fashion-MNIST prepared in :func:`fashion_mnist_dir` for
-    ``data == "fashion-mnist"`` (the other settings apply to it only; ``source_dir`` holds
-    Debian's idx files), otherwise the folder ``data`` itself."""
+    ``data == "fashion-mnist"`` or a folder holding its idx files (the other settings apply to it
+    only; ``source_dir``: where the idx files are, see :func:`find_fashion_mnist`), otherwise the
+    folder ``data`` itself."""
+    if os.fspath(data) != FASHION_MNIST and _is_idx_folder(data):
+        data, source_dir = FASHION_MNIST, data
     if os.fspath(data) == FASHION_MNIST:
         out_dir = fashion_mnist_dir(size, train_per_class, val_per_class, seed, root=data_root)
         prepare_fashion_mnist(

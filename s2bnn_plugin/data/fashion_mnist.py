@@ -1,8 +1,12 @@
-"""Fashion-MNIST from Debian's ``dataset-fashion-mnist`` package, written once as an ImageFolder.
+"""Fashion-MNIST from its four idx files, written once as an ImageFolder.
 
-These machines reach no dataset hub, but Debian ships Fashion-MNIST (70,000 real 28x28 grayscale
-product photos, 10 classes, MIT licence) as idx files. solo-learn's ``custom`` dataset reads an
-ImageFolder, so :func:`prepare_fashion_mnist` converts the idx files into one:
+Fashion-MNIST (70,000 real 28x28 grayscale product photos, 10 classes, MIT licence) comes as four
+idx files, gzipped or not. :func:`find_fashion_mnist` looks for them in a folder given
+explicitly, in ``$S2BNN_FASHION_MNIST``, and in Debian's ``dataset-fashion-mnist`` package
+(``/usr/share/datasets/fashion-mnist``); in each it also tries ``raw/`` and ``FashionMNIST/raw/``,
+so torchvision's download folder works as it is (macOS, conda and non-root users). solo-learn's
+``custom`` dataset reads an ImageFolder, so :func:`prepare_fashion_mnist` converts the idx files
+into one:
 
     out_dir/train/<class>/<index>.png   (subsampled from Fashion-MNIST's train split)
     out_dir/val/<class>/<index>.png     (subsampled from its test split: held out, labelled)
@@ -29,6 +33,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from s2bnn_plugin.data.idx import read_idx
+from s2bnn_plugin.errors import DataError, S2BNNError
 
 __all__ = [
     "APT_HINT",
@@ -39,7 +44,9 @@ __all__ = [
     "INCOMPLETE_MARKER",
     "MARKER",
     "FashionMNISTNotFound",
+    "SOURCE_ENV",
     "default_data_root",
+    "find_fashion_mnist",
     "fashion_mnist_dir",
     "load_fashion_mnist",
     "prepare_fashion_mnist",
@@ -48,6 +55,9 @@ __all__ = [
 
 DEFAULT_SOURCE_DIR = Path("/usr/share/datasets/fashion-mnist")
 APT_HINT = "apt-get install dataset-fashion-mnist"
+#: A folder holding the four idx files (e.g. torchvision's ``root/FashionMNIST/raw``).
+SOURCE_ENV = "S2BNN_FASHION_MNIST"
+_SUBFOLDERS = (".", "raw", "FashionMNIST/raw", "fashion-mnist")
 
 #: Folder names, in Fashion-MNIST's label order (label i is FASHION_MNIST_CLASSES[i]).
 FASHION_MNIST_CLASSES: tuple[str, ...] = (
@@ -63,8 +73,8 @@ FASHION_MNIST_CLASSES: tuple[str, ...] = (
     "ankle_boot",
 )
 
-#: CPU-sized demo: 10,000 training images (the size at which S2BNN_FACTS.md quotes the raw-pixel
-#: baseline, 83.4 %) and 5,000 held-out ones (a standard error of about 0.5 points on accuracy).
+#: CPU-sized demo: 10,000 training images and 5,000 held-out ones (a standard error of about 0.5
+#: points on accuracy).
 DEMO_TRAIN_PER_CLASS = 1000
 DEMO_VAL_PER_CLASS = 500
 
@@ -78,8 +88,46 @@ _FILES = {
 }
 
 
-class FashionMNISTNotFound(FileNotFoundError):
-    """Debian's ``dataset-fashion-mnist`` is not installed (or ``source_dir`` is wrong)."""
+class FashionMNISTNotFound(S2BNNError, FileNotFoundError):
+    """No folder searched holds Fashion-MNIST's four idx files."""
+
+
+def _idx_path(folder: Path, name: str) -> Path | None:
+    """``name`` (``*.gz``) or its uncompressed twin in ``folder``."""
+    for candidate in (folder / name, folder / name.removesuffix(".gz")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _holds_idx_files(folder: Path) -> bool:
+    return all(_idx_path(folder, n) is not None for names in _FILES.values() for n in names)
+
+
+def find_fashion_mnist(source_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The folder holding Fashion-MNIST's four idx files: in ``source_dir`` if given, else in
+    ``$S2BNN_FASHION_MNIST``, else in Debian's package folder (each with its ``raw/`` and
+    ``FashionMNIST/raw/`` sub-folders)."""
+    if source_dir is not None:
+        roots = [Path(source_dir).expanduser()]
+    else:
+        env = os.environ.get(SOURCE_ENV)
+        roots = ([Path(env).expanduser()] if env else []) + [DEFAULT_SOURCE_DIR]
+    searched = []
+    for root in roots:
+        for sub in _SUBFOLDERS:
+            folder = (root / sub) if sub != "." else root
+            searched.append(str(folder))
+            if _holds_idx_files(folder):
+                return folder
+    files = ", ".join(n for names in _FILES.values() for n in names)
+    raise FashionMNISTNotFound(
+        f"Fashion-MNIST not found: none of {', '.join(searched)} holds its four idx files "
+        f"({files}; gzipped or not). Either install Debian's package as root (`{APT_HINT}`), "
+        f"or point {SOURCE_ENV} at a folder holding them (torchvision's download folder works: "
+        "`torchvision.datasets.FashionMNIST(ROOT, download=True)`, then "
+        f"{SOURCE_ENV}=ROOT/FashionMNIST/raw), or give an ImageFolder with train/ and val/."
+    )
 
 
 def default_data_root() -> Path:
@@ -104,31 +152,24 @@ def fashion_mnist_dir(
 
 
 def load_fashion_mnist(
-    split: str, source_dir: str | os.PathLike[str] = DEFAULT_SOURCE_DIR
+    split: str, source_dir: str | os.PathLike[str] | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Fashion-MNIST's ``train`` (60,000) or ``test`` (10,000) split: uint8 images (N, 28, 28)
-    and int64 labels (N,) in 0..9."""
+    and int64 labels (N,) in 0..9 (``source_dir``: see :func:`find_fashion_mnist`)."""
     if split not in _FILES:
-        raise ValueError(f"split must be one of {sorted(_FILES)}, got {split!r}")
-    source = Path(source_dir)
-    paths = [source / name for name in _FILES[split]]
-    missing = [p.name for p in paths if not p.is_file()]
-    if missing:
-        raise FashionMNISTNotFound(
-            f"Fashion-MNIST not found: {', '.join(missing)} missing in {source}. Install Debian's "
-            f"package as root: `{APT_HINT}` (it puts the idx files in {DEFAULT_SOURCE_DIR}), or "
-            "give another ImageFolder."
-        )
+        raise DataError(f"split must be one of {sorted(_FILES)}, got {split!r}")
+    source = find_fashion_mnist(source_dir)
+    paths = [_idx_path(source, name) for name in _FILES[split]]
     images = read_idx(paths[0], ndim=3)
     labels = read_idx(paths[1], ndim=1).astype(np.int64)
     if images.shape[0] != labels.shape[0]:
-        raise ValueError(
+        raise DataError(
             f"{source}: {images.shape[0]} images but {labels.shape[0]} labels in the {split} split"
         )
     if images.dtype != np.uint8:
-        raise ValueError(f"{paths[0]}: expected uint8 pixels, found {images.dtype}")
+        raise DataError(f"{paths[0]}: expected uint8 pixels, found {images.dtype}")
     if labels.size and (labels.min() < 0 or labels.max() >= len(FASHION_MNIST_CLASSES)):
-        raise ValueError(f"{paths[1]}: labels outside 0..{len(FASHION_MNIST_CLASSES) - 1}")
+        raise DataError(f"{paths[1]}: labels outside 0..{len(FASHION_MNIST_CLASSES) - 1}")
     return images, labels
 
 
@@ -136,7 +177,7 @@ def _per_class(name: str, value: int | None) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise ValueError(f"{name} must be a positive integer or None (all), got {value!r}")
+        raise DataError(f"{name} must be a positive integer or None (all), got {value!r}")
     return int(value)
 
 
@@ -154,7 +195,7 @@ def subsample_per_class(labels: np.ndarray, per_class: int | None, seed: int) ->
     for c in np.unique(labels):
         members = np.flatnonzero(labels == c)
         if per_class > len(members):
-            raise ValueError(
+            raise DataError(
                 f"{per_class} images per class requested but class {int(c)} has only "
                 f"{len(members)}; ask for at most {len(members)} (or None for all)"
             )
@@ -195,12 +236,12 @@ def _check_owned(out_dir: Path) -> dict | None:
     if not out_dir.exists():
         return None
     if not out_dir.is_dir():
-        raise ValueError(f"{out_dir} exists and is not a folder; choose another output folder")
+        raise DataError(f"{out_dir} exists and is not a folder; choose another output folder")
     in_progress = out_dir / INCOMPLETE_MARKER
     if in_progress.is_file():
         return _read_json(in_progress) or {}
     if any(out_dir.iterdir()):
-        raise ValueError(
+        raise DataError(
             f"{out_dir} is not empty and was not written by prepare_fashion_mnist (no {MARKER}); "
             "choose an empty or new output folder"
         )
@@ -208,7 +249,7 @@ def _check_owned(out_dir: Path) -> dict | None:
 
 
 def _plan(
-    source_dir: Path, train_per_class: int | None, val_per_class: int | None, seed: int
+    source_dir: Path | None, train_per_class: int | None, val_per_class: int | None, seed: int
 ) -> list[tuple[Path, np.ndarray]]:
     """(relative path, 28x28 image) of every PNG to write, in a fixed order."""
     plan = []
@@ -244,7 +285,7 @@ def prepare_fashion_mnist(
     train_per_class: int | None = None,
     val_per_class: int | None = None,
     seed: int = 0,
-    source_dir: str | os.PathLike[str] = DEFAULT_SOURCE_DIR,
+    source_dir: str | os.PathLike[str] | None = None,
     progress: bool = True,
 ) -> Path:
     """Write Fashion-MNIST as an ImageFolder in ``out_dir`` (once) and return ``out_dir``.
@@ -255,7 +296,7 @@ def prepare_fashion_mnist(
     is returned at once; one with other settings is an error; an unfinished one is completed.
     """
     if isinstance(size, bool) or not isinstance(size, int) or size < 8:
-        raise ValueError(f"size must be an integer of at least 8 pixels, got {size!r}")
+        raise DataError(f"size must be an integer of at least 8 pixels, got {size!r}")
     train_per_class = _per_class("train_per_class", train_per_class)
     val_per_class = _per_class("val_per_class", val_per_class)
     out_dir = Path(out_dir)
@@ -272,7 +313,7 @@ def prepare_fashion_mnist(
     if marker.is_file():
         done = _read_json(marker) or {}
         if done.get("settings") != settings:
-            raise ValueError(
+            raise DataError(
                 f"{out_dir} already holds Fashion-MNIST prepared with other settings "
                 f"({done.get('settings')}); use another folder (e.g. fashion_mnist_dir(...)) or "
                 "delete it"
@@ -284,7 +325,7 @@ def prepare_fashion_mnist(
         marker.unlink()
 
     previous = _check_owned(out_dir)
-    plan = _plan(Path(source_dir), train_per_class, val_per_class, seed)
+    plan = _plan(source_dir, train_per_class, val_per_class, seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_json(out_dir / INCOMPLETE_MARKER, settings)
     _remove_strays(out_dir, {rel for rel, _ in plan}, wipe=previous not in (None, settings))

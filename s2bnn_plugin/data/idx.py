@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from s2bnn_plugin.errors import FileMissing, S2BNNError
+
 __all__ = ["IDX_DTYPES", "IdxFormatError", "read_idx"]
 
 #: idx type code -> big-endian numpy dtype.
@@ -30,7 +32,7 @@ IDX_DTYPES: dict[int, np.dtype] = {
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
-class IdxFormatError(ValueError):
+class IdxFormatError(S2BNNError, ValueError):
     """A file is not a well-formed idx file."""
 
 
@@ -55,7 +57,7 @@ def read_idx(path: str | os.PathLike[str], *, ndim: int | None = None) -> np.nda
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"idx file not found: {path}")
+        raise FileMissing(f"idx file not found: {path}")
     data = _read_bytes(path)
     if len(data) < 4:
         raise IdxFormatError(f"{path}: {len(data)} bytes, too short for an idx header")

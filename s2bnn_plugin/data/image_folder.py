@@ -23,6 +23,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extensi
 from tqdm.auto import tqdm
 
 from s2bnn_plugin.data.fashion_mnist import INCOMPLETE_MARKER
+from s2bnn_plugin.errors import DataError
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -83,28 +84,28 @@ def validate_image_folder(
     class names (sorted). Raises ``ValueError`` naming the problem and its fix."""
     path = Path(path)
     if not path.exists():
-        raise ValueError(
+        raise DataError(
             f"{what} {path} does not exist. Give an existing ImageFolder ({_LAYOUT}), or "
             "`fashion-mnist` for the built-in dataset."
         )
     if not path.is_dir():
-        raise ValueError(f"{what} {path} is a file, not a folder: {_LAYOUT}.")
+        raise DataError(f"{what} {path} is a file, not a folder: {_LAYOUT}.")
     classes = sorted(e.name for e in os.scandir(path) if e.is_dir())
     if not classes:
-        raise ValueError(f"{what} {path} has no class sub-folders: {_LAYOUT}.")
+        raise DataError(f"{what} {path} has no class sub-folders: {_LAYOUT}.")
     empty = [c for c in classes if not _has_image(os.path.join(path, c))]
     if len(empty) == len(classes):
-        raise ValueError(
+        raise DataError(
             f"{what} {path} holds no images (looked for {', '.join(IMG_EXTENSIONS)} files in "
             f"{len(classes)} class folders): {_LAYOUT}."
         )
     if empty:
-        raise ValueError(
+        raise DataError(
             f"{what} {path}: class folder(s) {empty} hold no images; remove them or add images "
             f"(torchvision's ImageFolder, which solo-learn uses, rejects empty classes)."
         )
     if len(classes) < min_classes:
-        raise ValueError(
+        raise DataError(
             f"{what} {path} has {len(classes)} class(es) ({', '.join(classes)}); at least "
             f"{min_classes} are needed (solo-learn's linear evaluation computes top-5 accuracy). "
             "Use a dataset with more classes."
@@ -121,13 +122,13 @@ def validate_dataset_root(
     if not root.is_dir():
         validate_image_folder(root, min_classes=min_classes)  # raises with the right message
     if (root / INCOMPLETE_MARKER).is_file():
-        raise ValueError(
+        raise DataError(
             f"{root} is an unfinished Fashion-MNIST preparation (interrupted); run the same "
             "command again to complete it"
         )
     missing = [s for s in ("train", "val") if not (root / s).is_dir()]
     if missing:
-        raise ValueError(
+        raise DataError(
             f"{root} has no {' and no '.join(s + '/' for s in missing)} sub-folder: a dataset "
             "root holds a train/ and a held-out, labelled val/ ImageFolder over the same classes "
             f"(solo-learn's data.train_path and data.val_path); {_LAYOUT}."
@@ -137,7 +138,7 @@ def validate_dataset_root(
     if train != val:
         only_train = sorted(set(train) - set(val))
         only_val = sorted(set(val) - set(train))
-        raise ValueError(
+        raise DataError(
             f"{root}: train/ and val/ must have the same class folders (labels are numbered by "
             f"sorted folder name); only in train/: {only_train}, only in val/: {only_val}"
         )
@@ -158,7 +159,7 @@ def eval_transform(
     model pretrained on small (e.g. 32 px) images should see.
     """
     if not 0 < crop_ratio <= 1:
-        raise ValueError(f"crop_ratio must be in (0, 1], got {crop_ratio}")
+        raise DataError(f"crop_ratio must be in (0, 1], got {crop_ratio}")
     return transforms.Compose(
         [
             transforms.Resize(round(size / crop_ratio)),

@@ -19,6 +19,7 @@ solo-learn's auto-resume.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -32,10 +33,12 @@ from typing import Any
 
 import numpy as np
 
+from s2bnn_plugin.errors import S2BNNError
+
 __all__ = ["STUDENTS", "DemoConfig", "DemoError", "run_demo"]
 
 
-class DemoError(RuntimeError):
+class DemoError(S2BNNError, RuntimeError):
     """A problem the user can fix (bad data, missing solo-learn, a failed training run)."""
 
 
@@ -58,8 +61,8 @@ STAGES = ["data", "teacher", *STUDENTS, "eval", "report"]
 
 @dataclass
 class DemoConfig:
-    """Everything that decides the demo's results. The defaults took 8 min 7 s on an idle 2-core
-    AMD EPYC (Zen 5) machine (budget: 15 min)."""
+    """Everything that decides the demo's results. The defaults take about 8 minutes on an idle
+    2-core machine (README, "Demo", has the measurement)."""
 
     out_dir: Path = Path("s2bnn-demo")
     data: str = "fashion-mnist"
@@ -183,8 +186,12 @@ def _train(
     quiet: bool,
 ) -> Path:
     """Run solo-learn's main_pretrain.py for one model; return its last checkpoint."""
-    from s2bnn_plugin.cli import configs_dir
-    from s2bnn_plugin.solo import CALLBACK_OVERRIDE, find_solo_script, hydra_quote
+    from s2bnn_plugin.compat.solo import (
+        CALLBACK_OVERRIDE,
+        configs_dir,
+        find_solo_script,
+        hydra_quote,
+    )
 
     run_dir = (cfg.out_dir / "runs" / name).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -327,9 +334,7 @@ def stage_eval(
 
     from s2bnn_plugin.evaluation import evaluate_features, evaluate_raw_pixels, extract_features
     from s2bnn_plugin.evaluation.models import load_solo_backbone
-    from s2bnn_plugin.solo import register
 
-    register()  # the teacher's backbone is solo-learn's, the students' the plugin's
     eval_dir = cfg.out_dir / "eval"
     cache = eval_dir / "images.npz"
     if cache.is_file():
@@ -411,7 +416,7 @@ def run_demo(
     log: Log = _print,
 ) -> dict[str, Any]:
     """Run (or resume) the demo in ``cfg.out_dir``; ``until``: stop after that stage."""
-    from s2bnn_plugin.solo import SoloLearnNotFound, find_solo_script, require_solo
+    from s2bnn_plugin.compat.solo import SoloLearnNotFound, find_solo_script, require_solo
 
     if until is not None and until not in STAGES:
         raise DemoError(f"unknown stage {until!r}; stages: {STAGES}")
@@ -420,6 +425,11 @@ def run_demo(
         find_solo_script("main_pretrain.py")
     except SoloLearnNotFound as e:
         raise DemoError(str(e)) from e
+    if importlib.util.find_spec("matplotlib") is None:  # the report's plots, minutes later
+        raise DemoError(
+            "matplotlib is not installed and the report stage plots with it: "
+            "pip install matplotlib (it is one of the plugin's dependencies)"
+        )
     # absolute: solo-learn's runs start in their own folders, where a relative path breaks
     cfg.out_dir = Path(cfg.out_dir).resolve()
     if cfg.data != "fashion-mnist":

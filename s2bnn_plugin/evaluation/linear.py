@@ -53,7 +53,7 @@ def linear_probe(
 
     Loss: mean cross-entropy + ``weight_decay / 2 * ||W||^2`` (the bias is not penalised).
     The default 1e-2 is the best of 1e-1..1e-4 for raw Fashion-MNIST pixels (83.7 % top-1 with
-    10,000 training images, next to the 83.4 % quoted in S2BNN_FACTS.md); one fixed value keeps
+    10,000 training images on the full test split); one fixed value keeps
     the comparison between models fair. ``max_iter`` bounds the L-BFGS iterations;
     ``tolerance`` is the largest gradient entry at which it stops (a few hundred iterations of
     one matrix product each: seconds for 10,000 x 1,024 features).

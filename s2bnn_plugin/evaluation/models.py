@@ -17,6 +17,7 @@ from typing import Any
 
 from torch import nn
 
+from s2bnn_plugin.errors import FileMissing, S2BNNError, UsageError
 from s2bnn_plugin.evaluation.features import FeatureExtractor, TorchExtractor
 
 __all__ = [
@@ -38,7 +39,7 @@ def is_checkpoint(path: str | os.PathLike[str]) -> bool:
 
 def load_solo_backbone(ckpt: str | os.PathLike[str]) -> nn.Module:
     """The eval-mode backbone of a solo-learn checkpoint (``args.json`` beside it)."""
-    from s2bnn_plugin.export.checkpoint import load_backbone
+    from s2bnn_plugin.checkpoints import load_backbone
 
     return load_backbone(ckpt)[0]
 
@@ -47,7 +48,7 @@ def _export() -> Any:
     try:
         import s2bnn_plugin.export as export
     except ImportError as e:
-        raise RuntimeError(
+        raise S2BNNError(
             f"the packed engine needs s2bnn_plugin.export and its Numba kernels ({e}); use "
             "--engine torch with a solo-learn checkpoint meanwhile"
         ) from e
@@ -65,13 +66,13 @@ def load_engines(
     backbone cannot be packed (e.g. a real-valued teacher).
     """
     if engine not in ENGINES:
-        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+        raise UsageError(f"engine must be one of {ENGINES}, got {engine!r}")
     path = Path(model)
     if not path.is_file():
-        raise FileNotFoundError(f"model file {path} does not exist")
+        raise FileMissing(f"model file {path} does not exist")
     if not is_checkpoint(path):
         if engine in ("torch", "both"):
-            raise ValueError(
+            raise UsageError(
                 f"{path} is a packed network (no float weights): the torch engine needs the "
                 f"solo-learn checkpoint ({'/'.join(CHECKPOINT_SUFFIXES)}) it was packed from"
             )

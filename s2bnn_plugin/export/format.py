@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from s2bnn_plugin.errors import FileMissing, S2BNNError
+
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
@@ -46,7 +48,7 @@ RESIDUALS = ("identity", "avgpool", "projection")
 MAX_CHANNELS = 1 << 16
 
 
-class PackedFormatError(ValueError):
+class PackedFormatError(S2BNNError, ValueError):
     """A packed network file or specification that this version cannot use."""
 
 
@@ -223,7 +225,7 @@ def read_packed(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
     """Read and fully validate a packed file. Raises PackedFormatError (or FileNotFoundError)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no packed network file at {path}")
+        raise FileMissing(f"no packed network file at {path}")
     try:
         with np.load(path, allow_pickle=False) as z:
             if not hasattr(z, "files"):

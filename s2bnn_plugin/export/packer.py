@@ -27,6 +27,7 @@ from torch import nn
 from s2bnn_plugin.backbones.blocks import ResidualBinaryConv, Shortcut
 from s2bnn_plugin.backbones.reactnet import ReActNetA, ReActNetBlock
 from s2bnn_plugin.backbones.reactnet18 import ReActNet18, ReActResBlock
+from s2bnn_plugin.errors import S2BNNError
 from s2bnn_plugin.export.format import FORMAT, FORMAT_VERSION
 from s2bnn_plugin.export.network import PackedNetwork
 from s2bnn_plugin.nn import QuantConv2d, RPReLU, RSign, ScaledSign
@@ -34,7 +35,7 @@ from s2bnn_plugin.nn import QuantConv2d, RPReLU, RSign, ScaledSign
 __all__ = ["PackError", "pack"]
 
 
-class PackError(ValueError):
+class PackError(S2BNNError, ValueError):
     """The model (or one of its layers) cannot be bit-packed."""
 
 

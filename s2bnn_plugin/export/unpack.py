@@ -9,12 +9,16 @@ computes what the packed network computes, up to float summation order.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
 from s2bnn_plugin.backbones import create_backbone
 from s2bnn_plugin.export import reference as ref
-from s2bnn_plugin.export.network import PackedNetwork
+
+if TYPE_CHECKING:  # network.py imports this module (to_torch): no import back at run time
+    from s2bnn_plugin.export.network import PackedNetwork
 
 __all__ = ["unpack"]
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from s2bnn_plugin.errors import FileMissing
 from s2bnn_plugin.teachers.base import OUTPUTS, Teacher, TeacherError
 from s2bnn_plugin.teachers.resnet import MOCO_PREFIX, looks_like_resnet, resnet_teacher
 from s2bnn_plugin.teachers.solo_checkpoint import find_args_json, solo_teacher
@@ -37,7 +38,7 @@ def _reason(exc: Exception) -> str:
 
 def _read(path: Path) -> dict:
     if not path.exists():
-        raise FileNotFoundError(
+        raise FileMissing(
             f"teacher checkpoint {path} does not exist; set method_kwargs.teacher.ckpt to the "
             "path of a trained teacher (see README, 'Teachers')"
         )

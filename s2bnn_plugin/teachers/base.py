@@ -7,12 +7,14 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from s2bnn_plugin.errors import S2BNNError
+
 __all__ = ["Teacher", "TeacherError"]
 
 OUTPUTS = ("projector", "backbone")
 
 
-class TeacherError(ValueError):
+class TeacherError(S2BNNError, ValueError):
     """A teacher checkpoint that cannot be used; the message says why and what to do."""
 
 

@@ -25,10 +25,12 @@ def solo_teacher(state: dict[str, torch.Tensor], ckpt: Path, output: str) -> Tea
     """Rebuild the solo-learn method of ``ckpt`` and wrap it as a teacher."""
     from omegaconf import OmegaConf
 
-    from s2bnn_plugin.solo import register, require_solo
+    from s2bnn_plugin.backbones import BACKBONES
+    from s2bnn_plugin.compat.solo import add_to_registry, require_solo
 
     methods = require_solo()
-    register()
+    for backbone, factory in BACKBONES.items():  # a teacher may use one of the plugin's backbones
+        add_to_registry(methods.BaseMethod._BACKBONES, backbone, factory, "backbone")
     args_path = find_args_json(ckpt)
     if args_path is None:
         raise TeacherError(

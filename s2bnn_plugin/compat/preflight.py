@@ -1,0 +1,149 @@
+"""Refuse a solo-learn run config that cannot work on this machine, before anything is built.
+
+Lightning finds most of these only after the data and the model are ready (a CPU run of a GPU
+config with ``sync_batchnorm: True`` and two processes dies in DDP set-up with "SyncBatchNorm
+layers only work with GPU modules"). :func:`check_run_config` reads the few settings that decide
+where a run goes (``accelerator``, ``devices``, ``num_nodes``, ``strategy``, ``sync_batchnorm``)
+and the paths it reads, and raises :class:`ConfigError` naming each setting and its fix. The
+plugin's Hydra callback calls it in every process before solo-learn's ``main()`` runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from s2bnn_plugin.errors import S2BNNError
+
+__all__ = ["ConfigError", "check_run_config", "cpu_processes"]
+
+GPU_ACCELERATORS = ("gpu", "cuda")
+
+
+class ConfigError(S2BNNError, ValueError):
+    """A run config that cannot work on the hardware or files at hand."""
+
+
+def _get(cfg: Any, dotted: str, default: Any = None) -> Any:
+    node = cfg
+    for key in dotted.split("."):
+        if isinstance(node, Mapping) or hasattr(node, "get"):
+            try:
+                node = node.get(key, None)
+            except Exception:  # omegaconf: a missing interpolation, say
+                return default
+        else:
+            return default
+        if node is None:
+            return default
+    return node
+
+
+def _visible_gpus() -> int:
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return 0
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def cpu_processes(devices: Any) -> int:
+    """How many processes Lightning starts for ``devices`` on the CPU (an int or "N"; "auto" is
+    1); a list of device indices is a GPU setting that the CPU does not accept."""
+    if devices is None or str(devices) == "auto":
+        return 1
+    if isinstance(devices, bool):
+        raise ConfigError(f"devices={devices!r} is not a number of processes")
+    if isinstance(devices, int):
+        n = devices
+    elif isinstance(devices, str) and devices.strip().lstrip("-").isdigit():
+        n = int(devices)
+    else:
+        raise ConfigError(
+            f"devices={_show(devices)} lists GPU indices, but this run is on the CPU, where "
+            "devices is a number of processes: set devices=1 (or devices=N for N CPU processes "
+            "with strategy=ddp)"
+        )
+    if n < 1:
+        raise ConfigError(f"devices={n}: on the CPU, devices is a number of processes >= 1")
+    return n
+
+
+def _show(value: Any) -> str:
+    try:
+        from omegaconf import OmegaConf
+
+        if OmegaConf.is_config(value):
+            value = OmegaConf.to_container(value)
+    except ImportError:  # pragma: no cover
+        pass
+    return repr(value).replace(" ", "")
+
+
+def _gpu_indices(devices: Any) -> list[int] | None:
+    try:
+        return [int(d) for d in devices]
+    except (TypeError, ValueError):
+        return None
+
+
+def check_run_config(cfg: Any, *, gpus: int | None = None) -> None:
+    """Raise :class:`ConfigError` if ``cfg`` (a solo-learn pretrain or linear config) cannot run
+    here; ``gpus`` overrides the number of visible CUDA GPUs (for tests)."""
+    gpus = _visible_gpus() if gpus is None else gpus
+    problems: list[str] = []
+    accelerator = str(_get(cfg, "accelerator", "auto")).lower()
+    devices = _get(cfg, "devices", "auto")
+    nodes = int(_get(cfg, "num_nodes", 1) or 1)
+    if accelerator in GPU_ACCELERATORS and gpus == 0:
+        problems.append(
+            f"accelerator={accelerator} but torch sees no CUDA GPU here: for a CPU run set "
+            "accelerator=cpu devices=1 strategy=auto sync_batchnorm=False precision=32 (the "
+            "configs under pretrain/custom are set up for the CPU)"
+        )
+    elif accelerator in GPU_ACCELERATORS or (accelerator == "auto" and gpus > 0):
+        indices = None if isinstance(devices, int | str) else _gpu_indices(devices)
+        if indices is not None and any(i >= gpus or i < 0 for i in indices):
+            problems.append(
+                f"devices={_show(devices)} names GPUs this machine does not have ({gpus} visible: "
+                f"indices 0..{gpus - 1}); set devices to a subset, e.g. devices=[0]"
+            )
+        elif isinstance(devices, int) and devices > gpus:
+            problems.append(f"devices={devices} but only {gpus} GPU(s) are visible")
+    elif accelerator in ("cpu", "auto"):
+        try:
+            processes = cpu_processes(devices) * nodes
+        except ConfigError as e:
+            problems.append(str(e))
+            processes = 1
+        if processes > 1 and bool(_get(cfg, "sync_batchnorm", False)):
+            problems.append(
+                f"sync_batchnorm=True with {processes} CPU processes: PyTorch's SyncBatchNorm "
+                "works on GPU modules only; set sync_batchnorm=False"
+            )
+    problems += _missing_paths(cfg)
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+def _missing_paths(cfg: Any) -> list[str]:
+    """Input files the run would fail on later: data folders, the teacher, checkpoints to load."""
+    out = []
+    dataset = str(_get(cfg, "data.dataset", ""))
+    data_format = str(_get(cfg, "data.format", "image_folder"))
+    if dataset in ("custom", "imagenet", "imagenet100") and data_format != "dali":
+        for key in ("data.train_path", "data.val_path"):
+            value = _get(cfg, key)
+            if value not in (None, "", "???") and not Path(str(value)).exists():
+                out.append(f"{key}={value} does not exist")
+    for key in (
+        "method_kwargs.teacher.ckpt",
+        "method_kwargs.student_init",
+        "pretrained_feature_extractor",
+        "resume_from_checkpoint",
+    ):
+        value = _get(cfg, key)
+        if value not in (None, "", "???") and not Path(str(value)).is_file():
+            out.append(f"{key}={value}: no such file")
+    return out

@@ -1,0 +1,28 @@
+"""The plugin's own errors: one base class, so that callers (and the ``s2bnn`` command) can tell
+a problem the user can fix (bad input, a missing install) from a bug.
+
+Each error keeps the standard type it has always been (``ValueError``, ``FileNotFoundError``,
+``ImportError``, ...) as a second base, so ``except ValueError`` in existing code still works.
+The message names the problem and its fix; ``s2bnn`` prints it on one line (exit code 2) and
+shows the traceback only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+__all__ = ["DataError", "FileMissing", "S2BNNError", "UsageError"]
+
+
+class S2BNNError(Exception):
+    """Base class of every error the plugin raises on purpose (input, files, installs)."""
+
+
+class UsageError(S2BNNError, ValueError):
+    """A command-line argument or option that cannot work (the message says which and why)."""
+
+
+class DataError(S2BNNError, ValueError):
+    """A dataset (folder, file or split) that cannot be used as given."""
+
+
+class FileMissing(S2BNNError, FileNotFoundError):
+    """An input file or folder that is not there."""

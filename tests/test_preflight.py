@@ -1,0 +1,104 @@
+"""Configs that cannot run on the hardware at hand are refused before anything is built, with
+the setting and its fix named; ``s2bnn doctor`` reports every piece with its fix."""
+
+from __future__ import annotations
+
+import pytest
+from omegaconf import OmegaConf
+
+from s2bnn_plugin.compat.preflight import ConfigError, check_run_config, cpu_processes
+from s2bnn_plugin.compat.solo import configs_dir
+
+CPU_OK = {"accelerator": "cpu", "devices": 1, "strategy": "auto", "sync_batchnorm": False}
+
+
+def test_a_cpu_config_passes():
+    check_run_config(CPU_OK, gpus=0)
+    check_run_config({**CPU_OK, "accelerator": "auto", "devices": "1"}, gpus=0)
+    check_run_config({**CPU_OK, "devices": 2, "strategy": "ddp"}, gpus=0)  # DDP on CPU works
+
+
+def test_sync_batchnorm_with_several_cpu_processes():
+    cfg = {**CPU_OK, "devices": 2, "strategy": "ddp", "sync_batchnorm": True}
+    with pytest.raises(ConfigError, match="set sync_batchnorm=False"):
+        check_run_config(cfg, gpus=0)
+    check_run_config({**cfg, "devices": 1}, gpus=0)  # one process: Lightning never converts
+    with pytest.raises(ConfigError, match="sync_batchnorm"):
+        check_run_config({**cfg, "devices": 1, "num_nodes": 2}, gpus=0)
+
+
+def test_gpu_settings_without_a_gpu():
+    with pytest.raises(ConfigError, match="accelerator=gpu but torch sees no CUDA GPU"):
+        check_run_config({"accelerator": "gpu", "devices": [0]}, gpus=0)
+    with pytest.raises(ConfigError, match="devices=\\[0\\] lists GPU indices"):
+        check_run_config({"accelerator": "auto", "devices": [0]}, gpus=0)
+    with pytest.raises(ConfigError, match="names GPUs this machine does not have"):
+        check_run_config({"accelerator": "gpu", "devices": [0, 1]}, gpus=1)
+    check_run_config({"accelerator": "gpu", "devices": [0, 1], "sync_batchnorm": True}, gpus=2)
+
+
+def test_cpu_processes():
+    assert cpu_processes(3) == 3 and cpu_processes("2") == 2 and cpu_processes("auto") == 1
+    for bad in ([0], "0", 0):
+        with pytest.raises(ConfigError):
+            cpu_processes(bad)
+
+
+def test_missing_input_files_are_named(tmp_path):
+    cfg = {
+        **CPU_OK,
+        "data": {"dataset": "custom", "train_path": str(tmp_path / "nope"), "val_path": None},
+        "method_kwargs": {"teacher": {"ckpt": str(tmp_path / "teacher.ckpt")}},
+    }
+    with pytest.raises(ConfigError) as e:
+        check_run_config(OmegaConf.create(cfg), gpus=0)
+    assert "data.train_path" in str(e.value) and "method_kwargs.teacher.ckpt" in str(e.value)
+    (tmp_path / "nope").mkdir()
+    (tmp_path / "teacher.ckpt").write_bytes(b"x")
+    check_run_config(OmegaConf.create(cfg), gpus=0)
+
+
+def test_the_shipped_gpu_configs_are_refused_on_a_cpu_and_the_custom_ones_pass():
+    cifar = OmegaConf.load(configs_dir() / "pretrain" / "cifar" / "s2bnn.yaml")
+    with pytest.raises(ConfigError, match="accelerator=gpu"):
+        check_run_config(cifar, gpus=0)
+    custom = OmegaConf.load(configs_dir() / "pretrain" / "custom" / "s2bnn.yaml")
+    check_run_config(custom, gpus=0)  # its paths are ??? until given on the command line
+
+
+# --------------------------------------------------------------------------------- doctor
+
+
+def test_doctor_reports_each_missing_piece_with_its_fix(monkeypatch, capsys):
+    from s2bnn_plugin import doctor
+    from s2bnn_plugin.cli import main
+    from s2bnn_plugin.compat import solo as solo_compat
+    from s2bnn_plugin.data import fashion_mnist
+
+    def no_data(*_):
+        raise fashion_mnist.FashionMNISTNotFound("Fashion-MNIST not found: apt-get install ...")
+
+    monkeypatch.setattr(fashion_mnist, "find_fashion_mnist", no_data)
+    monkeypatch.setattr(solo_compat, "solo_checkout", lambda: None)
+    monkeypatch.setattr(doctor, "_version", lambda m: None if m == "matplotlib" else "1.0")
+    checks = {c.name: c for c in doctor.diagnose()}
+    assert not checks["solo-learn"].ok and checks["solo-learn"].fix == "s2bnn setup-solo"
+    assert not checks["matplotlib"].ok and "pip install matplotlib" in checks["matplotlib"].fix
+    assert not checks["fashion-mnist"].ok and "apt-get" in checks["fashion-mnist"].fix
+    assert checks["numba"].ok and "CPU target" in checks["numba"].found
+    assert main(["doctor"]) == 1
+    out = capsys.readouterr().out
+    assert "NO  solo-learn" in out and "fix: s2bnn setup-solo" in out
+    assert out.rstrip().splitlines()[-1].startswith("missing for the README's commands:")
+
+
+def test_doctor_passes_when_everything_is_there(monkeypatch):
+    from s2bnn_plugin import doctor
+
+    monkeypatch.setattr(doctor, "_solo", lambda: [doctor.Check("solo-learn", True, "here")])
+    monkeypatch.setattr(doctor, "_fashion_mnist", lambda _: doctor.Check("data", True, "here"))
+    checks = doctor.diagnose()
+    gpu = next(c for c in checks if c.name == "gpu")
+    assert not gpu.required  # a GPU is reported, never required
+    assert all(c.ok or not c.required for c in checks)
+    assert doctor.render(checks).endswith("everything the README's commands need is here")
