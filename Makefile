@@ -1,33 +1,40 @@
-# Two-command start on a fresh machine (Debian/Ubuntu, Python >= 3.11, root for apt-get):
-#   make demo   # set everything up, then run `s2bnn demo` (about 8 minutes on 2 idle CPU cores)
+# Two commands on a fresh machine (Debian/Ubuntu, Python >= 3.11; root for apt-get, else see
+# README, "Data"):
+#   make demo   # set everything up (solo-learn included), then `s2bnn demo` (about 8 minutes)
 #   make test   # set everything up, then run the test suite
-# solo-learn (the GitHub version) must be importable for the demo: see README.md, "Install".
+# solo-learn comes from `s2bnn setup-solo`: a download of the pinned commit from GitHub, or,
+# offline, S2BNN_SOLO_SOURCE=/path/to/solo-learn.tar.gz (or a checkout) make test.
 
 PYTHON ?= python
 DEMO_DIR ?= s2bnn-demo
 DEMO_ARGS ?=
+PYTEST_ARGS ?= -rs
 
-.PHONY: setup demo test check-solo
+.PHONY: setup data demo test doctor
 
 setup:
-	$(PYTHON) -m pip install torch==2.14.1 torchvision==0.29.1
-	$(PYTHON) -m pip install -e '.[solo,dev]'
-	@if [ ! -d /usr/share/datasets/fashion-mnist ]; then \
+	$(PYTHON) -m pip install -c constraints.txt -e '.[solo,dev]'
+	$(PYTHON) -m s2bnn_plugin.cli setup-solo
+	@$(MAKE) --no-print-directory data PYTHON=$(PYTHON)
+
+# Fashion-MNIST: already findable (Debian's package, or $$S2BNN_FASHION_MNIST), else Debian's
+# package when apt-get can run; otherwise say how and go on (the tests that read it skip).
+data:
+	@if $(PYTHON) -c "from s2bnn_plugin.data import find_fashion_mnist as f; f()" 2>/dev/null; then \
+		echo "Fashion-MNIST: found"; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 		apt-get install -y dataset-fashion-mnist || \
 		(apt-get update && apt-get install -y dataset-fashion-mnist); \
+	else \
+		echo "Fashion-MNIST not found and apt-get needs root: set S2BNN_FASHION_MNIST to a"; \
+		echo "folder holding its four idx files (README, \"Data\")"; \
 	fi
 
-# Stops at once (before any install) when solo-learn's GitHub checkout is not importable.
-check-solo:
-	@$(PYTHON) -c "import importlib.util as u, sys; s = u.find_spec('solo'); \
-	sys.exit(0) if s and s.submodule_search_locations else sys.exit( \
-	'make demo: solo-learn is not importable. PyPI solo-learn is an unusable 2021 release: clone ' \
-	'https://github.com/vturrisi/solo-learn, then put the checkout on sys.path, e.g. ' \
-	'echo /path/to/solo-learn > \$$(python -c \"import site; print(site.getsitepackages()[0])\")/solo_learn.pth ' \
-	'(see README.md, Install), and run make demo again.')"
+doctor:
+	$(PYTHON) -m s2bnn_plugin.cli doctor
 
-demo: check-solo setup
+demo: setup doctor
 	$(PYTHON) -m s2bnn_plugin.cli demo --out $(DEMO_DIR) $(DEMO_ARGS)
 
 test: setup
-	$(PYTHON) -m pytest -rs
+	$(PYTHON) -m pytest $(PYTEST_ARGS)
