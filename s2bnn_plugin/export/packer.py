@@ -177,7 +177,9 @@ class Packer:
             self._bar.update(len(self.seen) - self._bar.n)
         rule(self, module, path)
 
-    def walk_children(self, module: nn.Module, path: str, names: Iterable[str] | None = None):
+    def walk_children(
+        self, module: nn.Module, path: str, names: Iterable[str] | None = None
+    ) -> None:
         """Walk ``module``'s children (or those named), in order: one feeds the next."""
         if names is None:
             children = list(module.named_children())
@@ -187,7 +189,9 @@ class Packer:
             self.walk(child, self.child_path(path, name))
 
     # -- the packed chain --------------------------------------------------------------------
-    def set_stem(self, spec: dict, weight: np.ndarray, affine: np.ndarray, in_channels: int):
+    def set_stem(
+        self, spec: dict, weight: np.ndarray, affine: np.ndarray, in_channels: int
+    ) -> None:
         """The real stem: convolution + BatchNorm, first in the chain."""
         if self.stem is not None or self.has_units:
             self.fail(spec["name"], "the packed format has one real convolution, the stem, first")
@@ -197,7 +201,9 @@ class Packer:
         self.arrays["stem.weight"] = weight
         self.arrays["stem.affine"] = affine
 
-    def add_unit(self, spec: dict, arrays: dict[str, np.ndarray], proj: dict[str, np.ndarray]):
+    def add_unit(
+        self, spec: dict, arrays: dict[str, np.ndarray], proj: dict[str, np.ndarray]
+    ) -> None:
         """A binary unit: ``spec`` as the format defines it (``activation`` is set later),
         ``arrays`` its weight, rsign and affine, ``proj`` its projection shortcut's arrays."""
         name = spec["name"]
@@ -227,6 +233,7 @@ class Packer:
         self._open.arrays["activation"] = params
 
     def add_global_pool(self, path: str) -> None:
+        """The global average pool: the last layer; it closes the chain."""
         if not self.has_units:
             self.fail(path, "the global pool needs binary units before it")
         self._close()

@@ -37,6 +37,7 @@ __all__ = [
     "pack_stem_maxpool",
     "pack_two_unit_block",
     "binary_unit_part",
+    "check_conv",
     "fold_batchnorm",
 ]
 
