@@ -1,8 +1,13 @@
+import copy
+
 import pytest
 import torch
 
 from s2bnn_plugin.nn import (
+    QUANTIZERS,
     ApproxSign,
+    QuantConv2d,
+    RSign,
     ScaledSign,
     SteSign,
     binary_sign,
@@ -63,3 +68,52 @@ def test_get_quantizer_names_and_errors():
         get_quantizer("tanh")
     with pytest.raises(TypeError):
         get_quantizer(3)
+
+
+def test_get_quantizer_builds_a_new_module_for_each_name():
+    assert get_quantizer("ste_sign") is not get_quantizer("ste_sign")
+
+
+def test_a_quantizer_object_is_taken_once_and_refused_the_second_time():
+    q = SteSign()
+    assert get_quantizer(q) is q
+    with pytest.raises(ValueError, match=r"SteSign object is already used.*'ste_sign'.*deepcopy"):
+        get_quantizer(q)
+    copied = copy.deepcopy(q)
+    assert get_quantizer(copied) is copied
+
+
+def test_two_layers_never_share_a_quantizer_by_accident():
+    rsign = RSign(3)
+    first = QuantConv2d(3, 4, 3, input_quantizer=rsign, kernel_quantizer="scaled_sign")
+    assert first.input_quantizer is rsign
+    # the same RSign for a second layer would tie both layers' thresholds together
+    with pytest.raises(ValueError, match=r"RSign object is already used by another layer"):
+        QuantConv2d(3, 4, 1, input_quantizer=rsign)
+    with pytest.raises(ValueError, match="already used"):
+        QuantConv2d(3, 4, 1, kernel_quantizer=first.kernel_quantizer)
+    # names and copies give every layer its own module and its own parameters
+    second = QuantConv2d(
+        3, 4, 1, input_quantizer=copy.deepcopy(rsign), kernel_quantizer="scaled_sign"
+    )
+    assert second.input_quantizer is not first.input_quantizer
+    assert second.kernel_quantizer is not first.kernel_quantizer
+    ids = [id(p) for p in first.parameters()]
+    assert not any(id(p) in ids for p in second.parameters())
+
+
+def test_backbone_layers_hold_distinct_quantizers():
+    from s2bnn_plugin.backbones import create_backbone
+
+    for name in ("reactnet_a", "reactnet18"):
+        model = create_backbone(name, cifar=True, width_mult=0.1)
+        convs = [m for m in model.modules() if isinstance(m, QuantConv2d)]
+        quantizers = [q for c in convs for q in (c.input_quantizer, c.kernel_quantizer)]
+        signs = [c.input_quantizer.sign for c in convs]
+        assert len({id(q) for q in quantizers + signs}) == 3 * len(convs)
+
+
+@pytest.mark.parametrize("cls", [*QUANTIZERS.values(), RSign])
+def test_every_quantizer_documents_its_forward_and_surrogate_gradient(cls):
+    doc = cls.__doc__
+    assert "Forward" in doc and "Surrogate gradient" in doc and "dq/d" in doc, cls

@@ -63,6 +63,8 @@ class ReActNetBlock(nn.Module):
 class ReActNetA(BinaryBackbone):
     """ReActNet-A without its classifier: (B, 3, H, W) -> (B, 32 * stem width)."""
 
+    name = "reactnet_a"
+
     def __init__(self, config: BackboneConfig) -> None:
         super().__init__(config)
         channels = scaled_width(STEM_CHANNELS, config.width_mult)

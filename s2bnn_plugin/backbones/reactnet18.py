@@ -39,6 +39,8 @@ class ReActResBlock(nn.Module):
 class ReActNet18(BinaryBackbone):
     """ResNet-18-layout BNN without its classifier: (B, 3, H, W) -> (B, 512 * width)."""
 
+    name = "reactnet18"
+
     def __init__(self, config: BackboneConfig) -> None:
         super().__init__(config)
         channels = scaled_width(STAGES[0], config.width_mult)

@@ -31,6 +31,18 @@ class RSign(Quantizer):
     """ReActNet's RSign: ``sign(x + b)`` with a learnable per-channel threshold ``-b``.
 
     It is an input quantizer with parameters; ``sign`` picks the STE (``approx_sign`` default).
+    Forward, for channel ``c``::
+
+        q(x)[c] = +1 if x[c] + b[c] >= 0 else -1
+
+    Surrogate gradient: that of ``sign`` evaluated at ``x + b`` (see
+    :class:`~s2bnn_plugin.nn.ApproxSign`, :class:`~s2bnn_plugin.nn.SteSign`), for ``x`` and, summed
+    over the batch and positions, for ``b``::
+
+        dq/dx[c] = dq/db[c] = sign'(x[c] + b[c])
+
+    Its thresholds are parameters: each layer needs its own RSign (:func:`get_quantizer` refuses
+    one object passed to two layers).
     """
 
     name = "rsign"

@@ -6,12 +6,20 @@ whose backward is the straight-through estimator (STE) that makes the binariser 
 stands for "keep real", which is how step 1 of S2-BNN's two-step recipe (binary activations, real
 weights) is a setting rather than a second model.
 
+Each quantizer's docstring gives its forward function ``q`` and the surrogate gradient its
+backward uses in place of ``dq/dx`` (zero almost everywhere for a sign), as larq's do.
+
 Convention shared with the packed CPU kernels: ``sign(0) = +1``. ``torch.sign`` maps 0 to 0,
 which is not a binary value and could not be packed into a bit.
+
+A quantizer object belongs to one layer. :func:`get_quantizer` builds a fresh one for a name and
+takes an object at most once: the second layer handed the same object would silently share its
+parameters (an RSign's thresholds) and its place in ``named_modules()``.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 
 import torch
@@ -80,7 +88,19 @@ class Quantizer(nn.Module):
 
 
 class ApproxSign(Quantizer):
-    """Activation binariser of ReActNet / Bi-Real Net: sign with a polynomial STE (the default)."""
+    """Activation binariser of ReActNet / Bi-Real Net: sign with a polynomial STE (the default).
+
+    Forward::
+
+        q(x) = +1 if x >= 0 else -1
+
+    Surrogate gradient, the derivative of Bi-Real Net's piecewise quadratic approximation of sign
+    (it peaks at 2 where ``x = 0`` and vanishes outside (-1, 1))::
+
+        dq/dx = 2 + 2x   if -1 < x < 0
+                2 - 2x   if  0 <= x < 1
+                0        otherwise
+    """
 
     name = "approx_sign"
 
@@ -89,7 +109,16 @@ class ApproxSign(Quantizer):
 
 
 class SteSign(Quantizer):
-    """Activation binariser with the classic clipped-identity STE (BinaryNet, XNOR-Net)."""
+    """Activation binariser with the classic clipped-identity STE (BinaryNet, XNOR-Net).
+
+    Forward::
+
+        q(x) = +1 if x >= 0 else -1
+
+    Surrogate gradient, the identity clipped to [-1, 1] (larq's ``ste_sign``, clip value 1)::
+
+        dq/dx = 1 if |x| <= 1 else 0
+    """
 
     name = "ste_sign"
 
@@ -100,9 +129,17 @@ class SteSign(Quantizer):
 class ScaledSign(Quantizer):
     """Weight binariser: ``sign(w)`` times a per-output-channel scale ``mean(|w|)``.
 
-    The scale is detached (a constant for the gradient, as in ReActNet); the latent weights get the
-    clipped-identity gradient. The scale is what the packed kernels fold into their output
-    transform, so the binary part stays a pure popcount.
+    Forward, for the weights ``w[c]`` of output channel ``c``::
+
+        q(w)[c] = a[c] * sign(w[c]),   a[c] = mean(|w[c]|),   sign(0) = +1
+
+    Surrogate gradient: the scale is detached (a constant for the gradient, as in ReActNet); the
+    latent weights get the clipped identity, times the scale::
+
+        dq/dw[c] = a[c] if |w[c]| <= 1 else 0
+
+    The scale is what the packed kernels fold into their output transform, so the binary part
+    stays a pure popcount.
     """
 
     name = "scaled_sign"
@@ -125,9 +162,32 @@ QUANTIZERS: dict[str, Callable[[], Quantizer]] = {
 }
 
 
+# Quantizer objects already handed to a layer by get_quantizer (weakly: a dropped layer's
+# quantizer is forgotten with it; copy.deepcopy makes a new, unclaimed object).
+_TAKEN: weakref.WeakSet[Quantizer] = weakref.WeakSet()
+
+
 def get_quantizer(spec: str | Quantizer | None) -> Quantizer | None:
-    """Turn a quantizer name, object or ``None`` (= keep real) into a fresh module."""
-    if spec is None or isinstance(spec, Quantizer):
+    """Turn a quantizer name, object or ``None`` (= keep real) into a module that is the caller's
+    alone.
+
+    A name builds a fresh module on every call. An object is returned as it is the first time and
+    refused (``ValueError``) the second, as is a module this function built for a name and a layer
+    then holds: two layers holding one quantizer would share its
+    parameters (an :class:`~s2bnn_plugin.nn.RSign`'s thresholds) without anyone asking for it.
+    Pass a name, a new object, or ``copy.deepcopy(quantizer)`` to each layer instead.
+    """
+    if spec is None:
+        return None
+    if isinstance(spec, Quantizer):
+        if spec in _TAKEN:
+            name = f"its name {spec.name!r}, " if spec.name in QUANTIZERS else ""
+            raise ValueError(
+                f"this {type(spec).__name__} object is already used by another layer; layers "
+                "sharing a quantizer would share its parameters. Give each layer its own: "
+                f"{name}a new object or copy.deepcopy() of this one"
+            )
+        _TAKEN.add(spec)
         return spec
     if isinstance(spec, str):
         key = spec.lower()
@@ -137,7 +197,9 @@ def get_quantizer(spec: str | Quantizer | None) -> Quantizer | None:
             raise ValueError(
                 f"unknown quantizer {spec!r}; choose one of {sorted(QUANTIZERS)} or None (real)"
             )
-        return QUANTIZERS[key]()
+        fresh = QUANTIZERS[key]()
+        _TAKEN.add(fresh)  # it belongs to the caller's layer from now on
+        return fresh
     raise TypeError(f"a quantizer is a name, a Quantizer or None, not {type(spec).__name__}")
 
 

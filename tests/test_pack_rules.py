@@ -1,0 +1,371 @@
+"""Packing by rules for blocks: the built-in backbones' output is unchanged, a backbone written
+by a user (here, in this test) packs exactly, and a module without a rule is refused by name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from s2bnn_plugin import kernels as K
+from s2bnn_plugin.backbones import (
+    BACKBONES,
+    BackboneConfig,
+    BinaryBackbone,
+    create_backbone,
+    register_backbone,
+)
+from s2bnn_plugin.backbones.base import scaled_width
+from s2bnn_plugin.backbones.blocks import ResidualBinaryConv
+from s2bnn_plugin.backbones.reactnet import ReActNetBlock
+from s2bnn_plugin.backbones.reactnet18 import ReActResBlock
+from s2bnn_plugin.export import PackedNetwork, PackError, load, pack
+from s2bnn_plugin.export.packer import PACK_RULES, pack_rule
+from s2bnn_plugin.nn import RPReLU, binary_sign
+
+# ------------------------------------------------------------------------- byte compatibility
+
+
+def dyadic_model(name: str, kwargs: dict, seed: int = 0) -> nn.Module:
+    """A backbone whose every parameter and statistic is a small multiple of 1/16 or 1/8.
+
+    Sums of such values are exact in float32 in any order, so the packed arrays (weight scales
+    ``mean |w|``, folded BatchNorms) do not depend on the CPU's vector width: their digests below
+    are the same on every machine.
+    """
+    g = torch.Generator().manual_seed(seed)
+    model = create_backbone(name, **kwargs)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randint(-16, 17, p.shape, generator=g).float() / 16)
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                mean = torch.randint(-8, 9, m.running_mean.shape, generator=g).float() / 8
+                m.running_mean.copy_(mean)
+                m.running_var.copy_(torch.randint(2, 17, m.running_var.shape, generator=g) / 8)
+    return model.eval()
+
+
+def packed_digest(net: PackedNetwork) -> str:
+    """SHA-256 of the spec JSON (as the file writes it) and of every array, in file order."""
+    h = hashlib.sha256(json.dumps(net.spec, sort_keys=True).encode())
+    for name, a in net.arrays.items():
+        h.update(f"{name}|{a.dtype.str}|{a.shape}".encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+# Digests of the packer's output at commit 653d3d1, before packing went by rules for blocks
+# (the class-by-class packer). A change here is a change of the file format's contents.
+GOLDEN = {
+    ("reactnet_a", '{"width_mult": 0.25, "cifar": true}'): (
+        "0d0aaaff903ed4ae4c82afcd186bdda7f6deeff447b24376b9adb8d97313dd1e"
+    ),
+    ("reactnet_a", '{"width_mult": 0.3, "activation_ste": "ste_sign"}'): (
+        "bd2c06e2b505c6e44be582dfce710357896b1a9f75c1cbd41a5cd26eac63271c"
+    ),
+    ("reactnet18", '{"width_mult": 0.25}'): (
+        "c3a5704cf5f391b410e6da7ef973a97a481e2c25233906cf4feb66693cf38e14"
+    ),
+    ("reactnet18", '{"width_mult": 0.2, "cifar": true}'): (
+        "00a7184d1f4226022f440e49e4c639922c523d0a0616fdb34c3bd226a9972a78"
+    ),
+}
+
+
+@pytest.mark.parametrize("name,kwargs", list(GOLDEN))
+def test_builtin_backbones_pack_to_the_same_spec_and_arrays_as_before(name, kwargs):
+    net = pack(dyadic_model(name, json.loads(kwargs)))
+    assert packed_digest(net) == GOLDEN[name, kwargs]
+
+
+# ------------------------------------------------------------------ a backbone that a user writes
+
+
+class TinyReActNet(BinaryBackbone):
+    """A narrower, shallower ReActNet with other stage widths, as a user would write it: only the
+    plugin's layers and blocks, no packing code. Every rule takes part: a stem with a biased
+    convolution and a max pool, a ReActNet-A block (avgpool residual, two concatenated 1x1
+    convolutions), a ReActNet-18 block (pooled projection shortcut), a bare unit with its RPReLU
+    in a Sequential, and a last unit without activation."""
+
+    name = "tiny_reactnet"
+
+    def __init__(self, config: BackboneConfig) -> None:
+        super().__init__(config)
+        c = scaled_width(12, config.width_mult)
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, c, 3, stride=1, padding=1, bias=True),
+            nn.BatchNorm2d(c),
+            nn.MaxPool2d(3, stride=2, padding=1),
+        )
+        self.blocks = nn.Sequential(
+            ReActNetBlock(c, 2, 2, config),
+            ReActResBlock(2 * c, 3 * c, 2, config),
+            nn.Sequential(ResidualBinaryConv(3 * c, 3 * c, 3, 1, config), RPReLU(3 * c)),
+            ResidualBinaryConv(3 * c, 3 * c, 1, 1, config),
+        )
+        self.num_features = 3 * c
+
+
+def tiny_reactnet(method: str | None = None, **kwargs) -> TinyReActNet:
+    return TinyReActNet(BackboneConfig.from_kwargs("tiny_reactnet", kwargs))
+
+
+@pytest.fixture
+def registered():
+    """``tiny_reactnet`` in the plugin's registry (and solo-learn's, once registered) for one
+    test, as a user's ``register_backbone`` would put it."""
+    register_backbone(tiny_reactnet)
+    yield tiny_reactnet
+    BACKBONES.pop("tiny_reactnet")
+    solo_methods = sys.modules.get("solo.methods")
+    if solo_methods is not None:  # solo.register() copied it there
+        solo_methods.BaseMethod._BACKBONES.pop("tiny_reactnet", None)
+
+
+def randomised(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Non-default statistics, shifts and slopes, as after training (eval mode)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.3, generator=g)
+                m.running_var.uniform_(0.5, 2, generator=g)
+                m.weight.uniform_(0.5, 1.5, generator=g)
+                m.bias.normal_(0, 0.3, generator=g)
+        for n, p in model.named_parameters():
+            if n.endswith("bias") and p.dim() == 1 and ".bn" not in n:
+                p.normal_(0, 0.2, generator=g)
+            elif "prelu" in n:
+                p.uniform_(-0.2, 0.5, generator=g)
+    return model.eval()
+
+
+def _images(n: int, size: int, seed: int = 1) -> torch.Tensor:
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def assert_accumulations_exact(model: nn.Module, net: PackedNetwork, x: torch.Tensor) -> None:
+    """Fed PyTorch's own input, each packed unit's integer sums equal F.conv2d on +-1 tensors."""
+    inputs: dict[str, torch.Tensor] = {}
+    hooks = [
+        m.register_forward_pre_hook(lambda mod, args, name=name: inputs.__setitem__(name, args[0]))
+        for name, m in model.named_modules()
+        if isinstance(m, ResidualBinaryConv)
+    ]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    modules = dict(model.named_modules())
+    for i, u in enumerate(net.spec["units"]):
+        m = modules[u["name"]]
+        names = [f"{u['name']}.{j}" for j in range(len(m))] if u["groups"] > 1 else [u["name"]]
+        xin = inputs[names[0]]
+        expected = []
+        for name in names:
+            conv = modules[name].conv
+            signs = binary_sign(conv.input_quantizer.shift(xin))
+            expected.append(
+                F.conv2d(signs, binary_sign(conv.weight), None, conv.stride, conv.padding)
+            )
+        expected = torch.cat(expected, 1).permute(0, 2, 3, 1).numpy().astype(np.int64)
+        n, c, _, _ = xin.shape
+        k, g, cg = u["kernel"], u["groups"], u["group_channels"]
+        pad = k // 2
+        h, w = xin.shape[2:]
+        per = n * (h + 2 * pad) * (w + 2 * pad) * K.words_for(c)
+        bits = np.zeros(g * per, np.uint64)
+        xn = np.ascontiguousarray(xin.permute(0, 2, 3, 1).numpy()).ravel()
+        rsign = net.arrays[f"units.{i}.rsign"]
+        for j in range(g):
+            part = np.zeros(per, np.uint64)
+            K.pack_signs(xn, n, h, w, c, np.ascontiguousarray(rsign[j : j + 1]), pad, part)
+            bits[j * per : (j + 1) * per] = part
+        wt = net.arrays[f"units.{i}.weight"]
+        wsum = K.tap_sums(wt, g * ((cg + K.LANES - 1) // K.LANES), k * k, K.words_for(c), c)
+        out = np.zeros(expected.shape, np.int32)
+        wk = K.kernel_weights(wt, c)
+        K.binary_conv_acc(bits, n, h, w, c, k, u["stride"], wk, wsum, g, cg, 1, out)
+        np.testing.assert_array_equal(out, expected, err_msg=u["name"])
+
+
+def assert_packs_saves_loads_and_matches(model: nn.Module, tmp_path, size: int) -> PackedNetwork:
+    net = pack(model)
+    loaded = load(net.save(tmp_path / "tiny.s2bnn"))
+    assert loaded.spec == net.spec and list(loaded.arrays) == list(net.arrays)
+    assert loaded.backbone == "tiny_reactnet"
+    assert loaded.backbone_kwargs == dataclasses.asdict(model.config)
+    x = _images(3, size)
+    assert_accumulations_exact(model, loaded, x)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    got = loaded(x.numpy())
+    assert got.shape == (3, model.num_features)
+    rel = np.abs(got - expected).max(axis=1) / np.abs(expected).max(axis=1)
+    assert rel.max() < 1e-5, rel
+    np.testing.assert_array_equal(loaded(x.numpy(), engine="numpy"), got)
+    return loaded
+
+
+def test_a_backbone_built_from_the_plugins_blocks_packs_by_their_rules(registered, tmp_path):
+    model = randomised(create_backbone("tiny_reactnet", width_mult=0.5))
+    net = assert_packs_saves_loads_and_matches(model, tmp_path, size=19)
+    assert net.spec["stem"] == {
+        "kernel": 3, "stride": 1, "padding": 1, "out_channels": 6, "maxpool": True, "name": "stem"
+    }  # fmt: skip
+    units = [
+        (u["name"], u["kernel"], u["stride"], u["groups"], u["residual"], u["activation"])
+        for u in net.spec["units"]
+    ]
+    assert units == [
+        ("blocks.0.conv3x3", 3, 2, 1, "avgpool", True),
+        ("blocks.0.conv1x1", 1, 1, 2, "identity", True),
+        ("blocks.1.conv_a", 3, 2, 1, "projection", True),
+        ("blocks.1.conv_b", 3, 1, 1, "identity", True),
+        ("blocks.2.0", 3, 1, 1, "identity", True),
+        ("blocks.3", 1, 1, 1, "identity", False),
+    ]
+
+
+@pytest.mark.solo
+def test_a_user_backbone_trains_through_solo_learn_then_packs_exactly(registered, tmp_path):
+    """Registered like a user would, trained by solo-learn's SimCLR, packed, saved, loaded."""
+    import solo.methods
+    from solo_utils import base_cfg, fit
+
+    from s2bnn_plugin.solo import register
+
+    register()
+    assert solo.methods.BaseMethod._BACKBONES["tiny_reactnet"] is tiny_reactnet
+    cfg = base_cfg("simclr", "tiny_reactnet", {"cifar": True, "width_mult": 0.5})
+    model = solo.methods.METHODS["simclr"](cfg)
+    before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    trainer = fit(model, cfg, steps=2, size=16)
+    assert trainer.global_step == 2
+    after = model.backbone.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert "blocks.1.conv_a.conv.weight" in changed and "stem.1.running_mean" in changed
+    backbone = model.backbone.eval()
+    assert isinstance(backbone, TinyReActNet)
+    assert_packs_saves_loads_and_matches(backbone, tmp_path, size=16)
+
+
+# ---------------------------------------------------------------------------------- refusals
+
+
+class WrappedUnit(nn.Module):
+    """A user's block with no pack rule: what it computes is up to its forward."""
+
+    def __init__(self, channels: int, config: BackboneConfig) -> None:
+        super().__init__()
+        self.unit = ResidualBinaryConv(channels, channels, 3, 1, config)
+        self.act = RPReLU(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.unit(x))
+
+
+def _tiny() -> TinyReActNet:
+    return randomised(TinyReActNet(BackboneConfig.from_kwargs("tiny", {"width_mult": 0.5})))
+
+
+def test_a_module_without_a_rule_is_refused_by_name_path_and_the_rules_that_exist():
+    model = _tiny()
+    model.blocks[2][1] = nn.ReLU()
+    with pytest.raises(PackError) as info:
+        pack(model.eval())
+    message = str(info.value)
+    assert "'blocks.2.1'" in message and "no pack rule for ReLU" in message
+    for rule in ("RPReLU", "ResidualBinaryConv", "ReActNetBlock", "Sequential", "BatchNorm2d"):
+        assert rule in message
+    assert "CONTRIBUTING" in message
+
+
+def test_a_new_block_packs_once_it_has_a_rule():
+    model = _tiny()
+    model.blocks[2] = WrappedUnit(18, model.config)
+    randomised(model, seed=1)
+    with pytest.raises(PackError, match=r"'blocks\.2'.*no pack rule for WrappedUnit"):
+        pack(model)
+
+    @pack_rule(WrappedUnit)
+    def pack_wrapped_unit(packer, block, path):
+        packer.walk_children(block, path, ("unit", "act"))
+
+    try:
+        net = pack(model)
+        with pytest.raises(ValueError, match="WrappedUnit already has a pack rule"):
+            pack_rule(WrappedUnit)(lambda packer, block, path: None)
+    finally:
+        PACK_RULES.pop(WrappedUnit)
+    assert net.spec["units"][4]["name"] == "blocks.2.unit"
+    x = _images(2, 17)
+    assert_accumulations_exact(model, net, x)
+    with torch.no_grad():
+        np.testing.assert_allclose(net(x.numpy()), model(x).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_subclasses_need_their_own_rule_unless_they_only_build_differently():
+    class Doubled(ReActResBlock):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return 2 * super().forward(x)
+
+    class Narrow(TinyReActNet):  # only its constructor differs: the backbone rule applies
+        name = "narrow"
+
+    class Scaled(TinyReActNet):
+        def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+            return 2 * super().forward_features(x)
+
+    config = BackboneConfig.from_kwargs("tiny", {"width_mult": 0.5})
+    assert pack(randomised(Narrow(config))).backbone == "narrow"
+    model = _tiny()
+    model.blocks[1] = Doubled(12, 18, 2, model.config)
+    with pytest.raises(PackError, match=r"'blocks\.1'.*no pack rule for Doubled"):
+        pack(randomised(model))
+    with pytest.raises(PackError, match=r"'<model>'.*no pack rule for Scaled.*BinaryBackbone"):
+        pack(randomised(Scaled(config)))
+
+
+def test_modules_out_of_the_packed_order_are_refused():
+    model = _tiny()
+    model.blocks[2] = nn.Sequential(RPReLU(18), ResidualBinaryConv(18, 18, 3, 1, model.config))
+    with pytest.raises(PackError, match=r"'blocks\.2\.0'.*RPReLU must directly follow"):
+        pack(randomised(model))
+    model = _tiny()
+    model.blocks[3] = nn.BatchNorm2d(18)
+    with pytest.raises(PackError, match=r"'blocks\.3'.*BatchNorm2d.*stem"):
+        pack(randomised(model))
+    model = _tiny()
+    model.blocks[3] = nn.Conv2d(18, 18, 1)
+    with pytest.raises(PackError, match=r"'blocks\.3'.*one, the stem"):
+        pack(randomised(model))
+    model = _tiny()
+    model.blocks[3] = nn.AdaptiveAvgPool2d(1)  # a pool before the model's own
+    with pytest.raises(PackError, match=r"'pool'.*last layer"):
+        pack(randomised(model))
+    model = _tiny()
+    model.stem = nn.Sequential(model.stem[0], model.stem[2], model.stem[1])
+    with pytest.raises(PackError, match=r"'stem\.1'.*MaxPool2d must directly follow"):
+        pack(randomised(model))
+
+
+def test_backbone_without_a_name_or_with_wrong_num_features_is_refused():
+    model = _tiny()
+    model.name = ""
+    with pytest.raises(PackError, match="name is empty"):
+        pack(model)
+    model = _tiny()
+    model.num_features = 17
+    with pytest.raises(PackError, match="num_features is 17, its last layer has 18"):
+        pack(model)
