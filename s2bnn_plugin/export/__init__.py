@@ -1,7 +1,7 @@
 """Bit-packed export of binary students: exact, fast CPU inference without PyTorch.
 
-``pack(model)`` turns an eval-mode ``reactnet_a`` / ``reactnet18`` with binary weights into a
-:class:`PackedNetwork`; ``net(x)`` maps a float32 NCHW numpy batch to (N, num_features) features;
+``pack(model)`` turns an eval-mode binary backbone with binary weights (``reactnet_a``,
+``reactnet18``, or any one built from blocks that have pack rules) into a :class:`PackedNetwork`; ``net(x)`` maps a float32 NCHW numpy batch to (N, num_features) features;
 ``net.save(path)`` writes one self-describing file and ``load(path)`` reads it back (format:
 :mod:`s2bnn_plugin.export.format`). Kernels: :mod:`s2bnn_plugin.kernels`.
 
@@ -30,7 +30,7 @@ __all__ = [
 
 
 def pack(model: nn.Module, *, progress: bool = False) -> PackedNetwork:
-    """Bit-pack an eval-mode ``reactnet_a`` / ``reactnet18`` (see :mod:`.packer`)."""
+    """Bit-pack an eval-mode binary backbone (see :mod:`.packer`)."""
     from s2bnn_plugin.export.packer import pack as _pack
 
     return _pack(model, progress=progress)
