@@ -1,7 +1,8 @@
 """Bit-packed export of binary students: exact, fast CPU inference without PyTorch.
 
 ``pack(model)`` turns an eval-mode binary backbone with binary weights (``reactnet_a``,
-``reactnet18``, or any one built from blocks that have pack rules) into a :class:`PackedNetwork`; ``net(x)`` maps a float32 NCHW numpy batch to (N, num_features) features;
+``reactnet18``, or any one built from blocks that have pack rules) into a
+:class:`PackedNetwork`; ``net(x)`` maps a float32 NCHW numpy batch to (N, num_features) features;
 ``net.save(path)`` writes one self-describing file and ``load(path)`` reads it back (format:
 :mod:`s2bnn_plugin.export.format`). Kernels: :mod:`s2bnn_plugin.kernels`.
 
