@@ -237,6 +237,30 @@ def test_a_backbone_built_from_the_plugins_blocks_packs_by_their_rules(registere
     ]
 
 
+def test_the_float_twin_of_a_user_backbone_is_rebuilt_by_the_same_rules(
+    registered, tmp_path, capsys
+):
+    """``to_torch`` (and so ``s2bnn check FILE``) finds each unit's RPReLU by walking the rebuilt
+    backbone with the pack rules, not by the built-in blocks' names."""
+    from s2bnn_plugin.cli import main
+
+    model = randomised(create_backbone("tiny_reactnet", width_mult=0.5))
+    path = pack(model).save(tmp_path / "tiny.s2bnn")
+    twin = load(path).to_torch()
+    x = _images(2, 16)
+    with torch.no_grad():
+        expected, got = model(x), twin(x)
+    rel = (got - expected).abs().max() / expected.abs().max()
+    assert rel < 1e-5, rel
+    # every RPReLU came from the file, not from the twin's initialisation
+    for (name, a), (_, b) in zip(model.named_modules(), twin.named_modules()):
+        if isinstance(a, RPReLU):
+            assert torch.equal(a.prelu.weight, b.prelu.weight), name
+    args = ["check", str(path), "--size", "16", "--batch", "2", "--repeats", "1", "--no-progress"]
+    assert main(args) == 0
+    assert "images with a flipped sign bit: 0/2" in capsys.readouterr().out
+
+
 @pytest.mark.solo
 def test_a_user_backbone_trains_through_solo_learn_then_packs_exactly(registered, tmp_path):
     """Registered like a user would, trained by solo-learn's SimCLR, packed, saved, loaded."""

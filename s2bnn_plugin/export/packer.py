@@ -22,7 +22,6 @@ What is folded where (all per output channel):
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from s2bnn_plugin.export import rules as _rules  # noqa: F401  (registers the built-in rules)
@@ -35,6 +34,7 @@ from s2bnn_plugin.export.walker import (
     PackRule,
     find_pack_rule,
     pack_rule,
+    walk_model,
 )
 
 __all__ = ["PACK_RULES", "PackError", "PackRule", "Packer", "find_pack_rule", "pack", "pack_rule"]
@@ -61,13 +61,7 @@ def pack(model: nn.Module, *, progress: bool = False) -> PackedNetwork:
             f"cannot pack a model in training mode (layer {training[0]!r} has training=True; "
             "BatchNorm would use batch statistics); call model.eval() first"
         )
-    packer = Packer(model, progress=progress)
-    try:
-        with torch.no_grad():
-            packer.walk(model, "")
-    finally:
-        if packer._bar is not None:
-            packer._bar.close()
+    packer = walk_model(model, progress=progress)
     if not packer.pooled or packer.backbone is None:
         raise PackError(
             f"cannot pack a {type(model).__name__}: its rule must end with the global average "

@@ -16,6 +16,8 @@ from torch import nn
 
 from s2bnn_plugin.backbones import create_backbone
 from s2bnn_plugin.export import reference as ref
+from s2bnn_plugin.export import rules as _rules  # noqa: F401  (registers the built-in rules)
+from s2bnn_plugin.export.walker import PackError, walk_model
 
 if TYPE_CHECKING:  # network.py imports this module (to_torch): no import back at run time
     from s2bnn_plugin.export.network import PackedNetwork
@@ -46,9 +48,12 @@ def unpack(net: PackedNetwork) -> nn.Module:
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"the file's backbone {name}({kwargs}) cannot be rebuilt: {e}") from e
     modules = dict(model.named_modules())
+    activations = _activations(model.eval(), spec["units"])
     with torch.no_grad():
         stem = model.stem
         stem[0].weight.copy_(a["stem.weight"].permute(3, 0, 1, 2))
+        if stem[0].bias is not None:  # the packer folded it into the affine below
+            stem[0].bias.zero_()
         _set_bn(stem[1], a["stem.affine"][0], a["stem.affine"][1])
         for i, u in enumerate(spec["units"]):
             p = f"units.{i}."
@@ -73,7 +78,7 @@ def unpack(net: PackedNetwork) -> nn.Module:
                     pa = a[p + "proj_affine"]
                     _set_bn(unit.shortcut.bn, pa[0], pa[1])
             if u["activation"]:
-                _set_rprelu(_activation(modules, u["name"]), a[p + "activation"])
+                _set_rprelu(activations[i], a[p + "activation"])
     return model.eval()
 
 
@@ -87,10 +92,19 @@ def _unit_modules(modules: dict[str, nn.Module], name: str, groups: int) -> list
     return units
 
 
-def _activation(modules: dict[str, nn.Module], name: str) -> nn.Module:
-    """The RPReLU after a unit: conv3x3 -> act3x3, conv1x1 -> act1x1, conv_a -> act_a."""
-    parent, _, leaf = name.rpartition(".")
-    act_name = f"{parent}.{leaf.replace('conv', 'act')}"
-    if act_name not in modules:
-        raise ValueError(f"the backbone has no activation {act_name!r} after {name!r}")
-    return modules[act_name]
+def _activations(model: nn.Module, units: list[dict]) -> list[nn.Module | None]:
+    """Per unit of the file, the RPReLU module after it in ``model``: found by walking the
+    rebuilt backbone with the same pack rules that wrote the file, so any layout they can pack
+    can be unpacked."""
+    try:
+        walked = walk_model(model)
+    except PackError as e:
+        raise ValueError(f"the file's backbone cannot be rebuilt by the pack rules: {e}") from e
+    names = [u["name"] for u in walked.units]
+    if names != [u["name"] for u in units]:
+        raise ValueError(
+            f"file and backbone disagree: the file has units {[u['name'] for u in units]}, the "
+            f"rebuilt backbone {names}"
+        )
+    modules = dict(model.named_modules())
+    return [None if p is None else modules[p] for p in walked.activation_paths]

@@ -11,11 +11,20 @@ from collections.abc import Callable, Iterable
 from typing import NoReturn, TypeVar
 
 import numpy as np
+import torch
 from torch import nn
 
 from s2bnn_plugin.errors import S2BNNError
 
-__all__ = ["PACK_RULES", "PackError", "PackRule", "Packer", "find_pack_rule", "pack_rule"]
+__all__ = [
+    "PACK_RULES",
+    "PackError",
+    "PackRule",
+    "Packer",
+    "find_pack_rule",
+    "pack_rule",
+    "walk_model",
+]
 
 
 class PackError(S2BNNError, ValueError):
@@ -88,6 +97,7 @@ class _OpenUnit:
     spec: dict
     arrays: dict[str, np.ndarray]
     proj: dict[str, np.ndarray]
+    activation_path: str | None = None
 
 
 class Packer:
@@ -106,6 +116,8 @@ class Packer:
         self.seen: set[int] = set()
         self.arrays: dict[str, np.ndarray] = {}
         self.units: list[dict] = []
+        #: per unit, the path of the RPReLU after it (None: none); the float twin uses it
+        self.activation_paths: list[str | None] = []
         self.stem: dict | None = None
         self.stem_conv: nn.Conv2d | None = None  # a stem convolution waiting for its BatchNorm
         self.in_channels: int | None = None
@@ -213,6 +225,7 @@ class Packer:
             self.fail(path, "an RPReLU must directly follow a binary unit (ResidualBinaryConv)")
         self._open.spec["activation"] = True
         self._open.arrays["activation"] = params
+        self._open.activation_path = path
 
     def add_global_pool(self, path: str) -> None:
         """The global average pool: the last layer; it closes the chain."""
@@ -228,6 +241,7 @@ class Packer:
         for key, value in (*self._open.arrays.items(), *self._open.proj.items()):
             self.arrays[f"units.{i}.{key}"] = value
         self.units.append(self._open.spec)
+        self.activation_paths.append(self._open.activation_path)
         self._open = None
 
     def leftovers(self) -> None:
@@ -238,3 +252,16 @@ class Packer:
                     f"cannot pack layer {name!r} ({type(m).__name__}): the pack rules did not "
                     "reach it, so it is not part of the forward pass they understand"
                 )
+
+
+def walk_model(model: nn.Module, *, progress: bool = False) -> Packer:
+    """Run the pack rules over ``model`` (eval mode) and return the walk's state. The caller
+    imports :mod:`.rules` first, so that the built-in rules are registered."""
+    packer = Packer(model, progress=progress)
+    try:
+        with torch.no_grad():
+            packer.walk(model, "")
+    finally:
+        if packer._bar is not None:
+            packer._bar.close()
+    return packer
