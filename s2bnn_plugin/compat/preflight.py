@@ -145,5 +145,5 @@ def _missing_paths(cfg: Any) -> list[str]:
     ):
         value = _get(cfg, key)
         if value not in (None, "", "???") and not Path(str(value)).is_file():
-            out.append(f"{key}={value}: no such file")
+            out.append(f"{key}={value} is not a file")
     return out
