@@ -100,7 +100,7 @@ def capture_logs(model, monkeypatch) -> dict:
 
 def test_teacher_is_frozen_and_outside_optimiser_and_state_dict(methods, teacher_ckpt):
     model, _ = make(methods, teacher_ckpt, "simclr")
-    assert type(model).__name__ == "S2BNN[simclr]"
+    assert type(model).__name__ == "S2BNN_simclr"
     teacher_params = list(model.teacher.parameters())
     assert teacher_params and not any(p.requires_grad for p in teacher_params)
     assert not model.teacher.training
@@ -292,7 +292,7 @@ def test_teacher_backbone_output_sizes_the_head(methods, teacher_ckpt):
 
 def test_ssl_method_is_case_insensitive(methods, teacher_ckpt):
     model, _ = make(methods, teacher_ckpt, "SimCLR")
-    assert type(model).__name__ == "S2BNN[simclr]"
+    assert type(model).__name__ == "S2BNN_simclr"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -420,3 +420,132 @@ def test_teacher_follows_device_moves(methods, teacher_ckpt):
     assert all(p.is_cuda for p in model.teacher.parameters())
     model.cpu()
     assert not any(p.is_cuda for p in model.teacher.parameters())
+
+
+# ---------------------------------------------------------------------------------------------
+# (g) every loss term taken where it is computed: momentum classifier, multi-crop, 16-bit
+
+
+def test_momentum_classifier_loss_is_its_own_term(methods, teacher_ckpt, monkeypatch):
+    """BYOL with ``momentum.classifier``: the total is class + momentum class + ssl_weight * the
+    objective's own loss (what BYOL itself logs) + distill_weight * distillation, each recomputed
+    here; ssl_loss contains neither classifier's loss."""
+    cfg = s2bnn_cfg(teacher_ckpt, "byol", ssl_weight=0.3, distill_weight=2.5)
+    cfg.momentum = {"base_tau": 0.99, "final_tau": 1.0, "classifier": True}
+    model = methods["s2bnn"](cfg)
+    assert type(model).__name__ == "S2BNN_byol" and model.momentum_classifier is not None
+    logs = capture_logs(model, monkeypatch)
+    model.train()
+    batch = a_batch()
+    _, crops, targets = batch
+    loss = model.training_step(batch, 0)
+
+    class_losses, momentum_losses, distill = [], [], []
+    for x in crops:
+        x = x.to(memory_format=torch.channels_last)
+        feats = model.backbone(x)
+        class_losses.append(F.cross_entropy(model.classifier(feats), targets))
+        with torch.no_grad():
+            momentum_feats = model.momentum_backbone(x)
+        momentum_losses.append(F.cross_entropy(model.momentum_classifier(momentum_feats), targets))
+        distill.append(distillation_loss(model.distill_head(feats), model.teacher(x), 0.2))
+    class_loss, momentum_loss = sum(class_losses) / 2, sum(momentum_losses) / 2
+    distill_loss = sum(distill) / 2
+    close = dict(rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(logs["train_class_loss"], class_loss, **close)
+    torch.testing.assert_close(logs["train_momentum_class_loss"], momentum_loss, **close)
+    torch.testing.assert_close(logs["train_ssl_loss"], logs["train_neg_cos_sim"], **close)
+    expected = class_loss + momentum_loss + 0.3 * logs["train_neg_cos_sim"] + 2.5 * distill_loss
+    torch.testing.assert_close(loss, expected, **close)
+    torch.testing.assert_close(logs["train_loss"], loss, **close)
+    loss.backward()
+    assert all(p.grad is not None for p in model.momentum_classifier.parameters())
+
+
+def test_teacher_sees_only_the_large_crops(methods, teacher_ckpt, monkeypatch):
+    """Multi-crop (2 x 32 px + 2 x 16 px, SimCLR over all four): the teacher is asked about the
+    two large crops only, the distillation loss is theirs, and the objective uses all crops."""
+    cfg = s2bnn_cfg(teacher_ckpt, "simclr")
+    cfg.data.num_small_crops = 2
+    model = methods["s2bnn"](cfg)
+    logs = capture_logs(model, monkeypatch)
+    seen: list[tuple[int, ...]] = []
+    forward = model.teacher.forward
+    monkeypatch.setattr(model.teacher, "forward", lambda x: seen.append(x.shape) or forward(x))
+    g = torch.Generator().manual_seed(2)
+    large = [torch.randn(4, 3, 32, 32, generator=g) for _ in range(2)]
+    small = [torch.randn(4, 3, 16, 16, generator=g) for _ in range(2)]
+    model.train()
+    loss = model.training_step((torch.arange(4), large + small, torch.arange(4) % 5), 0)
+    assert seen == [(4, 3, 32, 32)] * 2
+    with torch.no_grad():
+        feats = [model.backbone(x.to(memory_format=torch.channels_last)) for x in large]
+        expected = sum(
+            distillation_loss(model.distill_head(f), model.teacher(x), 0.2)
+            for f, x in zip(feats, large, strict=True)
+        )
+    torch.testing.assert_close(logs["train_distill_loss"], expected / 2, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(logs["train_ssl_loss"], logs["train_nce_loss"])
+    loss.backward()
+    assert torch.isfinite(loss)
+
+
+def test_bf16_mixed_on_cpu_runs_teacher_and_student_in_16_bit(methods, teacher_ckpt):
+    """``precision=bf16-mixed``: the teacher's prediction is bfloat16 (it runs under the trainer's
+    autocast), its fp32 weights stay as loaded, the student's weights train and stay fp32."""
+    from solo_utils import fit
+
+    model, cfg = make(methods, teacher_ckpt, "simclr")
+    cfg.precision = "bf16-mixed"
+    dtypes: list[torch.dtype] = []
+    model.teacher.register_forward_hook(lambda _m, _i, out: dtypes.append(out.dtype))
+    teacher_state = {k: v.clone() for k, v in model.teacher.state_dict().items()}
+    params = {k: v.detach().clone() for k, v in model.backbone.named_parameters()}
+    trainer = fit(model, cfg, steps=2)
+    assert trainer.precision == "bf16-mixed"
+    assert dtypes and set(dtypes) == {torch.bfloat16}
+    for k, v in model.teacher.state_dict().items():
+        assert v.dtype == teacher_state[k].dtype and torch.equal(v, teacher_state[k]), k
+    changed = [k for k, v in model.backbone.named_parameters() if not torch.equal(v, params[k])]
+    assert changed and all(v.dtype == torch.float32 for v in model.backbone.parameters())
+    for key in ("train_loss", "train_distill_loss", "train_ssl_loss", "train_class_loss"):
+        assert torch.isfinite(trainer.callback_metrics[key]), key
+
+
+@pytest.mark.parametrize("ssl_method", ["none", "simclr", "byol"])
+def test_model_pickles_without_its_teacher(methods, teacher_ckpt, ssl_method, monkeypatch):
+    """torch.save(model) and ddp_spawn pickle the model: the mixed class is importable by name,
+    the teacher stays out of the pickle (as out of checkpoints) and is reloaded from its path."""
+    import io
+    import pickle
+
+    model, _ = make(methods, teacher_ckpt, ssl_method)
+    torch.save(model, io.BytesIO())
+    data = pickle.dumps(model)
+    teacher_bytes = model.teacher.backbone.conv1.weight.detach().numpy().tobytes()[:256]
+    assert teacher_bytes not in data and str(teacher_ckpt).encode() in data
+    assert model.backbone.stem[0].weight.detach().numpy().tobytes()[:256] in data
+    clone = pickle.loads(data)
+    assert type(clone) is type(model) and type(clone).__name__ == f"S2BNN_{ssl_method}"
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, clone.state_dict()[k]), k
+    for k, v in model.teacher.state_dict().items():
+        assert torch.equal(v, clone.teacher.state_dict()[k]), k
+    assert not any(m is clone.teacher for m in clone.modules())
+    capture_logs(model, monkeypatch)
+    capture_logs(clone, monkeypatch)
+    torch.manual_seed(3)
+    expected = model.training_step(a_batch(), 0)
+    torch.manual_seed(3)
+    torch.testing.assert_close(clone.training_step(a_batch(), 0), expected)
+
+
+def test_mixed_classes_are_module_attributes(methods):
+    from s2bnn_plugin.methods import s2bnn
+
+    assert s2bnn.S2BNN_simclr is s2bnn.mixed_class("simclr")
+    assert issubclass(s2bnn.S2BNN_none, s2bnn.S2BNN)
+    with pytest.raises(AttributeError):
+        s2bnn.S2BNN_nonsense  # noqa: B018
+    with pytest.raises(TypeError, match="config is required"):
+        s2bnn.S2BNN()
