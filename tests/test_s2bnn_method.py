@@ -549,3 +549,105 @@ def test_mixed_classes_are_module_attributes(methods):
         s2bnn.S2BNN_nonsense  # noqa: B018
     with pytest.raises(TypeError, match="config is required"):
         s2bnn.S2BNN()
+
+
+# ---------------------------------------------------------------------------------------------
+# (h) resuming equals not stopping: the random states travel in the checkpoint
+
+
+class AugmentedCrops(torch.utils.data.Dataset):
+    """Two augmented crops per image, drawing on torch's, Python's and NumPy's global random
+    states (as solo-learn's augmentations do), in solo-learn's batch format."""
+
+    def __init__(self, n: int = 16, size: int = 16) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randn(n, 3, size, size, generator=g)
+        self.y = torch.arange(n) % 5
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int):
+        import random
+
+        import numpy as np
+
+        crops = []
+        for _ in range(2):
+            crop = self.x[i] + 0.3 * torch.randn(self.x[i].shape)
+            if random.random() < 0.5:
+                crop = crop.flip(-1)
+            crops.append(crop * float(np.random.uniform(0.8, 1.2)))  # noqa: NPY002
+        return i, crops, self.y[i]
+
+
+def _train(methods, ckpt, ssl_method, out, num_workers, stop_after=None, resume=None):
+    """One launch as main_pretrain.py does it: seed, build, fit (solo-learn's Checkpointer
+    writes a checkpoint at every epoch end); ``stop_after`` ends it after that epoch."""
+    from lightning.pytorch import Callback, Trainer, seed_everything
+    from solo.utils.checkpointer import Checkpointer
+
+    class Stop(Callback):
+        def on_train_epoch_end(self, trainer, _module):
+            if trainer.current_epoch == stop_after:
+                trainer.should_stop = True
+
+    seed_everything(0)
+    cfg = s2bnn_cfg(ckpt, ssl_method)
+    model = methods["s2bnn"](cfg)
+    trainer = Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=2,
+        deterministic=True,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[Checkpointer(cfg, logdir=out, keep_prev=True), Stop()],
+    )
+    loader = torch.utils.data.DataLoader(
+        AugmentedCrops(), batch_size=4, shuffle=True, drop_last=True, num_workers=num_workers
+    )
+    trainer.fit(model, loader, ckpt_path=resume)
+    return model, trainer
+
+
+def _max_diff(a: dict, b: dict) -> float:
+    return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
+
+
+@pytest.mark.parametrize("ssl_method,num_workers", [("none", 0), ("simclr", 2)])
+def test_resumed_run_equals_the_uninterrupted_one_bitwise(
+    methods, teacher_ckpt, tmp_path, ssl_method, num_workers, monkeypatch
+):
+    """2 epochs in one go vs 1 epoch + resume from its checkpoint + 1: weights and optimiser
+    state are equal bit for bit (shuffled data, augmentations on three random generators,
+    data-loader workers). Without the restore of the random states they are not."""
+    from s2bnn_plugin.methods import rng_state
+
+    args = (methods, teacher_ckpt, ssl_method)
+    whole, whole_trainer = _train(*args, tmp_path / "whole", num_workers)
+    _train(*args, tmp_path / "part", num_workers, stop_after=0)
+    (first,) = (tmp_path / "part").rglob("*ep=0.ckpt")
+    saved = torch.load(first, map_location="cpu", weights_only=True)
+    (states,) = saved["s2bnn_rng_states"]  # one process, its states as plain data
+    assert isinstance(states["python"]["state"], list) and states["torch"].dtype == torch.uint8
+    resumed, resumed_trainer = _train(*args, tmp_path / "resumed", num_workers, resume=first)
+
+    assert resumed_trainer.global_step == whole_trainer.global_step == 8
+    expected, got = whole.state_dict(), resumed.state_dict()
+    assert expected.keys() == got.keys()
+    for k in expected:
+        assert torch.equal(expected[k], got[k]), k
+    opt_expected = whole_trainer.optimizers[0].state_dict()["state"]
+    opt_got = resumed_trainer.optimizers[0].state_dict()["state"]
+    assert opt_expected.keys() == opt_got.keys()
+    for i, state in opt_expected.items():
+        for k, v in state.items():
+            assert torch.equal(v, opt_got[i][k]), (i, k)
+
+    # the same resume without restoring the random states: other batches, other weights
+    monkeypatch.setattr(rng_state, "restore", lambda state: None)
+    stale, _ = _train(*args, tmp_path / "stale", num_workers, resume=first)
+    assert _max_diff(expected, stale.state_dict()) > 1e-3
