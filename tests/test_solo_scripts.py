@@ -155,33 +155,167 @@ def test_mixed_objectives_from_the_command_line(workspace, config, extra, object
     assert not any(k.startswith("teacher") for k in state)
 
 
-def test_resume_reloads_teacher_and_continues(workspace):
-    _, out = pretrain(workspace, "s2bnn.yaml", "resume")
-    first = only_ckpt(out / "s2bnn")
-    step = torch.load(first, map_location="cpu", weights_only=True)["global_step"]
-    _, out = pretrain(
-        workspace,
-        "s2bnn.yaml",
-        "resume",
-        [f'resume_from_checkpoint="{first}"', "max_epochs=2", "checkpoint.keep_prev=true"],
+def probe(workspace: Path, config: str, name: str, extra: list[str], **env: str):
+    """``pretrain`` through ``solo_probe.py`` (solo-learn's script unchanged, plus a test
+    callback); ``env`` sets the probe's S2BNN_PROBE_* variables."""
+    out = workspace / name
+    out.mkdir(parents=True, exist_ok=True)
+    overrides = [
+        f"data.train_path={workspace / 'data' / 'train'}",
+        f"method_kwargs.teacher.ckpt={workspace / 'teacher.pth.tar'}",
+        f"default_root_dir={out}",
+        f"name={name.split('/')[0]}",
+        *TINY,
+        *extra,
+    ]
+    command = [
+        sys.executable,
+        str(Path(__file__).with_name("solo_probe.py")),
+        "--config-path",
+        str(configs_dir() / "pretrain" / "custom"),
+        "--config-name",
+        config,
+        *overrides,
+    ]
+    variables = {f"S2BNN_PROBE_{k.upper()}": v for k, v in env.items()}
+    variables["S2BNN_PROBE_SCRIPT"] = _script("main_pretrain.py")
+    proc = subprocess.run(
+        command,
+        cwd=workspace,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONWARNINGS="ignore", **variables),
+        timeout=600,
     )
-    ckpts = sorted((out / "s2bnn").rglob("*ep=1.ckpt"))
-    assert ckpts, "the resumed run wrote no epoch-1 checkpoint"
-    resumed = torch.load(ckpts[-1], map_location="cpu", weights_only=True)
-    assert resumed["epoch"] == 1 and resumed["global_step"] == 2 * step
+    if proc.returncode != 0:
+        raise AssertionError(f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return proc, out
+
+
+def newest(folder: Path, pattern: str) -> Path:
+    found = sorted(folder.rglob(pattern), key=lambda p: p.stat().st_mtime)
+    assert found, f"no {pattern} under {folder}"
+    return found[-1]
+
+
+def max_abs_diff(a: dict, b: dict) -> float:
+    return max(
+        (a[k].double() - b[k].double()).abs().max().item() for k in a if a[k].is_floating_point()
+    )
+
+
+def assert_same_training_state(expected: dict, got: dict) -> None:
+    """Weights (buffers included), Adam's moments and step counts, scheduler: bit for bit."""
+    assert expected["global_step"] == got["global_step"] and expected["epoch"] == got["epoch"]
+    assert expected["state_dict"].keys() == got["state_dict"].keys()
+    for k, v in expected["state_dict"].items():
+        assert torch.equal(v, got["state_dict"][k]), k
+    for opt_e, opt_g in zip(expected["optimizer_states"], got["optimizer_states"], strict=True):
+        assert opt_e["state"].keys() == opt_g["state"].keys()
+        for i, state in opt_e["state"].items():
+            for k, v in state.items():
+                assert torch.equal(v, opt_g["state"][i][k]), (i, k)
+    assert expected["lr_schedulers"] == got["lr_schedulers"]
+
+
+def load_ckpt(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+@pytest.mark.parametrize(
+    "objective,workers",
+    [("none", "0"), ("simclr", "2")],  # distillation alone; mixed, with data-loader workers
+)
+def test_resume_equals_uninterrupted_run(workspace, objective, workers):
+    """main_pretrain.py, deterministic, 2 epochs in one go vs an interrupted run (stopped after
+    its epoch-0 checkpoint, max_epochs unchanged) continued by resume_from_checkpoint and by
+    auto-resume: the final checkpoints are equal bit for bit. Resumed without the random
+    states (stock Lightning) they are not."""
+    tag = f"resume-{objective}"
+    common = [
+        f"method_kwargs.ssl_method={objective}",
+        f"data.num_workers={workers}",
+        "+deterministic=true",
+        "max_epochs=2",
+        "checkpoint.keep_prev=true",
+    ]
+
+    def run(name: str, ckpt_dir: Path, extra: list[str], **env: str) -> None:
+        probe(
+            workspace,
+            "s2bnn.yaml",
+            f"{tag}/{name}",
+            [*common, f"checkpoint.dir={ckpt_dir}", *extra],
+            **env,
+        )
+
+    off = ["auto_resume.enabled=false"]
+    root = workspace / tag
+    run("whole", root / "whole", off)
+    whole = newest(root / "whole", "*ep=1.ckpt")
+    run("part", root / "part", off, stop_after_epoch="0")
+    first = newest(root / "part", "*ep=0.ckpt")
+    assert not list((root / "part").rglob("*ep=1.ckpt"))
+    run("resumed", root / "resumed", [*off, f'resume_from_checkpoint="{first}"'])
+    resumed = newest(root / "resumed", "*ep=1.ckpt")
+    # auto-resume: solo-learn's AutoResumer finds the interrupted run's checkpoint by its args
+    run("auto", root / "part", ["auto_resume.enabled=true"])
+    auto = newest(root / "part", "*ep=1.ckpt")
+
+    expected = load_ckpt(whole)
+    assert len(load_ckpt(first)["s2bnn_rng_states"]) == 1
+    for how, path in (("resume_from_checkpoint", resumed), ("auto-resume", auto)):
+        got = load_ckpt(path)
+        assert_same_training_state(expected, got)
+        diff = max_abs_diff(expected["state_dict"], got["state_dict"])
+        print(f"{objective}: {how}: max |dw| vs uninterrupted = {diff}")
+    if objective == "none":
+        run(
+            "stock", root / "stock", [*off, f'resume_from_checkpoint="{first}"'], no_rng_restore="1"
+        )
+        stock = load_ckpt(newest(root / "stock", "*ep=1.ckpt"))
+        diff = max_abs_diff(expected["state_dict"], stock["state_dict"])
+        print(f"{objective}: resumed without the random states: max |dw| = {diff:.4f}")
+        assert diff > 1e-4
 
 
 def test_ddp_two_cpu_processes(workspace):
-    proc, out = pretrain(
+    """strategy=ddp, 2 CPU processes: both ranks trained, their student parameters end equal,
+    the epoch losses they logged are the synchronised (equal) values, and the teacher is in
+    neither DDP's parameters nor the checkpoint."""
+    out = workspace / "ddp-probe"
+    out.mkdir()
+    probe(
         workspace,
         "s2bnn_mocov2plus.yaml",
         "ddp",
-        ['devices="2"', "strategy=ddp", "method_kwargs.ssl_kwargs.queue_size=64"],
+        [
+            'devices="2"',
+            "strategy=ddp",
+            "accelerator=cpu",
+            "method_kwargs.ssl_kwargs.queue_size=64",
+            f"checkpoint.dir={workspace / 'ddp'}",
+            "auto_resume.enabled=false",
+            "max_epochs=1",
+        ],
+        out=str(out),
     )
-    ckpt = only_ckpt(out / "s2bnn")
-    assert "unused" not in proc.stderr.lower() or "find_unused_parameters" not in proc.stderr
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    assert state["global_step"] > 0
+    ranks = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert [r["rank"] for r in ranks] == [0, 1] and all(r["world_size"] == 2 for r in ranks)
+    assert all(r["wrapper"] == "DistributedDataParallel" for r in ranks)
+    synced = ranks[0]["synced_parameters"]
+    assert any(n.startswith("backbone.") for n in synced)
+    assert any(n.startswith("distill_head.") for n in synced)
+    for name in synced:
+        assert torch.equal(ranks[0]["state_dict"][name], ranks[1]["state_dict"][name]), name
+    for key in ("train_distill_loss", "train_ssl_loss", "train_class_loss", "train_loss"):
+        a, b = ranks[0]["metrics"][f"{key}_epoch"], ranks[1]["metrics"][f"{key}_epoch"]
+        assert torch.isfinite(a) and torch.equal(a, b), key
+    for r in ranks:
+        assert r["teacher_parameters"] > 0 and r["teacher_parameters_synced"] == 0
+    state = load_ckpt(only_ckpt(workspace / "ddp" / "s2bnn"))
+    assert not any(k.startswith("teacher") or "encoder_q" in k for k in state["state_dict"])
+    assert state["global_step"] > 0 and len(state["s2bnn_rng_states"]) == 2
 
 
 @pytest.mark.parametrize(
