@@ -25,7 +25,7 @@ from torchvision.models.resnet import BasicBlock, ResNet
 
 from s2bnn_plugin.methods.distillation import calibration_stats, distillation_loss
 
-pytestmark = [pytest.mark.solo, pytest.mark.slow]
+pytestmark = pytest.mark.solo  # the fixtures take about 15 s; the rest is marked slow
 
 SIZE = 16
 TRAIN_PER_CLASS = 40  # 400 training images
@@ -228,7 +228,7 @@ def test_distillation_trains_the_student(distilled, data):
         f"{100 * end['agreement']:.1f} %; training loss by epoch {np.round(losses, 4)}; "
         f"agreement by epoch {np.round(agreements, 3)}"
     )
-    assert end["loss"] < start["loss"] - 0.1
+    assert end["loss"] < start["loss"] - 0.5
     assert end["agreement"] > start["agreement"] + 0.25
     assert all(b < a for a, b in zip(losses, losses[1:], strict=False)), losses
     assert agreements[-1] > agreements[0] + 0.15
@@ -240,6 +240,7 @@ def test_distillation_trains_the_student(distilled, data):
         assert torch.equal(v, before["teacher"][k]), k
 
 
+@pytest.mark.slow
 def test_mixed_with_simclr_both_losses_fall(data, teacher_ckpt, tmp_path):
     """s2bnn + SimCLR: the epoch means of both logged losses fall, and the held-out
     agreement with the teacher still rises."""
@@ -252,8 +253,8 @@ def test_mixed_with_simclr_both_losses_fall(data, teacher_ckpt, tmp_path):
         f"SimCLR loss by epoch {np.round(ssl, 4)}; held-out agreement "
         f"{100 * before['held_out']['agreement']:.1f} % -> {100 * end['agreement']:.1f} %"
     )
-    assert distill[-1] < distill[0] - 0.1
-    assert ssl[-1] < ssl[0] - 0.1
+    assert distill[-1] < distill[0] - 0.3
+    assert ssl[-1] < ssl[0] - 0.3
     assert end["agreement"] > before["held_out"]["agreement"] + 0.15
 
 
@@ -288,6 +289,7 @@ def test_packed_engine_on_the_trained_student(distilled, data):
     assert accuracy > 40.0  # the trained student's features carry the classes (chance: 10 %)
 
 
+@pytest.mark.slow
 def test_s2bnn_pack_and_check_pass_on_the_trained_checkpoint(distilled, tmp_path):
     """``s2bnn pack`` and ``s2bnn check --ckpt`` on the checkpoint solo-learn's Checkpointer
     wrote for the trained student (with its args.json)."""
