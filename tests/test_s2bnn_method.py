@@ -653,3 +653,30 @@ def test_resumed_run_equals_the_uninterrupted_one_bitwise(
     monkeypatch.setattr(rng_state, "restore", lambda state: None)
     stale, _ = _train(*args, tmp_path / "stale", num_workers, resume=first)
     assert _max_diff(expected, stale.state_dict()) > 1e-3
+
+
+@pytest.mark.slow
+def test_ddp_spawn_pickles_the_mixed_model(methods, teacher_ckpt):
+    """strategy=ddp_spawn pickles the model into 2 new processes (the mixed class by name, the
+    teacher reloaded from its path there); the trained weights come back to this process."""
+    from lightning.pytorch import Trainer
+    from solo_utils import RandomCrops
+
+    model, cfg = make(methods, teacher_ckpt, "simclr")
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    trainer = Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_spawn",
+        max_steps=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    data = RandomCrops(n=16, size=32)
+    trainer.fit(model, torch.utils.data.DataLoader(data, batch_size=4, drop_last=True))
+    moved = [k for k, v in model.named_parameters() if not torch.equal(v, before[k])]
+    assert any(k.startswith("backbone.") for k in moved)
+    assert any(k.startswith("distill_head.") for k in moved)
+    assert torch.isfinite(trainer.callback_metrics["train_distill_loss"])

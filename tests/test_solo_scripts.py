@@ -223,15 +223,19 @@ def load_ckpt(path: Path) -> dict:
 
 
 @pytest.mark.parametrize(
-    "objective,workers",
-    [("none", "0"), ("simclr", "2")],  # distillation alone; mixed, with data-loader workers
+    "objective,workers,devices",
+    [
+        ("none", "0", 1),  # distillation alone
+        ("simclr", "2", 1),  # mixed, with data-loader workers
+        ("simclr", "0", 2),  # mixed, DDP on 2 CPU processes
+    ],
 )
-def test_resume_equals_uninterrupted_run(workspace, objective, workers):
+def test_resume_equals_uninterrupted_run(workspace, objective, workers, devices):
     """main_pretrain.py, deterministic, 2 epochs in one go vs an interrupted run (stopped after
     its epoch-0 checkpoint, max_epochs unchanged) continued by resume_from_checkpoint and by
     auto-resume: the final checkpoints are equal bit for bit. Resumed without the random
     states (stock Lightning) they are not."""
-    tag = f"resume-{objective}"
+    tag = f"resume-{objective}-{devices}"
     common = [
         f"method_kwargs.ssl_method={objective}",
         f"data.num_workers={workers}",
@@ -239,6 +243,8 @@ def test_resume_equals_uninterrupted_run(workspace, objective, workers):
         "max_epochs=2",
         "checkpoint.keep_prev=true",
     ]
+    if devices > 1:
+        common += [f'devices="{devices}"', "strategy=ddp", "accelerator=cpu"]
 
     def run(name: str, ckpt_dir: Path, extra: list[str], **env: str) -> None:
         probe(
@@ -258,17 +264,19 @@ def test_resume_equals_uninterrupted_run(workspace, objective, workers):
     assert not list((root / "part").rglob("*ep=1.ckpt"))
     run("resumed", root / "resumed", [*off, f'resume_from_checkpoint="{first}"'])
     resumed = newest(root / "resumed", "*ep=1.ckpt")
-    # auto-resume: solo-learn's AutoResumer finds the interrupted run's checkpoint by its args
-    run("auto", root / "part", ["auto_resume.enabled=true"])
-    auto = newest(root / "part", "*ep=1.ckpt")
+    checked = [("resume_from_checkpoint", resumed)]
+    if devices == 1:
+        # auto-resume: solo-learn's AutoResumer finds the interrupted run's checkpoint by its args
+        run("auto", root / "part", ["auto_resume.enabled=true"])
+        checked.append(("auto-resume", newest(root / "part", "*ep=1.ckpt")))
 
     expected = load_ckpt(whole)
-    assert len(load_ckpt(first)["s2bnn_rng_states"]) == 1
-    for how, path in (("resume_from_checkpoint", resumed), ("auto-resume", auto)):
+    assert len(load_ckpt(first)["s2bnn_rng_states"]) == devices  # one per process
+    for how, path in checked:
         got = load_ckpt(path)
         assert_same_training_state(expected, got)
         diff = max_abs_diff(expected["state_dict"], got["state_dict"])
-        print(f"{objective}: {how}: max |dw| vs uninterrupted = {diff}")
+        print(f"{objective}, {devices} process(es): {how}: max |dw| vs uninterrupted = {diff}")
     if objective == "none":
         run(
             "stock", root / "stock", [*off, f'resume_from_checkpoint="{first}"'], no_rng_restore="1"
