@@ -6,8 +6,6 @@ runs the wrapper.
 
 - ``S2BNN_PROBE_OUT=DIR``: at the end of training each rank writes ``DIR/rank<r>.pt`` (its
   student's state dict, the logged metrics, which parameters DDP synchronises).
-- ``S2BNN_PROBE_STOP_AFTER_EPOCH=N``: stop after epoch N, after solo-learn's checkpoint of it
-  (an interrupted run whose settings, ``max_epochs`` included, are the full run's).
 - ``S2BNN_PROBE_NO_RNG_RESTORE=1``: resume without restoring the random states (stock behaviour).
 """
 
@@ -23,11 +21,6 @@ from lightning.pytorch import Callback, Trainer
 
 
 class Probe(Callback):
-    def on_train_epoch_end(self, trainer, module) -> None:
-        stop = os.environ.get("S2BNN_PROBE_STOP_AFTER_EPOCH")
-        if stop is not None and trainer.current_epoch == int(stop):
-            trainer.should_stop = True
-
     def on_train_end(self, trainer, module) -> None:
         out = os.environ.get("S2BNN_PROBE_OUT")
         if not out:

@@ -619,7 +619,7 @@ def _max_diff(a: dict, b: dict) -> float:
     return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
 
 
-@pytest.mark.parametrize("ssl_method,num_workers", [("none", 0), ("simclr", 2)])
+@pytest.mark.parametrize("ssl_method,num_workers", [("none", 0), ("simclr", 2), ("byol", 0)])
 def test_resumed_run_equals_the_uninterrupted_one_bitwise(
     methods, teacher_ckpt, tmp_path, ssl_method, num_workers, monkeypatch
 ):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -222,92 +223,96 @@ def load_ckpt(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-@pytest.mark.parametrize(
-    "objective,workers,devices",
-    [
-        ("none", "0", 1),  # distillation alone
-        ("simclr", "2", 1),  # mixed, with data-loader workers
-        ("simclr", "0", 2),  # mixed, DDP on 2 CPU processes
-    ],
-)
-def test_resume_equals_uninterrupted_run(workspace, objective, workers, devices):
-    """main_pretrain.py, deterministic, 2 epochs in one go vs an interrupted run (stopped after
-    its epoch-0 checkpoint, max_epochs unchanged) continued by resume_from_checkpoint and by
-    auto-resume: the final checkpoints are equal bit for bit. Resumed without the random
-    states (stock Lightning) they are not."""
-    tag = f"resume-{objective}-{devices}"
-    common = [
-        f"method_kwargs.ssl_method={objective}",
-        f"data.num_workers={workers}",
-        "+deterministic=true",
-        "max_epochs=2",
-        "checkpoint.keep_prev=true",
-    ]
-    if devices > 1:
-        common += [f'devices="{devices}"', "strategy=ddp", "accelerator=cpu"]
+def resume_runs(
+    workspace: Path, tag: str, config: str, common: list[str], auto: bool = False, **env: str
+) -> dict[str, dict]:
+    """2 epochs in one go (keeping its epoch-0 checkpoint), then a run resumed from that
+    checkpoint with ``resume_from_checkpoint`` and, with ``auto``, one found by solo-learn's
+    auto-resume in a folder holding only that checkpoint and its args.json (as an interrupted
+    run leaves it). ``env`` goes to the uninterrupted run's probe. Returns the checkpoints."""
+    root = workspace / tag
+    common = [*common, "+deterministic=true", "max_epochs=2", "checkpoint.keep_prev=true"]
 
-    def run(name: str, ckpt_dir: Path, extra: list[str], **env: str) -> None:
+    def run(name: str, extra: list[str], **variables: str) -> Path:
+        probe(
+            workspace,
+            config,
+            f"{tag}/{name}",
+            [*common, f"checkpoint.dir={root / name}", *extra],
+            **variables,
+        )
+        return newest(root / name, "*ep=1.ckpt")
+
+    off = ["auto_resume.enabled=false"]
+    found = {"whole": run("whole", off, **env)}
+    first = newest(root / "whole", "*ep=0.ckpt")
+    found["first"] = first
+    found["resumed"] = run("resumed", [*off, f'resume_from_checkpoint="{first}"'])
+    if auto:
+        copy = root / "auto" / "s2bnn" / "interrupted"
+        copy.mkdir(parents=True)
+        shutil.copy(first, copy / first.name)
+        shutil.copy(first.parent / "args.json", copy / "args.json")
+        found["auto"] = run("auto", ["auto_resume.enabled=true"])
+        assert found["auto"].parent != copy  # a new run, not the copied one
+    return {k: load_ckpt(v) for k, v in found.items()}
+
+
+@pytest.mark.parametrize(
+    "objective,workers",
+    [("none", "0"), ("simclr", "2")],  # distillation alone; mixed, with data-loader workers
+)
+def test_resume_equals_uninterrupted_run(workspace, objective, workers):
+    """main_pretrain.py, deterministic: 2 epochs in one go vs 1 + resume + 1, by
+    resume_from_checkpoint and by auto-resume: the final checkpoints (weights, Adam state,
+    scheduler) are equal bit for bit. Resumed without the random states (stock Lightning) the
+    weights are not."""
+    common = [f"method_kwargs.ssl_method={objective}", f"data.num_workers={workers}"]
+    tag = f"resume-{objective}"
+    ckpts = resume_runs(workspace, tag, "s2bnn.yaml", common, auto=True)
+    expected = ckpts["whole"]
+    assert len(ckpts["first"]["s2bnn_rng_states"]) == 1
+    for how in ("resumed", "auto"):
+        assert_same_training_state(expected, ckpts[how])
+        diff = max_abs_diff(expected["state_dict"], ckpts[how]["state_dict"])
+        print(f"{objective}: {how}: max |dw| vs uninterrupted = {diff}")
+    if objective == "none":
+        first = newest(workspace / tag / "whole", "*ep=0.ckpt")
         probe(
             workspace,
             "s2bnn.yaml",
-            f"{tag}/{name}",
-            [*common, f"checkpoint.dir={ckpt_dir}", *extra],
-            **env,
+            f"{tag}/stock",
+            [
+                *common,
+                "+deterministic=true",
+                "max_epochs=2",
+                f"checkpoint.dir={workspace / tag / 'stock'}",
+                "auto_resume.enabled=false",
+                f'resume_from_checkpoint="{first}"',
+            ],
+            no_rng_restore="1",
         )
-
-    off = ["auto_resume.enabled=false"]
-    root = workspace / tag
-    run("whole", root / "whole", off)
-    whole = newest(root / "whole", "*ep=1.ckpt")
-    run("part", root / "part", off, stop_after_epoch="0")
-    first = newest(root / "part", "*ep=0.ckpt")
-    assert not list((root / "part").rglob("*ep=1.ckpt"))
-    run("resumed", root / "resumed", [*off, f'resume_from_checkpoint="{first}"'])
-    resumed = newest(root / "resumed", "*ep=1.ckpt")
-    checked = [("resume_from_checkpoint", resumed)]
-    if devices == 1:
-        # auto-resume: solo-learn's AutoResumer finds the interrupted run's checkpoint by its args
-        run("auto", root / "part", ["auto_resume.enabled=true"])
-        checked.append(("auto-resume", newest(root / "part", "*ep=1.ckpt")))
-
-    expected = load_ckpt(whole)
-    assert len(load_ckpt(first)["s2bnn_rng_states"]) == devices  # one per process
-    for how, path in checked:
-        got = load_ckpt(path)
-        assert_same_training_state(expected, got)
-        diff = max_abs_diff(expected["state_dict"], got["state_dict"])
-        print(f"{objective}, {devices} process(es): {how}: max |dw| vs uninterrupted = {diff}")
-    if objective == "none":
-        run(
-            "stock", root / "stock", [*off, f'resume_from_checkpoint="{first}"'], no_rng_restore="1"
-        )
-        stock = load_ckpt(newest(root / "stock", "*ep=1.ckpt"))
+        stock = load_ckpt(newest(workspace / tag / "stock", "*ep=1.ckpt"))
         diff = max_abs_diff(expected["state_dict"], stock["state_dict"])
         print(f"{objective}: resumed without the random states: max |dw| = {diff:.4f}")
         assert diff > 1e-4
 
 
 def test_ddp_two_cpu_processes(workspace):
-    """strategy=ddp, 2 CPU processes: both ranks trained, their student parameters end equal,
-    the epoch losses they logged are the synchronised (equal) values, and the teacher is in
-    neither DDP's parameters nor the checkpoint."""
+    """strategy=ddp, 2 CPU processes, MoCo v2 + distillation: both ranks trained, their student
+    parameters end equal, the epoch losses they logged are the synchronised (equal) values, the
+    teacher is in neither DDP's parameters nor the checkpoint; and resuming from the epoch-0
+    checkpoint (every rank's random states in it) ends bit for bit where the whole run did."""
     out = workspace / "ddp-probe"
     out.mkdir()
-    probe(
-        workspace,
-        "s2bnn_mocov2plus.yaml",
-        "ddp",
-        [
-            'devices="2"',
-            "strategy=ddp",
-            "accelerator=cpu",
-            "method_kwargs.ssl_kwargs.queue_size=64",
-            f"checkpoint.dir={workspace / 'ddp'}",
-            "auto_resume.enabled=false",
-            "max_epochs=1",
-        ],
-        out=str(out),
-    )
+    common = [
+        'devices="2"',
+        "strategy=ddp",
+        "accelerator=cpu",
+        "method_kwargs.ssl_kwargs.queue_size=64",
+    ]
+    ckpts = resume_runs(workspace, "ddp", "s2bnn_mocov2plus.yaml", common, out=str(out))
+
     ranks = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     assert [r["rank"] for r in ranks] == [0, 1] and all(r["world_size"] == 2 for r in ranks)
     assert all(r["wrapper"] == "DistributedDataParallel" for r in ranks)
@@ -321,9 +326,12 @@ def test_ddp_two_cpu_processes(workspace):
         assert torch.isfinite(a) and torch.equal(a, b), key
     for r in ranks:
         assert r["teacher_parameters"] > 0 and r["teacher_parameters_synced"] == 0
-    state = load_ckpt(only_ckpt(workspace / "ddp" / "s2bnn"))
+    state = ckpts["whole"]
     assert not any(k.startswith("teacher") or "encoder_q" in k for k in state["state_dict"])
-    assert state["global_step"] > 0 and len(state["s2bnn_rng_states"]) == 2
+    assert len(ckpts["first"]["s2bnn_rng_states"]) == 2
+    assert_same_training_state(state, ckpts["resumed"])
+    diff = max_abs_diff(state["state_dict"], ckpts["resumed"]["state_dict"])
+    print(f"DDP, 2 processes: resumed: max |dw| vs uninterrupted = {diff}")
 
 
 @pytest.mark.parametrize(

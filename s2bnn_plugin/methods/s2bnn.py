@@ -25,7 +25,8 @@ drive the data order and the augmentations, so a resumed run would see other bat
 uninterrupted one. ``on_save_checkpoint`` adds every rank's states (plain tensors and lists:
 ``torch.load(..., weights_only=True)`` reads them) and ``on_load_checkpoint`` restores this rank's,
 so a run resumed from an epoch-end checkpoint trains on exactly the batches the uninterrupted run
-did (see README, "Resuming").
+did. Momentum objectives' current momentum (``momentum_updater.cur_tau``, outside solo-learn's
+state dict too) is saved and restored the same way (see README, "Resuming").
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ __all__ = ["S2BNN", "mixed_class", "objective_names"]
 NOT_OBJECTIVES = {"base", "linear", "s2bnn"}
 MIXED_PREFIX = "S2BNN_"
 RNG_KEY = "s2bnn_rng_states"
+TAU_KEY = "s2bnn_momentum_tau"
 
 
 def objective_names() -> list[str]:
@@ -280,8 +282,10 @@ class S2BNN(BaseMethod):
         return loss
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Add every rank's random states (see the module docstring). Lightning calls this on
-        every rank when a checkpoint is written, so the states can be gathered here."""
+        """Add every rank's random states (see the module docstring) and, for momentum
+        objectives, the current momentum (tau), which solo-learn keeps outside the state dict.
+        Lightning calls this on every rank when a checkpoint is written, so the states can be
+        gathered here."""
         super().on_save_checkpoint(checkpoint)
         state = rng_state.capture()
         dist = torch.distributed
@@ -291,11 +295,18 @@ class S2BNN(BaseMethod):
         else:
             states = [state]
         checkpoint[RNG_KEY] = states
+        updater = getattr(self, "momentum_updater", None)
+        if updater is not None:  # solo-learn's tau schedule lives outside the state dict
+            checkpoint[TAU_KEY] = float(updater.cur_tau)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore this rank's random states when ``trainer.fit`` resumes from a checkpoint
-        (not when a checkpoint is merely loaded, e.g. by ``load_from_checkpoint``)."""
+        """Restore the momentum (tau) and, when ``trainer.fit`` resumes from a checkpoint (not
+        when a checkpoint is merely loaded, e.g. by ``load_from_checkpoint``), this rank's
+        random states."""
         super().on_load_checkpoint(checkpoint)
+        updater = getattr(self, "momentum_updater", None)
+        if updater is not None and TAU_KEY in checkpoint:
+            updater.cur_tau = checkpoint[TAU_KEY]
         states = checkpoint.get(RNG_KEY)
         trainer = self._trainer
         if not states or trainer is None or trainer.state.fn != "fit":
