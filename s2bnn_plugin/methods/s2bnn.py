@@ -3,7 +3,8 @@
 A frozen real-valued teacher predicts a distribution for each large crop; the binary student's
 distillation head learns to match it (:func:`distillation_loss`). Optionally any other solo-learn
 objective trains alongside: ``loss = class_loss + ssl_weight * ssl_loss + distill_weight *
-distill_loss`` (``class_loss`` trains solo-learn's online linear classifier on detached features).
+distill_loss`` (``class_loss`` trains solo-learn's online linear classifier on detached features;
+with ``momentum.classifier`` the momentum classifier's loss is added too).
 
 How the mixing works: ``S2BNN(cfg)`` returns an instance of a class built for
 ``method_kwargs.ssl_method``, ``S2BNN_<objective>`` (importable from this module, so the model
