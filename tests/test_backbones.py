@@ -94,7 +94,13 @@ def test_bad_flag_and_ste_values():
         reactnet_a(binary_weights="yes")
     with pytest.raises(ValueError, match="activation_ste must be"):
         reactnet_a(activation_ste="scaled_sign")
-    assert reactnet_a(activation_ste="ste_sign", width_mult=0.1) is not None
+    # the choice reaches every binary activation (not just the constructor's arguments)
+    from s2bnn_plugin.nn.layers import QuantConv2d
+
+    for ste, expected in (("ste_sign", "ste_sign"), ("approx_sign", "approx_sign")):
+        convs = [m for m in reactnet_a(activation_ste=ste).modules() if isinstance(m, QuantConv2d)]
+        names = {c.input_quantizer.sign.name for c in convs if c.input_quantizer is not None}
+        assert names == {expected}, (ste, names)
 
 
 @pytest.mark.parametrize("shape", [(3, 32, 32), (2, 1, 32, 32), (2, 4, 32, 32)])

@@ -68,9 +68,13 @@ def test_resume_skips_finished_stages_and_keeps_checkpoints(dataset, tmp_path):
     assert (Path(teacher).stat().st_mtime_ns, Path(teacher).read_bytes()) == before
     results = json.loads((out / "results.json").read_text())
     assert set(results["results"]) == {"raw_pixels", "teacher", "contrastive", "distill", "mixed"}
+    table = (out / "results.md").read_text()
     for name in ("contrastive", "distill", "mixed"):
         assert results["results"][name]["engine"].startswith("packed")
-        assert 0 <= results["results"][name]["knn_top1"] <= 100
+        # a percentage of the 20 held-out images, and the one the table shows
+        top1 = results["results"][name]["knn_top1"]
+        assert top1 * 20 / 100 == pytest.approx(round(top1 * 20 / 100), abs=1e-9), top1
+        assert f"{top1:.2f}" in table
     for png in ("accuracy.png", "calibration.png"):
         assert (out / png).stat().st_size > 1000
     assert "distillation only" in (out / "results.md").read_text()

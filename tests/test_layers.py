@@ -30,8 +30,6 @@ def test_quant_conv_is_conv_of_signs_times_scale_with_zero_padding():
     x = torch.randn(2, 5, 7, 9)
     scale = conv.weight.abs().mean(dim=(1, 2, 3)).reshape(1, -1, 1, 1)
     ints = F.conv2d(binary_sign(x), binary_sign(conv.weight), stride=2, padding=1)
-    # accumulations are integers: interior positions are sums of +-1, border ones miss padded terms
-    assert torch.equal(ints, ints.round())
     assert torch.allclose(conv(x), scale * ints, atol=1e-5)
 
 

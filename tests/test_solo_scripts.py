@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -155,33 +156,182 @@ def test_mixed_objectives_from_the_command_line(workspace, config, extra, object
     assert not any(k.startswith("teacher") for k in state)
 
 
-def test_resume_reloads_teacher_and_continues(workspace):
-    _, out = pretrain(workspace, "s2bnn.yaml", "resume")
-    first = only_ckpt(out / "s2bnn")
-    step = torch.load(first, map_location="cpu", weights_only=True)["global_step"]
-    _, out = pretrain(
-        workspace,
-        "s2bnn.yaml",
-        "resume",
-        [f'resume_from_checkpoint="{first}"', "max_epochs=2", "checkpoint.keep_prev=true"],
+def probe(workspace: Path, config: str, name: str, extra: list[str], **env: str):
+    """``pretrain`` through ``solo_probe.py`` (solo-learn's script unchanged, plus a test
+    callback); ``env`` sets the probe's S2BNN_PROBE_* variables."""
+    out = workspace / name
+    out.mkdir(parents=True, exist_ok=True)
+    overrides = [
+        f"data.train_path={workspace / 'data' / 'train'}",
+        f"method_kwargs.teacher.ckpt={workspace / 'teacher.pth.tar'}",
+        f"default_root_dir={out}",
+        f"name={name.split('/')[0]}",
+        *TINY,
+        *extra,
+    ]
+    command = [
+        sys.executable,
+        str(Path(__file__).with_name("solo_probe.py")),
+        "--config-path",
+        str(configs_dir() / "pretrain" / "custom"),
+        "--config-name",
+        config,
+        *overrides,
+    ]
+    variables = {f"S2BNN_PROBE_{k.upper()}": v for k, v in env.items()}
+    variables["S2BNN_PROBE_SCRIPT"] = _script("main_pretrain.py")
+    proc = subprocess.run(
+        command,
+        cwd=workspace,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONWARNINGS="ignore", **variables),
+        timeout=600,
     )
-    ckpts = sorted((out / "s2bnn").rglob("*ep=1.ckpt"))
-    assert ckpts, "the resumed run wrote no epoch-1 checkpoint"
-    resumed = torch.load(ckpts[-1], map_location="cpu", weights_only=True)
-    assert resumed["epoch"] == 1 and resumed["global_step"] == 2 * step
+    if proc.returncode != 0:
+        raise AssertionError(f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return proc, out
+
+
+def newest(folder: Path, pattern: str) -> Path:
+    found = sorted(folder.rglob(pattern), key=lambda p: p.stat().st_mtime)
+    assert found, f"no {pattern} under {folder}"
+    return found[-1]
+
+
+def max_abs_diff(a: dict, b: dict) -> float:
+    return max(
+        (a[k].double() - b[k].double()).abs().max().item() for k in a if a[k].is_floating_point()
+    )
+
+
+def assert_same_training_state(expected: dict, got: dict) -> None:
+    """Weights (buffers included), Adam's moments and step counts, scheduler: bit for bit."""
+    assert expected["global_step"] == got["global_step"] and expected["epoch"] == got["epoch"]
+    assert expected["state_dict"].keys() == got["state_dict"].keys()
+    for k, v in expected["state_dict"].items():
+        assert torch.equal(v, got["state_dict"][k]), k
+    for opt_e, opt_g in zip(expected["optimizer_states"], got["optimizer_states"], strict=True):
+        assert opt_e["state"].keys() == opt_g["state"].keys()
+        for i, state in opt_e["state"].items():
+            for k, v in state.items():
+                assert torch.equal(v, opt_g["state"][i][k]), (i, k)
+    assert expected["lr_schedulers"] == got["lr_schedulers"]
+
+
+def load_ckpt(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def resume_runs(
+    workspace: Path, tag: str, config: str, common: list[str], auto: bool = False, **env: str
+) -> dict[str, dict]:
+    """2 epochs in one go (keeping its epoch-0 checkpoint), then a run resumed from that
+    checkpoint with ``resume_from_checkpoint`` and, with ``auto``, one found by solo-learn's
+    auto-resume in a folder holding only that checkpoint and its args.json (as an interrupted
+    run leaves it). ``env`` goes to the uninterrupted run's probe. Returns the checkpoints."""
+    root = workspace / tag
+    common = [*common, "+deterministic=true", "max_epochs=2", "checkpoint.keep_prev=true"]
+
+    def run(name: str, extra: list[str], **variables: str) -> Path:
+        probe(
+            workspace,
+            config,
+            f"{tag}/{name}",
+            [*common, f"checkpoint.dir={root / name}", *extra],
+            **variables,
+        )
+        return newest(root / name, "*ep=1.ckpt")
+
+    off = ["auto_resume.enabled=false"]
+    found = {"whole": run("whole", off, **env)}
+    first = newest(root / "whole", "*ep=0.ckpt")
+    found["first"] = first
+    found["resumed"] = run("resumed", [*off, f'resume_from_checkpoint="{first}"'])
+    if auto:
+        copy = root / "auto" / "s2bnn" / "interrupted"
+        copy.mkdir(parents=True)
+        shutil.copy(first, copy / first.name)
+        shutil.copy(first.parent / "args.json", copy / "args.json")
+        found["auto"] = run("auto", ["auto_resume.enabled=true"])
+        assert found["auto"].parent != copy  # a new run, not the copied one
+    return {k: load_ckpt(v) for k, v in found.items()}
+
+
+@pytest.mark.parametrize(
+    "objective,workers",
+    [("none", "0"), ("simclr", "2")],  # distillation alone; mixed, with data-loader workers
+)
+def test_resume_equals_uninterrupted_run(workspace, objective, workers):
+    """main_pretrain.py, deterministic: 2 epochs in one go vs 1 + resume + 1, by
+    resume_from_checkpoint and by auto-resume: the final checkpoints (weights, Adam state,
+    scheduler) are equal bit for bit. Resumed without the random states (stock Lightning) the
+    weights are not."""
+    common = [f"method_kwargs.ssl_method={objective}", f"data.num_workers={workers}"]
+    tag = f"resume-{objective}"
+    ckpts = resume_runs(workspace, tag, "s2bnn.yaml", common, auto=True)
+    expected = ckpts["whole"]
+    assert len(ckpts["first"]["s2bnn_rng_states"]) == 1
+    for how in ("resumed", "auto"):
+        assert_same_training_state(expected, ckpts[how])
+        diff = max_abs_diff(expected["state_dict"], ckpts[how]["state_dict"])
+        print(f"{objective}: {how}: max |dw| vs uninterrupted = {diff}")
+    if objective == "none":
+        first = newest(workspace / tag / "whole", "*ep=0.ckpt")
+        probe(
+            workspace,
+            "s2bnn.yaml",
+            f"{tag}/stock",
+            [
+                *common,
+                "+deterministic=true",
+                "max_epochs=2",
+                f"checkpoint.dir={workspace / tag / 'stock'}",
+                "auto_resume.enabled=false",
+                f'resume_from_checkpoint="{first}"',
+            ],
+            no_rng_restore="1",
+        )
+        stock = load_ckpt(newest(workspace / tag / "stock", "*ep=1.ckpt"))
+        diff = max_abs_diff(expected["state_dict"], stock["state_dict"])
+        print(f"{objective}: resumed without the random states: max |dw| = {diff:.4f}")
+        assert diff > 1e-4
 
 
 def test_ddp_two_cpu_processes(workspace):
-    proc, out = pretrain(
-        workspace,
-        "s2bnn_mocov2plus.yaml",
-        "ddp",
-        ['devices="2"', "strategy=ddp", "method_kwargs.ssl_kwargs.queue_size=64"],
-    )
-    ckpt = only_ckpt(out / "s2bnn")
-    assert "unused" not in proc.stderr.lower() or "find_unused_parameters" not in proc.stderr
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    assert state["global_step"] > 0
+    """strategy=ddp, 2 CPU processes, MoCo v2 + distillation: both ranks trained, their student
+    parameters end equal, the epoch losses they logged are the synchronised (equal) values, the
+    teacher is in neither DDP's parameters nor the checkpoint; and resuming from the epoch-0
+    checkpoint (every rank's random states in it) ends bit for bit where the whole run did."""
+    out = workspace / "ddp-probe"
+    out.mkdir()
+    common = [
+        'devices="2"',
+        "strategy=ddp",
+        "accelerator=cpu",
+        "method_kwargs.ssl_kwargs.queue_size=64",
+    ]
+    ckpts = resume_runs(workspace, "ddp", "s2bnn_mocov2plus.yaml", common, out=str(out))
+
+    ranks = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert [r["rank"] for r in ranks] == [0, 1] and all(r["world_size"] == 2 for r in ranks)
+    assert all(r["wrapper"] == "DistributedDataParallel" for r in ranks)
+    synced = ranks[0]["synced_parameters"]
+    assert any(n.startswith("backbone.") for n in synced)
+    assert any(n.startswith("distill_head.") for n in synced)
+    for name in synced:
+        assert torch.equal(ranks[0]["state_dict"][name], ranks[1]["state_dict"][name]), name
+    for key in ("train_distill_loss", "train_ssl_loss", "train_class_loss", "train_loss"):
+        a, b = ranks[0]["metrics"][f"{key}_epoch"], ranks[1]["metrics"][f"{key}_epoch"]
+        assert torch.isfinite(a) and torch.equal(a, b), key
+    for r in ranks:
+        assert r["teacher_parameters"] > 0 and r["teacher_parameters_synced"] == 0
+    state = ckpts["whole"]
+    assert not any(k.startswith("teacher") or "encoder_q" in k for k in state["state_dict"])
+    assert len(ckpts["first"]["s2bnn_rng_states"]) == 2
+    assert_same_training_state(state, ckpts["resumed"])
+    diff = max_abs_diff(state["state_dict"], ckpts["resumed"]["state_dict"])
+    print(f"DDP, 2 processes: resumed: max |dw| vs uninterrupted = {diff}")
 
 
 @pytest.mark.parametrize(

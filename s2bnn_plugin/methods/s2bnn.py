@@ -3,31 +3,47 @@
 A frozen real-valued teacher predicts a distribution for each large crop; the binary student's
 distillation head learns to match it (:func:`distillation_loss`). Optionally any other solo-learn
 objective trains alongside: ``loss = class_loss + ssl_weight * ssl_loss + distill_weight *
-distill_loss`` (``class_loss`` trains solo-learn's online linear classifier on detached features).
+distill_loss`` (``class_loss`` trains solo-learn's online linear classifier on detached features;
+with ``momentum.classifier`` the momentum classifier's loss is added too).
 
 How the mixing works: ``S2BNN(cfg)`` returns an instance of a class built for
-``method_kwargs.ssl_method``, ``S2BNN[<objective>]``, whose bases are ``(S2BNN, <objective class>,
-_KeepBaseOutputs)``. The objective keeps all of its own machinery (momentum encoders, queues,
+``method_kwargs.ssl_method``, ``S2BNN_<objective>`` (importable from this module, so the model
+pickles), whose bases are ``(S2BNN, <objective class>, [_TakeMomentumClassLoss,]
+_TakeClassLoss)``. The objective keeps all of its own machinery (momentum encoders, queues,
 prototypes, its hooks) and reads its own settings, ``method_kwargs.ssl_kwargs``, as if they were
-its ``method_kwargs``. ``_KeepBaseOutputs`` sits just above ``BaseMethod`` in the MRO and keeps the
-per-crop features and the classifier loss, so the objective's loss can be separated from it.
+its ``method_kwargs``. ``_TakeClassLoss`` sits just above ``BaseMethod`` in the MRO: it records the
+online classifier's loss and the per-crop features and hands the objective a zero in place of that
+loss; ``_TakeMomentumClassLoss`` does the same just above ``BaseMomentumMethod`` for the momentum
+classifier. What the objective returns is then its own loss alone, and every term of the total is
+taken where it is computed, not derived by subtraction.
 
 The teacher is not a registered sub-module: it never reaches the optimiser, DDP's gradient
-synchronisation, or solo-learn's checkpoints; a resumed run loads it again from its path.
+synchronisation, solo-learn's checkpoints or a pickled model; a resumed (or unpickled) model loads
+it again from its path.
+
+Resuming: Lightning's checkpoints do not hold the Python, NumPy and torch random states that
+drive the data order and the augmentations, so a resumed run would see other batches than an
+uninterrupted one. ``on_save_checkpoint`` adds every rank's states (plain tensors and lists:
+``torch.load(..., weights_only=True)`` reads them) and ``on_load_checkpoint`` restores this rank's,
+so a run resumed from an epoch-end checkpoint trains on exactly the batches the uninterrupted run
+did. Momentum objectives' current momentum (``momentum_updater.cur_tau``, outside solo-learn's
+state dict too) is saved and restored the same way (see README, "Resuming").
 """
 
 from __future__ import annotations
 
 import functools
+import warnings
 from pathlib import Path
 from typing import Any
 
 import omegaconf
 import torch
-from solo.methods.base import BaseMethod
+from solo.methods.base import BaseMethod, BaseMomentumMethod
 from solo.utils.misc import omegaconf_select
 from solo.utils.momentum import initialize_momentum_params
 
+from s2bnn_plugin.methods import rng_state
 from s2bnn_plugin.methods.distillation import (
     DistillationHead,
     calibration_stats,
@@ -39,6 +55,9 @@ from s2bnn_plugin.teachers import FORMATS, OUTPUTS, load_teacher
 __all__ = ["S2BNN", "mixed_class", "objective_names"]
 
 NOT_OBJECTIVES = {"base", "linear", "s2bnn"}
+MIXED_PREFIX = "S2BNN_"
+RNG_KEY = "s2bnn_rng_states"
+TAU_KEY = "s2bnn_momentum_tau"
 
 
 def objective_names() -> list[str]:
@@ -65,13 +84,26 @@ def _objective_class(name: str) -> type[BaseMethod] | None:
     return METHODS[name]
 
 
-class _KeepBaseOutputs(BaseMethod):
-    """Keeps ``BaseMethod.training_step``'s outputs (per-crop feats, classifier loss)."""
+class _TakeClassLoss(BaseMethod):
+    """Just above ``BaseMethod``: records the online classifier's loss and the per-crop features,
+    and passes a zero up in place of that loss, so the objective returns its own loss alone."""
 
     def training_step(self, batch: list[Any], batch_idx: int) -> dict[str, Any]:
         outs = super().training_step(batch, batch_idx)
-        self._base_outs = outs
-        return outs
+        self._loss_terms["class_loss"] = outs["loss"]
+        self._loss_terms["feats"] = outs["feats"]
+        return {**outs, "loss": outs["loss"].new_zeros(())}
+
+
+class _TakeMomentumClassLoss(BaseMomentumMethod):
+    """Just above ``BaseMomentumMethod``: records the momentum classifier's loss (when
+    ``momentum.classifier`` is set) and passes a zero up in place of the classifier losses."""
+
+    def training_step(self, batch: list[Any], batch_idx: int) -> dict[str, Any]:
+        outs = super().training_step(batch, batch_idx)
+        if "momentum_loss" in outs:
+            self._loss_terms["momentum_class_loss"] = outs["momentum_loss"]
+        return {**outs, "loss": outs["loss"].new_zeros(())}
 
 
 class S2BNN(BaseMethod):
@@ -93,8 +125,11 @@ class S2BNN(BaseMethod):
         student_init (str | None): a step-1 checkpoint whose weights initialise this student.
     """
 
-    def __new__(cls, cfg: omegaconf.DictConfig, *args: Any, **kwargs: Any) -> S2BNN:
+    def __new__(cls, cfg: omegaconf.DictConfig | None = None, *args: Any, **kwargs: Any) -> S2BNN:
+        # (cfg is None when pickle re-creates an instance of a mixed class)
         if cls is S2BNN:
+            if cfg is None:
+                raise TypeError("S2BNN(cfg): the config is required")
             ssl_method = str(omegaconf_select(cfg, "method_kwargs.ssl_method", "none")).lower()
             cls = mixed_class(ssl_method)
         return super().__new__(cls)
@@ -127,7 +162,7 @@ class S2BNN(BaseMethod):
         # not a registered sub-module: see the module docstring
         object.__setattr__(self, "teacher", teacher)
         self.distill_head = DistillationHead(self.features_dim, mk.head_hidden_dim, teacher_dim)
-        self._base_outs: dict[str, Any] | None = None
+        self._loss_terms: dict[str, Any] = {}
 
         if mk.student_init:
             self._load_student_init(Path(mk.student_init))
@@ -204,18 +239,21 @@ class S2BNN(BaseMethod):
         return self
 
     def training_step(self, batch: list[Any], batch_idx: int) -> torch.Tensor:
+        self._loss_terms = {}
         out = super().training_step(batch, batch_idx)
-        base = self._base_outs
-        self._base_outs = None
-        class_loss = base["loss"]  # online classifier (and momentum classifier, if any)
-        total = out["loss"] if isinstance(out, dict) else out
-        ssl_loss = total - class_loss if self.ssl_method != "none" else torch.zeros_like(total)
+        terms, self._loss_terms = self._loss_terms, {}
+        # the classifier losses were handed up as zeros: this is the objective's own loss
+        ssl_loss = out["loss"] if isinstance(out, dict) else out
+        class_loss = terms["class_loss"]  # logged by BaseMethod as train_class_loss
+        # logged by BaseMomentumMethod as train_momentum_class_loss
+        momentum_class_loss = terms.get("momentum_class_loss")
 
         _, crops, _ = batch
         crops = [crops] if isinstance(crops, torch.Tensor) else crops
         distill = []
         stats = []
-        for x, feats in zip(crops[: self.num_large_crops], base["feats"]):
+        # the teacher sees the large crops only (multi-crop's small crops train the objective)
+        for x, feats in zip(crops[: self.num_large_crops], terms["feats"], strict=False):
             if not self.no_channel_last:
                 x = x.to(memory_format=torch.channels_last)
             target = self.teacher(x)
@@ -223,11 +261,16 @@ class S2BNN(BaseMethod):
             distill.append(distillation_loss(prediction, target, self.distill_temperature))
             stats.append(calibration_stats(prediction, target, self.distill_temperature))
         distill_loss = sum(distill) / len(distill)
-        loss = class_loss + self.ssl_weight * ssl_loss + self.distill_weight * distill_loss
+        loss = class_loss + self.distill_weight * distill_loss
+        if self.ssl_method != "none":
+            loss = loss + self.ssl_weight * ssl_loss
+        if momentum_class_loss is not None:
+            loss = loss + momentum_class_loss
 
         n = len(stats)
         self.log_dict(
             {
+                "train_loss": loss,
                 "train_distill_loss": distill_loss,
                 "train_ssl_loss": ssl_loss,
                 "train_teacher_student_agreement": sum(s.agreement for s in stats) / n,
@@ -238,6 +281,62 @@ class S2BNN(BaseMethod):
             sync_dist=True,
         )
         return loss
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Add every rank's random states (see the module docstring) and, for momentum
+        objectives, the current momentum (tau), which solo-learn keeps outside the state dict.
+        Lightning calls this on every rank when a checkpoint is written, so the states can be
+        gathered here."""
+        super().on_save_checkpoint(checkpoint)
+        state = rng_state.capture()
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            states: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(states, state)
+        else:
+            states = [state]
+        checkpoint[RNG_KEY] = states
+        updater = getattr(self, "momentum_updater", None)
+        if updater is not None:  # solo-learn's tau schedule lives outside the state dict
+            checkpoint[TAU_KEY] = float(updater.cur_tau)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the momentum (tau) and, when ``trainer.fit`` resumes from a checkpoint (not
+        when a checkpoint is merely loaded, e.g. by ``load_from_checkpoint``), this rank's
+        random states."""
+        super().on_load_checkpoint(checkpoint)
+        updater = getattr(self, "momentum_updater", None)
+        if updater is not None and TAU_KEY in checkpoint:
+            updater.cur_tau = checkpoint[TAU_KEY]
+        states = checkpoint.get(RNG_KEY)
+        trainer = self._trainer
+        if not states or trainer is None or trainer.state.fn != "fit":
+            return
+        rank = trainer.global_rank
+        if rank >= len(states):
+            warnings.warn(
+                f"the checkpoint holds random states for {len(states)} process(es), this is "
+                f"rank {rank}: its data order and augmentations will differ from an "
+                "uninterrupted run",
+                stacklevel=2,
+            )
+            return
+        rng_state.restore(states[rank])
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled without the teacher (as in checkpoints): it is reloaded from its path."""
+        state = super().__getstate__()
+        state.pop("teacher", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        mk = self.cfg.method_kwargs
+        teacher = load_teacher(
+            mk.teacher.ckpt, mk.teacher.format, mk.teacher.output, mk.teacher.stem_padding
+        )
+        param = next(self.backbone.parameters())
+        object.__setattr__(self, "teacher", teacher.to(device=param.device, dtype=param.dtype))
 
     def _load_student_init(self, path: Path) -> None:
         """Initialise from a step-1 checkpoint: the backbone must fit exactly."""
@@ -273,11 +372,17 @@ def _crop_size(cfg: omegaconf.DictConfig) -> int:
 
 @functools.cache
 def mixed_class(ssl_method: str) -> type[S2BNN]:
-    """The class S2BNN instantiates for ``ssl_method`` (cached, one per objective)."""
+    """The class S2BNN instantiates for ``ssl_method`` (cached, one per objective), importable
+    as ``s2bnn_plugin.methods.s2bnn.S2BNN_<ssl_method>`` so that pickle finds it."""
     objective = _objective_class(ssl_method)
-    bases = (S2BNN, _KeepBaseOutputs) if objective is None else (S2BNN, objective, _KeepBaseOutputs)
+    if objective is None:
+        bases: tuple[type, ...] = (S2BNN, _TakeClassLoss)
+    elif issubclass(objective, BaseMomentumMethod):
+        bases = (S2BNN, objective, _TakeMomentumClassLoss, _TakeClassLoss)
+    else:
+        bases = (S2BNN, objective, _TakeClassLoss)
     chain = (objective or BaseMethod).add_and_assert_specific_cfg
-    name = f"S2BNN[{ssl_method}]"
+    name = f"{MIXED_PREFIX}{ssl_method}"
     return type(
         name,
         bases,
@@ -288,3 +393,13 @@ def mixed_class(ssl_method: str) -> type[S2BNN]:
             "__doc__": S2BNN.__doc__,
         },
     )
+
+
+def __getattr__(name: str) -> type[S2BNN]:
+    """``S2BNN_<objective>``: the mixed classes, made on first use (pickle looks them up here)."""
+    if name.startswith(MIXED_PREFIX):
+        try:
+            return mixed_class(name[len(MIXED_PREFIX) :])
+        except ValueError:
+            pass
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
