@@ -351,6 +351,40 @@ def _epilogue_sliced(
     hpo = ho + 2 * opad
     wpo = wo + 2 * opad
     tstride = n * hpo * wpo * owords * 4  # uint16 units between threshold sets
+    ktot_v = fsplat(ktot_f)
+    m2 = fsplat(-2.0)
+    if not pooled and bx + count <= wo:
+        # the usual case: the block lies along one row and the residual is the same position's
+        # value: every offset steps by a constant from one position to the next
+        q0 = (img * ho + by) * wo + bx
+        o0 = ((img * hpo + by + opad) * wpo + bx + opad) * owords * 4
+        for g in range(groups):
+            for c in range(0, cg, 16):
+                co = g * cg + c
+                scale, mul, add = fload(prm, co), fload(prm, cout + co), fload(prm, 2 * cout + co)
+                shift_in, slope = fload(prm, 3 * cout + co), fload(prm, 4 * cout + co)
+                shift_out = fload(prm, 5 * cout + co)
+                thr0 = fload(thr, co) if t_sets > 0 else m2
+                thr1 = fload(thr, cout + co) if t_sets > 1 else m2
+                a = g * bpg * LANES + c
+                for p in range(count):
+                    pop = fload(acc, p * cols + a)
+                    res_v = fload(res, (q0 + p) * cg + c)
+                    y = fmul(fadd(fmul(pop, m2), ktot_v), scale)  # ktot - 2 pop: exact
+                    y = fadd(fmul(y, mul), add)
+                    y = fadd(fprelu(fadd(fadd(y, res_v), shift_in), slope), shift_out)
+                    fstore(z, (q0 + p) * cout + co, y)
+                    o16 = o0 + p * owords * 4 + co // 16
+                    if t_sets > 0:
+                        store_u16(obits, o16, sign_mask16(y, thr0))
+                    if t_sets > 1:
+                        store_u16(obits, o16 + tstride, sign_mask16(y, thr1))
+        if cout % 64 != 0:  # the last word's channels past cout stay clear
+            for p in range(count):
+                for t in range(t_sets):
+                    for j in range((cout + 15) // 16, owords * 4):
+                        store_u16(obits, o0 + p * owords * 4 + t * tstride + j, 0)
+        return
     hr, wr = (h, w) if pooled else (ho, wo)
     oy, ox = by, bx
     for p in range(count):
@@ -365,8 +399,6 @@ def _epilogue_sliced(
         store(pos, q + 4, r3)
         store(pos, q + 5, taps)
         store(pos, q + 6, (((img * hpo + oy + opad) * wpo + ox + opad) * owords) * 4)
-    ktot_v = fsplat(ktot_f)
-    m2 = fsplat(-2.0)
     for g in range(groups):
         for c in range(0, cg, 16):
             co = g * cg + c
