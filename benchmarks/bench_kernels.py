@@ -50,6 +50,7 @@ from s2bnn_plugin.export.bench import (
     onnx_session,
     prebinarised,
     profile,
+    profile_summary,
     profile_table,
     set_threads,
 )
@@ -111,8 +112,10 @@ def main(argv: list[str] | None = None) -> int:
         if p.batch == 1:
             title = f"ReActNet-A, {args.size} px, batch 1, {p.threads} thread(s)"
             print(f"### Where the time goes: {title}\n")
-            print(profile_table(p))
-            print()
+            print(profile_summary(p))
+            print(
+                f"\n<details><summary>every stage</summary>\n\n{profile_table(p)}\n\n</details>\n"
+            )
     print(
         f"### End to end against its binary convolutions alone, {args.size} px\n\n"
         "(the same layers' binary_conv_acc calls in sequence, on the same chunks of images)\n"

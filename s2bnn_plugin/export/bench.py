@@ -39,6 +39,7 @@ __all__ = [
     "onnx_session",
     "prebinarised",
     "profile",
+    "profile_summary",
     "profile_table",
     "set_threads",
 ]
@@ -308,6 +309,7 @@ class Stage:
     name: str
     total_s: float
     conv_s: float | None = None
+    px: int | None = None  # a binary unit's input size
 
     @property
     def epilogue_s(self) -> float | None:
@@ -423,11 +425,12 @@ def profile(
     scale = batch / min(chunk, batch)  # stages: the first chunk's, times the chunks
     stages, j = [], 0
     for call, t in zip(first_calls, stage_t):
-        conv = None
+        conv = px = None
         if call.unit is not None:
             conv = conv_t[j] * scale
+            px = call.args[2]
             j += 1
-        stages.append(Stage(call.name, t * scale, conv))
+        stages.append(Stage(call.name, t * scale, conv, px))
     return Profile(batch, threads, stages, best_net, best_convs, best_calls)
 
 
@@ -456,6 +459,41 @@ def profile_table(p: Profile) -> str:
     ]
     headers = ["stage", "ms", "binary conv alone ms", "epilogue ms", "share"]
     return markdown_table(headers, rows)
+
+
+def profile_summary(p: Profile) -> str:
+    """:func:`profile_table` with the binary units summed by input size."""
+    rows, groups = [], {}
+    for s in p.stages:
+        if s.px is None:
+            rows.append([s.name, s.total_s, None, None])
+            continue
+        if s.px not in groups:
+            groups[s.px] = [f"binary units at {s.px} px", 0.0, 0.0, 0.0, 0]
+            rows.append(groups[s.px])
+        g = groups[s.px]
+        g[1] += s.total_s
+        g[2] += s.conv_s
+        g[3] += s.epilogue_s
+        g[4] += 1
+    e2e = p.end_to_end_s
+    cells = []
+    for r in rows:
+        name = r[0] if len(r) == 4 else f"{r[0]} ({r[4]})"
+        conv = "" if r[2] is None else f"{r[2] * 1e3:.3f}"
+        epi = "" if r[3] is None else f"{r[3] * 1e3:.3f}"
+        cells.append([name, f"{r[1] * 1e3:.3f}", conv, epi, f"{r[1] / e2e:.1%}"])
+    staged = sum(s.total_s for s in p.stages)
+    convs = sum(s.conv_s for s in p.stages if s.conv_s is not None)
+    epis = sum(s.epilogue_s for s in p.stages if s.epilogue_s is not None)
+    cells += [
+        ["stages, summed", f"{staged * 1e3:.3f}", f"{convs * 1e3:.3f}", f"{epis * 1e3:.3f}",
+         f"{staged / e2e:.1%}"],
+        ["outside the compiled calls", f"{p.glue_s * 1e3:.3f}", "", "", f"{p.glue_s / e2e:.1%}"],
+        ["**end to end**", f"**{e2e * 1e3:.3f}**", "", "", "100%"],
+    ]  # fmt: skip
+    headers = ["stage", "ms", "binary conv alone ms", "epilogue ms", "share"]
+    return markdown_table(headers, cells)
 
 
 def onnx_export(model: nn.Module, size: int) -> tuple[bytes | None, str]:
