@@ -13,7 +13,8 @@ the micro-kernels of :mod:`.micro` block by block, with the zero-padding correct
   by the next residual and packs the next layer's sign bits directly. Where every group has
   whole 16-channel slices (all of ReActNet-A) the transform runs slice by slice over a block's
   positions, the slice's six parameters held in registers, and the signs come from the
-  registers (one compare into a mask register, 16 bits stored), never read back from the map.
+  registers (one compare into a mask register per 16 channels; two slices at a time along a
+  row, their 32 bits in one store), never read back from the map.
 
 Parallel over blocks of output positions (``prange`` on the outermost loop only; every job
 writes disjoint output rows).
@@ -51,6 +52,7 @@ from .simd import (
     sign_mask16,
     store,
     store_u16,
+    store_u32,
 )
 
 __all__ = [
@@ -337,6 +339,42 @@ def _epilogue_generic(
 
 
 @njit(cache=True, inline="always")
+def _slice_pair(
+    acc, cols, a, res, q0, cg, c, cout, co, prm, thr, t_sets, z, obits, o0, owords, tstride,
+    count, ktot_v, m2,
+):  # fmt: skip
+    """Two 16-channel slices ``co .. co + 32`` of a block along one row: their signs go out as
+    one 32-bit store per threshold set."""
+    s0, s1 = fload(prm, co), fload(prm, co + 16)
+    mu0, mu1 = fload(prm, cout + co), fload(prm, cout + co + 16)
+    ad0, ad1 = fload(prm, 2 * cout + co), fload(prm, 2 * cout + co + 16)
+    si0, si1 = fload(prm, 3 * cout + co), fload(prm, 3 * cout + co + 16)
+    sl0, sl1 = fload(prm, 4 * cout + co), fload(prm, 4 * cout + co + 16)
+    so0, so1 = fload(prm, 5 * cout + co), fload(prm, 5 * cout + co + 16)
+    ta0 = fload(thr, co) if t_sets > 0 else m2
+    ta1 = fload(thr, co + 16) if t_sets > 0 else m2
+    tb0 = fload(thr, cout + co) if t_sets > 1 else m2
+    tb1 = fload(thr, cout + co + 16) if t_sets > 1 else m2
+    o32 = o0 // 2 + co // 32
+    for p in range(count):
+        r = (q0 + p) * cg + c
+        y0 = fmul(fadd(fmul(fload(acc, p * cols + a), m2), ktot_v), s0)
+        y1 = fmul(fadd(fmul(fload(acc, p * cols + a + 16), m2), ktot_v), s1)
+        y0 = fadd(fmul(y0, mu0), ad0)
+        y1 = fadd(fmul(y1, mu1), ad1)
+        y0 = fadd(fprelu(fadd(fadd(y0, fload(res, r)), si0), sl0), so0)
+        y1 = fadd(fprelu(fadd(fadd(y1, fload(res, r + 16)), si1), sl1), so1)
+        zo = (q0 + p) * cout + co
+        fstore(z, zo, y0)
+        fstore(z, zo + 16, y1)
+        o = o32 + p * owords * 2
+        if t_sets > 0:
+            store_u32(obits, o, sign_mask16(y0, ta0) | (sign_mask16(y1, ta1) << 16))
+        if t_sets > 1:
+            store_u32(obits, o + tstride // 2, sign_mask16(y0, tb0) | (sign_mask16(y1, tb1) << 16))
+
+
+@njit(cache=True, inline="always")
 def _epilogue_sliced(
     acc, cols, n, img, by, bx, count, h, w, ho, wo, cg, cout, groups, bpg, ktot_f, prm, res,
     pooled, z, thr, t_sets, opad, obits, owords, pos,
@@ -358,7 +396,15 @@ def _epilogue_sliced(
         # value: every offset steps by a constant from one position to the next
         q0 = (img * ho + by) * wo + bx
         o0 = ((img * hpo + by + opad) * wpo + bx + opad) * owords * 4
+        pairs = cg % 32 == 0
         for g in range(groups):
+            if pairs:
+                for c in range(0, cg, 32):
+                    _slice_pair(
+                        acc, cols, g * bpg * LANES + c, res, q0, cg, c, cout, g * cg + c, prm, thr,
+                        t_sets, z, obits, o0, owords, tstride, count, ktot_v, m2,
+                    )  # fmt: skip
+                continue
             for c in range(0, cg, 16):
                 co = g * cg + c
                 scale, mul, add = fload(prm, co), fload(prm, cout + co), fload(prm, 2 * cout + co)

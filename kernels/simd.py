@@ -37,6 +37,7 @@ __all__ = [
     "sign_bits64",
     "sign_mask16",
     "store_u16",
+    "store_u32",
     "sign_bits_partial",
     "store",
     "vload",
@@ -684,6 +685,23 @@ def store_u16(typingctx, arr, idx, val):
         base = builder.bitcast(_base_ptr(context, builder, sig.args[0], args[0]), i16.as_pointer())
         v = context.cast(builder, args[2], sig.args[2], types.uint64)
         builder.store(builder.trunc(v, i16), builder.gep(base, [args[1]]), align=2)
+        return context.get_dummy_value()
+
+    return types.none(arr, idx, val), codegen
+
+
+@intrinsic
+def store_u32(typingctx, arr, idx, val):
+    """Store the low 32 bits of ``val`` as the ``idx``-th uint32 of a flat uint64 array (32
+    channels' packed signs into their half of a word)."""
+    ints = isinstance(idx, types.Integer) and isinstance(val, types.Integer)
+    if not _check_u64_array(arr) or not ints:
+        return None
+
+    def codegen(context, builder, sig, args):
+        base = builder.bitcast(_base_ptr(context, builder, sig.args[0], args[0]), _I32.as_pointer())
+        v = context.cast(builder, args[2], sig.args[2], types.uint64)
+        builder.store(builder.trunc(v, _I32), builder.gep(base, [args[1]]), align=4)
         return context.get_dummy_value()
 
     return types.none(arr, idx, val), codegen

@@ -206,10 +206,12 @@ def test_binary_gemm(m, cin, cout, seed):
     seed=st.integers(0, 2**16),
 )
 # always: the sliced epilogue with a half-empty last word and two threshold sets, along whole
-# rows (blocks of 8 and 4 positions), and with a pooled residual and two groups
+# rows (blocks of 8 and 4 positions; slices in pairs, and single for 48 channels), and with a
+# pooled residual and two groups
 @example(n=1, h=5, w=7, cin=32, k=3, stride=1, groups=1, next_sets=2, opad=1, seed=1)
 @example(n=2, h=3, w=16, cin=32, k=3, stride=1, groups=1, next_sets=2, opad=1, seed=3)
 @example(n=1, h=3, w=12, cin=64, k=1, stride=1, groups=2, next_sets=1, opad=1, seed=4)
+@example(n=1, h=2, w=9, cin=48, k=1, stride=1, groups=2, next_sets=2, opad=0, seed=5)
 @example(n=2, h=7, w=6, cin=64, k=3, stride=2, groups=2, next_sets=1, opad=0, seed=2)
 @FAST
 def test_fused_unit_matches_reference(n, h, w, cin, k, stride, groups, next_sets, opad, seed):
