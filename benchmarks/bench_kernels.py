@@ -11,9 +11,16 @@ runs taken alternately. The model has random weights: speed does not depend on t
   rounds. Two packed figures: the binary convolution alone (exact int32 accumulations, the
   per-layer speedup) and the whole fused unit (convolution, scale, BatchNorm, residual, RPReLU,
   next layer's packed signs) against the same convolution alone.
+- Where the time goes: every compiled call of the packed network (stem, input signs, each fused
+  unit with its binary convolution alone beside it -- the difference is the float epilogue --,
+  pooling) timed inside the full sequence, and what lies outside the compiled calls (Python,
+  dispatch); then end to end against the sum of its binary convolutions alone over the same
+  layers (batch 1 and 32, 1 and 2 threads).
 - End to end: ReActNet-A features at 224 px, batch 1 and 32, against the same model in PyTorch
-  fp32 eval mode, and against a copy whose weights were binarised once beforehand (the training
-  model re-binarises its weights on every forward, a large share of batch-1 time).
+  fp32 eval mode, against a copy whose weights were binarised once beforehand (the training
+  model re-binarises its weights on every forward, a large share of batch-1 time), and against
+  that copy exported to ONNX Runtime fp32 (``pip install 's2bnn-plugin[bench]'``; the column is
+  skipped, with the reason printed, when ``onnxruntime`` is absent).
 - File: the packed file against the fp32 state dict.
 
 Prints markdown tables.
@@ -25,6 +32,7 @@ import argparse
 import os
 import platform
 import sys
+from functools import partial
 
 import numba
 import torch
@@ -33,12 +41,18 @@ from s2bnn_plugin.kernels.assembly import popcount_report
 from s2bnn_plugin.backbones import create_backbone
 from s2bnn_plugin.export import pack
 from s2bnn_plugin.export.bench import (
-    end_to_end,
+    best_times,
     file_sizes,
     layer_table,
     layer_timings,
     markdown_table,
+    onnx_export,
+    onnx_session,
     prebinarised,
+    profile,
+    profile_summary,
+    profile_table,
+    set_threads,
 )
 
 
@@ -51,6 +65,11 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown CPU"
+
+
+def _features(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(x)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,9 +96,50 @@ def main(argv: list[str] | None = None) -> int:
         f"{report['vpopcntd_zmm']} vpopcntd (narrow layers) on zmm registers, "
         f"{report['popcnt_scalar']} scalar popcnt"
     )
+    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    print(f"load average before the run: {load} ({os.cpu_count()} CPUs)")
     wait = os.environ.get("OMP_WAIT_POLICY")
     if wait:  # a passive policy puts Numba's workers to sleep between kernels: slow on 2 threads
         print(f"OMP_WAIT_POLICY={wait} (the README's figures use the default)")
+    print()
+
+    profiles = [
+        profile(net, args.size, batch, threads, args.repeats)
+        for threads in args.threads
+        for batch in args.batch
+    ]
+    for p in profiles:
+        if p.batch == 1:
+            title = f"ReActNet-A, {args.size} px, batch 1, {p.threads} thread(s)"
+            print(f"### Where the time goes: {title}\n")
+            print(profile_summary(p))
+            print(
+                f"\n<details><summary>every stage</summary>\n\n{profile_table(p)}\n\n</details>\n"
+            )
+    print(
+        f"### End to end against its binary convolutions alone, {args.size} px\n\n"
+        "(the same layers' binary_conv_acc calls in sequence, on the same chunks of images)\n"
+    )
+    cells = [
+        [
+            p.batch,
+            p.threads,
+            f"{p.end_to_end_s * 1e3:.2f}",
+            f"{p.convs_s * 1e3:.2f}",
+            f"{p.glue_s * 1e3:.2f}",
+            f"**{p.ratio:.2f}**",
+        ]
+        for p in profiles
+    ]
+    headers = [
+        "batch",
+        "threads",
+        "end to end ms",
+        "binary convs alone ms",
+        "outside the compiled calls ms",
+        "ratio",
+    ]
+    print(markdown_table(headers, cells))
     print()
 
     layers = [r for t in args.threads for r in layer_timings(net, args.size, t, args.repeats)]
@@ -99,22 +159,35 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     fast = prebinarised(model)
-    rows = []
+    graph, runtime = onnx_export(fast, args.size)
+    if graph is None:
+        print(f"\nONNX Runtime column skipped: {runtime}")
+    rows, e2e = [], {}
     for threads in args.threads:
+        ort_run = onnx_session(graph, threads) if graph is not None else None
         for batch in args.batch:
             repeats = args.repeats if batch <= 8 else max(2, args.repeats // 2)
-            t = end_to_end(model, net, args.size, batch, threads, repeats)
-            f = end_to_end(fast, net, args.size, batch, threads, repeats)
+            set_threads(threads)
+            x = torch.randn(batch, net.in_channels, args.size, args.size)
+            xn = x.numpy()
+            fns = [partial(_features, model, x), partial(_features, fast, x), partial(net, xn)]
+            if ort_run is not None:
+                fns.append(partial(ort_run, xn))
+            times = best_times(fns, repeats, burst=1)
+            t_model, t_fast, t_packed = times[:3]
+            e2e[batch, threads] = t_packed
+            ort_cells = [f"{times[3] * 1e3:.1f}", f"{times[3] / t_packed:.1f}x"] if ort_run else []
             rows.append(
                 [
                     f"ReActNet-A {args.size} px",
                     batch,
                     threads,
-                    f"{t.torch_s * 1e3:.1f}",
-                    f"{f.torch_s * 1e3:.1f}",
-                    f"{min(t.packed_s, f.packed_s) * 1e3:.2f}",
-                    f"{t.torch_s / min(t.packed_s, f.packed_s):.1f}x",
-                    f"{f.torch_s / min(t.packed_s, f.packed_s):.1f}x",
+                    f"{t_model * 1e3:.1f}",
+                    f"{t_fast * 1e3:.1f}",
+                    *ort_cells,
+                    f"{t_packed * 1e3:.2f}",
+                    f"{t_model / t_packed:.1f}x",
+                    f"{t_fast / t_packed:.1f}x",
                 ]
             )
     print(f"\n### End to end (features), {args.size} px\n")
@@ -124,11 +197,19 @@ def main(argv: list[str] | None = None) -> int:
         "threads",
         "PyTorch fp32 ms",
         "PyTorch, weights binarised once, ms",
+        *([f"ONNX Runtime fp32 ms ({runtime})", "speedup vs ONNX Runtime"] if graph else []),
         "packed ms",
         "speedup",
         "speedup vs binarised once",
     ]
     print(markdown_table(headers, rows))
+    if len(args.threads) > 1:
+        one, more = args.threads[0], args.threads[-1]
+        for batch in args.batch:
+            print(
+                f"batch {batch}: {more} threads {e2e[batch, one] / e2e[batch, more]:.2f}x "
+                f"{one} thread(s) end to end"
+            )
 
     packed, fp32 = file_sizes(net, model)
     print(

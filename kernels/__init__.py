@@ -8,8 +8,10 @@ fused unit), :mod:`.realops` (stem convolution, pooling, projection shortcut), :
 (does the compiled code use ``vpopcntq`` / ``vpopcntd``?).
 
 All functions are ``@njit(cache=True)``: the first call in a fresh environment compiles them
-(about 20 s), later processes load the cached machine code, which :mod:`.cache` drops whenever
-any kernel source changes (Numba alone would keep code that inlined an edited helper). The
+(about 20 s), later processes load the cached machine code. :mod:`.cache` keeps that code in one
+folder per digest of all the kernel sources (under ``NUMBA_CACHE_DIR`` when set, else Numba's
+user-wide cache folder), so code compiled from other sources is never loaded (Numba alone
+would keep code that inlined an edited helper), and importing writes nothing in the package. The
 parallel ones run on Numba's thread pool (``numba.set_num_threads``); only their outermost loop
 is a ``prange`` and every iteration writes its own output rows. ``NUMBA_CPU_NAME=generic``
 compiles portable code for CPUs without AVX-512 (the vector popcount and masked loads are then
@@ -24,8 +26,10 @@ its buffer sizes first and raises ``ValueError``. The safe, validated entry poin
 :class:`s2bnn_plugin.export.PackedNetwork`.
 """
 
-from pathlib import Path as _Path
+# First: Numba picks a function's cache locator when ``@njit(cache=True)`` decorates it.
+from .cache import KernelCacheLocator as _KernelCacheLocator  # noqa: F401 (registers itself)
 
+# isort: split
 from .bconv import (
     POSITIONS,
     binary_conv_acc,
@@ -43,13 +47,8 @@ from .bitpack import (
     tap_sums,
     words_for,
 )
-from .cache import drop_stale_cache as _drop_stale_cache
 from .realops import conv_nchw_bn, global_avgpool, maxpool3x3s2, projection_shortcut
 from .simd import popcount64
-
-# Compiled code is loaded from the cache at a kernel's first call, never at import: checking the
-# cache against the sources here, after the imports, comes first still.
-_drop_stale_cache(_Path(__file__).parent)
 
 __all__ = [
     "LANES",

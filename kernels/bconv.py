@@ -10,7 +10,11 @@ the micro-kernels of :mod:`.micro` block by block, with the zero-padding correct
   bookkeeping.
 - :func:`binary_conv_fused` applies the whole output transform in the same pass -- weight scale,
   BatchNorm, the residual (optionally 2x2-average-pooled), RPReLU -- writes the float map needed
-  by the next residual and packs the next layer's sign bits directly.
+  by the next residual and packs the next layer's sign bits directly. Where every group has
+  whole 16-channel slices (all of ReActNet-A) the transform runs slice by slice over a block's
+  positions, the slice's six parameters held in registers, and the signs come from the
+  registers (one compare into a mask register per 16 channels; two slices at a time along a
+  row, their 32 bits in one store), never read back from the map.
 
 Parallel over blocks of output positions (``prange`` on the outermost loop only; every job
 writes disjoint output rows).
@@ -45,7 +49,10 @@ from .simd import (
     fstore_i32,
     fstore_n,
     load,
+    sign_mask16,
     store,
+    store_u16,
+    store_u32,
 )
 
 __all__ = [
@@ -297,6 +304,181 @@ def _transform(acc, aofs, ktot, cg, cbase, cout, prm, res, r0, r1, r2, r3, taps,
         )  # fmt: skip
 
 
+@njit(cache=True, inline="always")
+def _epilogue_generic(
+    acc, cols, n, img, by, bx, count, h, w, ho, wo, cg, cout, groups, bpg, ktot_f, prm, res,
+    pooled, z, thr, t_sets, opad, obits, owords,
+):  # fmt: skip
+    """The output transform of one block's popcounts in ``acc`` for any channel count: position
+    by position, then the next layer's signs packed from the stored float map."""
+    hpo = ho + 2 * opad
+    wpo = wo + 2 * opad
+    oy, ox = by, bx
+    for p in range(count):
+        if p > 0:
+            oy, ox = _next(oy, ox, wo)
+        aofs = p * cols
+        zoff = ((img * ho + oy) * wo + ox) * cout
+        hr, wr = (h, w) if pooled else (ho, wo)
+        r0, r1, r2, r3, taps = _residual_taps(img, hr, wr, cg, oy, ox, pooled)
+        for g in range(groups):
+            _transform(
+                acc, aofs + g * bpg * LANES, ktot_f, cg, g * cg, cout, prm, res,
+                r0, r1, r2, r3, taps, z, zoff,
+            )  # fmt: skip
+    # Pack the next layer's signs only now, once the block's float stores have left
+    # the store buffer: reading a row back right after writing it stalls.
+    oy, ox = by, bx
+    for p in range(count):
+        if p > 0:
+            oy, ox = _next(oy, ox, wo)
+        zoff = ((img * ho + oy) * wo + ox) * cout
+        for t in range(t_sets):
+            ooff = (((t * n + img) * hpo + oy + opad) * wpo + ox + opad) * owords
+            pack_row(z, zoff, cout, thr, t * cout, obits, ooff, owords)
+
+
+@njit(cache=True, inline="always")
+def _slice_pair(
+    acc, cols, a, res, q0, cg, c, cout, co, prm, thr, t_sets, z, obits, o0, owords, tstride,
+    count, ktot_v, m2,
+):  # fmt: skip
+    """Two 16-channel slices ``co .. co + 32`` of a block along one row: their signs go out as
+    one 32-bit store per threshold set."""
+    s0, s1 = fload(prm, co), fload(prm, co + 16)
+    mu0, mu1 = fload(prm, cout + co), fload(prm, cout + co + 16)
+    ad0, ad1 = fload(prm, 2 * cout + co), fload(prm, 2 * cout + co + 16)
+    si0, si1 = fload(prm, 3 * cout + co), fload(prm, 3 * cout + co + 16)
+    sl0, sl1 = fload(prm, 4 * cout + co), fload(prm, 4 * cout + co + 16)
+    so0, so1 = fload(prm, 5 * cout + co), fload(prm, 5 * cout + co + 16)
+    ta0 = fload(thr, co) if t_sets > 0 else m2
+    ta1 = fload(thr, co + 16) if t_sets > 0 else m2
+    tb0 = fload(thr, cout + co) if t_sets > 1 else m2
+    tb1 = fload(thr, cout + co + 16) if t_sets > 1 else m2
+    o32 = o0 // 2 + co // 32
+    for p in range(count):
+        r = (q0 + p) * cg + c
+        y0 = fmul(fadd(fmul(fload(acc, p * cols + a), m2), ktot_v), s0)
+        y1 = fmul(fadd(fmul(fload(acc, p * cols + a + 16), m2), ktot_v), s1)
+        y0 = fadd(fmul(y0, mu0), ad0)
+        y1 = fadd(fmul(y1, mu1), ad1)
+        y0 = fadd(fprelu(fadd(fadd(y0, fload(res, r)), si0), sl0), so0)
+        y1 = fadd(fprelu(fadd(fadd(y1, fload(res, r + 16)), si1), sl1), so1)
+        zo = (q0 + p) * cout + co
+        fstore(z, zo, y0)
+        fstore(z, zo + 16, y1)
+        o = o32 + p * owords * 2
+        if t_sets > 0:
+            store_u32(obits, o, sign_mask16(y0, ta0) | (sign_mask16(y1, ta1) << 16))
+        if t_sets > 1:
+            store_u32(obits, o + tstride // 2, sign_mask16(y0, tb0) | (sign_mask16(y1, tb1) << 16))
+
+
+@njit(cache=True, inline="always")
+def _epilogue_sliced(
+    acc, cols, n, img, by, bx, count, h, w, ho, wo, cg, cout, groups, bpg, ktot_f, prm, res,
+    pooled, z, thr, t_sets, opad, obits, owords, pos,
+):  # fmt: skip
+    """:func:`_epilogue_generic` when every group has whole 16-channel slices: slice by slice,
+    each slice's six parameters loaded once for the whole block, and the next layer's signs
+    taken from the registers (one compare into a mask, 16 bits stored) rather than read back
+    from the float map. Same float32 operations in the same order.
+
+    ``pos``: scratch, 8 int64 per position (float map offset, residual taps, packed offset).
+    """
+    hpo = ho + 2 * opad
+    wpo = wo + 2 * opad
+    tstride = n * hpo * wpo * owords * 4  # uint16 units between threshold sets
+    ktot_v = fsplat(ktot_f)
+    m2 = fsplat(-2.0)
+    if not pooled and bx + count <= wo:
+        # the usual case: the block lies along one row and the residual is the same position's
+        # value: every offset steps by a constant from one position to the next
+        q0 = (img * ho + by) * wo + bx
+        o0 = ((img * hpo + by + opad) * wpo + bx + opad) * owords * 4
+        pairs = cg % 32 == 0
+        for g in range(groups):
+            if pairs:
+                for c in range(0, cg, 32):
+                    _slice_pair(
+                        acc, cols, g * bpg * LANES + c, res, q0, cg, c, cout, g * cg + c, prm, thr,
+                        t_sets, z, obits, o0, owords, tstride, count, ktot_v, m2,
+                    )  # fmt: skip
+                continue
+            for c in range(0, cg, 16):
+                co = g * cg + c
+                scale, mul, add = fload(prm, co), fload(prm, cout + co), fload(prm, 2 * cout + co)
+                shift_in, slope = fload(prm, 3 * cout + co), fload(prm, 4 * cout + co)
+                shift_out = fload(prm, 5 * cout + co)
+                thr0 = fload(thr, co) if t_sets > 0 else m2
+                thr1 = fload(thr, cout + co) if t_sets > 1 else m2
+                a = g * bpg * LANES + c
+                for p in range(count):
+                    pop = fload(acc, p * cols + a)
+                    res_v = fload(res, (q0 + p) * cg + c)
+                    y = fmul(fadd(fmul(pop, m2), ktot_v), scale)  # ktot - 2 pop: exact
+                    y = fadd(fmul(y, mul), add)
+                    y = fadd(fprelu(fadd(fadd(y, res_v), shift_in), slope), shift_out)
+                    fstore(z, (q0 + p) * cout + co, y)
+                    o16 = o0 + p * owords * 4 + co // 16
+                    if t_sets > 0:
+                        store_u16(obits, o16, sign_mask16(y, thr0))
+                    if t_sets > 1:
+                        store_u16(obits, o16 + tstride, sign_mask16(y, thr1))
+        if cout % 64 != 0:  # the last word's channels past cout stay clear
+            for p in range(count):
+                for t in range(t_sets):
+                    for j in range((cout + 15) // 16, owords * 4):
+                        store_u16(obits, o0 + p * owords * 4 + t * tstride + j, 0)
+        return
+    hr, wr = (h, w) if pooled else (ho, wo)
+    oy, ox = by, bx
+    for p in range(count):
+        if p > 0:
+            oy, ox = _next(oy, ox, wo)
+        r0, r1, r2, r3, taps = _residual_taps(img, hr, wr, cg, oy, ox, pooled)
+        q = p * 8
+        store(pos, q, ((img * ho + oy) * wo + ox) * cout)
+        store(pos, q + 1, r0)
+        store(pos, q + 2, r1)
+        store(pos, q + 3, r2)
+        store(pos, q + 4, r3)
+        store(pos, q + 5, taps)
+        store(pos, q + 6, (((img * hpo + oy + opad) * wpo + ox + opad) * owords) * 4)
+    for g in range(groups):
+        for c in range(0, cg, 16):
+            co = g * cg + c
+            scale, mul, add = fload(prm, co), fload(prm, cout + co), fload(prm, 2 * cout + co)
+            shift_in, slope = fload(prm, 3 * cout + co), fload(prm, 4 * cout + co)
+            shift_out = fload(prm, 5 * cout + co)
+            # the next layers' thresholds (at most two sets here), also kept in registers
+            thr0 = fload(thr, co) if t_sets > 0 else m2
+            thr1 = fload(thr, cout + co) if t_sets > 1 else m2
+            a = g * bpg * LANES + c
+            for p in range(count):
+                q = p * 8
+                pop = fload(acc, p * cols + a)
+                res_v = _residual_vec(
+                    res, load(pos, q + 1), load(pos, q + 2), load(pos, q + 3), load(pos, q + 4),
+                    load(pos, q + 5), c, 16,
+                )  # fmt: skip
+                y = fmul(fadd(fmul(pop, m2), ktot_v), scale)  # ktot - 2 pop: exact
+                y = fadd(fmul(y, mul), add)
+                y = fadd(fprelu(fadd(fadd(y, res_v), shift_in), slope), shift_out)
+                fstore(z, load(pos, q) + co, y)
+                o16 = load(pos, q + 6) + co // 16
+                if t_sets > 0:
+                    store_u16(obits, o16, sign_mask16(y, thr0))
+                if t_sets > 1:
+                    store_u16(obits, o16 + tstride, sign_mask16(y, thr1))
+    if cout % 64 != 0:  # the last word's channels past cout stay clear
+        for p in range(count):
+            o16 = load(pos, p * 8 + 6)
+            for t in range(t_sets):
+                for j in range((cout + 15) // 16, owords * 4):
+                    store_u16(obits, o16 + t * tstride + j, 0)
+
+
 @njit(cache=True, parallel=True)
 def binary_conv_fused(
     bits,
@@ -347,15 +529,17 @@ def binary_conv_fused(
     t_sets = thr.shape[0]
     flat_thr = thr.ravel()
     owords = words_for(cout)
-    hpo = ho + 2 * opad
-    wpo = wo + 2 * opad
     flat_prm = prm.ravel()
     table = _border_table(wsum, k, cols)
     no_out = np.empty(0, np.int32)  # the popcounts go to acc, never straight to an int map
     ktot_f = np.float32(ktot)
+    # whole 16-channel slices per group: the epilogue runs slice by slice with the slice's
+    # parameters in registers, and packs the next layer's signs from the registers
+    sliced = cg % 16 == 0 and t_sets <= 2
     for job in prange(n * jobs_per_img):
         img, first, by, bx = _job_start(job, jobs_per_img, chunk, positions, wo)
         acc = np.empty(positions * cols, np.float32)
+        pos = np.empty(8 * positions, np.int64)
         for blk in range(first, min(first + chunk, nblocks)):
             count = min(positions, nq - blk * positions)
             _popcounts(
@@ -364,29 +548,16 @@ def binary_conv_fused(
             )  # fmt: skip
             if pad > 0 and not _interior(by, bx, count, k, stride, h, w, wo):
                 _border_block(acc, cols, k, by, bx, count, stride, h, w, wo, table)
-            oy, ox = by, bx
-            for p in range(count):
-                if p > 0:
-                    oy, ox = _next(oy, ox, wo)
-                aofs = p * cols
-                zoff = ((img * ho + oy) * wo + ox) * cout
-                hr, wr = (h, w) if pooled else (ho, wo)
-                r0, r1, r2, r3, taps = _residual_taps(img, hr, wr, cg, oy, ox, pooled)
-                for g in range(groups):
-                    _transform(
-                        acc, aofs + g * bpg * LANES, ktot_f, cg, g * cg, cout, flat_prm, res,
-                        r0, r1, r2, r3, taps, z, zoff,
-                    )  # fmt: skip
-            # Pack the next layer's signs only now, once the block's float stores have left
-            # the store buffer: reading a row back right after writing it stalls.
-            oy, ox = by, bx
-            for p in range(count):
-                if p > 0:
-                    oy, ox = _next(oy, ox, wo)
-                zoff = ((img * ho + oy) * wo + ox) * cout
-                for t in range(t_sets):
-                    ooff = (((t * n + img) * hpo + oy + opad) * wpo + ox + opad) * owords
-                    pack_row(z, zoff, cout, flat_thr, t * cout, obits, ooff, owords)
+            if sliced:
+                _epilogue_sliced(
+                    acc, cols, n, img, by, bx, count, h, w, ho, wo, cg, cout, groups, bpg, ktot_f,
+                    flat_prm, res, pooled, z, flat_thr, t_sets, opad, obits, owords, pos,
+                )  # fmt: skip
+            else:
+                _epilogue_generic(
+                    acc, cols, n, img, by, bx, count, h, w, ho, wo, cg, cout, groups, bpg, ktot_f,
+                    flat_prm, res, pooled, z, flat_thr, t_sets, opad, obits, owords,
+                )  # fmt: skip
             by, bx = _advance(by, bx, count, wo)
 
 

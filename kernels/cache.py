@@ -1,55 +1,98 @@
-"""Keeps Numba's on-disk cache of these kernels from going stale.
+"""Where Numba caches these kernels: one folder per digest of all the kernel sources.
 
 Numba keys each cached function by its own source file, not by the helpers it inlines from other
 files: after a change to ``simd.py`` alone, a cached ``bconv`` driver would go on running the old
 intrinsics and give silently wrong results (a git pull into an editable install does exactly
-that). So the package stamps its cache with a digest of all its sources and drops the cached
-machine code whenever that digest changes; the next call recompiles (about 20 s).
+that). So the package registers its own cache locator (Numba's
+``numba.core.caching.CacheImpl._locator_classes``) for the functions defined in this folder:
+their machine code goes to ``<root>/s2bnn_kernels/<digest>``, where ``<digest>`` is a SHA-256
+over the names and contents of every ``.py`` file here. Code compiled from other sources sits in
+another folder and is never loaded; nothing is ever deleted, and nothing is written inside the
+installed package (importing it is safe from many processes at once: DDP ranks, data-loader
+workers). ``<root>`` is ``NUMBA_CACHE_DIR`` when set, else the user-wide cache folder Numba
+itself would use (``~/.cache/numba`` on Linux), else the system's temporary folder.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
+import tempfile
 from pathlib import Path
 
-__all__ = ["drop_stale_cache", "source_digest"]
+from numba.core import caching, config
+from numba.core.caching import _CacheLocator, _SourceFileBackedLocatorMixin
 
-STAMP = "s2bnn_kernels.sha256"
+# ``CacheImpl`` since Numba 0.61 or so, ``_CacheImpl`` before
+_CACHE_IMPL = getattr(caching, "CacheImpl", None) or caching._CacheImpl
+
+__all__ = ["SUBDIR", "KernelCacheLocator", "cache_dir", "source_digest"]
+
+SUBDIR = "s2bnn_kernels"
+HERE = Path(__file__).resolve().parent
 
 
 def source_digest(directory: Path) -> str:
     """SHA-256 over the names and contents of the package's ``.py`` files."""
     h = hashlib.sha256()
-    for path in sorted(directory.glob("*.py")):
+    for path in sorted(Path(directory).glob("*.py")):
         h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()
 
 
-def drop_stale_cache(directory: Path) -> bool:
-    """Delete ``directory/__pycache__``'s Numba files (``*.nbi``, ``*.nbc``) unless they were
-    compiled from the current sources; returns whether anything was dropped.
+@functools.cache
+def _digest(directory: Path) -> str:
+    return source_digest(directory)
 
-    Unwritable caches (read-only installs, where Numba caches elsewhere) and a custom
-    ``NUMBA_CACHE_DIR`` are left alone: sources there do not change under a running install.
-    """
-    if os.environ.get("NUMBA_CACHE_DIR"):
-        return False
-    cache = directory / "__pycache__"
-    digest = source_digest(directory)
-    stamp = cache / STAMP
-    try:
-        if stamp.read_text() == digest:
-            return False
-    except OSError:
-        pass
-    dropped = False
-    try:
-        for f in list(cache.glob("*.nbi")) + list(cache.glob("*.nbc")):
-            f.unlink(missing_ok=True)
-            dropped = True
-        cache.mkdir(exist_ok=True)
-        stamp.write_text(digest)
-    except OSError:
-        return dropped
-    return dropped
+
+def _roots() -> list[str]:
+    """Cache roots in order of preference (see the module docstring)."""
+    if config.CACHE_DIR:  # NUMBA_CACHE_DIR, as Numba read it
+        return [config.CACHE_DIR]
+    from numba.misc.appdirs import AppDirs
+
+    user = AppDirs(appname="numba", appauthor=False).user_cache_dir
+    return [user, os.path.join(tempfile.gettempdir(), f"numba-{os.getuid()}")]
+
+
+def cache_dir(directory: Path = HERE, root: str | None = None) -> Path:
+    """The folder holding the machine code compiled from the sources in ``directory``."""
+    base = root if root is not None else _roots()[0]
+    return Path(base) / SUBDIR / _digest(Path(directory))[:32]
+
+
+class KernelCacheLocator(_SourceFileBackedLocatorMixin, _CacheLocator):
+    """Numba cache locator for the functions of this package: :func:`cache_dir`."""
+
+    def __init__(self, py_func, py_file, path):
+        self._py_file = py_file
+        self._lineno = py_func.__code__.co_firstlineno
+        self._cache_path = str(path)
+
+    def get_cache_path(self):
+        return self._cache_path
+
+    @classmethod
+    def from_function(cls, py_func, py_file):
+        folder = Path(py_file).resolve().parent
+        if folder != HERE:
+            return None  # not a kernel: Numba's own locators decide
+        for root in _roots():
+            self = cls(py_func, py_file, cache_dir(folder, root))
+            try:
+                self.ensure_cache_path()
+            except OSError:
+                continue
+            return self
+        return None
+
+
+def register() -> None:
+    """Put :class:`KernelCacheLocator` first in Numba's list (once; before any kernel module is
+    imported, since ``@njit(cache=True)`` picks its locator when it decorates)."""
+    if KernelCacheLocator not in _CACHE_IMPL._locator_classes:
+        _CACHE_IMPL._locator_classes.insert(0, KernelCacheLocator)
+
+
+register()

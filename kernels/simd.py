@@ -35,6 +35,9 @@ __all__ = [
     "popcount64",
     "sign_bits32",
     "sign_bits64",
+    "sign_mask16",
+    "store_u16",
+    "store_u32",
     "sign_bits_partial",
     "store",
     "vload",
@@ -652,3 +655,53 @@ def fprelu(typingctx, y, slope):
         return builder.select(positive, y_v, builder.fmul(y_v, s_v))
 
     return F32x16(y, slope), codegen
+
+
+@intrinsic
+def sign_mask16(typingctx, y, thr):
+    """Bit ``j`` set where ``not (y[j] + thr[j] >= 0)`` (NaN sets it), j < 16, as a uint64:
+    the packed signs of 16 channels straight from a register (one ``vcmpps`` into a mask)."""
+    if y != F32x16 or thr != F32x16:
+        return None
+
+    def codegen(context, builder, sig, args):
+        ge = builder.fcmp_ordered(">=", builder.fadd(args[0], args[1]), ir.Constant(_F16, None))
+        return builder.zext(builder.bitcast(builder.not_(ge), ir.IntType(16)), _I64)
+
+    return types.uint64(y, thr), codegen
+
+
+@intrinsic
+def store_u16(typingctx, arr, idx, val):
+    """Store the low 16 bits of ``val`` as the ``idx``-th uint16 of a flat uint64 array (16
+    channels' packed signs into their quarter of a word: little-endian, bits ``16 * (idx % 4)``
+    of word ``idx // 4``)."""
+    ints = isinstance(idx, types.Integer) and isinstance(val, types.Integer)
+    if not _check_u64_array(arr) or not ints:
+        return None
+
+    def codegen(context, builder, sig, args):
+        i16 = ir.IntType(16)
+        base = builder.bitcast(_base_ptr(context, builder, sig.args[0], args[0]), i16.as_pointer())
+        v = context.cast(builder, args[2], sig.args[2], types.uint64)
+        builder.store(builder.trunc(v, i16), builder.gep(base, [args[1]]), align=2)
+        return context.get_dummy_value()
+
+    return types.none(arr, idx, val), codegen
+
+
+@intrinsic
+def store_u32(typingctx, arr, idx, val):
+    """Store the low 32 bits of ``val`` as the ``idx``-th uint32 of a flat uint64 array (32
+    channels' packed signs into their half of a word)."""
+    ints = isinstance(idx, types.Integer) and isinstance(val, types.Integer)
+    if not _check_u64_array(arr) or not ints:
+        return None
+
+    def codegen(context, builder, sig, args):
+        base = builder.bitcast(_base_ptr(context, builder, sig.args[0], args[0]), _I32.as_pointer())
+        v = context.cast(builder, args[2], sig.args[2], types.uint64)
+        builder.store(builder.trunc(v, _I32), builder.gep(base, [args[1]]), align=4)
+        return context.get_dummy_value()
+
+    return types.none(arr, idx, val), codegen

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from numba import njit
 
@@ -205,6 +205,14 @@ def test_binary_gemm(m, cin, cout, seed):
     opad=st.integers(0, 1),
     seed=st.integers(0, 2**16),
 )
+# always: the sliced epilogue with a half-empty last word and two threshold sets, along whole
+# rows (blocks of 8 and 4 positions; slices in pairs, and single for 48 channels), and with a
+# pooled residual and two groups
+@example(n=1, h=5, w=7, cin=32, k=3, stride=1, groups=1, next_sets=2, opad=1, seed=1)
+@example(n=2, h=3, w=16, cin=32, k=3, stride=1, groups=1, next_sets=2, opad=1, seed=3)
+@example(n=1, h=3, w=12, cin=64, k=1, stride=1, groups=2, next_sets=1, opad=1, seed=4)
+@example(n=1, h=2, w=9, cin=48, k=1, stride=1, groups=2, next_sets=2, opad=0, seed=5)
+@example(n=2, h=7, w=6, cin=64, k=3, stride=2, groups=2, next_sets=1, opad=0, seed=2)
 @FAST
 def test_fused_unit_matches_reference(n, h, w, cin, k, stride, groups, next_sets, opad, seed):
     """Float output and next-layer bits of the fused kernel equal the numpy engine's exactly."""
@@ -241,9 +249,11 @@ def test_fused_unit_matches_reference(n, h, w, cin, k, stride, groups, next_sets
     wsum = K.tap_sums(wt, groups * bpg, k * k, K.words_for(cin), cin)
     ho, wo = y.shape[1:3]
     z = np.zeros(n * ho * wo * cout, np.float32)
-    obits = np.zeros(
-        next_sets * n * (ho + 2 * opad) * (wo + 2 * opad) * K.words_for(cout), np.uint64
-    )
+    # every interior word is written whole: start from set bits there (the border, by
+    # contract, is already zero)
+    obits = np.zeros((next_sets, n, ho + 2 * opad, wo + 2 * opad, K.words_for(cout)), np.uint64)
+    obits[:, :, opad : opad + ho, opad : opad + wo] = np.uint64(2**64 - 1)
+    obits = obits.ravel()
     K.binary_conv_fused(
         bits.ravel(),
         n,
@@ -424,38 +434,83 @@ def test_narrow_layers_need_the_32_bit_weight_layout():
         K.kernel_weights(K.pack_weights(np.ones((32, 40, 1, 1), np.uint8), 1), 32)
 
 
-def test_stale_numba_cache_is_dropped_when_any_kernel_source_changes(tmp_path, monkeypatch):
-    """Numba keys its cache by each function's own file; a change to an inlined helper in
-    another file must not leave stale machine code behind."""
-    from s2bnn_plugin.kernels.cache import STAMP, drop_stale_cache
-
-    monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
-    (tmp_path / "simd.py").write_text("A = 1\n")
-    (tmp_path / "bconv.py").write_text("B = 1\n")
-    cache = tmp_path / "__pycache__"
-    cache.mkdir()
-    compiled = cache / "bconv.binary_conv_acc-1.py311.nbi"
-    compiled.write_bytes(b"old")
-    assert drop_stale_cache(tmp_path)  # no stamp yet: unknown provenance, dropped
-    assert not compiled.exists() and (cache / STAMP).exists()
-    compiled.write_bytes(b"new")
-    assert not drop_stale_cache(tmp_path) and compiled.exists()  # same sources: kept
-    (tmp_path / "simd.py").write_text("A = 2\n")  # only the helper's file changes
-    assert drop_stale_cache(tmp_path) and not compiled.exists()
-    (cache / "x.nbc").write_bytes(b"")
-    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))  # a custom cache dir is left alone
-    (tmp_path / "simd.py").write_text("A = 3\n")
-    assert not drop_stale_cache(tmp_path) and (cache / "x.nbc").exists()
+def _run(code: str, env: dict, cwd) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
-def test_the_installed_kernels_carry_a_current_cache_stamp():
+def test_a_cache_compiled_from_other_kernel_sources_is_never_used(tmp_path):
+    """Numba keys its cache by each function's own file; here ``tap_sums`` (bitpack.py) inlines
+    ``popcount64`` (simd.py), and an edit to simd.py alone must not leave the old machine code
+    running: the kernels' cache folder is keyed by a digest of all their sources."""
     from pathlib import Path
 
     import s2bnn_plugin.kernels as pkg
-    from s2bnn_plugin.kernels.cache import STAMP, source_digest
+
+    copy = tmp_path / "pkg" / "kcopy"
+    copy.mkdir(parents=True)
+    for f in Path(pkg.__file__).parent.glob("*.py"):
+        (copy / f.name).write_text(f.read_text())
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba"), PYTHONDONTWRITEBYTECODE="1")
+    code = """
+        import sys
+        sys.path.insert(0, "pkg")
+        import numpy as np
+        import kcopy
+        wt = np.zeros(32, np.uint64)
+        wt[0] = 0b1011
+        print(kcopy.tap_sums(wt, 1, 1, 1, 64)[0, 0])
+        """
+    assert _run(code, env, tmp_path).split() == ["58"]  # 64 - 2 * 3
+    assert _run(code, env, tmp_path).split() == ["58"]  # from the cache
+    simd = copy / "simd.py"
+    old = "return builder.ctpop(args[0])"
+    new = "return builder.add(builder.ctpop(args[0]), ir.Constant(_I64, 1))"
+    assert old in simd.read_text()
+    simd.write_text(simd.read_text().replace(old, new))  # only the inlined helper's file
+    assert _run(code, env, tmp_path).split() == ["56"]  # recompiled: 64 - 2 * (3 + 1)
+    folders = list((tmp_path / "numba" / "s2bnn_kernels").iterdir())
+    assert len(folders) == 2 and all(any(f.glob("bitpack.tap_sums*.nbi")) for f in folders)
+
+
+def test_importing_the_kernels_writes_nothing_in_the_package(tmp_path):
+    """No stamp, no deleted cache files: the package folder is the same after a process imported
+    the kernels and compiled (and cached) one, with ``NUMBA_CACHE_DIR`` set (the cache goes in a
+    digest folder under it) and unset (under the user's cache folder)."""
+    from pathlib import Path
+
+    import s2bnn_plugin.kernels as pkg
+    from s2bnn_plugin.kernels.cache import SUBDIR, source_digest
 
     here = Path(pkg.__file__).parent
-    stamp = here / "__pycache__" / STAMP
-    if os.environ.get("NUMBA_CACHE_DIR") or not os.access(here, os.W_OK):
-        pytest.skip("cache stamp only kept in a writable package __pycache__")
-    assert stamp.read_text() == source_digest(here)
+
+    def snapshot():
+        return {
+            str(p.relative_to(here)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in here.rglob("*")
+        }
+
+    before = snapshot()
+    code = """
+        import numpy as np
+        import s2bnn_plugin.kernels as K
+        from s2bnn_plugin.kernels.cache import cache_dir
+        print(K.tap_sums(np.zeros(32, np.uint64), 1, 1, 1, 5)[0, 0], cache_dir())
+        """
+    base = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+    base.pop("NUMBA_CACHE_DIR", None)
+    folder = Path(SUBDIR) / source_digest(here)[:32]
+    for env, root in [
+        (dict(base, NUMBA_CACHE_DIR=str(tmp_path / "custom")), tmp_path / "custom"),
+        (dict(base, XDG_CACHE_HOME=str(tmp_path / "xdg")), tmp_path / "xdg" / "numba"),
+    ]:
+        assert _run(code, env, tmp_path).split() == ["5", str(root / folder)]
+        assert any((root / folder).glob("bitpack.tap_sums*.nbc"))
+    assert snapshot() == before

@@ -25,6 +25,8 @@ from s2bnn_plugin.export.network import PackedNetwork
 
 __all__ = [
     "LayerTiming",
+    "Profile",
+    "Stage",
     "Timing",
     "best_times",
     "compare",
@@ -33,7 +35,12 @@ __all__ = [
     "layer_table",
     "layer_timings",
     "markdown_table",
+    "onnx_export",
+    "onnx_session",
     "prebinarised",
+    "profile",
+    "profile_summary",
+    "profile_table",
     "set_threads",
 ]
 
@@ -180,10 +187,8 @@ def layer_timings(
     set_threads(threads)
     x = np.random.default_rng(seed).standard_normal((1, net.in_channels, size, size))
     calls, _ = net.kernel_calls(x.astype(np.float32))
-    for call in calls:  # fill every buffer with the real activations
-        call.fn(*call.args)
     rows, seen = [], set()
-    for call in calls:
+    for i, call in enumerate(calls):
         if call.unit is None:
             continue
         u = net.spec["units"][call.unit]
@@ -194,6 +199,8 @@ def layer_timings(
         if key in seen:
             continue
         seen.add(key)
+        for prev in calls[:i]:  # this unit's inputs as the network leaves them (maps share
+            prev.fn(*prev.args)  # two buffers: later units overwrite earlier inputs)
         k, s = u["kernel"], u["stride"]
         res = a[12] if u["residual"] != "projection" else None
         if res is not None and res.size == n * h * w * u["in_channels"]:
@@ -290,3 +297,241 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> 
 
     rule = "|:" + "-" * (widths[0] + 1) + "|" + "|".join("-" * (w + 1) + ":" for w in widths[1:])
     return "\n".join([line(cells[0]), rule + "|", *(line(r) for r in cells[1:])])
+
+
+@dataclass
+class Stage:
+    """One compiled call of the packed forward pass, timed inside the full sequence (batch of
+    one chunk): ``total_s``; for a binary unit also its binary convolution alone (``conv_s``,
+    :func:`binary_conv_acc` on the same input) -- the rest, ``total_s - conv_s``, is the float
+    epilogue (scale, BatchNorm, residual, RPReLU, the next layer's signs)."""
+
+    name: str
+    total_s: float
+    conv_s: float | None = None
+    px: int | None = None  # a binary unit's input size
+
+    @property
+    def epilogue_s(self) -> float | None:
+        return None if self.conv_s is None else self.total_s - self.conv_s
+
+
+@dataclass
+class Profile:
+    """Where the end-to-end time goes: every stage, the sum of the binary convolutions alone over
+    the same layers, the network's own time (``net(x)``) and what lies outside the compiled calls
+    (``glue_s``: input checks, building the call list, dispatch)."""
+
+    batch: int
+    threads: int
+    stages: list[Stage]
+    end_to_end_s: float
+    convs_s: float  # the binary convolutions alone, run in sequence over the same layers
+    calls_s: float  # the network's compiled calls run in sequence, no Python layer around them
+
+    @property
+    def glue_s(self) -> float:
+        """``net(x)`` minus its compiled calls run back to back: input checks, the call list,
+        dispatch."""
+        return self.end_to_end_s - self.calls_s
+
+    @property
+    def ratio(self) -> float:
+        """End to end over the binary convolutions alone (1.0: nothing but binary arithmetic)."""
+        return self.end_to_end_s / self.convs_s
+
+
+def _conv_args(net: PackedNetwork, calls: Sequence, spare: list[np.ndarray]) -> list[tuple]:
+    """:func:`binary_conv_acc` arguments for each binary unit among ``calls``, writing their
+    int32 accumulations to two shared buffers in turn (as the network does with its maps)."""
+    from s2bnn_plugin.kernels import out_size
+
+    out = []
+    for call in calls:
+        if call.unit is None:
+            continue
+        u = net.spec["units"][call.unit]
+        a = call.args
+        n, h, w, k, s = a[1], a[2], a[3], u["kernel"], u["stride"]
+        size = n * out_size(h, k, s) * out_size(w, k, s) * u["groups"] * u["group_channels"]
+        buf = spare[len(out) % 2]
+        out.append((*a[:11], a[-1], buf[:size]))  # bits .. group_channels, chunk, out
+    return out
+
+
+def profile(
+    net: PackedNetwork, size: int, batch: int, threads: int, repeats: int = 5, seed: int = 0
+) -> Profile:
+    """Per-stage profile of ``net`` on a random batch, and end to end against the sum of its
+    binary convolutions alone (:func:`binary_conv_acc` over the same layers and the same chunks
+    of images as the network runs), all in one process.
+
+    Every round runs, in turn: the network (``net(x)``); the binary convolutions alone in
+    sequence; the network's compiled calls in sequence; the same calls one by one (timed each,
+    the first chunk's), each binary unit followed by its convolution alone on the same input.
+    Best of ``repeats`` rounds for each figure: a stage's best alone is a little lower than its
+    share of the best sequence, so the stages sum to a little less than ``calls_s``.
+    """
+    from s2bnn_plugin.kernels import binary_conv_acc
+
+    set_threads(threads)
+    x = np.random.default_rng(seed).standard_normal((batch, net.in_channels, size, size))
+    x = x.astype(np.float32)
+    chunk = net._images_per_chunk(size, size)
+    largest = max(hh * ww * c for hh, ww, c in net._shapes(size, size))
+    spare = [np.empty(min(chunk, batch) * largest, np.int32) for _ in range(2)]
+    # the compiled calls of every chunk the network runs (at most two shapes: full, last)
+    plans = []
+    for start in range(0, batch, chunk):
+        calls, _ = net.kernel_calls(x[start : start + chunk])
+        plans.append((calls, _conv_args(net, calls, spare)))
+    first_calls, first_convs = plans[0]
+
+    def convs() -> None:
+        for _, conv_args in plans:
+            for args in conv_args:
+                binary_conv_acc(*args)
+
+    def calls() -> None:
+        for plan, _ in plans:
+            for call in plan:
+                call.fn(*call.args)
+
+    net(x)
+    convs()
+    best_net = best_convs = best_calls = float("inf")
+    stage_t = [float("inf")] * len(first_calls)
+    conv_t = [float("inf")] * len(first_convs)
+    for _ in range(repeats):
+        t = time.perf_counter()
+        net(x)
+        best_net = min(best_net, time.perf_counter() - t)
+        t = time.perf_counter()
+        convs()
+        best_convs = min(best_convs, time.perf_counter() - t)
+        t = time.perf_counter()
+        calls()
+        best_calls = min(best_calls, time.perf_counter() - t)
+        j = 0
+        for i, call in enumerate(first_calls):
+            t = time.perf_counter()
+            call.fn(*call.args)
+            stage_t[i] = min(stage_t[i], time.perf_counter() - t)
+            if call.unit is not None:
+                t = time.perf_counter()
+                binary_conv_acc(*first_convs[j])
+                conv_t[j] = min(conv_t[j], time.perf_counter() - t)
+                j += 1
+    scale = batch / min(chunk, batch)  # stages: the first chunk's, times the chunks
+    stages, j = [], 0
+    for call, t in zip(first_calls, stage_t):
+        conv = px = None
+        if call.unit is not None:
+            conv = conv_t[j] * scale
+            px = call.args[2]
+            j += 1
+        stages.append(Stage(call.name, t * scale, conv, px))
+    return Profile(batch, threads, stages, best_net, best_convs, best_calls)
+
+
+def profile_table(p: Profile) -> str:
+    """The per-stage markdown table of a :class:`Profile`."""
+    e2e = p.end_to_end_s
+    rows = []
+    for s in p.stages:
+        conv = "" if s.conv_s is None else f"{s.conv_s * 1e3:.3f}"
+        epi = "" if s.epilogue_s is None else f"{s.epilogue_s * 1e3:.3f}"
+        rows.append([s.name, f"{s.total_s * 1e3:.3f}", conv, epi, f"{s.total_s / e2e:.1%}"])
+    conv_total = sum(s.conv_s for s in p.stages if s.conv_s is not None)
+    epi_total = sum(s.epilogue_s for s in p.stages if s.epilogue_s is not None)
+    staged = sum(s.total_s for s in p.stages)
+    rows += [
+        [
+            "stages, summed",
+            f"{staged * 1e3:.3f}",
+            f"{conv_total * 1e3:.3f}",
+            f"{epi_total * 1e3:.3f}",
+            f"{staged / e2e:.1%}",
+        ],
+        ["compiled calls in sequence", f"{p.calls_s * 1e3:.3f}", "", "", f"{p.calls_s / e2e:.1%}"],
+        ["outside the compiled calls", f"{p.glue_s * 1e3:.3f}", "", "", f"{p.glue_s / e2e:.1%}"],
+        ["**end to end**", f"**{e2e * 1e3:.3f}**", "", "", "100%"],
+    ]
+    headers = ["stage", "ms", "binary conv alone ms", "epilogue ms", "share"]
+    return markdown_table(headers, rows)
+
+
+def profile_summary(p: Profile) -> str:
+    """:func:`profile_table` with the binary units summed by input size."""
+    rows, groups = [], {}
+    for s in p.stages:
+        if s.px is None:
+            rows.append([s.name, s.total_s, None, None])
+            continue
+        if s.px not in groups:
+            groups[s.px] = [f"binary units at {s.px} px", 0.0, 0.0, 0.0, 0]
+            rows.append(groups[s.px])
+        g = groups[s.px]
+        g[1] += s.total_s
+        g[2] += s.conv_s
+        g[3] += s.epilogue_s
+        g[4] += 1
+    e2e = p.end_to_end_s
+    cells = []
+    for r in rows:
+        name = r[0] if len(r) == 4 else f"{r[0]} ({r[4]})"
+        conv = "" if r[2] is None else f"{r[2] * 1e3:.3f}"
+        epi = "" if r[3] is None else f"{r[3] * 1e3:.3f}"
+        cells.append([name, f"{r[1] * 1e3:.3f}", conv, epi, f"{r[1] / e2e:.1%}"])
+    staged = sum(s.total_s for s in p.stages)
+    convs = sum(s.conv_s for s in p.stages if s.conv_s is not None)
+    epis = sum(s.epilogue_s for s in p.stages if s.epilogue_s is not None)
+    cells += [
+        ["stages, summed", f"{staged * 1e3:.3f}", f"{convs * 1e3:.3f}", f"{epis * 1e3:.3f}",
+         f"{staged / e2e:.1%}"],
+        ["outside the compiled calls", f"{p.glue_s * 1e3:.3f}", "", "", f"{p.glue_s / e2e:.1%}"],
+        ["**end to end**", f"**{e2e * 1e3:.3f}**", "", "", "100%"],
+    ]  # fmt: skip
+    headers = ["stage", "ms", "binary conv alone ms", "epilogue ms", "share"]
+    return markdown_table(headers, cells)
+
+
+def onnx_export(model: nn.Module, size: int) -> tuple[bytes | None, str]:
+    """``model`` (eval mode) as an ONNX graph (``torch.onnx.export``, TorchScript exporter, a
+    dynamic batch axis), or ``None`` and the reason; the second item names the runtime."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None, "onnxruntime not installed (pip install 's2bnn-plugin[bench]')"
+    import warnings
+
+    buf = io.BytesIO()
+    x = torch.zeros(1, 3, size, size)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model.eval(),
+                (x,),
+                buf,
+                dynamo=False,
+                input_names=["x"],
+                output_names=["features"],
+                dynamic_axes={"x": {0: "batch"}},
+                opset_version=17,
+            )
+    except Exception as e:  # any exporter failure only drops the column
+        return None, f"torch.onnx.export failed: {type(e).__name__}: {e}"
+    return buf.getvalue(), f"onnxruntime {ort.__version__}"
+
+
+def onnx_session(graph: bytes, threads: int) -> Callable[[np.ndarray], np.ndarray]:
+    """An ONNX Runtime CPU session (fp32, default graph optimisations, ``threads`` intra-op
+    threads) of an :func:`onnx_export` graph, as a callable on NCHW float32 batches."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    session = ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
+    return lambda xn: session.run(None, {"x": xn})[0]
