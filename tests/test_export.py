@@ -18,9 +18,9 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pack_utils import assert_accumulations_exact
 from torch import nn
 
 from s2bnn_plugin import kernels as K
@@ -36,7 +36,6 @@ from s2bnn_plugin.export import (
 )
 from s2bnn_plugin.export import network as network_module
 from s2bnn_plugin.export.format import SPEC_KEY, write_packed
-from s2bnn_plugin.nn import binary_sign
 
 CASES = {
     "a_cifar": ("reactnet_a", {"width_mult": 0.25, "cifar": True}, 32),
@@ -103,46 +102,7 @@ def _unit_modules(model: nn.Module, name: str) -> dict[str, nn.Module]:
 def test_every_binary_layer_accumulates_exactly(packed_cases, key):
     """Fed PyTorch's own input, each packed unit's integer sums equal F.conv2d on +-1 tensors."""
     model, net, size = packed_cases[key]
-    inputs: dict[str, torch.Tensor] = {}
-    hooks = [
-        m.register_forward_pre_hook(lambda mod, args, name=name: inputs.__setitem__(name, args[0]))
-        for name, m in model.named_modules()
-        if type(m).__name__ == "ResidualBinaryConv"
-    ]
-    with torch.no_grad():
-        model(_images(2, size))
-    for h in hooks:
-        h.remove()
-    for i, u in enumerate(net.spec["units"]):
-        units = _unit_modules(model, u["name"])
-        x = inputs[next(iter(units))]
-        expected = []
-        for unit in units.values():
-            conv = unit.conv
-            signs = binary_sign(conv.input_quantizer.shift(x))
-            expected.append(
-                F.conv2d(signs, binary_sign(conv.weight), None, conv.stride, conv.padding)
-            )
-        expected = torch.cat(expected, 1).permute(0, 2, 3, 1).numpy().astype(np.int64)
-        n, c, h, w = x.shape
-        k, g = u["kernel"], u["groups"]
-        pad = k // 2
-        per = n * (h + 2 * pad) * (w + 2 * pad) * K.words_for(c)
-        bits = np.zeros(g * per, np.uint64)
-        xn = np.ascontiguousarray(x.permute(0, 2, 3, 1).numpy()).ravel()
-        rsign = net.arrays[f"units.{i}.rsign"]
-        for j in range(g):
-            part = np.zeros(per, np.uint64)
-            K.pack_signs(xn, n, h, w, c, np.ascontiguousarray(rsign[j : j + 1]), pad, part)
-            bits[j * per : (j + 1) * per] = part
-        wt = net.arrays[f"units.{i}.weight"]
-        bpg = (u["group_channels"] + K.LANES - 1) // K.LANES
-        wsum = K.tap_sums(wt, g * bpg, k * k, K.words_for(c), c)
-        out = np.zeros(expected.shape, np.int32)
-        wk = K.kernel_weights(wt, c)
-        K.binary_conv_acc(bits, n, h, w, c, k, u["stride"], wk, wsum, g, u["group_channels"], 1,
-                          out)  # fmt: skip
-        np.testing.assert_array_equal(out, expected, err_msg=u["name"])
+    assert_accumulations_exact(model, net, _images(2, size))
 
 
 def test_threads_and_chunks_do_not_change_results(packed_cases, monkeypatch):
