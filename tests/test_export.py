@@ -91,13 +91,6 @@ def test_features_agree_with_torch(packed_cases, key):
     np.testing.assert_array_equal(net(x.numpy(), engine="numpy"), got)
 
 
-def _unit_modules(model: nn.Module, name: str) -> dict[str, nn.Module]:
-    m = dict(model.named_modules())[name]
-    if isinstance(m, nn.ModuleList):
-        return {f"{name}.{j}": unit for j, unit in enumerate(m)}
-    return {name: m}
-
-
 @pytest.mark.parametrize("key", ["a_odd", "r18"])
 def test_every_binary_layer_accumulates_exactly(packed_cases, key):
     """Fed PyTorch's own input, each packed unit's integer sums equal F.conv2d on +-1 tensors."""
