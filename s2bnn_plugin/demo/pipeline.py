@@ -524,7 +524,11 @@ def run_pipeline(
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     _check_settings(cfg)
     stages = Stages(cfg.out_dir)
-    timings: dict[str, float] = dict((stages.done("timings") or {}).get("seconds", {}))
+    previous = stages.done("timings") or {}
+    timings: dict[str, float] = dict(previous.get("seconds", {}))
+    # the machine's 1-minute load average when each stage ended: times on a shared machine
+    # mean little without it
+    loads: dict[str, float] = dict(previous.get("load_average", {}))
     total = len(stage_names)
 
     def run(index: int, name: str, title: str, fn: Callable[[], dict[str, Any]]) -> dict:
@@ -536,7 +540,8 @@ def run_pipeline(
         start = time.perf_counter()
         result = fn()
         timings[name] = round(time.perf_counter() - start, 1)
-        stages.finish("timings", {"seconds": timings})
+        loads[name] = round(os.getloadavg()[0], 2)
+        stages.finish("timings", {"seconds": timings, "load_average": loads})
         log(f"[{index}/{total}] {title}: finished in {timings[name]:.0f} s")
         return stages.finish(name, result)
 

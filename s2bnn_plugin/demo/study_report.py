@@ -177,6 +177,8 @@ def write_study_report(
     plot = _plot(out_dir, summary, evaluation)
     teacher = evaluation["teacher"]
     total = float(sum(timings.values()))
+    recorded = out_dir / "stages" / "timings.json"
+    loads = json.loads(recorded.read_text()).get("load_average", {}) if recorded.is_file() else {}
     result = {
         "dataset": data["root"],
         "n_train": teacher["n_train"],
@@ -189,6 +191,7 @@ def write_study_report(
         "calibration": calib,
         "stage_seconds": timings,
         "total_stage_seconds": total,
+        "stage_load_average": loads,
         "cpu_count": os.cpu_count(),
         "plots": [plot],
     }
@@ -225,6 +228,9 @@ def write_study_report(
     lines += [
         f"Sum of stage times: {total:.0f} s ({total / 60:.1f} min) on {os.cpu_count()} CPU "
         "core(s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()),
+        "",
+        "1-minute load average when each stage ended (a shared machine is slower): "
+        + ", ".join(f"{k} {v:.1f}" for k, v in loads.items()),
         "",
         f"![{plot}]({plot})",
         "",
