@@ -261,7 +261,7 @@ def _train(
     if rc != 0:
         raise DemoError(
             f"training {name!r} failed (exit code {rc}); see {log_path} and the output above. "
-            "Run the demo again to resume from the last finished epoch."
+            f"Run the {cfg.kind} again to resume from the last finished epoch."
         )
     ckpt = _final_checkpoint(run_dir, epochs)
     if ckpt is None:
