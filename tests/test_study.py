@@ -157,8 +157,9 @@ def test_settings_that_fit_pass():
         (["mae"], "mae cannot be studied: it needs a ViT backbone"),
         (["simclr", "simclr"], "more than once"),
         (["s2bnn"], "distillation itself"),
+        (["byol", "simsiam"], "simsiam cannot be studied: .*weights-only"),
     ],
-    ids=["unknown", "vit-only", "repeated", "s2bnn"],
+    ids=["unknown", "vit-only", "repeated", "s2bnn", "checkpoint-not-weights-only"],
 )
 def test_bad_methods_are_refused_before_anything_runs(dataset, tmp_path, methods, message):
     out = tmp_path / "study"

@@ -69,6 +69,15 @@ NOT_STUDIED = {
     "mae": "it needs a ViT backbone (it reconstructs masked patches); the students are binary CNNs",
     "supcon": "it is supervised (it trains on the labels), not a self-supervised objective",
 }
+# solo-learn keeps the predictor's learning rate fixed (``static_lr``) by putting a
+# functools.partial into the scheduler, hence into every checkpoint; the plugin reads
+# checkpoints weights-only (no pickled code), so such students could not be evaluated
+_STATIC_LR = (
+    "solo-learn fixes its predictor's learning rate with a functools.partial that it saves into "
+    "every checkpoint, and the plugin reads checkpoints weights-only (no pickled code), so its "
+    "students could be trained but not evaluated"
+)
+NOT_STUDIED.update({"simsiam": _STATIC_LR, "nnsiam": _STATIC_LR})
 
 #: methods whose queue update shifts by whole batches (solo-learn asserts queue % batch == 0)
 _QUEUE_IN_BATCHES = {"mocov2plus", "nnclr", "nnbyol", "nnsiam", "ressl", "all4one"}

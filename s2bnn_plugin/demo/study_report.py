@@ -46,6 +46,10 @@ def _fmt(c: dict[str, Any] | None, signed: bool = False) -> str:
     return mean if c["std"] is None else f"{mean} ± {c['std']:.2f}"
 
 
+def _epochs(n: int) -> str:
+    return f"{n} epoch" if n == 1 else f"{n} epochs"
+
+
 def _metrics(evaluation: dict[str, Any], calib: dict[str, Any], name: str) -> dict[str, float]:
     out = {
         "knn": float(evaluation[name]["knn_top1"]),
@@ -203,8 +207,8 @@ def write_study_report(
         f"Data: `{data['root']}` ({len(data['classes'])} classes; {teacher['n_train']} training "
         f"images, also the kNN bank and the probe's training set; {teacher['n_val']} held-out "
         "images). Teacher: real-valued ResNet-18, SimCLR, "
-        f"{cfg.teacher_epochs} epochs. Students: `{cfg.backbone}` width {cfg.width_mult}, "
-        f"binary weights and activations, all with the same budget: {cfg.epochs} epochs, batch "
+        f"{_epochs(cfg.teacher_epochs)}. Students: `{cfg.backbone}` width {cfg.width_mult}, "
+        f"binary weights and activations, all with the same budget: {_epochs(cfg.epochs)}, batch "
         f"{cfg.batch_size}, Adam lr {cfg.lr} (scaled by batch/256 by solo-learn), cosine "
         "schedule; each objective with solo-learn's CIFAR recipe"
         + (f" (departures: {json.dumps(cfg.method_kwargs)})" if cfg.method_kwargs else "")
