@@ -15,6 +15,10 @@ never retrains, hence never overwrites, a finished checkpoint):
 All training runs through solo-learn's own ``main_pretrain.py`` in a subprocess with the plugin's
 configs plus overrides; an interrupted training resumes from its last epoch checkpoint through
 solo-learn's auto-resume.
+
+The stages are generic over a list of :class:`StudentSpec` (:func:`run_pipeline`): the demo is one
+fixed list of three students (:func:`demo_students`), ``s2bnn study`` builds a longer one
+(:mod:`s2bnn_plugin.demo.study`).
 """
 
 from __future__ import annotations
@@ -29,13 +33,21 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from s2bnn_plugin.errors import S2BNNError
 
-__all__ = ["STUDENTS", "DemoConfig", "DemoError", "run_demo"]
+__all__ = [
+    "STUDENTS",
+    "DemoConfig",
+    "DemoError",
+    "StudentSpec",
+    "demo_students",
+    "run_demo",
+    "run_pipeline",
+]
 
 
 class DemoError(S2BNNError, RuntimeError):
@@ -59,10 +71,28 @@ STUDENTS: dict[str, tuple[str, list[str], str]] = {
 STAGES = ["data", "teacher", *STUDENTS, "eval", "report"]
 
 
+@dataclass(frozen=True)
+class StudentSpec:
+    """One binary student: the stage (and run folder) ``name``, the plugin config it starts from
+    and the overrides that make it what it is. Every student also gets the same budget (data,
+    optimiser, epochs, backbone: :func:`stage_student`); ``distill`` adds the teacher."""
+
+    name: str
+    config: str
+    overrides: tuple[str, ...]
+    description: str
+    distill: bool
+    objective: str | None = None  # the solo-learn objective trained on the student, if any
+    seed: int = 0
+
+
 @dataclass
 class DemoConfig:
     """Everything that decides the demo's results. The defaults take about 8 minutes on an idle
     2-core machine (README, "Demo", has the measurement)."""
+
+    #: names the settings file (``<kind>_config.json``) and solo-learn's run names
+    kind: ClassVar[str] = "demo"
 
     out_dir: Path = Path("s2bnn-demo")
     data: str = "fashion-mnist"
@@ -133,13 +163,13 @@ class Stages:
 
 def _check_settings(cfg: DemoConfig) -> None:
     """A demo folder belongs to one set of settings: resuming with others would mix results."""
-    path = cfg.out_dir / "demo_config.json"
+    path = cfg.out_dir / f"{cfg.kind}_config.json"
     settings = {k: v for k, v in cfg.to_json().items() if k != "out_dir"}
     previous = _read_json(path)
     if previous is not None and previous != settings:
         changed = sorted(k for k in settings if previous.get(k) != settings[k])
         raise DemoError(
-            f"{cfg.out_dir} holds a demo run with other settings (changed: {changed}); "
+            f"{cfg.out_dir} holds a {cfg.kind} run with other settings (changed: {changed}); "
             "use another --out folder, or delete it to start over"
         )
     _write_json(path, settings)
@@ -184,6 +214,7 @@ def _train(
     epochs: int,
     log: Log,
     quiet: bool,
+    seed: int,
 ) -> Path:
     """Run solo-learn's main_pretrain.py for one model; return its last checkpoint."""
     from s2bnn_plugin.compat.solo import (
@@ -203,7 +234,7 @@ def _train(
         "--config-name",
         config,
         *(hydra_quote(o) for o in overrides),
-        f"name=demo-{name}",
+        f"name={cfg.kind}-{name}",
         f"max_epochs={epochs}",
         f"checkpoint.dir={run_dir}",
         f"default_root_dir={run_dir}",
@@ -212,7 +243,7 @@ def _train(
         "wandb.enabled=false",
         "augmentations=mocov2_32.yaml",
         f"data.num_workers={cfg.num_workers}",
-        f"++seed={cfg.seed}",
+        f"++seed={seed}",
         "auto_resume.enabled=true",
         *cfg.extra_overrides,
         CALLBACK_OVERRIDE,
@@ -230,7 +261,7 @@ def _train(
     if rc != 0:
         raise DemoError(
             f"training {name!r} failed (exit code {rc}); see {log_path} and the output above. "
-            "Run the demo again to resume from the last finished epoch."
+            f"Run the {cfg.kind} again to resume from the last finished epoch."
         )
     ckpt = _final_checkpoint(run_dir, epochs)
     if ckpt is None:
@@ -265,43 +296,69 @@ def stage_teacher(cfg: DemoConfig, data: dict[str, Any], log: Log, quiet: bool) 
         "~optimizer.kwargs",
     ]
     ckpt = _train(
-        cfg, "teacher", "teacher_mocov2plus.yaml", overrides, cfg.teacher_epochs, log, quiet
+        cfg,
+        "teacher",
+        "teacher_mocov2plus.yaml",
+        overrides,
+        cfg.teacher_epochs,
+        log,
+        quiet,
+        cfg.seed,
     )
     return {"checkpoint": str(ckpt)}
 
 
-def stage_student(
-    cfg: DemoConfig,
-    name: str,
-    data: dict[str, Any],
-    teacher_ckpt: str,
-    log: Log,
-    quiet: bool,
-) -> dict[str, Any]:
-    config, extra, _ = STUDENTS[name]
-    overrides = [
-        *_common(cfg, data, cfg.batch_size, cfg.lr),
-        f"backbone.name={cfg.backbone}",
-        f"backbone.kwargs.width_mult={cfg.width_mult}",
-        f"backbone.kwargs.cifar={str(cfg.cifar_stem).lower()}",
-        f"method_kwargs.temperature={cfg.temperature}",
-        *extra,
-    ]
-    if name == "contrastive":
-        overrides.append(f"method_kwargs.proj_hidden_dim={cfg.proj_hidden_dim}")
-    else:
-        overrides += [
-            f"method_kwargs.teacher.ckpt={teacher_ckpt}",
-            "method_kwargs.teacher.format=solo",
-            f"method_kwargs.head_hidden_dim={cfg.proj_hidden_dim}",
-        ]
-        if name == "mixed":
+def demo_students(cfg: DemoConfig) -> list[StudentSpec]:
+    """The demo's three students (:data:`STUDENTS`) with the overrides they have always had."""
+    specs = []
+    for name, (config, extra, description) in STUDENTS.items():
+        overrides = [f"method_kwargs.temperature={cfg.temperature}", *extra]
+        if name == "contrastive":
+            overrides.append(f"method_kwargs.proj_hidden_dim={cfg.proj_hidden_dim}")
+        elif name == "mixed":
             overrides += [
                 f"+method_kwargs.ssl_kwargs.proj_hidden_dim={cfg.proj_hidden_dim}",
                 "+method_kwargs.ssl_kwargs.proj_output_dim=128",
                 f"+method_kwargs.ssl_kwargs.temperature={cfg.temperature}",
             ]
-    ckpt = _train(cfg, name, config, overrides, cfg.epochs, log, quiet)
+        objective = None if name == "distill" else "simclr"
+        specs.append(
+            StudentSpec(
+                name=name,
+                config=config,
+                overrides=tuple(overrides),
+                description=description,
+                distill=name != "contrastive",
+                objective=objective,
+                seed=cfg.seed,
+            )
+        )
+    return specs
+
+
+def stage_student(
+    cfg: DemoConfig,
+    spec: StudentSpec,
+    data: dict[str, Any],
+    teacher_ckpt: str,
+    log: Log,
+    quiet: bool,
+) -> dict[str, Any]:
+    """Train one student: the budget every student shares, then the spec's own overrides."""
+    overrides = [
+        *_common(cfg, data, cfg.batch_size, cfg.lr),
+        f"backbone.name={cfg.backbone}",
+        f"backbone.kwargs.width_mult={cfg.width_mult}",
+        f"backbone.kwargs.cifar={str(cfg.cifar_stem).lower()}",
+        *spec.overrides,
+    ]
+    if spec.distill:
+        overrides += [
+            f"method_kwargs.teacher.ckpt={teacher_ckpt}",
+            "method_kwargs.teacher.format=solo",
+            f"method_kwargs.head_hidden_dim={cfg.proj_hidden_dim}",
+        ]
+    ckpt = _train(cfg, spec.name, spec.config, overrides, cfg.epochs, log, quiet, spec.seed)
     return {"checkpoint": str(ckpt)}
 
 
@@ -408,19 +465,11 @@ def stage_eval(
 # ---------------------------------------------------------------------------------- driver
 
 
-def run_demo(
-    cfg: DemoConfig,
-    *,
-    until: str | None = None,
-    quiet: bool = False,
-    log: Log = _print,
-) -> dict[str, Any]:
-    """Run (or resume) the demo in ``cfg.out_dir``; ``until``: stop after that stage."""
+def check_solo() -> None:
+    """Fail at once, before any data work, when solo-learn or matplotlib is missing."""
     from s2bnn_plugin.compat.solo import SoloLearnNotFound, find_solo_script, require_solo
 
-    if until is not None and until not in STAGES:
-        raise DemoError(f"unknown stage {until!r}; stages: {STAGES}")
-    try:  # fail at once, before any data work, when solo-learn is missing
+    try:
         require_solo()
         find_solo_script("main_pretrain.py")
     except SoloLearnNotFound as e:
@@ -430,21 +479,57 @@ def run_demo(
             "matplotlib is not installed and the report stage plots with it: "
             "pip install matplotlib (it is one of the plugin's dependencies)"
         )
+
+
+def check_data_argument(cfg: DemoConfig) -> None:
+    """Validate user data (and make paths absolute) before writing anything."""
     # absolute: solo-learn's runs start in their own folders, where a relative path breaks
     cfg.out_dir = Path(cfg.out_dir).resolve()
     if cfg.data != "fashion-mnist":
         from s2bnn_plugin.data import validate_dataset_root
 
-        try:  # validate user data before writing anything
+        try:
             validate_dataset_root(cfg.data)
         except ValueError as e:
             raise DemoError(str(e)) from e
         cfg.data = str(Path(cfg.data).resolve())
+
+
+Report = Callable[[dict[str, Any], dict[str, Any], dict[str, float]], dict[str, Any]]
+Check = Callable[[dict[str, Any]], None]
+
+
+def run_pipeline(
+    cfg: DemoConfig,
+    students: list[StudentSpec],
+    report: Report,
+    *,
+    report_title: str,
+    check_data: Check | None = None,
+    until: str | None = None,
+    quiet: bool = False,
+    log: Log = _print,
+) -> dict[str, Any]:
+    """Data, teacher, ``students`` in order, evaluation, ``report(data, evaluation, timings)``:
+    each a stage that is skipped when finished. ``check_data(data)`` runs after the data stage
+    and before any training (settings that cannot run on that data are refused there)."""
+    names = [s.name for s in students]
+    stage_names = ["data", "teacher", *names, "eval", "report"]
+    if len(set(names)) != len(names) or set(names) & {"data", "teacher", "eval", "report"}:
+        raise ValueError(f"student names must be unique stage names: {names}")
+    if until is not None and until not in stage_names:
+        raise DemoError(f"unknown stage {until!r}; stages: {stage_names}")
+    check_solo()
+    check_data_argument(cfg)
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     _check_settings(cfg)
     stages = Stages(cfg.out_dir)
-    timings: dict[str, float] = dict((stages.done("timings") or {}).get("seconds", {}))
-    total = len(STAGES)
+    previous = stages.done("timings") or {}
+    timings: dict[str, float] = dict(previous.get("seconds", {}))
+    # the machine's 1-minute load average when each stage ended: times on a shared machine
+    # mean little without it
+    loads: dict[str, float] = dict(previous.get("load_average", {}))
+    total = len(stage_names)
 
     def run(index: int, name: str, title: str, fn: Callable[[], dict[str, Any]]) -> dict:
         done = stages.done(name)
@@ -455,11 +540,14 @@ def run_demo(
         start = time.perf_counter()
         result = fn()
         timings[name] = round(time.perf_counter() - start, 1)
-        stages.finish("timings", {"seconds": timings})
+        loads[name] = round(os.getloadavg()[0], 2)
+        stages.finish("timings", {"seconds": timings, "load_average": loads})
         log(f"[{index}/{total}] {title}: finished in {timings[name]:.0f} s")
         return stages.finish(name, result)
 
     data = run(1, "data", "data", lambda: stage_data(cfg))
+    if check_data is not None:
+        check_data(data)
     if until == "data":
         return {"data": data}
     teacher = run(
@@ -471,29 +559,52 @@ def run_demo(
     if until == "teacher":
         return {"teacher": teacher}
     ckpts = {"teacher": teacher["checkpoint"]}
-    for i, (name, (_, _, desc)) in enumerate(STUDENTS.items()):
+    for i, spec in enumerate(students):
         result = run(
             3 + i,
-            name,
-            f"student '{name}' ({desc})",
-            lambda name=name: stage_student(cfg, name, data, teacher["checkpoint"], log, quiet),
+            spec.name,
+            f"student '{spec.name}' ({spec.description})",
+            lambda spec=spec: stage_student(cfg, spec, data, teacher["checkpoint"], log, quiet),
         )
-        ckpts[name] = result["checkpoint"]
-        if until == name:
-            return {name: result}
+        ckpts[spec.name] = result["checkpoint"]
+        if until == spec.name:
+            return {spec.name: result}
     evaluation = run(
-        6, "eval", "evaluation on the held-out split", lambda: stage_eval(cfg, data, ckpts, log)
+        total - 1,
+        "eval",
+        "evaluation on the held-out split",
+        lambda: stage_eval(cfg, data, ckpts, log),
     )
     if until == "eval":
         return evaluation
+    return run(total, "report", report_title, lambda: report(data, evaluation, timings))
 
-    def report() -> dict[str, Any]:
+
+def run_demo(
+    cfg: DemoConfig,
+    *,
+    until: str | None = None,
+    quiet: bool = False,
+    log: Log = _print,
+) -> dict[str, Any]:
+    """Run (or resume) the demo in ``cfg.out_dir``; ``until``: stop after that stage."""
+
+    def report(data: dict[str, Any], evaluation: dict[str, Any], timings: dict) -> dict:
         from s2bnn_plugin.demo.report import write_report
 
         return write_report(cfg, data, evaluation, timings)
 
-    out = run(7, "report", "report (results.md, results.json, plots)", report)
-    log(f"results: {cfg.out_dir / 'results.md'}")
+    out = run_pipeline(
+        cfg,
+        demo_students(cfg),
+        report,
+        report_title="report (results.md, results.json, plots)",
+        until=until,
+        quiet=quiet,
+        log=log,
+    )
+    if until in (None, "report"):
+        log(f"results: {cfg.out_dir / 'results.md'}")
     return out
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["write_report"]
+__all__ = ["calibration", "write_report"]
 
 LABELS = {
     "teacher": "teacher (real ResNet-18, SimCLR, torch)",
@@ -30,12 +30,15 @@ def _entropy(p: np.ndarray) -> np.ndarray:
     return -(p * np.log(np.clip(p, 1e-12, 1.0))).sum(axis=1)
 
 
-def calibration(eval_dir: Path) -> dict[str, dict[str, float]]:
-    """Entropy and top-1 agreement with the teacher of each student's kNN distributions."""
+def calibration(
+    eval_dir: Path, names: tuple[str, ...] | list[str] = STUDENT_NAMES
+) -> dict[str, dict[str, float]]:
+    """Entropy and top-1 agreement with the teacher of each student's kNN distributions (and of
+    its linear probe's predictions with the teacher's)."""
     teacher = np.load(eval_dir / "teacher_knn_dist.npy")
     t_lin = np.load(eval_dir / "teacher_linear_pred.npy")
     out = {"teacher": {"mean_entropy": float(_entropy(teacher).mean())}}
-    for name in STUDENT_NAMES:
+    for name in names:
         dist = np.load(eval_dir / f"{name}_knn_dist.npy")
         lin = np.load(eval_dir / f"{name}_linear_pred.npy")
         out[name] = {

@@ -1,0 +1,368 @@
+"""``s2bnn study``: does distillation lift every solo-learn objective's binary student?
+
+One real-valued teacher (the demo's), then for each objective and seed two binary students at the
+same budget, the objective alone and the objective + S2-BNN distillation, plus one
+distillation-only student per seed; all evaluated like the demo's (packed CPU engine: weighted
+kNN, linear probe, top-1 agreement with the teacher). The stages are the demo's
+(:func:`~s2bnn_plugin.demo.pipeline.run_pipeline`), so a study resumes the same way.
+
+Each objective runs with solo-learn's own CIFAR recipe for it (``method_kwargs``, and the momentum
+block of momentum methods: :func:`~s2bnn_plugin.methods.ssl_defaults.ssl_defaults`, the mixing's
+defaults), alone and mixed alike; :data:`STUDY_KWARGS` lists the few departures, each with its
+reason. Everything else (data, epochs, batch, optimiser, backbone) is the same for every student.
+
+Bad input is refused before anything trains: unknown or unsupported method names (with the list
+of available ones) at once, settings that cannot run on the data (a queue longer than the data,
+a batch larger than it, ...) right after the data stage.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from s2bnn_plugin.demo.pipeline import (
+    DemoConfig,
+    DemoError,
+    Log,
+    StudentSpec,
+    _print,
+    check_solo,
+    run_pipeline,
+)
+
+__all__ = [
+    "DEFAULT_METHODS",
+    "NOT_STUDIED",
+    "STUDY_KWARGS",
+    "StudyConfig",
+    "StudyError",
+    "available_methods",
+    "check_fits",
+    "check_methods",
+    "objective_settings",
+    "parse_method_kwargs",
+    "run_study",
+    "study_students",
+]
+
+
+class StudyError(DemoError):
+    """Study settings that cannot run (unknown method, queue longer than the data, ...)."""
+
+
+#: one objective per family: contrastive (SimCLR, MoCo v2+), self-distillation (BYOL),
+#: redundancy reduction (Barlow Twins), variance-covariance (VICReg), clustering (SwAV)
+DEFAULT_METHODS = ("simclr", "mocov2plus", "byol", "barlow_twins", "vicreg", "swav")
+
+#: The study's departures from solo-learn's CIFAR recipes (applied alone and mixed alike).
+#: mocov2plus: the recipe's queue of 32,768 keys is for CIFAR's 50,000 images; on the default
+#: 5,000 it would hold every image several times over (its own positives among the negatives), so
+#: 4,096 (a multiple of the batch, as MoCo's queue update requires, and less than one epoch).
+STUDY_KWARGS: dict[str, dict[str, Any]] = {"mocov2plus": {"queue_size": 4096}}
+
+#: solo-learn methods that are not self-supervised objectives for a binary CNN student
+NOT_STUDIED = {
+    "mae": "it needs a ViT backbone (it reconstructs masked patches); the students are binary CNNs",
+    "supcon": "it is supervised (it trains on the labels), not a self-supervised objective",
+}
+# solo-learn keeps the predictor's learning rate fixed (``static_lr``) by putting a
+# functools.partial into the scheduler, hence into every checkpoint; the plugin reads
+# checkpoints weights-only (no pickled code), so such students could not be evaluated
+_STATIC_LR = (
+    "solo-learn fixes its predictor's learning rate with a functools.partial that it saves into "
+    "every checkpoint, and the plugin reads checkpoints weights-only (no pickled code), so its "
+    "students could be trained but not evaluated"
+)
+NOT_STUDIED.update({"simsiam": _STATIC_LR, "nnsiam": _STATIC_LR})
+
+#: methods whose queue update shifts by whole batches (solo-learn asserts queue % batch == 0)
+_QUEUE_IN_BATCHES = {"mocov2plus", "nnclr", "nnbyol", "nnsiam", "ressl", "all4one"}
+
+
+@dataclass
+class StudyConfig(DemoConfig):
+    """The demo's settings (same data, teacher and student budget) plus the methods, the number
+    of seeds and per-method departures from the CIFAR recipes. Defaults: README, "Study"."""
+
+    kind: ClassVar[str] = "study"
+
+    out_dir: Path = Path("s2bnn-study")
+    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
+    seeds: int = 1
+    #: method -> method_kwargs that replace the recipe's (both students of that method)
+    method_kwargs: dict[str, dict[str, Any]] = field(
+        default_factory=lambda: copy.deepcopy(STUDY_KWARGS)
+    )
+
+    @property
+    def student_seeds(self) -> list[int]:
+        return [self.seed + i for i in range(self.seeds)]
+
+
+def available_methods() -> list[str]:
+    """solo-learn objectives a study can train (needs solo-learn importable)."""
+    from s2bnn_plugin.methods.s2bnn import objective_names
+
+    return [m for m in objective_names() if m != "none" and m not in NOT_STUDIED]
+
+
+def check_methods(cfg: StudyConfig) -> None:
+    """Refuse unknown, unsupported or repeated method names, listing the available ones."""
+    if not cfg.methods:
+        raise StudyError(f"no methods given; available: {', '.join(available_methods())}")
+    if cfg.seeds < 1:
+        raise StudyError(f"--seeds must be at least 1 (got {cfg.seeds})")
+    repeated = sorted({m for m in cfg.methods if cfg.methods.count(m) > 1})
+    if repeated:
+        raise StudyError(f"method(s) listed more than once: {', '.join(repeated)}")
+    available = available_methods()
+    for name in cfg.methods:
+        if name in NOT_STUDIED:
+            raise StudyError(
+                f"{name} cannot be studied: {NOT_STUDIED[name]}. Available: {', '.join(available)}"
+            )
+        if name == "s2bnn":
+            raise StudyError(
+                "s2bnn is the distillation itself (the '+ distillation' and 'distillation only' "
+                f"students); choose objectives to mix it with: {', '.join(available)}"
+            )
+    unknown = [m for m in cfg.methods if m not in available]
+    if unknown:
+        raise StudyError(
+            f"unknown method(s): {', '.join(unknown)}; available: {', '.join(available)}"
+        )
+    stray = sorted(set(cfg.method_kwargs) - set(cfg.methods) - set(STUDY_KWARGS))
+    if stray:
+        raise StudyError(f"settings given for method(s) not in the study: {', '.join(stray)}")
+    for name in cfg.methods:
+        objective_settings(cfg, name)  # a method without a recipe fails here
+
+
+def objective_settings(cfg: StudyConfig, name: str) -> tuple[dict[str, Any], dict[str, float]]:
+    """(method_kwargs, momentum) of ``name`` in this study: solo-learn's CIFAR recipe, then the
+    study's departures (:data:`STUDY_KWARGS` or ``cfg.method_kwargs``)."""
+    from s2bnn_plugin.methods.ssl_defaults import ssl_defaults
+
+    kwargs, momentum = ssl_defaults(name)
+    if not kwargs:
+        raise StudyError(
+            f"{name}: no CIFAR recipe found (not in the plugin's defaults, nor in solo-learn's "
+            "scripts/pretrain/cifar); give its method_kwargs with --method-kwarg"
+        )
+    kwargs.update(cfg.method_kwargs.get(name, {}))
+    return kwargs, momentum
+
+
+def parse_method_kwargs(
+    items: list[str], base: dict[str, dict[str, Any]] | None = None
+) -> dict[str, dict[str, Any]]:
+    """``["mocov2plus.queue_size=2048", ...]`` merged into ``base`` (values read as YAML)."""
+    import yaml  # hydra brings PyYAML
+
+    out = copy.deepcopy(base or {})
+    for item in items:
+        key, sep, value = item.partition("=")
+        method, dot, name = key.partition(".")
+        if not sep or not dot or not method or not name:
+            raise StudyError(f"--method-kwarg {item!r}: expected METHOD.KEY=VALUE")
+        out.setdefault(method, {})[name] = yaml.safe_load(value)
+    return out
+
+
+def _count_images(folder: str | os.PathLike[str]) -> int:
+    """Images torchvision's ImageFolder (hence solo-learn) finds below ``folder``."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
+
+    return sum(
+        sum(has_file_allowed_extension(f, IMG_EXTENSIONS) for f in files)
+        for _, _, files in os.walk(folder, followlinks=True)
+    )
+
+
+def check_fits(cfg: StudyConfig, n_train: int) -> None:
+    """Refuse settings that cannot run on ``n_train`` training images, saying why and the fix
+    (called after the data stage, before any training)."""
+    batch = cfg.batch_size
+    per_epoch = (n_train // batch) * batch  # solo-learn drops the last incomplete batch
+    if per_epoch == 0:
+        raise StudyError(
+            f"the batch of {batch} images is larger than the {n_train} training images: no "
+            "training step would run; use more images or a smaller batch"
+        )
+    problems = []
+    for name in cfg.methods:
+        kwargs, _ = objective_settings(cfg, name)
+        queue = int(kwargs.get("queue_size") or 0)
+        if name == "swav" and cfg.epochs <= int(kwargs.get("epoch_queue_starts", 0)):
+            queue = 0  # SwAV fills its queue only from epoch_queue_starts on
+        fix = f"(--method-kwarg {name}.queue_size=N)"
+        if queue > per_epoch:
+            problems.append(
+                f"{name}: queue_size {queue} is longer than the data ({per_epoch} training "
+                f"images per epoch): the queue would hold some images twice, their own "
+                f"positives among the negatives; use a queue of at most {per_epoch} {fix} or "
+                "more training images"
+            )
+        elif name in _QUEUE_IN_BATCHES and queue % batch:
+            problems.append(
+                f"{name}: queue_size {queue} is not a multiple of the batch size {batch} "
+                f"(solo-learn's queue update needs one) {fix}"
+            )
+        if name == "wmse" and int(kwargs.get("whitening_size", 0)) > batch:
+            problems.append(
+                f"wmse: whitening_size {kwargs['whitening_size']} exceeds the batch size {batch} "
+                "(--method-kwarg wmse.whitening_size=N)"
+            )
+        if name == "deepclusterv2":
+            too_many = [p for p in kwargs.get("num_prototypes", []) if int(p) > n_train]
+            if too_many:
+                problems.append(
+                    f"deepclusterv2: {too_many} prototypes (k-means clusters) for {n_train} "
+                    "images (--method-kwarg deepclusterv2.num_prototypes=[...])"
+                )
+    if problems:
+        raise StudyError("cannot run on this data: " + "; ".join(problems))
+
+
+# ------------------------------------------------------------------------------ students
+
+
+def _value(v: Any) -> str:
+    """A Python value as a Hydra override value."""
+    if isinstance(v, bool):
+        return str(v).lower()
+    if v is None:
+        return "null"
+    if isinstance(v, (list, tuple)):
+        return "[" + ",".join(_value(x) for x in v) + "]"
+    return str(v)
+
+
+def _flat(prefix: str, d: dict[str, Any]) -> list[tuple[str, Any]]:
+    out = []
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out += _flat(f"{prefix}{k}.", v)
+        else:
+            out.append((f"{prefix}{k}", v))
+    return out
+
+
+def _base_method_keys(config: str) -> list[str]:
+    """Keys of ``method_kwargs`` in one of the plugin's custom pretrain configs."""
+    from omegaconf import OmegaConf
+
+    from s2bnn_plugin.compat.solo import configs_dir
+
+    cfg = OmegaConf.load(configs_dir() / "pretrain" / "custom" / config)
+    return list(cfg.get("method_kwargs") or {})
+
+
+ALONE_CONFIG = "bnn_mocov2plus.yaml"  # the objective directly on the binary student
+DISTILL_CONFIG = "s2bnn.yaml"
+
+
+def study_students(cfg: StudyConfig) -> list[StudentSpec]:
+    """Per seed: the distillation-only student, then per method the objective alone and the
+    objective + distillation, with identical objective settings."""
+    specs = []
+    base_keys = _base_method_keys(ALONE_CONFIG)
+    for seed in cfg.student_seeds:
+        specs.append(
+            StudentSpec(
+                name=f"distill-only-s{seed}",
+                config=DISTILL_CONFIG,
+                overrides=(f"method_kwargs.temperature={cfg.temperature}",),
+                description=f"binary, S2-BNN distillation only, seed {seed}",
+                distill=True,
+                seed=seed,
+            )
+        )
+        for name in cfg.methods:
+            kwargs, momentum = objective_settings(cfg, name)
+            moment = [f"++momentum.{k}={_value(v)}" for k, v in momentum.items()]
+            alone = [
+                f"method={name}",
+                *(f"~method_kwargs.{k}" for k in base_keys if k not in kwargs),
+                *(f"++method_kwargs.{k}={_value(v)}" for k, v in _flat("", kwargs)),
+                *(moment or ["~momentum"]),
+            ]
+            mixed = [
+                f"method_kwargs.temperature={cfg.temperature}",
+                f"method_kwargs.ssl_method={name}",
+                "+method_kwargs.ssl_weight=1.0",
+                *(f"++method_kwargs.ssl_kwargs.{k}={_value(v)}" for k, v in _flat("", kwargs)),
+                *moment,
+            ]
+            specs.append(
+                StudentSpec(
+                    name=f"{name}-alone-s{seed}",
+                    config=ALONE_CONFIG,
+                    overrides=tuple(alone),
+                    description=f"binary, {name} alone, seed {seed}",
+                    distill=False,
+                    objective=name,
+                    seed=seed,
+                )
+            )
+            specs.append(
+                StudentSpec(
+                    name=f"{name}-distill-s{seed}",
+                    config=DISTILL_CONFIG,
+                    overrides=tuple(mixed),
+                    description=f"binary, {name} + distillation, seed {seed}",
+                    distill=True,
+                    objective=name,
+                    seed=seed,
+                )
+            )
+    return specs
+
+
+# ------------------------------------------------------------------------------ driver
+
+
+def run_study(
+    cfg: StudyConfig,
+    *,
+    until: str | None = None,
+    quiet: bool = False,
+    log: Log = _print,
+) -> dict[str, Any]:
+    """Run (or resume) the study in ``cfg.out_dir``; ``until``: stop after that stage."""
+    check_solo()
+    check_methods(cfg)  # before any data work
+    students = study_students(cfg)
+
+    def fits(data: dict[str, Any]) -> None:
+        n_train = _count_images(data["train"])
+        check_fits(cfg, n_train)
+        log(f"  {n_train} training images; {len(students)} students to train")
+
+    def report(data: dict[str, Any], evaluation: dict[str, Any], timings: dict) -> dict:
+        from s2bnn_plugin.demo.study_report import write_study_report
+
+        return write_study_report(cfg, students, data, evaluation, timings)
+
+    out = run_pipeline(
+        cfg,
+        students,
+        report,
+        report_title="report (study.md, study.json, study.png)",
+        check_data=fits,
+        until=until,
+        quiet=quiet,
+        log=log,
+    )
+    if until in (None, "report"):
+        log(f"results: {cfg.out_dir / 'study.md'}")
+    return out
+
+
+def stage_names(cfg: StudyConfig) -> list[str]:
+    """Every stage of this study, in order (for ``--until``)."""
+    return ["data", "teacher", *(s.name for s in study_students(cfg)), "eval", "report"]
