@@ -46,3 +46,22 @@ def make_image_folder(
             pixels = np.clip(40 * i + rng.normal(0, 8, (size, size, 3)), 0, 255)
             Image.fromarray(pixels.astype(np.uint8)).save(root / name / f"{j}.png")
     return root
+
+
+def random_image_folder(root: Path, classes: int, per_class: int, seed: int = 0) -> Path:
+    """An ImageFolder of random 32 px RGB images: ``classes`` folders of ``per_class`` each."""
+    rng = np.random.default_rng(seed)
+    for c in range(classes):
+        folder = root / f"class{c}"
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            pixels = (rng.random((32, 32, 3)) * 255).astype("uint8")
+            Image.fromarray(pixels).save(folder / f"{i}.png")
+    return root
+
+
+def random_dataset(root: Path, classes: int = 5, train: int = 8, val: int = 4) -> Path:
+    """``root/train`` and ``root/val`` random ImageFolders: enough for a tiny solo-learn run."""
+    random_image_folder(root / "train", classes, train, seed=0)
+    random_image_folder(root / "val", classes, val, seed=1)
+    return root

@@ -6,9 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
+from image_utils import random_dataset, random_image_folder
 
 from s2bnn_plugin.data import APT_HINT, DEFAULT_SOURCE_DIR
 from s2bnn_plugin.demo import DemoConfig, DemoError, run_demo
@@ -16,25 +15,12 @@ from s2bnn_plugin.demo import DemoConfig, DemoError, run_demo
 pytestmark = pytest.mark.solo
 
 
-def _folder(root: Path, classes: int, per_class: int, seed: int = 0) -> None:
-    rng = np.random.default_rng(seed)
-    for c in range(classes):
-        folder = root / f"class{c}"
-        folder.mkdir(parents=True)
-        for i in range(per_class):
-            pixels = (rng.random((32, 32, 3)) * 255).astype("uint8")
-            Image.fromarray(pixels).save(folder / f"{i}.png")
-
-
 HAVE_FASHION_MNIST = (DEFAULT_SOURCE_DIR / "t10k-labels-idx1-ubyte.gz").is_file()
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("demo_data")
-    _folder(root / "train", 5, 8)
-    _folder(root / "val", 5, 4, seed=1)
-    return root
+    return random_dataset(tmp_path_factory.mktemp("demo_data"))  # 40 training images, 20 held out
 
 
 def tiny(out: Path, data: Path) -> DemoConfig:
@@ -101,8 +87,11 @@ def test_resume_skips_finished_stages_and_keeps_checkpoints(dataset, tmp_path):
             lambda root: [(root / s / "a").mkdir(parents=True) for s in ("train", "val")],
             "no images",
         ),
-        (lambda root: [_folder(root / s, 4, 2) for s in ("train", "val")], "at least 5"),
-        (lambda root: _folder(root / "train", 5, 2), "no val/"),
+        (
+            lambda root: [random_image_folder(root / s, 4, 2) for s in ("train", "val")],
+            "at least 5",
+        ),
+        (lambda root: random_image_folder(root / "train", 5, 2), "no val/"),
     ],
     ids=["missing", "no-images", "four-classes", "no-val"],
 )

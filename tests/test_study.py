@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from image_utils import random_dataset
 
 from s2bnn_plugin.demo import DemoError
 from s2bnn_plugin.demo.study import (
@@ -25,22 +25,9 @@ from s2bnn_plugin.methods.ssl_defaults import ssl_defaults
 pytestmark = pytest.mark.solo
 
 
-def _folder(root: Path, classes: int, per_class: int, seed: int = 0) -> None:
-    rng = np.random.default_rng(seed)
-    for c in range(classes):
-        folder = root / f"class{c}"
-        folder.mkdir(parents=True)
-        for i in range(per_class):
-            pixels = (rng.random((32, 32, 3)) * 255).astype("uint8")
-            Image.fromarray(pixels).save(folder / f"{i}.png")
-
-
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("study_data")
-    _folder(root / "train", 5, 8)  # 40 training images
-    _folder(root / "val", 5, 4, seed=1)
-    return root
+    return random_dataset(tmp_path_factory.mktemp("study_data"))  # 40 training images, 20 held out
 
 
 def tiny(out: Path, data: Path, methods: list[str], **kwargs) -> StudyConfig:
