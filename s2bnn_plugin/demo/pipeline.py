@@ -217,23 +217,12 @@ def _train(
     seed: int,
 ) -> Path:
     """Run solo-learn's main_pretrain.py for one model; return its last checkpoint."""
-    from s2bnn_plugin.compat.solo import (
-        CALLBACK_OVERRIDE,
-        configs_dir,
-        find_solo_script,
-        hydra_quote,
-    )
+    from s2bnn_plugin.compat.solo import solo_command
 
     run_dir = (cfg.out_dir / "runs" / name).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    command = [
-        sys.executable,
-        str(find_solo_script("main_pretrain.py")),
-        "--config-path",
-        str(configs_dir() / "pretrain" / "custom"),
-        "--config-name",
-        config,
-        *(hydra_quote(o) for o in overrides),
+    settings = [
+        *overrides,
         f"name={cfg.kind}-{name}",
         f"max_epochs={epochs}",
         f"checkpoint.dir={run_dir}",
@@ -246,8 +235,15 @@ def _train(
         f"++seed={seed}",
         "auto_resume.enabled=true",
         *cfg.extra_overrides,
-        CALLBACK_OVERRIDE,
     ]
+    command = solo_command(
+        "main_pretrain.py",
+        settings,
+        kind="pretrain",
+        dataset="custom",
+        config=config,
+        python=sys.executable,
+    )
     log_path = run_dir / "train.log"
     log(f"  solo-learn main_pretrain.py, {epochs} epoch(s); log: {log_path}")
     env = dict(os.environ, PYTHONWARNINGS="ignore")
