@@ -65,3 +65,17 @@ def random_dataset(root: Path, classes: int = 5, train: int = 8, val: int = 4) -
     random_image_folder(root / "train", classes, train, seed=0)
     random_image_folder(root / "val", classes, val, seed=1)
     return root
+
+
+#: DemoConfig / StudyConfig settings for a tiny run on :func:`random_dataset` (seconds a model).
+TINY_RUN = {
+    "teacher_epochs": 1,
+    "epochs": 1,
+    "teacher_batch_size": 8,
+    "batch_size": 8,
+    "width_mult": 0.125,
+    "proj_hidden_dim": 32,
+    "num_workers": 0,
+    "eval_batch_size": 16,
+    "knn_k": 5,
+}

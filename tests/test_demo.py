@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from image_utils import random_dataset, random_image_folder
+from image_utils import TINY_RUN, random_dataset, random_image_folder
 
 from s2bnn_plugin.data import APT_HINT, DEFAULT_SOURCE_DIR
 from s2bnn_plugin.demo import DemoConfig, DemoError, run_demo
@@ -27,15 +27,7 @@ def tiny(out: Path, data: Path) -> DemoConfig:
     return DemoConfig(
         out_dir=out,
         data=str(data),
-        teacher_epochs=1,
-        epochs=1,
-        teacher_batch_size=8,
-        batch_size=8,
-        width_mult=0.125,
-        proj_hidden_dim=32,
-        num_workers=0,
-        eval_batch_size=16,
-        knn_k=5,
+        **TINY_RUN,
     )
 
 

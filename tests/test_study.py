@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from image_utils import random_dataset
+from image_utils import TINY_RUN, random_dataset
 
 from s2bnn_plugin.demo import DemoError
 from s2bnn_plugin.demo.study import (
@@ -35,15 +35,7 @@ def tiny(out: Path, data: Path, methods: list[str], **kwargs) -> StudyConfig:
         out_dir=out,
         data=str(data),
         methods=methods,
-        teacher_epochs=1,
-        epochs=1,
-        teacher_batch_size=8,
-        batch_size=8,
-        width_mult=0.125,
-        proj_hidden_dim=32,
-        num_workers=0,
-        eval_batch_size=16,
-        knn_k=5,
+        **TINY_RUN,
         **kwargs,
     )
 
