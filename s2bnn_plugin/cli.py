@@ -431,8 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
         "distillation) and one distillation-only student, evaluates them with the packed CPU "
         "engine and writes study.md, study.json and study.png into --out. Each objective runs "
         "with solo-learn's CIFAR recipe for it. Run it again to resume: finished stages are "
-        "skipped. The defaults (6 methods, 13 students) are sized for an estimated 35 minutes "
-        "on 2 idle CPU cores (README, 'Study').",
+        "skipped. The defaults (6 methods, 13 students) take about 34 minutes on 2 idle CPU "
+        "cores (README, 'Study').",
     )
     p.add_argument("--out", default="s2bnn-study", help="study folder (default ./s2bnn-study)")
     p.add_argument(
