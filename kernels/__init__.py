@@ -3,9 +3,10 @@
 Modules: :mod:`.simd` (LLVM intrinsics: popcount, 8 x int64, 16 x int32 and 16 x float32
 vector values, masked loads, raw pointers), :mod:`.bitpack` (sign packing, weight layouts),
 :mod:`.micro` (the micro-kernels and their blocks of output positions), :mod:`.border` (exact
-zero-padding corrections), :mod:`.bconv` (the binary convolution drivers: exact accumulation,
-fused unit), :mod:`.realops` (stem convolution, pooling, projection shortcut), :mod:`.assembly`
-(does the compiled code use ``vpopcntq`` / ``vpopcntd``?).
+zero-padding corrections), :mod:`.epilogue` (the fused unit's float epilogue inside the
+micro-kernel, on its accumulator registers), :mod:`.bconv` (the binary convolution drivers:
+exact accumulation, fused unit), :mod:`.realops` (stem convolution, pooling, projection
+shortcut), :mod:`.assembly` (does the compiled code use ``vpopcntq`` / ``vpopcntd``?).
 
 All functions are ``@njit(cache=True)``: the first call in a fresh environment compiles them
 (about 20 s), later processes load the cached machine code. :mod:`.cache` keeps that code in one
@@ -47,6 +48,7 @@ from .bitpack import (
     tap_sums,
     words_for,
 )
+from .epilogue import pools_output
 from .realops import conv_nchw_bn, global_avgpool, maxpool3x3s2, projection_shortcut
 from .simd import popcount64
 
@@ -66,6 +68,7 @@ __all__ = [
     "pack_signs",
     "pack_weights",
     "popcount64",
+    "pools_output",
     "projection_shortcut",
     "tap_sums",
     "words_for",

@@ -14,7 +14,9 @@ the micro-kernels of :mod:`.micro` block by block, with the zero-padding correct
   whole 16-channel slices (all of ReActNet-A) the transform runs slice by slice over a block's
   positions, the slice's six parameters held in registers, and the signs come from the
   registers (one compare into a mask register per 16 channels; two slices at a time along a
-  row, their 32 bits in one store), never read back from the map.
+  row, their 32 bits in one store), never read back from the map. Where the groups have whole
+  32-channel weight blocks, blocks that see no padding skip even the block buffer: the
+  epilogue runs in the micro-kernel, on its accumulator registers (:mod:`.epilogue`).
 
 Parallel over blocks of output positions (``prange`` on the outermost loop only; every job
 writes disjoint output rows).
@@ -27,6 +29,7 @@ from numba import njit, prange
 
 from .bitpack import LANES, NARROW_CHANNELS, pack_row, words_for
 from .border import _border_block, _border_block_direct, _border_table, _fix_position, _interior
+from .epilogue import _register_epilogue_fits, _unit_block, pools_output
 from .micro import (
     POSITIONS,
     _advance,
@@ -39,7 +42,6 @@ from .micro import (
 from .simd import (
     address,
     fadd,
-    fdiv,
     fload,
     fload_n,
     fmul,
@@ -224,7 +226,8 @@ def _residual_taps(img, hr, wr, cg, oy, ox, pooled):
     pixels of a (n, hr, wr, cg) map and how many of them count (``taps``: 4, 2 or 1).
 
     Not pooled: the pixel itself. Pooled: the 2x2 average (ceil mode, padding not counted)
-    of the input-sized map -- ``((r0 + r1) + r2) + r3) / 4``, ``(r0 + r1) / 2`` or ``r0``.
+    of the input-sized map -- ``((r0 + r1) + r2) + r3) / 4``, ``(r0 + r1) / 2`` or ``r0``
+    (computed as ``* 0.25`` and ``* 0.5``: bit for bit the same for powers of two).
     """
     if not pooled:
         r0 = ((img * hr + oy) * wr + ox) * cg
@@ -252,16 +255,16 @@ def _residual_vec(res, r0, r1, r2, r3, taps, c, count):
             return fload(res, r0 + c)
         s = fadd(fload(res, r0 + c), fload(res, r1 + c))
         if taps == 2:
-            return fdiv(s, fsplat(2.0))
+            return fmul(s, fsplat(0.5))
         s = fadd(fadd(s, fload(res, r2 + c)), fload(res, r3 + c))
-        return fdiv(s, fsplat(4.0))
+        return fmul(s, fsplat(0.25))
     if taps == 1:
         return fload_n(res, r0 + c, count)
     s = fadd(fload_n(res, r0 + c, count), fload_n(res, r1 + c, count))
     if taps == 2:
-        return fdiv(s, fsplat(2.0))
+        return fmul(s, fsplat(0.5))
     s = fadd(fadd(s, fload_n(res, r2 + c, count)), fload_n(res, r3 + c, count))
-    return fdiv(s, fsplat(4.0))
+    return fmul(s, fsplat(0.25))
 
 
 @njit(cache=True, inline="always")
@@ -499,6 +502,7 @@ def binary_conv_fused(
     thr,
     opad,
     obits,
+    pool_out,
     chunk,
 ):
     """One residual binary unit in one pass: ``z = RPReLU(BN(scale * conv) + residual)``.
@@ -506,7 +510,9 @@ def binary_conv_fused(
     ``prm`` (6, C) per output channel: weight scale, BatchNorm multiplier and offset, RPReLU's
     shift, slope, shift (``0, 1, 0`` is the identity); ``res``: flat NHWC
     float32 with ``cg`` channels, added to every group, at the same position or (``pooled``)
-    2x2-average-pooled from a map of the input's size; ``z``: flat NHWC float32 output;
+    2x2-average-pooled from a map of the input's size; ``z``: flat NHWC float32 output, or with
+    ``pool_out`` (where :func:`.epilogue.pools_output` allows it) its 2x2 average
+    (n, ho / 2, wo / 2, C), all a next unit with a pooled residual reads of it;
     ``thr`` (T, C): the next layer's RSign shifts -- for each row, packed signs of ``z + thr``
     go to ``obits``, flat (T, n, ho + 2 opad, wo + 2 opad, words(C)) whose border stays zero.
     """
@@ -514,8 +520,17 @@ def binary_conv_fused(
     ho = out_size(h, k, stride)
     wo = out_size(w, k, stride)
     cout = groups * cg
-    if prm.shape[0] != 6 or prm.shape[1] != cout or z.size != n * ho * wo * cout:
+    zsize = n * (ho // 2) * (wo // 2) * cout if pool_out else n * ho * wo * cout
+    if prm.shape[0] != 6 or prm.shape[1] != cout or z.size != zsize:
         raise ValueError("binary_conv_fused: parameters or output of the wrong size")
+    if pool_out:
+        if not pools_output(cin, cg, k, stride, thr.shape[0], pooled, h, w):
+            raise ValueError(
+                "binary_conv_fused: pool_out needs what epilogue.pools_output checks (whole "
+                "32-channel groups, a 1x1 or 3x3 kernel, an even output size)"
+            )
+        pair_blocks = 2 * wo // _block_positions(cin <= NARROW_CHANNELS)
+        chunk = -(-chunk // pair_blocks) * pair_blocks  # jobs of whole row pairs
     if res.size != (n * h * w * cg if pooled else n * ho * wo * cg):
         raise ValueError("binary_conv_fused: the residual has the wrong size")
     if (thr.shape[0] > 0 and thr.shape[1] != cout) or opad < 0:
@@ -536,12 +551,30 @@ def binary_conv_fused(
     # whole 16-channel slices per group: the epilogue runs slice by slice with the slice's
     # parameters in registers, and packs the next layer's signs from the registers
     sliced = cg % 16 == 0 and t_sets <= 2
+    # whole 32-channel weight blocks, 1x1 or 3x3: every block runs its epilogue straight from
+    # the micro-kernel's registers (:mod:`.epilogue`); otherwise through ``acc``
+    registers = sliced and _register_epilogue_fits(cg, k, t_sets, pooled, h, w)
+    hpo = ho + 2 * opad
+    wpo = wo + 2 * opad
+    tst32 = n * hpo * wpo * owords * 2  # uint32 units between threshold sets
+    rowstride = wp * words
+    pbits, pwt, pprm, pthr = address(bits), address(wt), address(flat_prm), address(flat_thr)
+    pres, pz, pob, ptab = address(res), address(z), address(obits), address(table)
     for job in prange(n * jobs_per_img):
         img, first, by, bx = _job_start(job, jobs_per_img, chunk, positions, wo)
         acc = np.empty(positions * cols, np.float32)
         pos = np.empty(8 * positions, np.int64)
+        ppos = address(pos)
         for blk in range(first, min(first + chunk, nblocks)):
             count = min(positions, nq - blk * positions)
+            if registers:
+                _unit_block(
+                    pbits, pwt, img, n, hp * rowstride, groups, bpg, k, stride, rowstride, words,
+                    narrow, by, bx, count, pprm, pthr, cout, t_sets, ktot_f, pres, pooled, h, w,
+                    ho, wo, cg, pz, pob, hpo, wpo, opad, owords, tst32, ptab, cols, ppos, pool_out,
+                )  # fmt: skip
+                by, bx = _advance(by, bx, count, wo)
+                continue
             _popcounts(
                 bits, img, n, hp, wp, words, k, stride, wo, by, bx, count, wt, narrow, groups,
                 bpg, acc, no_out, False, ktot, 0,

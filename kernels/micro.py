@@ -113,16 +113,13 @@ def _block_offsets(oy, ox, count, positions, wo, stride, rowstride, words):
     return o0, o1, o2, o3, o4, o5, o6, o7
 
 
-@njit(cache=True)
-def _micro_kernel(
-    bits, b0, b1, b2, b3, wt, wofs, k, rowstride, words, acc, out, direct, ktot, aofs, astride
-):
-    """popcount(a ^ w) summed over taps and words for 4 positions x 32 channels.
+@njit(cache=True, inline="always")
+def _taps_wide(bits, b0, b1, b2, b3, wt, wofs, k, rowstride, words):
+    """The 16 accumulators (4 positions x 4 vectors of 8 channels, position-major) of
+    popcount(a ^ w) summed over taps and words: the inner loop every wide micro-kernel shares.
 
     ``b0..b3``: flat offsets of the 4 positions' top-left taps in ``bits``; ``wofs``: offset of
-    the weight block. Results of position ``p``, lane ``l`` go to ``[aofs + p * astride + l]`` of
-    the float32 ``acc`` as popcounts (exact: they stay far below 2**24), or with ``direct`` of
-    the int32 ``out`` as the dot products ``ktot - 2 * popcount``.
+    the weight block.
     """
     c00 = vzero()
     c01 = vzero()
@@ -170,6 +167,23 @@ def _micro_kernel(
                 c31 = vxor_popcount_add(c31, a3, v1)
                 c32 = vxor_popcount_add(c32, a3, v2)
                 c33 = vxor_popcount_add(c33, a3, v3)
+    return (c00, c01, c02, c03, c10, c11, c12, c13, c20, c21, c22, c23, c30, c31, c32, c33)
+
+
+@njit(cache=True)
+def _micro_kernel(
+    bits, b0, b1, b2, b3, wt, wofs, k, rowstride, words, acc, out, direct, ktot, aofs, astride
+):
+    """popcount(a ^ w) summed over taps and words for 4 positions x 32 channels
+    (:func:`_taps_wide`).
+
+    Results of position ``p``, lane ``l`` go to ``[aofs + p * astride + l]`` of the float32
+    ``acc`` as popcounts (exact: they stay far below 2**24), or with ``direct`` of the int32
+    ``out`` as the dot products ``ktot - 2 * popcount``.
+    """
+    c00, c01, c02, c03, c10, c11, c12, c13, c20, c21, c22, c23, c30, c31, c32, c33 = _taps_wide(
+        bits, b0, b1, b2, b3, wt, wofs, k, rowstride, words
+    )
     if direct:
         _store4(out, aofs, astride, ktot, c00, c01, c02, c03, c10, c11, c12, c13, c20, c21, c22,
                 c23, c30, c31, c32, c33)  # fmt: skip
@@ -220,16 +234,13 @@ def _store4(out, o, stride, ktot, c00, c01, c02, c03, c10, c11, c12, c13, c20, c
     vstore_dot(out, o + 24, c33, ktot)
 
 
-@njit(cache=True)
-def _micro_kernel_narrow(
-    bits, b0, b1, b2, b3, b4, b5, b6, b7, wt, wofs, k, rowstride, acc, out, direct, ktot, aofs,
-    astride,
-):  # fmt: skip
-    """:func:`_micro_kernel` for at most 32 input channels: 8 positions x 32 channels on 16-lane
-    32-bit vectors (each pixel's word holds its bits in the low half).
+@njit(cache=True, inline="always")
+def _taps_narrow(bits, b0, b1, b2, b3, b4, b5, b6, b7, wt, wofs, k, rowstride):
+    """:func:`_taps_wide` for at most 32 input channels: 8 positions x 2 vectors of 16 channels
+    on 32-bit lanes (each pixel's word holds its bits in the low half), position-major.
 
     ``wt``: the narrow layout of :func:`.bitpack.kernel_weights`, 32 uint32 per tap and block;
-    ``wofs`` counts uint32 elements. Results as in :func:`_micro_kernel`.
+    ``wofs`` counts uint32 elements.
     """
     c00 = vzero32()
     c01 = vzero32()
@@ -277,6 +288,20 @@ def _micro_kernel_narrow(
             a = load_u64(bits, b7 + toff)
             c70 = vxor_popcount_add32(c70, a, v0)
             c71 = vxor_popcount_add32(c71, a, v1)
+    return (c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51, c60, c61, c70, c71)
+
+
+@njit(cache=True)
+def _micro_kernel_narrow(
+    bits, b0, b1, b2, b3, b4, b5, b6, b7, wt, wofs, k, rowstride, acc, out, direct, ktot, aofs,
+    astride,
+):  # fmt: skip
+    """:func:`_micro_kernel` for at most 32 input channels: 8 positions x 32 channels
+    (:func:`_taps_narrow`). Results as in :func:`_micro_kernel`.
+    """
+    c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51, c60, c61, c70, c71 = _taps_narrow(
+        bits, b0, b1, b2, b3, b4, b5, b6, b7, wt, wofs, k, rowstride
+    )
     if direct:
         o = aofs
         vstore32_dot(out, o, c00, ktot)

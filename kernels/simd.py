@@ -30,6 +30,8 @@ __all__ = [
     "fstore_i32",
     "iadd16",
     "fstore_n",
+    "ffrom_i32",
+    "ffrom_i64x2",
     "load",
     "load_u64",
     "popcount64",
@@ -705,3 +707,32 @@ def store_u32(typingctx, arr, idx, val):
         return context.get_dummy_value()
 
     return types.none(arr, idx, val), codegen
+
+
+@intrinsic
+def ffrom_i32(typingctx, vec):
+    """The 16 integer lanes of ``vec`` as float32 (popcounts: exact), still in a register."""
+    if vec != I32x16:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.sitofp(args[0], _F16)
+
+    return F32x16(vec), codegen
+
+
+@intrinsic
+def ffrom_i64x2(typingctx, lo, hi):
+    """Two 8-lane integer vectors as one 16-lane float32 vector (``lo``'s lanes first):
+    the popcounts of 16 channels from a wide micro-kernel's registers, for the epilogue."""
+    if lo != I64x8 or hi != I64x8:
+        return None
+
+    def codegen(context, builder, sig, args):
+        f8 = ir.VectorType(ir.FloatType(), 8)
+        a = builder.sitofp(args[0], f8)
+        b = builder.sitofp(args[1], f8)
+        order = ir.Constant(ir.VectorType(_I32, 16), [ir.Constant(_I32, i) for i in range(16)])
+        return builder.shuffle_vector(a, b, order)
+
+    return F32x16(lo, hi), codegen

@@ -196,7 +196,7 @@ def test_binary_gemm(m, cin, cout, seed):
 @given(
     n=st.integers(1, 2),
     h=st.integers(1, 7),
-    w=st.integers(1, 7),
+    w=st.integers(1, 30),
     cin=st.sampled_from([3, 32, 64, 70]),
     k=st.sampled_from([1, 3]),
     stride=st.integers(1, 2),
@@ -213,6 +213,17 @@ def test_binary_gemm(m, cin, cout, seed):
 @example(n=1, h=3, w=12, cin=64, k=1, stride=1, groups=2, next_sets=1, opad=1, seed=4)
 @example(n=1, h=2, w=9, cin=48, k=1, stride=1, groups=2, next_sets=2, opad=0, seed=5)
 @example(n=2, h=7, w=6, cin=64, k=3, stride=2, groups=2, next_sets=1, opad=0, seed=2)
+# the epilogue from the micro-kernel's registers (whole 32-channel weight blocks, 1x1 or 3x3):
+# narrow and wide, plain and pooled residual, a half-empty last word; and writing the 2x2
+# average of the output instead (even output sizes; row pairs of whole blocks, with blocks
+# that span two rows)
+@example(n=2, h=5, w=26, cin=32, k=3, stride=1, groups=2, next_sets=2, opad=1, seed=6)
+@example(n=1, h=8, w=24, cin=64, k=3, stride=2, groups=1, next_sets=1, opad=1, seed=7)
+@example(n=1, h=6, w=40, cin=32, k=3, stride=2, groups=2, next_sets=2, opad=0, seed=8)
+@example(n=2, h=2, w=8, cin=96, k=1, stride=1, groups=1, next_sets=2, opad=1, seed=9)
+@example(n=2, h=4, w=12, cin=32, k=1, stride=1, groups=2, next_sets=1, opad=1, seed=10)
+@example(n=2, h=6, w=14, cin=64, k=3, stride=1, groups=1, next_sets=2, opad=1, seed=11)
+@example(n=1, h=8, w=12, cin=64, k=3, stride=2, groups=2, next_sets=1, opad=0, seed=12)
 @FAST
 def test_fused_unit_matches_reference(n, h, w, cin, k, stride, groups, next_sets, opad, seed):
     """Float output and next-layer bits of the fused kernel equal the numpy engine's exactly."""
@@ -273,10 +284,21 @@ def test_fused_unit_matches_reference(n, h, w, cin, k, stride, groups, next_sets
         thr,
         opad,
         obits,
+        False,
         1,
     )
     np.testing.assert_array_equal(z.reshape(y.shape), y)
     np.testing.assert_array_equal(obits, ref.pack_signs(y, thr, opad).ravel())
+    if K.pools_output(cin, cg, k, stride, next_sets, stride == 2, h, w):
+        # the same unit writing only the 2x2 average of its map (what a next unit with a
+        # pooled residual reads): that average, bit for bit, and the same signs
+        zp = np.full(n * (ho // 2) * (wo // 2) * cout, np.nan, np.float32)
+        obits[:] = 0
+        args = [bits.ravel(), n, h, w, cin, k, stride, K.kernel_weights(wt, cin), wsum, groups]
+        args += [cg, np.concatenate([affine, act]), x.ravel(), stride == 2, zp, thr, opad, obits]
+        K.binary_conv_fused(*args, True, 1)
+        np.testing.assert_array_equal(zp.reshape(n, ho // 2, wo // 2, cout), ref._avgpool2(y))
+        np.testing.assert_array_equal(obits, ref.pack_signs(y, thr, opad).ravel())
 
 
 @given(
@@ -406,11 +428,13 @@ def test_kernels_refuse_buffers_of_the_wrong_size():
     z = np.zeros(2 * 5 * 5 * 32, np.float32)
     thr = np.zeros((1, 32), np.float32)
     obits = np.zeros(2 * 7 * 7, np.uint64)
-    args = [bits, 2, 5, 5, 64, 3, 1, wt, wsum, 1, 32, prm, res, False, z, thr, 1, obits, 1]
+    args = [bits, 2, 5, 5, 64, 3, 1, wt, wsum, 1, 32, prm, res, False, z, thr, 1, obits, False, 1]
     with pytest.raises(ValueError, match="residual"):
         K.binary_conv_fused(*args[:12], res[:-1], *args[13:])
     with pytest.raises(ValueError, match="packed output"):
-        K.binary_conv_fused(*args[:17], obits[:-1], 1)
+        K.binary_conv_fused(*args[:17], obits[:-1], False, 1)
+    with pytest.raises(ValueError, match="pool_out needs"):  # 5 x 5: odd, no whole windows
+        K.binary_conv_fused(*args[:14], z[: 2 * 2 * 2 * 32], *args[15:18], True, 1)
     with pytest.raises(ValueError, match="wrong size"):
         K.pack_signs(z, 2, 5, 5, 31, thr, 0, obits)
 

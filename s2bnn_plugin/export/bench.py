@@ -131,6 +131,7 @@ class LayerTiming:
     torch_cl_s: float  # F.conv2d fp32, channels-last
     conv_s: float  # packed binary convolution alone: exact int32 accumulations, NHWC
     packed_s: float  # packed fused unit: conv, scale, BN, residual, RPReLU, next layer's signs
+    pooled_output: bool = False  # the fused unit writes only its map's 2x2 average
 
     @property
     def speedup(self) -> float:
@@ -195,7 +196,7 @@ def layer_timings(
         a = call.args
         n, h, w = a[1], a[2], a[3]
         cout = u["groups"] * u["group_channels"]
-        key = (u["kernel"], u["stride"], u["in_channels"], cout, h, w)
+        key = (u["kernel"], u["stride"], u["in_channels"], cout, h, w, bool(a[18]))
         if key in seen:
             continue
         seen.add(key)
@@ -238,6 +239,7 @@ def layer_timings(
                 t_cl,
                 t_conv,
                 t_unit,
+                bool(a[18]),
             )  # fmt: skip
         )
     return rows
@@ -260,7 +262,8 @@ def layer_table(rows: Sequence[LayerTiming]) -> str:
     ]
     cells = [
         [
-            f"{r.kernel}x{r.kernel}/{r.stride} {r.in_channels}->{r.out_channels}",
+            f"{r.kernel}x{r.kernel}/{r.stride} {r.in_channels}->{r.out_channels}"
+            + (" (writes the 2x2 average)" if r.pooled_output else ""),
             r.size,
             r.threads,
             f"{r.torch_s * 1e3:.3f}",

@@ -9,7 +9,9 @@ checks the input and owns the buffers; every layer is one compiled call:
 A batch is processed a few images at a time so that the float maps stay in cache, and all the
 float maps of a pass live in two buffers used in turn (each unit reads one map and writes the
 next): a pass touches two maps' worth of memory instead of all of them, 1.2-1.3x faster end to
-end. The buffers of the last input shapes are kept for the next call.
+end. A unit whose output only a pooled residual reads (the one before each stride-2 unit) writes
+just its 2x2 average, a quarter of the bytes. The buffers of the last input shapes are kept for
+the next call.
 
 NaN inputs: a NaN pixel makes NaN every float value it reaches through the stem and the residual
 paths (sign bits read NaN as -1, like ``torch.where(x >= 0, 1, -1)``), so that image's features
@@ -237,6 +239,26 @@ class PackedNetwork:
             self._units = units
         return self._units
 
+    def _pools_output(self, h: int, w: int) -> list[bool]:
+        """Per unit: whether it writes only the 2x2 average of its output map -- all that the
+        next unit reads of it when that unit's residual is average-pooled (a quarter of the
+        bytes; the next layer's signs come from the registers either way)."""
+        from s2bnn_plugin.kernels import pools_output
+
+        specs = self.spec["units"]
+        shapes = self._shapes(h, w)
+        out: list[bool] = []
+        for i, u in enumerate(specs[:-1]):
+            hh, ww, c = shapes[i]
+            # the residual this unit reads pooled itself (not already pooled by the one before)
+            pooled = u["residual"] == "avgpool" and not (i > 0 and out[i - 1])
+            t_sets = self.arrays[f"units.{i + 1}.rsign"].shape[0]
+            fits = pools_output(
+                c, u["group_channels"], u["kernel"], u["stride"], t_sets, pooled, hh, ww
+            )
+            out.append(specs[i + 1]["residual"] == "avgpool" and bool(fits))
+        return [*out, False]
+
     def _shapes(self, h: int, w: int) -> list[tuple[int, int, int]]:
         """(H, W, C) of the stem output and of every unit's output."""
         stem = self.spec["stem"]
@@ -270,7 +292,11 @@ class PackedNetwork:
             buf["stem_conv"] = np.empty(n * ch * cw * sc, np.float32)
         # Each unit reads one float map and writes the next: two buffers, used in turn, hold
         # them all, so the maps a forward pass touches stay few and warm in cache.
-        sizes = [n * hh * ww * c for hh, ww, c in shapes]
+        pooled = [False, *self._pools_output(h, w)]  # maps[i + 1] is unit i's output
+        sizes = [
+            n * (hh // 2) * (ww // 2) * c if pool else n * hh * ww * c
+            for (hh, ww, c), pool in zip(shapes, pooled)
+        ]
         pair = [_aligned(np.empty(max(sizes[j::2]), np.float32)) for j in range(2)]
         buf["maps"] = [pair[i % 2][:size] for i, size in enumerate(sizes)]
         bits = []
@@ -336,19 +362,22 @@ class PackedNetwork:
         thr = self.arrays["units.0.rsign"]
         args = (maps[0], n, hh, ww, c, thr, first["kernel"] // 2, bits[0])
         calls.append(KernelCall("pack", K.pack_signs, args))
+        pool_out = self._pools_output(h, w)
         for i, u in enumerate(units):
             s = u.spec
             hh, ww, c = shapes[i]
             ho, wo, cout = shapes[i + 1]
             res = maps[i]
+            # an average-pooled residual that the unit before already wrote pooled
+            pooled = s["residual"] == "avgpool" and not (i > 0 and pool_out[i - 1])
             if s["residual"] == "projection":
                 res = buf["proj"][i]
                 args = (maps[i], n, hh, ww, c, s["stride"] == 2, u.proj_weight, u.proj_affine, res)
                 calls.append(KernelCall(f"{s['name']}.shortcut", K.projection_shortcut, args))
             args = (
                 bits[i], n, hh, ww, c, s["kernel"], s["stride"], u.weight, u.wsum, s["groups"],
-                s["group_channels"], u.params, res, s["residual"] == "avgpool", maps[i + 1],
-                u.thr_next, u.pad_next, bits[i + 1], self._job_chunk(n, ho * wo, c),
+                s["group_channels"], u.params, res, pooled, maps[i + 1], u.thr_next,
+                u.pad_next, bits[i + 1], pool_out[i], self._job_chunk(n, ho * wo, c),
             )  # fmt: skip
             calls.append(KernelCall(s["name"], K.binary_conv_fused, args, unit=i))
         hh, ww, c = shapes[-1]
