@@ -20,6 +20,7 @@ come out NaN, as in the PyTorch model; the other images of the batch are unaffec
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from dataclasses import dataclass
@@ -274,8 +275,14 @@ class PackedNetwork:
         return shapes
 
     def _images_per_chunk(self, h: int, w: int) -> int:
+        """Images per pass: as many as keep the float maps in cache, and at least one per
+        thread -- every compiled call then splits its work by image first (its jobs are split
+        evenly between the threads), so that at batch > 1 each thread works on whole images of
+        its own and a pass's fork-and-joins are shared by as many images as there are threads."""
+        import numba
+
         largest = max(hh * ww * c for hh, ww, c in self._shapes(h, w)) * 4
-        return max(1, CACHE_BYTES // max(1, largest))
+        return max(numba.get_num_threads(), CACHE_BYTES // max(1, largest))
 
     def _buffers(self, n: int, h: int, w: int) -> dict:
         key = (n, h, w)
@@ -322,15 +329,20 @@ class PackedNetwork:
         return buf
 
     def _job_chunk(self, n: int, positions: int, cin: int) -> int:
-        """Blocks per parallel job: at least 8 jobs a thread to balance, few enough to be cheap
-        (each job starts its own accumulator block)."""
+        """Blocks per parallel job (jobs never span images): as few jobs as make their number a
+        multiple of the thread count. Numba splits a ``prange`` into equal parts, one per
+        thread, so more jobs balance nothing; equal jobs differ by at most one block (at 14 and
+        7 px a layer has only 49 and 13 blocks an image), and each job sets up its accumulator
+        block once."""
         import numba
 
         from s2bnn_plugin.kernels import block_positions
 
         per_block = block_positions(cin)
-        blocks = n * ((positions + per_block - 1) // per_block)
-        return int(min(64, max(1, blocks // (8 * numba.get_num_threads()))))
+        per_image = (positions + per_block - 1) // per_block
+        threads = numba.get_num_threads()
+        jobs = threads // math.gcd(n, threads)  # per image: n * jobs is a multiple of threads
+        return max(1, -(-per_image // jobs))
 
     def kernel_calls(self, x: np.ndarray) -> tuple[list[KernelCall], np.ndarray]:
         """The compiled calls that compute the features of ``x`` (one chunk of images), in order,
