@@ -14,6 +14,7 @@ exception is a bug and propagates with its traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -475,6 +476,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"s2bnn {args.command}: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # the reader went away (``s2bnn configs --list | head``): stop quietly, as Unix tools
+        # do; the interpreter's final flush of stdout would raise again, so point it elsewhere
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool killed by the pipe
 
 
 if __name__ == "__main__":

@@ -68,3 +68,27 @@ def test_methods_exist_in_solo_learn(path):
     if "method" in cfg:
         assert cfg.method in require_solo().METHODS
     assert cfg.backbone.name in require_solo().BaseMethod._BACKBONES
+
+
+def test_cli_stops_quietly_when_its_reader_goes_away():
+    """``s2bnn configs --list | head``: when the reader has gone, no BrokenPipeError
+    traceback, and the status a shell gives a tool stopped by its pipe."""
+    import os
+    import subprocess
+    import sys
+
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first write: every write fails
+    code = "import sys; from s2bnn_plugin.cli import main; sys.exit(main())"
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", code, "configs", "--list"],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            timeout=120,
+        )
+    finally:
+        os.close(write)
+    err = proc.stderr.decode()
+    assert proc.returncode == 141, err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
