@@ -16,11 +16,13 @@ runs taken alternately. The model has random weights: speed does not depend on t
   pooling) timed inside the full sequence, and what lies outside the compiled calls (Python,
   dispatch); then end to end against the sum of its binary convolutions alone over the same
   layers (batch 1 and 32, 1 and 2 threads).
-- End to end: ReActNet-A features at 224 px, batch 1 and 32, against the same model in PyTorch
-  fp32 eval mode, against a copy whose weights were binarised once beforehand (the training
-  model re-binarises its weights on every forward, a large share of batch-1 time), and against
-  that copy exported to ONNX Runtime fp32 (``pip install 's2bnn-plugin[bench]'``; the column is
-  skipped, with the reason printed, when ``onnxruntime`` is absent).
+- End to end: ReActNet-A features at 224 px, batch 1 and 32 (the packed engine timed in rounds
+  of its own: the float engines' OpenMP workers spin after each call and would take its cores),
+  against the same model in PyTorch fp32 eval mode, against a copy whose weights were binarised
+  once beforehand (the training model re-binarises its weights on every forward, a large share
+  of batch-1 time), and against that copy exported to ONNX Runtime fp32 (``pip install
+  's2bnn-plugin[bench]'``; the column is skipped, with the reason printed, when ``onnxruntime``
+  is absent).
 - File: the packed file against the fp32 state dict.
 
 Prints markdown tables.
@@ -53,6 +55,7 @@ from s2bnn_plugin.export.bench import (
     profile_summary,
     profile_table,
     set_threads,
+    thread_scaling,
 )
 
 
@@ -142,6 +145,34 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown_table(headers, cells))
     print()
 
+    if len(args.threads) > 1:
+        print(
+            f"### Threads, end to end, {args.size} px\n\n(the packed engine alone: each thread "
+            "count over consecutive calls after a warm-up at that count, the counts taking "
+            "turns; median of a round's calls, best of 5 rounds)\n"
+        )
+        cells = []
+        for batch in args.batch:
+            calls = max(4, 50 // batch)  # about 0.2 s per round and thread count
+            sc = thread_scaling(net, args.size, batch, args.threads, calls)
+            one = args.threads[0]
+            for t in args.threads:
+                cells.append(
+                    [
+                        batch,
+                        t,
+                        f"{sc.rounds} x {calls}",
+                        f"{sc.median_s[t] * 1e3:.2f}",
+                        f"{sc.best_s[t] * 1e3:.2f}",
+                        f"**{sc.median_s[one] / sc.median_s[t]:.2f}x**",
+                        f"{sc.best_s[one] / sc.best_s[t]:.2f}x",
+                    ]
+                )
+        headers = ["batch", "threads", "calls", "median ms", "best ms", "speed-up (medians)",
+                   "speed-up (best calls)"]  # fmt: skip
+        print(markdown_table(headers, cells))
+        print()
+
     layers = [r for t in args.threads for r in layer_timings(net, args.size, t, args.repeats)]
     print(f"### ReActNet-A binary layers, {args.size} px, batch 1\n")
     print(layer_table(layers))
@@ -170,13 +201,18 @@ def main(argv: list[str] | None = None) -> int:
             set_threads(threads)
             x = torch.randn(batch, net.in_channels, args.size, args.size)
             xn = x.numpy()
-            fns = [partial(_features, model, x), partial(_features, fast, x), partial(net, xn)]
+            fns = [partial(_features, model, x), partial(_features, fast, x)]
             if ort_run is not None:
                 fns.append(partial(ort_run, xn))
             times = best_times(fns, repeats, burst=1)
-            t_model, t_fast, t_packed = times[:3]
+            # the packed engine in rounds of its own, three calls each: PyTorch's and ONNX
+            # Runtime's worker threads keep spinning for a while after each of their calls and,
+            # on a 2-core machine, take the cores from Numba's threads (in the rounds above the
+            # packed engine's 2-thread time came out 20 % high)
+            t_packed = best_times([partial(net, xn)], repeats, burst=3)[0]
+            t_model, t_fast = times[:2]
             e2e[batch, threads] = t_packed
-            ort_cells = [f"{times[3] * 1e3:.1f}", f"{times[3] / t_packed:.1f}x"] if ort_run else []
+            ort_cells = [f"{times[2] * 1e3:.1f}", f"{times[2] / t_packed:.1f}x"] if ort_run else []
             rows.append(
                 [
                     f"ReActNet-A {args.size} px",

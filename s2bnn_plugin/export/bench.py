@@ -437,6 +437,55 @@ def profile(
     return Profile(batch, threads, stages, best_net, best_convs, best_calls)
 
 
+@dataclass
+class Scaling:
+    """Seconds per call of ``net(x)`` at each thread count: the median of ``calls`` consecutive
+    calls, best of ``rounds`` rounds (``median_s``), and the single fastest call (``best_s``):
+    what a program that runs only the packed engine sees."""
+
+    batch: int
+    calls: int
+    rounds: int
+    median_s: dict[int, float]
+    best_s: dict[int, float]
+
+
+def thread_scaling(
+    net: PackedNetwork,
+    size: int,
+    batch: int,
+    threads: Sequence[int],
+    calls: int,
+    rounds: int = 5,
+    seed: int = 0,
+) -> Scaling:
+    """End-to-end time per thread count, each round and count measured over ``calls``
+    consecutive calls after a warm-up at that count, the counts taking turns round by round.
+
+    Why not single calls alternating like the other figures: switching the thread count costs
+    the first calls after each switch, and the float engines' OpenMP workers, still spinning
+    after their own calls, take the cores of a small machine; neither happens to a program that
+    just runs the packed engine. Why rounds: a slow spell of a shared host then costs one
+    round, not the figure."""
+    x = np.random.default_rng(seed).standard_normal((batch, net.in_channels, size, size))
+    x = x.astype(np.float32)
+    median = {t: float("inf") for t in threads}
+    best = dict(median)
+    for _ in range(rounds):
+        for t in threads:
+            set_threads(t)
+            for _ in range(3):
+                net(x)
+            times = []
+            for _ in range(calls):
+                start = time.perf_counter()
+                net(x)
+                times.append(time.perf_counter() - start)
+            median[t] = min(median[t], float(np.median(times)))
+            best[t] = min(best[t], min(times))
+    return Scaling(batch, calls, rounds, median, best)
+
+
 def profile_table(p: Profile) -> str:
     """The per-stage markdown table of a :class:`Profile`."""
     e2e = p.end_to_end_s
