@@ -45,10 +45,11 @@ def _stem_block(x, xbase, h, w, iy0, ix0, wt, k, cout, c0, cin, count):
 
 
 @njit(cache=True, inline="always")
-def _stem_block4(x, xbase, h, w, iy0, ix0, stride, wt, k, cout, c0, cin, count):
-    """Four outputs along a row (ix0, ix0 + stride, ...), all taps inside the image in x:
-    eight independent accumulators hide the add latency. Same summation order as
-    :func:`_stem_block` for each output."""
+def _stem_block8(x, xbase, h, w, iy0, ix0, stride, wt, k, cout, c0, cin, count):
+    """Eight outputs along a row (ix0, ix0 + stride, ...), all taps inside the image in x:
+    sixteen independent accumulators hide the add latency and share each tap's weight loads and
+    loop overhead between eight positions. Same summation order as :func:`_stem_block` for each
+    output."""
     a00 = fsplat(0.0)
     a01 = fsplat(0.0)
     a10 = fsplat(0.0)
@@ -57,6 +58,14 @@ def _stem_block4(x, xbase, h, w, iy0, ix0, stride, wt, k, cout, c0, cin, count):
     a21 = fsplat(0.0)
     a30 = fsplat(0.0)
     a31 = fsplat(0.0)
+    a40 = fsplat(0.0)
+    a41 = fsplat(0.0)
+    a50 = fsplat(0.0)
+    a51 = fsplat(0.0)
+    a60 = fsplat(0.0)
+    a61 = fsplat(0.0)
+    a70 = fsplat(0.0)
+    a71 = fsplat(0.0)
     n0 = min(16, count)
     n1 = count - n0
     for ci in range(cin):
@@ -69,19 +78,31 @@ def _stem_block4(x, xbase, h, w, iy0, ix0, stride, wt, k, cout, c0, cin, count):
                 wo = ((ci * k + ky) * k + kx) * cout + c0
                 w0 = fload(wt, wo) if n0 == 16 else fload_n(wt, wo, n0)
                 w1 = fload(wt, wo + 16) if n1 == 16 else fload_n(wt, wo + 16, n1)
-                x0 = fsplat(load(x, xrow + kx))
-                x1 = fsplat(load(x, xrow + stride + kx))
-                x2 = fsplat(load(x, xrow + 2 * stride + kx))
-                x3 = fsplat(load(x, xrow + 3 * stride + kx))
-                a00 = fadd(a00, fmul(x0, w0))
-                a01 = fadd(a01, fmul(x0, w1))
-                a10 = fadd(a10, fmul(x1, w0))
-                a11 = fadd(a11, fmul(x1, w1))
-                a20 = fadd(a20, fmul(x2, w0))
-                a21 = fadd(a21, fmul(x2, w1))
-                a30 = fadd(a30, fmul(x3, w0))
-                a31 = fadd(a31, fmul(x3, w1))
-    return a00, a01, a10, a11, a20, a21, a30, a31
+                xv = fsplat(load(x, xrow + kx))
+                a00 = fadd(a00, fmul(xv, w0))
+                a01 = fadd(a01, fmul(xv, w1))
+                xv = fsplat(load(x, xrow + stride + kx))
+                a10 = fadd(a10, fmul(xv, w0))
+                a11 = fadd(a11, fmul(xv, w1))
+                xv = fsplat(load(x, xrow + 2 * stride + kx))
+                a20 = fadd(a20, fmul(xv, w0))
+                a21 = fadd(a21, fmul(xv, w1))
+                xv = fsplat(load(x, xrow + 3 * stride + kx))
+                a30 = fadd(a30, fmul(xv, w0))
+                a31 = fadd(a31, fmul(xv, w1))
+                xv = fsplat(load(x, xrow + 4 * stride + kx))
+                a40 = fadd(a40, fmul(xv, w0))
+                a41 = fadd(a41, fmul(xv, w1))
+                xv = fsplat(load(x, xrow + 5 * stride + kx))
+                a50 = fadd(a50, fmul(xv, w0))
+                a51 = fadd(a51, fmul(xv, w1))
+                xv = fsplat(load(x, xrow + 6 * stride + kx))
+                a60 = fadd(a60, fmul(xv, w0))
+                a61 = fadd(a61, fmul(xv, w1))
+                xv = fsplat(load(x, xrow + 7 * stride + kx))
+                a70 = fadd(a70, fmul(xv, w0))
+                a71 = fadd(a71, fmul(xv, w1))
+    return (a00, a01, a10, a11, a20, a21, a30, a31, a40, a41, a50, a51, a60, a61, a70, a71)
 
 
 @njit(cache=True, inline="always")
@@ -102,7 +123,7 @@ def conv_nchw_bn(x, wt, stride, pad, aff, out):
 
     ``wt``: (cin, k, k, cout); ``out``: flat NHWC float32 (n, ho, wo, cout). Each output sums
     over (ci, ky, kx) in that order with out-of-image taps skipped (zero padding); up to 32
-    output channels of 4 positions stay in vector registers.
+    output channels of 8 positions stay in vector registers.
     """
     n, cin, h, w = x.shape
     k = wt.shape[1]
@@ -129,27 +150,20 @@ def conv_nchw_bn(x, wt, stride, pad, aff, out):
             ox = 0
             while ox < wo:
                 obase = (row * wo + ox) * cout
-                if lo <= ox and ox + 4 <= hi:
-                    a00, a01, a10, a11, a20, a21, a30, a31 = _stem_block4(
-                        flat_x,
-                        xbase,
-                        h,
-                        w,
-                        iy0,
-                        ox * stride - pad,
-                        stride,
-                        flat_w,
-                        k,
-                        cout,
-                        c0,
-                        cin,
-                        count,
-                    )
-                    _stem_store(a00, a01, flat_aff, cout, c0, count, out, obase)
-                    _stem_store(a10, a11, flat_aff, cout, c0, count, out, obase + cout)
-                    _stem_store(a20, a21, flat_aff, cout, c0, count, out, obase + 2 * cout)
-                    _stem_store(a30, a31, flat_aff, cout, c0, count, out, obase + 3 * cout)
-                    ox += 4
+                if lo <= ox and ox + 8 <= hi:
+                    acc = _stem_block8(
+                        flat_x, xbase, h, w, iy0, ox * stride - pad, stride, flat_w, k, cout, c0,
+                        cin, count,
+                    )  # fmt: skip
+                    _stem_store(acc[0], acc[1], flat_aff, cout, c0, count, out, obase)
+                    _stem_store(acc[2], acc[3], flat_aff, cout, c0, count, out, obase + cout)
+                    _stem_store(acc[4], acc[5], flat_aff, cout, c0, count, out, obase + 2 * cout)
+                    _stem_store(acc[6], acc[7], flat_aff, cout, c0, count, out, obase + 3 * cout)
+                    _stem_store(acc[8], acc[9], flat_aff, cout, c0, count, out, obase + 4 * cout)
+                    _stem_store(acc[10], acc[11], flat_aff, cout, c0, count, out, obase + 5 * cout)
+                    _stem_store(acc[12], acc[13], flat_aff, cout, c0, count, out, obase + 6 * cout)
+                    _stem_store(acc[14], acc[15], flat_aff, cout, c0, count, out, obase + 7 * cout)
+                    ox += 8
                 else:
                     a0, a1 = _stem_block(
                         flat_x, xbase, h, w, iy0, ox * stride - pad, flat_w, k, cout, c0, cin, count
