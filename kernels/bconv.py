@@ -10,13 +10,14 @@ the micro-kernels of :mod:`.micro` block by block, with the zero-padding correct
   bookkeeping.
 - :func:`binary_conv_fused` applies the whole output transform in the same pass -- weight scale,
   BatchNorm, the residual (optionally 2x2-average-pooled), RPReLU -- writes the float map needed
-  by the next residual and packs the next layer's sign bits directly. Where every group has
-  whole 16-channel slices (all of ReActNet-A) the transform runs slice by slice over a block's
-  positions, the slice's six parameters held in registers, and the signs come from the
-  registers (one compare into a mask register per 16 channels; two slices at a time along a
-  row, their 32 bits in one store), never read back from the map. Where the groups have whole
-  32-channel weight blocks, blocks that see no padding skip even the block buffer: the
-  epilogue runs in the micro-kernel, on its accumulator registers (:mod:`.epilogue`).
+  by the next residual (or only its 2x2 average) and packs the next layer's sign bits directly.
+  Where the groups have whole 32-channel weight blocks and the kernel is 1x1 or 3x3 (all of
+  ReActNet-A), every block runs the epilogue inside its micro-kernel, on the accumulator
+  registers (:mod:`.epilogue`). Otherwise the popcounts go through a block buffer; with whole
+  16-channel slices the transform then runs slice by slice over a block's positions, the
+  slice's parameters held in registers and the signs taken from the registers (one compare
+  into a mask register per 16 channels), never read back from the map. The float operations
+  are the same on every path (:func:`.epilogue._unit_value`).
 
 Parallel over blocks of output positions (``prange`` on the outermost loop only; every job
 writes disjoint output rows).
@@ -29,7 +30,14 @@ from numba import njit, prange
 
 from .bitpack import LANES, NARROW_CHANNELS, pack_row, words_for
 from .border import _border_block, _border_block_direct, _border_table, _fix_position, _interior
-from .epilogue import _register_epilogue_fits, _unit_block, pools_output
+from .epilogue import (
+    _register_epilogue_fits,
+    _residual_vec,
+    _slice_params,
+    _unit_block,
+    _unit_value,
+    pools_output,
+)
 from .micro import (
     POSITIONS,
     _advance,
@@ -45,7 +53,6 @@ from .simd import (
     fload,
     fload_n,
     fmul,
-    fprelu,
     fsplat,
     fstore,
     fstore_i32,
@@ -54,7 +61,6 @@ from .simd import (
     sign_mask16,
     store,
     store_u16,
-    store_u32,
 )
 
 __all__ = [
@@ -247,27 +253,6 @@ def _residual_taps(img, hr, wr, cg, oy, ox, pooled):
 
 
 @njit(cache=True, inline="always")
-def _residual_vec(res, r0, r1, r2, r3, taps, c, count):
-    """Channels ``c .. c + count`` of the residual (see :func:`_residual_taps`), PyTorch's order
-    of operations."""
-    if count == 16:
-        if taps == 1:
-            return fload(res, r0 + c)
-        s = fadd(fload(res, r0 + c), fload(res, r1 + c))
-        if taps == 2:
-            return fmul(s, fsplat(0.5))
-        s = fadd(fadd(s, fload(res, r2 + c)), fload(res, r3 + c))
-        return fmul(s, fsplat(0.25))
-    if taps == 1:
-        return fload_n(res, r0 + c, count)
-    s = fadd(fload_n(res, r0 + c, count), fload_n(res, r1 + c, count))
-    if taps == 2:
-        return fmul(s, fsplat(0.5))
-    s = fadd(fadd(s, fload_n(res, r2 + c, count)), fload_n(res, r3 + c, count))
-    return fmul(s, fsplat(0.25))
-
-
-@njit(cache=True, inline="always")
 def _transform_step(acc, a, ktot, prm, co, cout, res, c, r0, r1, r2, r3, taps, z, zo, count):
     """Channels ``co .. co + count`` (count <= 16) of :func:`_transform`, as 16-lane vectors."""
     if count == 16:
@@ -281,9 +266,9 @@ def _transform_step(acc, a, ktot, prm, co, cout, res, c, r0, r1, r2, r3, taps, z
         add, shift_in = fload_n(prm, 2 * cout + co, count), fload_n(prm, 3 * cout + co, count)
         slope, shift_out = fload_n(prm, 4 * cout + co, count), fload_n(prm, 5 * cout + co, count)
     res_v = _residual_vec(res, r0, r1, r2, r3, taps, c, count)
-    y = fmul(fadd(fmul(pop, fsplat(-2.0)), fsplat(ktot)), scale)  # ktot - 2 pop: exact
-    y = fadd(fmul(y, mul), add)
-    y = fadd(fprelu(fadd(fadd(y, res_v), shift_in), slope), shift_out)
+    y = _unit_value(
+        pop, res_v, scale, mul, add, shift_in, slope, shift_out, fsplat(ktot), fsplat(-2.0)
+    )
     if count == 16:
         fstore(z, zo, y)
     else:
@@ -342,42 +327,6 @@ def _epilogue_generic(
 
 
 @njit(cache=True, inline="always")
-def _slice_pair(
-    acc, cols, a, res, q0, cg, c, cout, co, prm, thr, t_sets, z, obits, o0, owords, tstride,
-    count, ktot_v, m2,
-):  # fmt: skip
-    """Two 16-channel slices ``co .. co + 32`` of a block along one row: their signs go out as
-    one 32-bit store per threshold set."""
-    s0, s1 = fload(prm, co), fload(prm, co + 16)
-    mu0, mu1 = fload(prm, cout + co), fload(prm, cout + co + 16)
-    ad0, ad1 = fload(prm, 2 * cout + co), fload(prm, 2 * cout + co + 16)
-    si0, si1 = fload(prm, 3 * cout + co), fload(prm, 3 * cout + co + 16)
-    sl0, sl1 = fload(prm, 4 * cout + co), fload(prm, 4 * cout + co + 16)
-    so0, so1 = fload(prm, 5 * cout + co), fload(prm, 5 * cout + co + 16)
-    ta0 = fload(thr, co) if t_sets > 0 else m2
-    ta1 = fload(thr, co + 16) if t_sets > 0 else m2
-    tb0 = fload(thr, cout + co) if t_sets > 1 else m2
-    tb1 = fload(thr, cout + co + 16) if t_sets > 1 else m2
-    o32 = o0 // 2 + co // 32
-    for p in range(count):
-        r = (q0 + p) * cg + c
-        y0 = fmul(fadd(fmul(fload(acc, p * cols + a), m2), ktot_v), s0)
-        y1 = fmul(fadd(fmul(fload(acc, p * cols + a + 16), m2), ktot_v), s1)
-        y0 = fadd(fmul(y0, mu0), ad0)
-        y1 = fadd(fmul(y1, mu1), ad1)
-        y0 = fadd(fprelu(fadd(fadd(y0, fload(res, r)), si0), sl0), so0)
-        y1 = fadd(fprelu(fadd(fadd(y1, fload(res, r + 16)), si1), sl1), so1)
-        zo = (q0 + p) * cout + co
-        fstore(z, zo, y0)
-        fstore(z, zo + 16, y1)
-        o = o32 + p * owords * 2
-        if t_sets > 0:
-            store_u32(obits, o, sign_mask16(y0, ta0) | (sign_mask16(y1, ta1) << 16))
-        if t_sets > 1:
-            store_u32(obits, o + tstride // 2, sign_mask16(y0, tb0) | (sign_mask16(y1, tb1) << 16))
-
-
-@njit(cache=True, inline="always")
 def _epilogue_sliced(
     acc, cols, n, img, by, bx, count, h, w, ho, wo, cg, cout, groups, bpg, ktot_f, prm, res,
     pooled, z, thr, t_sets, opad, obits, owords, pos,
@@ -399,29 +348,19 @@ def _epilogue_sliced(
         # value: every offset steps by a constant from one position to the next
         q0 = (img * ho + by) * wo + bx
         o0 = ((img * hpo + by + opad) * wpo + bx + opad) * owords * 4
-        pairs = cg % 32 == 0
         for g in range(groups):
-            if pairs:
-                for c in range(0, cg, 32):
-                    _slice_pair(
-                        acc, cols, g * bpg * LANES + c, res, q0, cg, c, cout, g * cg + c, prm, thr,
-                        t_sets, z, obits, o0, owords, tstride, count, ktot_v, m2,
-                    )  # fmt: skip
-                continue
             for c in range(0, cg, 16):
                 co = g * cg + c
-                scale, mul, add = fload(prm, co), fload(prm, cout + co), fload(prm, 2 * cout + co)
-                shift_in, slope = fload(prm, 3 * cout + co), fload(prm, 4 * cout + co)
-                shift_out = fload(prm, 5 * cout + co)
-                thr0 = fload(thr, co) if t_sets > 0 else m2
-                thr1 = fload(thr, cout + co) if t_sets > 1 else m2
+                scale, mul, add, shift_in, slope, shift_out, thr0, thr1 = _slice_params(
+                    prm, thr, co, cout, t_sets, m2
+                )
                 a = g * bpg * LANES + c
                 for p in range(count):
                     pop = fload(acc, p * cols + a)
                     res_v = fload(res, (q0 + p) * cg + c)
-                    y = fmul(fadd(fmul(pop, m2), ktot_v), scale)  # ktot - 2 pop: exact
-                    y = fadd(fmul(y, mul), add)
-                    y = fadd(fprelu(fadd(fadd(y, res_v), shift_in), slope), shift_out)
+                    y = _unit_value(
+                        pop, res_v, scale, mul, add, shift_in, slope, shift_out, ktot_v, m2
+                    )
                     fstore(z, (q0 + p) * cout + co, y)
                     o16 = o0 + p * owords * 4 + co // 16
                     if t_sets > 0:
@@ -451,12 +390,10 @@ def _epilogue_sliced(
     for g in range(groups):
         for c in range(0, cg, 16):
             co = g * cg + c
-            scale, mul, add = fload(prm, co), fload(prm, cout + co), fload(prm, 2 * cout + co)
-            shift_in, slope = fload(prm, 3 * cout + co), fload(prm, 4 * cout + co)
-            shift_out = fload(prm, 5 * cout + co)
-            # the next layers' thresholds (at most two sets here), also kept in registers
-            thr0 = fload(thr, co) if t_sets > 0 else m2
-            thr1 = fload(thr, cout + co) if t_sets > 1 else m2
+            # the slice's parameters and the next layers' thresholds, kept in registers
+            scale, mul, add, shift_in, slope, shift_out, thr0, thr1 = _slice_params(
+                prm, thr, co, cout, t_sets, m2
+            )
             a = g * bpg * LANES + c
             for p in range(count):
                 q = p * 8
@@ -465,9 +402,7 @@ def _epilogue_sliced(
                     res, load(pos, q + 1), load(pos, q + 2), load(pos, q + 3), load(pos, q + 4),
                     load(pos, q + 5), c, 16,
                 )  # fmt: skip
-                y = fmul(fadd(fmul(pop, m2), ktot_v), scale)  # ktot - 2 pop: exact
-                y = fadd(fmul(y, mul), add)
-                y = fadd(fprelu(fadd(fadd(y, res_v), shift_in), slope), shift_out)
+                y = _unit_value(pop, res_v, scale, mul, add, shift_in, slope, shift_out, ktot_v, m2)
                 fstore(z, load(pos, q) + co, y)
                 o16 = load(pos, q + 6) + co // 16
                 if t_sets > 0:

@@ -29,6 +29,7 @@ from .simd import (
     ffrom_i32,
     ffrom_i64x2,
     fload,
+    fload_n,
     fmul,
     fprelu,
     fsplat,
@@ -41,32 +42,64 @@ from .simd import (
 
 
 @njit(cache=True, inline="always")
-def _params32(pprm, pthr, co, cout, t_sets, m2):
-    """The epilogue's parameters of channels ``co .. co + 32`` as 16 vectors (two per row of
-    ``prm``: scale, BN multiplier, BN offset, RPReLU shift, slope, shift; then the thresholds
-    of up to two sets, ``m2`` standing in for a missing set)."""
+def _slice_params(prm, thr, co, cout, t_sets, m2):
+    """The epilogue's parameters of the 16 channels from ``co`` on: the six rows of ``prm``
+    (weight scale, BatchNorm multiplier and offset, RPReLU shift, slope, shift) and the
+    thresholds of up to two sets, ``m2`` standing in for a missing set."""
     return (
-        fload(pprm, co), fload(pprm, co + 16), fload(pprm, cout + co), fload(pprm, cout + co + 16),
-        fload(pprm, 2 * cout + co), fload(pprm, 2 * cout + co + 16),
-        fload(pprm, 3 * cout + co), fload(pprm, 3 * cout + co + 16),
-        fload(pprm, 4 * cout + co), fload(pprm, 4 * cout + co + 16),
-        fload(pprm, 5 * cout + co), fload(pprm, 5 * cout + co + 16),
-        fload(pthr, co) if t_sets > 0 else m2, fload(pthr, co + 16) if t_sets > 0 else m2,
-        fload(pthr, cout + co) if t_sets > 1 else m2,
-        fload(pthr, cout + co + 16) if t_sets > 1 else m2,
+        fload(prm, co), fload(prm, cout + co), fload(prm, 2 * cout + co),
+        fload(prm, 3 * cout + co), fload(prm, 4 * cout + co), fload(prm, 5 * cout + co),
+        fload(thr, co) if t_sets > 0 else m2, fload(thr, cout + co) if t_sets > 1 else m2,
     )  # fmt: skip
+
+
+@njit(cache=True, inline="always")
+def _params32(pprm, pthr, co, cout, t_sets, m2):
+    """:func:`_slice_params` of the two 16-channel slices of channels ``co .. co + 32``."""
+    return (
+        _slice_params(pprm, pthr, co, cout, t_sets, m2),
+        _slice_params(pprm, pthr, co + 16, cout, t_sets, m2),
+    )
+
+
+@njit(cache=True, inline="always")
+def _unit_value(pop, res_v, scale, mul, add, shift_in, slope, shift_out, ktot_v, m2):
+    """The fused unit's output from its popcounts (a float vector): weight scale, BatchNorm,
+    residual, RPReLU -- the float32 operations of PyTorch's model in its order (and of the
+    numpy reference); ``ktot - 2 * pop`` is exact."""
+    y = fmul(fadd(fmul(pop, m2), ktot_v), scale)
+    y = fadd(fmul(y, mul), add)
+    return fadd(fprelu(fadd(fadd(y, res_v), shift_in), slope), shift_out)
+
+
+@njit(cache=True, inline="always")
+def _residual_vec(res, r0, r1, r2, r3, taps, c, count):
+    """Channels ``c .. c + count`` (count <= 16) of the residual: the pixel at ``r0`` (``taps``
+    1), or the average of the pixels at ``r0, r1`` (2) or ``r0 .. r3`` (4), in PyTorch's order:
+    ``(((r0 + r1) + r2) + r3) * 0.25`` and ``(r0 + r1) * 0.5`` (bit for bit ``/ 4`` and ``/ 2``,
+    powers of two, and far cheaper than a division)."""
+    if count == 16:
+        if taps == 1:
+            return fload(res, r0 + c)
+        s = fadd(fload(res, r0 + c), fload(res, r1 + c))
+        if taps == 2:
+            return fmul(s, fsplat(0.5))
+        s = fadd(fadd(s, fload(res, r2 + c)), fload(res, r3 + c))
+        return fmul(s, fsplat(0.25))
+    if taps == 1:
+        return fload_n(res, r0 + c, count)
+    s = fadd(fload_n(res, r0 + c, count), fload_n(res, r1 + c, count))
+    if taps == 2:
+        return fmul(s, fsplat(0.5))
+    s = fadd(fadd(s, fload_n(res, r2 + c, count)), fload_n(res, r3 + c, count))
+    return fmul(s, fsplat(0.25))
 
 
 @njit(cache=True, inline="always")
 def _residual16(pres, r, cg, rw, pooled):
     """16 channels of the residual from flat offset ``r``: the value itself, or (``pooled``)
-    the 2x2 average ``(((r00 + r01) + r10) + r11) * 0.25`` of a map ``rw`` floats per row --
-    PyTorch's order; ``* 0.25`` is bit for bit ``/ 4`` (a power of two) and far cheaper."""
-    if not pooled:
-        return fload(pres, r)
-    s = fadd(fload(pres, r), fload(pres, r + cg))
-    s = fadd(fadd(s, fload(pres, r + rw)), fload(pres, r + rw + cg))
-    return fmul(s, fsplat(0.25))
+    the 2x2 average of a map ``rw`` floats per row (:func:`_residual_vec`)."""
+    return _residual_vec(pres, r, r + cg, r + rw, r + rw + cg, 4 if pooled else 1, 0, 16)
 
 
 @njit(cache=True, inline="always")
@@ -80,19 +113,17 @@ def _y32(pop0, pop1, P, E, p, co, c, kv, m2):
     row's parity.
     """
     ppos, pres, cg, rw, pooled, pz, pob, tst32, t_sets, edge, ptab, tcol, pool_out, cout = E
-    s0, s1, mu0, mu1, ad0, ad1, si0, si1, sl0, sl1, so0, so1, ta0, ta1, tb0, tb1 = P
+    (s0, mu0, ad0, si0, sl0, so0, ta0, tb0), (s1, mu1, ad1, si1, sl1, so1, ta1, tb1) = P
     q = 8 * p
     if edge:  # zero padding: the missing taps' half weight sums (row 0: interior, zeros)
         t = load(ppos, q + 3) + tcol
         pop0 = fadd(pop0, fload(ptab, t))
         pop1 = fadd(pop1, fload(ptab, t + 16))
     r = load(ppos, q + 1) + c
-    y0 = fmul(fadd(fmul(pop0, m2), kv), s0)  # ktot - 2 pop: exact
-    y1 = fmul(fadd(fmul(pop1, m2), kv), s1)
-    y0 = fadd(fmul(y0, mu0), ad0)
-    y1 = fadd(fmul(y1, mu1), ad1)
-    y0 = fadd(fprelu(fadd(fadd(y0, _residual16(pres, r, cg, rw, pooled)), si0), sl0), so0)
-    y1 = fadd(fprelu(fadd(fadd(y1, _residual16(pres, r + 16, cg, rw, pooled)), si1), sl1), so1)
+    res0 = _residual16(pres, r, cg, rw, pooled)
+    res1 = _residual16(pres, r + 16, cg, rw, pooled)
+    y0 = _unit_value(pop0, res0, s0, mu0, ad0, si0, sl0, so0, kv, m2)
+    y1 = _unit_value(pop1, res1, s1, mu1, ad1, si1, sl1, so1, kv, m2)
     o32 = load(ppos, q + 2) + co // 32
     if cout % 64 == 32 and co + 32 == cout:
         # the last word holds only these 32 channels: one 64-bit store also clears the rest
