@@ -23,7 +23,14 @@ from numba import njit
 
 from .bitpack import LANES
 from .border import _border_class
-from .micro import _block_offsets, _next, _taps_narrow, _taps_wide
+from .micro import (
+    _block_offsets,
+    _block_positions,
+    _next,
+    _taps_narrow,
+    _taps_wide,
+    block_positions,
+)
 from .simd import (
     fadd,
     ffrom_i32,
@@ -246,7 +253,7 @@ def pools_output(cin, cg, k, stride, t_sets, pooled, h, w):
     pad = k // 2
     ho = (h + 2 * pad - k) // stride + 1
     wo = (w + 2 * pad - k) // stride + 1
-    positions = 8 if cin <= 32 else 4
+    positions = block_positions(cin)
     fits = _register_epilogue_fits(cg, k, t_sets, pooled, h, w)
     return fits and ho % 2 == 0 and wo % 2 == 0 and (2 * wo) % positions == 0
 
@@ -262,7 +269,7 @@ def _unit_block(
     and weight block: tap loop and epilogue in one micro-kernel call each. ``pool_out``: ``pz``
     is the 2x2-averaged map (:func:`pools_output`)."""
     kk = k * k
-    positions = 8 if narrow else 4
+    positions = _block_positions(narrow)
     o0, o1, o2, o3, o4, o5, o6, o7 = _block_offsets(
         by, bx, count, positions, wo, stride, rowstride, words
     )

@@ -299,7 +299,8 @@ class PackedNetwork:
             buf["stem_conv"] = np.empty(n * ch * cw * sc, np.float32)
         # Each unit reads one float map and writes the next: two buffers, used in turn, hold
         # them all, so the maps a forward pass touches stay few and warm in cache.
-        pooled = [False, *self._pools_output(h, w)]  # maps[i + 1] is unit i's output
+        buf["pool_out"] = self._pools_output(h, w)
+        pooled = [False, *buf["pool_out"]]  # maps[i + 1] is unit i's output
         sizes = [
             n * (hh // 2) * (ww // 2) * c if pool else n * hh * ww * c
             for (hh, ww, c), pool in zip(shapes, pooled)
@@ -374,7 +375,7 @@ class PackedNetwork:
         thr = self.arrays["units.0.rsign"]
         args = (maps[0], n, hh, ww, c, thr, first["kernel"] // 2, bits[0])
         calls.append(KernelCall("pack", K.pack_signs, args))
-        pool_out = self._pools_output(h, w)
+        pool_out = buf["pool_out"]
         for i, u in enumerate(units):
             s = u.spec
             hh, ww, c = shapes[i]
