@@ -46,6 +46,7 @@ from .micro import (
     _next,
     _popcounts,
     block_positions,
+    out_size,
 )
 from .simd import (
     address,
@@ -71,12 +72,6 @@ __all__ = [
     "block_positions",
     "out_size",
 ]
-
-
-@njit(cache=True)
-def out_size(size, k, stride):
-    """Output length of a convolution with padding ``k // 2`` (``ceil(size / stride)`` for k=3)."""
-    return (size + 2 * (k // 2) - k) // stride + 1
 
 
 @njit(cache=True, inline="always")

@@ -30,6 +30,7 @@ from .micro import (
     _taps_narrow,
     _taps_wide,
     block_positions,
+    out_size,
 )
 from .simd import (
     fadd,
@@ -250,9 +251,8 @@ def pools_output(cin, cg, k, stride, t_sets, pooled, h, w):
     of the map itself (``pool_out``): the register epilogue, an even output size (whole 2x2
     windows; a window's two columns in one block) and row pairs that are whole blocks (a job
     then owns both rows of its windows)."""
-    pad = k // 2
-    ho = (h + 2 * pad - k) // stride + 1
-    wo = (w + 2 * pad - k) // stride + 1
+    ho = out_size(h, k, stride)
+    wo = out_size(w, k, stride)
     positions = block_positions(cin)
     fits = _register_epilogue_fits(cg, k, t_sets, pooled, h, w)
     return fits and ho % 2 == 0 and wo % 2 == 0 and (2 * wo) % positions == 0

@@ -31,10 +31,16 @@ from .simd import (
     vzero32,
 )
 
-__all__ = ["POSITIONS", "block_positions"]
+__all__ = ["POSITIONS", "block_positions", "out_size"]
 
 
 POSITIONS = 4  # output positions per block on wide layers (8 on narrow ones)
+
+
+@njit(cache=True)
+def out_size(size, k, stride):
+    """Output length of a convolution with padding ``k // 2`` (``ceil(size / stride)`` for k=3)."""
+    return (size + 2 * (k // 2) - k) // stride + 1
 
 
 @njit(cache=True, inline="always")
