@@ -215,6 +215,12 @@ def test_newer_version_and_invalid_contents(packed_cases, tmp_path):
     arrays = dict(net.arrays, **{"units.0.rsign": net.arrays["units.0.rsign"][:, :-1]})
     with pytest.raises(PackedFormatError, match="units.0.rsign"):
         load(_rewrite(net, tmp_path / "shape.s2bnn", arrays=arrays))
+    for bad in (np.nan, np.inf):  # the kernels compare against -thr: finite shifts only
+        rsign = net.arrays["units.2.rsign"].copy()
+        rsign[0, 1] = bad
+        arrays = dict(net.arrays, **{"units.2.rsign": rsign})
+        with pytest.raises(PackedFormatError, match="units.2.rsign.*NaN or infinity"):
+            load(_rewrite(net, tmp_path / "nonfinite.s2bnn", arrays=arrays))
     arrays = dict(net.arrays, extra=np.zeros(3))
     with pytest.raises(PackedFormatError, match="unexpected"):
         load(_rewrite(net, tmp_path / "extra.s2bnn", arrays=arrays))

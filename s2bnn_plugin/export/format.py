@@ -204,6 +204,13 @@ def check_arrays(spec: dict, arrays: dict[str, np.ndarray]) -> None:
             f"{getattr(a, 'dtype', type(a).__name__)} {getattr(a, 'shape', '')}",
         )
     _check_padding_bits(spec, arrays)
+    for i in range(len(spec["units"])):
+        name = f"units.{i}.rsign"
+        _need(
+            bool(np.isfinite(arrays[name]).all()),
+            f"array {name!r} (unit {i}'s sign thresholds) holds NaN or infinity: the model's "
+            "RSign shifts are broken; fix or retrain the model and pack it again",
+        )
 
 
 def write_packed(path: str | os.PathLike, spec: dict, arrays: dict[str, np.ndarray]) -> Path:
