@@ -34,11 +34,13 @@ from .micro import (
 )
 from .simd import (
     fadd,
+    ffma,
     ffrom_i32,
     ffrom_i64x2,
     fload,
     fload_n,
     fmul,
+    fneg,
     fprelu,
     fsplat,
     fstore,
@@ -53,11 +55,13 @@ from .simd import (
 def _slice_params(prm, thr, co, cout, t_sets, m2):
     """The epilogue's parameters of the 16 channels from ``co`` on: the six rows of ``prm``
     (weight scale, BatchNorm multiplier and offset, RPReLU shift, slope, shift) and the
-    thresholds of up to two sets, ``m2`` standing in for a missing set."""
+    negated thresholds of up to two sets (:func:`.simd.sign_mask16`), ``m2`` standing in for a
+    missing set."""
     return (
         fload(prm, co), fload(prm, cout + co), fload(prm, 2 * cout + co),
         fload(prm, 3 * cout + co), fload(prm, 4 * cout + co), fload(prm, 5 * cout + co),
-        fload(thr, co) if t_sets > 0 else m2, fload(thr, cout + co) if t_sets > 1 else m2,
+        fneg(fload(thr, co)) if t_sets > 0 else m2,
+        fneg(fload(thr, cout + co)) if t_sets > 1 else m2,
     )  # fmt: skip
 
 
@@ -74,8 +78,8 @@ def _params32(pprm, pthr, co, cout, t_sets, m2):
 def _unit_value(pop, res_v, scale, mul, add, shift_in, slope, shift_out, ktot_v, m2):
     """The fused unit's output from its popcounts (a float vector): weight scale, BatchNorm,
     residual, RPReLU -- the float32 operations of PyTorch's model in its order (and of the
-    numpy reference); ``ktot - 2 * pop`` is exact."""
-    y = fmul(fadd(fmul(pop, m2), ktot_v), scale)
+    numpy reference); ``ktot - 2 * pop`` is exact, so one fused multiply-add computes it."""
+    y = fmul(ffma(pop, m2, ktot_v), scale)
     y = fadd(fmul(y, mul), add)
     return fadd(fprelu(fadd(fadd(y, res_v), shift_in), slope), shift_out)
 

@@ -20,6 +20,8 @@ __all__ = [
     "I32x16",
     "I64x8",
     "fadd",
+    "ffma",
+    "fneg",
     "fdiv",
     "fload",
     "fload_n",
@@ -646,6 +648,34 @@ fdiv.__doc__ = "Lane-wise ``a / b`` (IEEE division, as in PyTorch's average pool
 
 
 @intrinsic
+def fneg(typingctx, a):
+    """Lane-wise ``-a`` (exact)."""
+    if a != F32x16:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.fneg(args[0])
+
+    return F32x16(a), codegen
+
+
+@intrinsic
+def ffma(typingctx, a, b, c):
+    """Lane-wise ``a * b + c`` rounded once (``llvm.fma``): exact, and so the same bits as
+    the two-step form, where the product and sum are integers below 2**24."""
+    if a != F32x16 or b != F32x16 or c != F32x16:
+        return None
+
+    def codegen(context, builder, sig, args):
+        fma = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(_F16, [_F16, _F16, _F16]), "llvm.fma.v16f32"
+        )
+        return builder.call(fma, list(args))
+
+    return F32x16(a, b, c), codegen
+
+
+@intrinsic
 def fprelu(typingctx, y, slope):
     """Lane-wise ``y if y > 0 else y * slope`` (PReLU; NaN stays NaN)."""
     if y != F32x16 or slope != F32x16:
@@ -660,17 +690,22 @@ def fprelu(typingctx, y, slope):
 
 
 @intrinsic
-def sign_mask16(typingctx, y, thr):
-    """Bit ``j`` set where ``not (y[j] + thr[j] >= 0)`` (NaN sets it), j < 16, as a uint64:
-    the packed signs of 16 channels straight from a register (one ``vcmpps`` into a mask)."""
-    if y != F32x16 or thr != F32x16:
+def sign_mask16(typingctx, y, lo):
+    """Bit ``j`` set where ``not (y[j] >= lo[j])`` (NaN sets it), j < 16, as a uint64: the
+    packed signs of 16 channels straight from a register (one ``vcmpps`` into a mask).
+
+    With ``lo = -thr`` this is exactly ``not (y + thr >= 0)``, the sign of the next layer's
+    shifted input: a correctly rounded sum is zero only when it is exactly zero, and otherwise
+    has the sign of the exact sum (finite ``thr``; the packer refuses any other).
+    """
+    if y != F32x16 or lo != F32x16:
         return None
 
     def codegen(context, builder, sig, args):
-        ge = builder.fcmp_ordered(">=", builder.fadd(args[0], args[1]), ir.Constant(_F16, None))
+        ge = builder.fcmp_ordered(">=", args[0], args[1])
         return builder.zext(builder.bitcast(builder.not_(ge), ir.IntType(16)), _I64)
 
-    return types.uint64(y, thr), codegen
+    return types.uint64(y, lo), codegen
 
 
 @intrinsic

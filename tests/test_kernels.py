@@ -72,6 +72,46 @@ def test_popcount(values):
     assert _popcounts(a).tolist() == [bin(v).count("1") for v in values]
 
 
+@njit
+def _sign_masks(y, lo):
+    out = np.empty(y.size // 16, np.uint64)
+    for i in range(out.size):
+        out[i] = K.simd.sign_mask16(K.simd.fload(y, 16 * i), K.simd.fload(lo, 16 * i))
+    return out
+
+
+def _next_floats(v, steps):
+    """``v`` moved ``steps`` representable float32 values up (negative: down)."""
+    out = np.float32(v)
+    towards = np.float32(np.inf if steps > 0 else -np.inf)
+    for _ in range(abs(steps)):
+        out = np.nextafter(out, towards)
+    return out
+
+
+@given(
+    thr=st.floats(-(2.0**100), 2.0**100, width=32)
+    | st.sampled_from([0.0, -0.0, 1e-45, -1e-45, 3e38]),
+    extra=st.lists(st.floats(width=32, allow_nan=True), min_size=16, max_size=16),
+)
+@FAST
+def test_sign_mask16_is_the_sign_of_the_rounded_sum(thr, extra):
+    """One compare against ``-thr`` gives the bits of ``not (y + thr >= 0)`` in float32 for
+    every y: the floats around ``-thr`` (where the rounded sum is zero or tiny), NaN, zeros,
+    infinities and arbitrary values."""
+    t = np.float32(thr)
+    near = [_next_floats(-t, s) for s in range(-6, 7)] + [np.float32(np.nan), 0.0, -0.0]
+    y = np.array(near + extra, np.float32)
+    y = np.concatenate([y, np.zeros(-y.size % 16, np.float32)])
+    with np.errstate(over="ignore", invalid="ignore"):
+        bits = ~(y + t >= np.float32(0))
+    expected = [
+        sum(int(b) << j for j, b in enumerate(bits[i : i + 16])) for i in range(0, y.size, 16)
+    ]
+    lo = np.full(y.size, -t, np.float32)
+    assert _sign_masks(y, lo).tolist() == expected
+
+
 @given(
     n=st.integers(1, 3),
     h=st.integers(1, 6),
