@@ -56,6 +56,7 @@ from s2bnn_plugin.export.bench import (
     profile_table,
     set_threads,
     thread_scaling,
+    unit_epilogues,
 )
 
 
@@ -82,6 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--repeats", type=int, default=5, help="best of (end to end: fewer for 32)")
     p.add_argument("--quick", action="store_true", help="2 repeats, batch 1 and 8")
+    p.add_argument(
+        "--epilogue",
+        action="store_true",
+        help="only each fused unit timed alone against its binary convolution (batch 1, best of "
+        "30 bursts of 3 calls): the steadier figure for changes to the epilogue",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.repeats, args.batch = 2, [1, 8]
@@ -105,6 +112,27 @@ def main(argv: list[str] | None = None) -> int:
     if wait:  # a passive policy puts Numba's workers to sleep between kernels: slow on 2 threads
         print(f"OMP_WAIT_POLICY={wait} (the README's figures use the default)")
     print()
+
+    if args.epilogue:
+        for threads in args.threads:
+            set_threads(threads)
+            rows = unit_epilogues(net, args.size)
+            print(f"### Each fused unit alone, {args.size} px, batch 1, {threads} thread(s)\n")
+            cells = [
+                [n, f"{u * 1e3:.3f}", f"{c * 1e3:.3f}", f"{(u - c) * 1e3:.3f}"] for n, u, c in rows
+            ]
+            unit, conv = sum(r[1] for r in rows), sum(r[2] for r in rows)
+            cells.append(
+                [
+                    "**all units**",
+                    f"{unit * 1e3:.3f}",
+                    f"{conv * 1e3:.3f}",
+                    f"**{(unit - conv) * 1e3:.3f}**",
+                ]
+            )
+            headers = ["unit", "fused unit ms", "binary conv alone ms", "epilogue ms"]
+            print(markdown_table(headers, cells) + "\n")
+        return 0
 
     profiles = [
         profile(net, args.size, batch, threads, args.repeats)

@@ -348,6 +348,21 @@ def test_pack_and_check_commands(tmp_path, capsys):
     assert "not a readable" in capsys.readouterr().err
 
 
+def test_unit_epilogues_times_every_unit_on_its_own_input(packed_cases):
+    """One row per binary unit, in the network's order, each fused unit timed with its binary
+    convolution alone; timing leaves the network's results as they were."""
+    from s2bnn_plugin.export.bench import unit_epilogues
+
+    _, net, size = packed_cases["a_cifar"]
+    x = np.random.default_rng(3).standard_normal((1, 3, size, size)).astype(np.float32)
+    before = net(x)
+    rows = unit_epilogues(net, size, repeats=1, burst=1)
+    calls, _ = net.kernel_calls(x)
+    assert [r[0] for r in rows] == [c.name for c in calls if c.unit is not None]
+    assert all(unit > 0 and conv > 0 for _, unit, conv in rows)
+    np.testing.assert_array_equal(net(x), before)
+
+
 def test_bench_command(capsys):
     args = ["bench", "--width-mult", "0.25", "--size", "32", "--batch", "1", "--threads", "1",
             "--repeats", "1", "--layers", "--no-progress"]  # fmt: skip

@@ -437,6 +437,33 @@ def profile(
     return Profile(batch, threads, stages, best_net, best_convs, best_calls)
 
 
+def unit_epilogues(
+    net: PackedNetwork, size: int, repeats: int = 30, burst: int = 3, seed: int = 0
+) -> list[tuple[str, float, float]]:
+    """``(name, fused unit s, binary convolution alone s)`` of every binary unit of ``net`` at
+    ``size`` px, batch 1, on the current thread count: each unit timed on its own, on the input
+    it really gets, by :func:`best_times` against its :func:`binary_conv_acc` (``repeats``
+    rounds of ``burst`` calls). Why: the per-stage profile times each call once per round inside
+    the sequence; a change to the epilogue of a few percent needs the steadier figure."""
+    from s2bnn_plugin.kernels import binary_conv_acc
+
+    x = np.random.default_rng(seed).standard_normal((1, net.in_channels, size, size))
+    calls, _ = net.kernel_calls(x.astype(np.float32))
+    largest = max(hh * ww * c for hh, ww, c in net._shapes(size, size))
+    spare = [np.empty(largest, np.int32) for _ in range(2)]
+    conv_args = iter(_conv_args(net, calls, spare))
+    rows = []
+    for call in calls:
+        if call.unit is not None:  # the inputs as the calls before leave them
+            args = next(conv_args)
+            t_unit, t_conv = best_times(
+                [partial(call.fn, *call.args), partial(binary_conv_acc, *args)], repeats, burst
+            )
+            rows.append((call.name, t_unit, t_conv))
+        call.fn(*call.args)
+    return rows
+
+
 @dataclass
 class Scaling:
     """Seconds per call of ``net(x)`` at each thread count: the median of ``calls`` consecutive
