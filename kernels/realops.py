@@ -18,6 +18,14 @@ __all__ = ["conv_nchw_bn", "maxpool3x3s2", "projection_shortcut", "global_avgpoo
 
 
 @njit(cache=True, inline="always")
+def _madd32(a0, a1, x, xi, w0, w1):
+    """One tap of one position: ``a + x[xi] * w`` for its two 16-channel accumulators (a
+    multiply, then an add: PyTorch's order, no fused rounding)."""
+    xv = fsplat(load(x, xi))
+    return fadd(a0, fmul(xv, w0)), fadd(a1, fmul(xv, w1))
+
+
+@njit(cache=True, inline="always")
 def _stem_block(x, xbase, h, w, iy0, ix0, wt, k, cout, c0, cin, count):
     """One output position, channels ``c0 .. c0 + count`` (count <= 32): two 16-lane register
     accumulators summed over (ci, ky, kx) in order, taps outside the image skipped."""
@@ -78,30 +86,15 @@ def _stem_block8(x, xbase, h, w, iy0, ix0, stride, wt, k, cout, c0, cin, count):
                 wo = ((ci * k + ky) * k + kx) * cout + c0
                 w0 = fload(wt, wo) if n0 == 16 else fload_n(wt, wo, n0)
                 w1 = fload(wt, wo + 16) if n1 == 16 else fload_n(wt, wo + 16, n1)
-                xv = fsplat(load(x, xrow + kx))
-                a00 = fadd(a00, fmul(xv, w0))
-                a01 = fadd(a01, fmul(xv, w1))
-                xv = fsplat(load(x, xrow + stride + kx))
-                a10 = fadd(a10, fmul(xv, w0))
-                a11 = fadd(a11, fmul(xv, w1))
-                xv = fsplat(load(x, xrow + 2 * stride + kx))
-                a20 = fadd(a20, fmul(xv, w0))
-                a21 = fadd(a21, fmul(xv, w1))
-                xv = fsplat(load(x, xrow + 3 * stride + kx))
-                a30 = fadd(a30, fmul(xv, w0))
-                a31 = fadd(a31, fmul(xv, w1))
-                xv = fsplat(load(x, xrow + 4 * stride + kx))
-                a40 = fadd(a40, fmul(xv, w0))
-                a41 = fadd(a41, fmul(xv, w1))
-                xv = fsplat(load(x, xrow + 5 * stride + kx))
-                a50 = fadd(a50, fmul(xv, w0))
-                a51 = fadd(a51, fmul(xv, w1))
-                xv = fsplat(load(x, xrow + 6 * stride + kx))
-                a60 = fadd(a60, fmul(xv, w0))
-                a61 = fadd(a61, fmul(xv, w1))
-                xv = fsplat(load(x, xrow + 7 * stride + kx))
-                a70 = fadd(a70, fmul(xv, w0))
-                a71 = fadd(a71, fmul(xv, w1))
+                xi = xrow + kx
+                a00, a01 = _madd32(a00, a01, x, xi, w0, w1)
+                a10, a11 = _madd32(a10, a11, x, xi + stride, w0, w1)
+                a20, a21 = _madd32(a20, a21, x, xi + 2 * stride, w0, w1)
+                a30, a31 = _madd32(a30, a31, x, xi + 3 * stride, w0, w1)
+                a40, a41 = _madd32(a40, a41, x, xi + 4 * stride, w0, w1)
+                a50, a51 = _madd32(a50, a51, x, xi + 5 * stride, w0, w1)
+                a60, a61 = _madd32(a60, a61, x, xi + 6 * stride, w0, w1)
+                a70, a71 = _madd32(a70, a71, x, xi + 7 * stride, w0, w1)
     return (a00, a01, a10, a11, a20, a21, a30, a31, a40, a41, a50, a51, a60, a61, a70, a71)
 
 
