@@ -54,6 +54,12 @@ def _identity_activation(channels: int) -> np.ndarray:
     return act
 
 
+def _pools_residual(unit: dict, i: int, pool_out: list[bool]) -> bool:
+    """Whether unit ``i`` averages its residual's 2x2 windows itself: an average-pooled
+    residual that the unit before did not already write pooled (``pool_out``)."""
+    return unit["residual"] == "avgpool" and not (i > 0 and pool_out[i - 1])
+
+
 @dataclass
 class KernelCall:
     """One compiled call of the forward pass: ``fn(*args)``; ``unit``: binary unit index."""
@@ -251,8 +257,7 @@ class PackedNetwork:
         out: list[bool] = []
         for i, u in enumerate(specs[:-1]):
             hh, ww, c = shapes[i]
-            # the residual this unit reads pooled itself (not already pooled by the one before)
-            pooled = u["residual"] == "avgpool" and not (i > 0 and out[i - 1])
+            pooled = _pools_residual(u, i, out)
             t_sets = self.arrays[f"units.{i + 1}.rsign"].shape[0]
             fits = pools_output(
                 c, u["group_channels"], u["kernel"], u["stride"], t_sets, pooled, hh, ww
@@ -381,8 +386,7 @@ class PackedNetwork:
             hh, ww, c = shapes[i]
             ho, wo, cout = shapes[i + 1]
             res = maps[i]
-            # an average-pooled residual that the unit before already wrote pooled
-            pooled = s["residual"] == "avgpool" and not (i > 0 and pool_out[i - 1])
+            pooled = _pools_residual(s, i, pool_out)
             if s["residual"] == "projection":
                 res = buf["proj"][i]
                 args = (maps[i], n, hh, ww, c, s["stride"] == 2, u.proj_weight, u.proj_affine, res)
