@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -78,6 +79,14 @@ def test_every_subpackage_is_listed_in_pyproject():
 
 
 def test_wheel_holds_kernels_and_configs(tmp_path):
+    """Built from a copy of the sources: setuptools reuses a checkout's ``build/`` folder, where
+    files of an earlier build would hide one missing from this one."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy2(ROOT / name, src / name)
+    for folder in ("s2bnn_plugin", "kernels", "solo_configs"):
+        shutil.copytree(ROOT / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__"))
     proc = subprocess.run(
         [
             sys.executable,
@@ -89,12 +98,13 @@ def test_wheel_holds_kernels_and_configs(tmp_path):
             "-q",
             "-w",
             str(tmp_path),
-            str(ROOT),
+            str(src),
         ],
         capture_output=True,
         text=True,
     )
     assert proc.returncode == 0, proc.stderr
+    assert "absent from the `packages` configuration" not in proc.stderr
     (wheel,) = tmp_path.glob("s2bnn_plugin-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "s2bnn_plugin/kernels/__init__.py" in names
