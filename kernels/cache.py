@@ -27,7 +27,14 @@ from numba.core.caching import _CacheLocator, _SourceFileBackedLocatorMixin
 # ``CacheImpl`` since Numba 0.61 or so, ``_CacheImpl`` before
 _CACHE_IMPL = getattr(caching, "CacheImpl", None) or caching._CacheImpl
 
-__all__ = ["SUBDIR", "KernelCacheLocator", "cache_dir", "source_digest"]
+__all__ = [
+    "SUBDIR",
+    "KernelCacheLocator",
+    "cache_dir",
+    "compiled_in",
+    "other_versions",
+    "source_digest",
+]
 
 SUBDIR = "s2bnn_kernels"
 HERE = Path(__file__).resolve().parent
@@ -60,6 +67,29 @@ def cache_dir(directory: Path = HERE, root: str | None = None) -> Path:
     """The folder holding the machine code compiled from the sources in ``directory``."""
     base = root if root is not None else _roots()[0]
     return Path(base) / SUBDIR / _digest(Path(directory))[:32]
+
+
+def compiled_in(function: str, directory: Path = HERE) -> Path | None:
+    """The cache folder holding machine code of ``function`` (``"module.name"``, as Numba names
+    its index files: ``"bconv.binary_conv_fused"``) compiled from the sources in ``directory``,
+    or None when its first call will compile it."""
+    for root in _roots():
+        folder = cache_dir(directory, root)
+        if any(folder.glob(f"{function}-*.nbi")):
+            return folder
+    return None
+
+
+def other_versions(directory: Path = HERE) -> list[Path]:
+    """Cache folders compiled from other versions of the sources: never loaded again (see the
+    module), so safe to delete."""
+    current = {cache_dir(directory, root) for root in _roots()}
+    found = []
+    for root in _roots():
+        parent = Path(root) / SUBDIR
+        if parent.is_dir():
+            found += [p for p in sorted(parent.iterdir()) if p.is_dir() and p not in current]
+    return found
 
 
 class KernelCacheLocator(_SourceFileBackedLocatorMixin, _CacheLocator):

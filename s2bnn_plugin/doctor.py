@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import platform
+import shlex
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -98,6 +99,46 @@ def _numba() -> Check:
     return Check("numba", True, f"numba {numba.__version__}, CPU target {cpu}: {popcount}")
 
 
+def _kernels() -> list[Check]:
+    """Whether the packed engine's first run will compile its kernels, and the disk taken by
+    machine code compiled from other versions of them (Numba never deletes it)."""
+    if importlib.util.find_spec("numba") is None:
+        return [Check("kernels", False, "need numba", "pip install numba", required=False)]
+    from s2bnn_plugin.kernels.cache import cache_dir, compiled_in, other_versions
+
+    folder = compiled_in("bconv.binary_conv_fused")
+    checks = [
+        Check("kernels", True, f"compiled for these sources in {folder}")
+        if folder is not None
+        else Check(
+            "kernels",
+            False,
+            f"not compiled yet: the first packed run compiles them into {cache_dir()}",
+            "nothing to do: that run takes about 2 minutes longer (2 cores), later ones don't",
+            required=False,
+        )
+    ]
+    old = other_versions()
+    if old:
+        size = sum(f.stat().st_size for d in old for f in d.rglob("*") if f.is_file())
+        keep = cache_dir().name
+        checks.append(
+            Check(
+                "old kernels",
+                False,
+                f"{size / 2**20:.0f} MB in {len(old)} folders compiled from other versions,"
+                " never loaded again",
+                " && ".join(
+                    f"find {shlex.quote(str(parent))} -mindepth 1 -maxdepth 1 ! -name {keep}"
+                    " -exec rm -r {} +"
+                    for parent in sorted({d.parent for d in old})
+                ),
+                required=False,
+            )
+        )
+    return checks
+
+
 def _solo() -> list[Check]:
     from s2bnn_plugin.compat.solo import SOLO_COMMIT, solo_checkout, tree_commit
 
@@ -180,6 +221,7 @@ def diagnose(data_root: str | None = None) -> list[Check]:
         _python,
         _torch,
         _numba,
+        _kernels,
         _solo,
         _matplotlib,
         lambda: _fashion_mnist(data_root),

@@ -521,6 +521,7 @@ def test_a_cache_compiled_from_other_kernel_sources_is_never_used(tmp_path):
     from pathlib import Path
 
     import s2bnn_plugin.kernels as pkg
+    from s2bnn_plugin.kernels.cache import cache_dir
 
     copy = tmp_path / "pkg" / "kcopy"
     copy.mkdir(parents=True)
@@ -546,6 +547,17 @@ def test_a_cache_compiled_from_other_kernel_sources_is_never_used(tmp_path):
     assert _run(code, env, tmp_path).split() == ["56"]  # recompiled: 64 - 2 * (3 + 1)
     folders = list((tmp_path / "numba" / "s2bnn_kernels").iterdir())
     assert len(folders) == 2 and all(any(f.glob("bitpack.tap_sums*.nbi")) for f in folders)
+    # what `s2bnn doctor` reports: compiled here or not, and the other version's folder
+    report = """
+        import sys
+        sys.path.insert(0, "pkg")
+        from kcopy.cache import cache_dir, compiled_in, other_versions
+        print(compiled_in("bitpack.tap_sums") == cache_dir(), compiled_in("bconv.binary_gemm"))
+        print(*[p.name for p in other_versions()])
+        """
+    here, old = _run(report, env, tmp_path).splitlines()
+    assert here.split() == ["True", "None"]
+    assert old.split() == [f.name for f in folders if f.name != cache_dir(copy).name]
 
 
 def test_importing_the_kernels_writes_nothing_in_the_package(tmp_path):

@@ -102,3 +102,31 @@ def test_doctor_passes_when_everything_is_there(monkeypatch):
     assert not gpu.required  # a GPU is reported, never required
     assert all(c.ok or not c.required for c in checks)
     assert doctor.render(checks).endswith("everything the README's commands need is here")
+
+
+def test_doctor_says_whether_the_kernels_are_compiled_and_its_fix_removes_only_old_ones(
+    monkeypatch, tmp_path
+):
+    """The report's pasted fix deletes the folders of other kernel versions and keeps the one
+    this install loads."""
+    import subprocess
+
+    from s2bnn_plugin.kernels import cache
+
+    from s2bnn_plugin import doctor
+
+    monkeypatch.setattr(cache, "_roots", lambda: [str(tmp_path / "my cache")])  # a space
+    current = cache.cache_dir()
+    for folder in (current, current.parent / ("0" * 32), current.parent / ("f" * 32)):
+        folder.mkdir(parents=True)
+        (folder / "bitpack.tap_sums-131.py311.1.nbc").write_bytes(b"x" * 2**20)
+    (kernels, old) = doctor._kernels()
+    assert (kernels.name, kernels.ok, kernels.required) == ("kernels", False, False)
+    assert str(current) in kernels.found and "2 minutes" in kernels.fix
+    assert (old.name, old.ok, old.required) == ("old kernels", False, False)
+    assert "2 MB in 2 folders" in old.found
+    subprocess.run(["bash", "-c", old.fix], check=True)
+    assert [p.name for p in current.parent.iterdir()] == [current.name]
+    (current / "bconv.binary_conv_fused-300.py311.nbi").write_bytes(b"")
+    (kernels,) = doctor._kernels()
+    assert kernels.ok and str(current) in kernels.found
