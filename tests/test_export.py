@@ -117,6 +117,27 @@ def test_threads_and_chunks_do_not_change_results(packed_cases, monkeypatch):
     np.testing.assert_array_equal(net(x[:2]), one[:2])
 
 
+def test_the_first_run_says_it_compiles_the_kernels(packed_cases, monkeypatch, caplog):
+    """Once per process, before compiled code runs, and only when the kernels' cache lacks the
+    fused driver (the first packed run after an install or upgrade stalls about 2 minutes)."""
+    from s2bnn_plugin.kernels import cache
+
+    _, net, size = packed_cases["r18"]
+    x = _images(1, size).numpy()
+    for cached, said in [(None, True), (cache.cache_dir(), False)]:
+        monkeypatch.setattr(cache, "compiled_in", lambda name, cached=cached: cached)
+        network_module._announce_compilation.cache_clear()
+        caplog.clear()
+        net(x)
+        net(x)
+        notes = [r for r in caplog.records if "compiling the packed engine" in r.message]
+        assert len(notes) == (1 if said else 0)
+    network_module._announce_compilation.cache_clear()
+    caplog.clear()
+    net(x, engine="numpy")
+    assert not caplog.records  # the numpy engine compiles nothing
+
+
 def test_float_twin(packed_cases):
     _, net, size = packed_cases["a_odd"]
     twin = net.to_torch()

@@ -20,6 +20,8 @@ come out NaN, as in the PyTorch model; the other images of the batch are unaffec
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 import os
 import threading
@@ -36,6 +38,23 @@ __all__ = ["KernelCall", "PackedNetwork", "load"]
 
 ENGINES = ("numba", "numpy")
 CACHE_BYTES = 6 << 20  # float maps of one chunk of images should fit well inside L2 + L3
+
+_log = logging.getLogger(__name__)
+
+
+@functools.cache
+def _announce_compilation() -> None:
+    """Say so, once per process, before the first call compiles the kernels (about 2 minutes
+    on 2 cores, once per install or upgrade; later processes load the cached machine code):
+    otherwise the first packed run just stalls."""
+    from s2bnn_plugin.kernels.cache import cache_dir, compiled_in
+
+    if compiled_in("bconv.binary_conv_fused") is None:
+        _log.warning(
+            "compiling the packed engine's CPU kernels for this machine: about 2 minutes on 2 "
+            "cores, once per install or upgrade (cached in %s)",
+            cache_dir(),
+        )
 
 
 def _aligned(a: np.ndarray, align: int = 64) -> np.ndarray:
@@ -195,6 +214,7 @@ class PackedNetwork:
             return np.zeros((0, self.num_features), np.float32)
         if engine == "numpy":
             return self._forward_numpy(x)
+        _announce_compilation()
         chunk = self._images_per_chunk(x.shape[2], x.shape[3])
         out = np.empty((n, self.num_features), np.float32)
         with self._lock:
