@@ -110,8 +110,14 @@ def _residual_vec(res, r0, r1, r2, r3, taps, c, count):
 @njit(cache=True, inline="always")
 def _residual16(pres, r, cg, rw, pooled):
     """16 channels of the residual from flat offset ``r``: the value itself, or (``pooled``)
-    the 2x2 average of a map ``rw`` floats per row (:func:`_residual_vec`)."""
-    return _residual_vec(pres, r, r + cg, r + rw, r + rw + cg, 4 if pooled else 1, 0, 16)
+    the 2x2 average of a map ``rw`` floats per row, in :func:`_residual_vec`'s order. Written
+    out rather than through :func:`_residual_vec`: Numba inlines every branch of that before it
+    can fold ``count``, 32 times per micro-kernel, which made compiling them slow."""
+    if not pooled:
+        return fload(pres, r)
+    s = fadd(fadd(fadd(fload(pres, r), fload(pres, r + cg)), fload(pres, r + rw)),
+             fload(pres, r + rw + cg))  # fmt: skip
+    return fmul(s, fsplat(0.25))
 
 
 @njit(cache=True, inline="always")
