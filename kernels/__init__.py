@@ -9,8 +9,8 @@ exact accumulation, fused unit), :mod:`.realops` (stem convolution, pooling, pro
 shortcut), :mod:`.assembly` (does the compiled code use ``vpopcntq`` / ``vpopcntd``?).
 
 All functions are ``@njit(cache=True)``: the first call in a fresh environment compiles them
-(about 2 minutes on 2 cores for what a ReActNet-A runs; :class:`~s2bnn_plugin.export.PackedNetwork`
-says so first), later processes load the cached machine code. :mod:`.cache` keeps that code in one
+(:data:`.cache.FIRST_COMPILE` for what a ReActNet-A runs; ``PackedNetwork`` says so first),
+later processes load the cached machine code. :mod:`.cache` keeps that code in one
 folder per digest of all the kernel sources (under ``NUMBA_CACHE_DIR`` when set, else Numba's
 user-wide cache folder), so code compiled from other sources is never loaded (Numba alone
 would keep code that inlined an edited helper), and importing writes nothing in the package. The

@@ -104,7 +104,12 @@ def _kernels() -> list[Check]:
     machine code compiled from other versions of them (Numba never deletes it)."""
     if importlib.util.find_spec("numba") is None:
         return [Check("kernels", False, "need numba", "pip install numba", required=False)]
-    from s2bnn_plugin.kernels.cache import cache_dir, compiled_in, other_versions
+    from s2bnn_plugin.kernels.cache import (
+        FIRST_COMPILE,
+        cache_dir,
+        compiled_in,
+        other_versions,
+    )
 
     folder = compiled_in("bconv.binary_conv_fused")
     checks = [
@@ -114,7 +119,7 @@ def _kernels() -> list[Check]:
             "kernels",
             False,
             f"not compiled yet: the first packed run compiles them into {cache_dir()}",
-            "nothing to do: that run takes about 2 minutes longer (2 cores), later ones don't",
+            f"nothing to do: that run takes {FIRST_COMPILE} longer, later ones don't",
             required=False,
         )
     ]

@@ -44,15 +44,16 @@ _log = logging.getLogger(__name__)
 
 @functools.cache
 def _announce_compilation() -> None:
-    """Say so, once per process, before the first call compiles the kernels (about 2 minutes
-    on 2 cores, once per install or upgrade; later processes load the cached machine code):
-    otherwise the first packed run just stalls."""
-    from s2bnn_plugin.kernels.cache import cache_dir, compiled_in
+    """Say so, once per process, before the first call compiles the kernels (once per install
+    or upgrade; later processes load the cached machine code): otherwise the first packed run
+    just stalls."""
+    from s2bnn_plugin.kernels.cache import FIRST_COMPILE, cache_dir, compiled_in
 
     if compiled_in("bconv.binary_conv_fused") is None:
         _log.warning(
-            "compiling the packed engine's CPU kernels for this machine: about 2 minutes on 2 "
-            "cores, once per install or upgrade (cached in %s)",
+            "compiling the packed engine's CPU kernels for this machine: %s, once per install "
+            "or upgrade (cached in %s)",
+            FIRST_COMPILE,
             cache_dir(),
         )
 
