@@ -119,7 +119,7 @@ def test_threads_and_chunks_do_not_change_results(packed_cases, monkeypatch):
 
 def test_the_first_run_says_it_compiles_the_kernels(packed_cases, monkeypatch, caplog):
     """Once per process, before compiled code runs, and only when the kernels' cache lacks the
-    fused driver (the first packed run after an install or upgrade stalls about 1.5 minutes)."""
+    fused driver (the first packed run after an install or upgrade stalls about 30 seconds)."""
     from s2bnn_plugin.kernels import cache
 
     _, net, size = packed_cases["r18"]
