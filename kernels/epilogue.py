@@ -3,12 +3,13 @@
 Why: through a block buffer every 16 channels' popcounts are converted and stored by the
 micro-kernel, then loaded back by the epilogue (on wide layers as two 8-lane stores read by one
 16-lane load, which store forwarding cannot serve). Here the micro-kernel's tap loop
-(:func:`.micro._taps_narrow` / :func:`.micro._taps_wide`) is followed, in the same function, by
-the epilogue of its 32 output channels for each of its positions: popcounts to float in the
-register, weight scale, BatchNorm, the residual (optionally the 2x2 average of the input-sized
-map), RPReLU, the float map store, and the next layer's signs (one compare into a mask register
-per 16 channels, 32 bits per store). Same float32 operations in the same order as the buffered
-epilogue and the numpy reference: the results are bit for bit the same.
+(:func:`.micro._taps_narrow` / :func:`.micro._taps_wide`) is followed by the epilogue of its 32
+output channels for each of its positions (:func:`_y32`, called with the popcounts in
+registers): popcounts to float in the register, weight scale, BatchNorm, the residual
+(optionally the 2x2 average of the input-sized map), RPReLU, the float map store, and the next
+layer's signs (one compare into a mask register per 16 channels, 32 bits per store). Same
+float32 operations in the same order as the buffered epilogue and the numpy reference: the
+results are bit for bit the same.
 
 Every block of a unit takes this path when its groups are whole 32-channel weight blocks, its
 kernel is 1x1 or 3x3 (the zero-padding correction is added to the popcounts in the register,
