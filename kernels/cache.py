@@ -72,10 +72,10 @@ def cache_dir(directory: Path = HERE, root: str | None = None) -> Path:
     return Path(base) / SUBDIR / _digest(Path(directory))[:32]
 
 
-def compiled_in(function: str, directory: Path = HERE) -> Path | None:
+def compiled_in(function: str = "bconv.binary_conv_fused", directory: Path = HERE) -> Path | None:
     """The cache folder holding machine code of ``function`` (``"module.name"``, as Numba names
-    its index files: ``"bconv.binary_conv_fused"``) compiled from the sources in ``directory``,
-    or None when its first call will compile it."""
+    its index files; by default the fused-unit driver, most of a first compile) compiled from the
+    sources in ``directory``, or None when its first call will compile it."""
     for root in _roots():
         folder = cache_dir(directory, root)
         if any(folder.glob(f"{function}-*.nbi")):

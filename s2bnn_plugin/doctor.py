@@ -111,7 +111,7 @@ def _kernels() -> list[Check]:
         other_versions,
     )
 
-    folder = compiled_in("bconv.binary_conv_fused")
+    folder = compiled_in()
     checks = [
         Check("kernels", True, f"compiled for these sources in {folder}")
         if folder is not None

@@ -125,7 +125,7 @@ def test_the_first_run_says_it_compiles_the_kernels(packed_cases, monkeypatch, c
     _, net, size = packed_cases["r18"]
     x = _images(1, size).numpy()
     for cached, said in [(None, True), (cache.cache_dir(), False)]:
-        monkeypatch.setattr(cache, "compiled_in", lambda name, cached=cached: cached)
+        monkeypatch.setattr(cache, "compiled_in", lambda *_, cached=cached: cached)
         network_module._announce_compilation.cache_clear()
         caplog.clear()
         net(x)

@@ -49,7 +49,7 @@ def _announce_compilation() -> None:
     just stalls."""
     from s2bnn_plugin.kernels.cache import FIRST_COMPILE, cache_dir, compiled_in
 
-    if compiled_in("bconv.binary_conv_fused") is None:
+    if compiled_in() is None:
         _log.warning(
             "compiling the packed engine's CPU kernels for this machine: %s, once per install "
             "or upgrade (cached in %s)",
