@@ -14,9 +14,11 @@ exception is a bug and propagates with its traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from s2bnn_plugin.compat.solo import configs_dir
@@ -467,10 +469,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# commands that hand the process to solo-learn's scripts (Hydra configures logging there)
+_SOLO_RUNS = {"pretrain", "linear"}
+
+
+@contextlib.contextmanager
+def _notices() -> Iterator[None]:
+    """The plugin's log notices (the first packed run saying that it compiles the kernels) on
+    stderr as plain lines, written above a running progress bar instead of glued to it."""
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    logger = logging.getLogger("s2bnn_plugin")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    propagate, logger.propagate = logger.propagate, False
+    try:
+        with logging_redirect_tqdm(loggers=[logger]):
+            yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        if args.command in _SOLO_RUNS:
+            return int(args.func(args) or 0)
+        with _notices():
+            return int(args.func(args) or 0)
     except S2BNNError as e:
         if args.debug:
             raise

@@ -130,3 +130,32 @@ def test_doctor_says_whether_the_kernels_are_compiled_and_its_fix_removes_only_o
     (current / "bconv.binary_conv_fused-300.py311.nbi").write_bytes(b"")
     (kernels,) = doctor._kernels()
     assert kernels.ok and str(current) in kernels.found
+
+
+def test_the_commands_print_the_plugins_notices_above_a_progress_bar(monkeypatch, capsys):
+    """A notice logged while a bar runs (the first packed run's "compiling" line) comes out as a
+    line of its own, the bar cleared first and redrawn after; and once the command is done the
+    plugin's logger is as it was."""
+    import logging
+    import sys
+
+    from tqdm import tqdm
+
+    from s2bnn_plugin import cli
+
+    def command(args):
+        with tqdm(total=2, desc="bench", file=sys.stderr) as bar:
+            bar.update(1)
+            logging.getLogger("s2bnn_plugin.export.network").warning("compiling the kernels")
+            bar.update(1)
+        return 0
+
+    monkeypatch.setattr(cli, "_cmd_configs", command)
+    logger = logging.getLogger("s2bnn_plugin")
+    before = (list(logger.handlers), logger.propagate)
+    assert cli.main(["configs"]) == 0
+    lines = capsys.readouterr().err.split("\n")
+    (line,) = [ln for ln in lines if "compiling the kernels" in ln]
+    assert line.rsplit("\r", 1)[-1] == "compiling the kernels"  # not glued to the bar
+    assert "bench" in lines[-1] or "bench" in lines[-2]  # the bar goes on below it
+    assert (list(logger.handlers), logger.propagate) == before
