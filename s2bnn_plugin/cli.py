@@ -298,7 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "doctor",
         help="what this environment has and lacks for each feature, with the fixes",
-        description="Checks torch, Numba and the CPU's vector popcount, solo-learn and its "
+        description="Checks torch, Numba and the CPU's vector popcount, whether the kernels "
+        "are compiled (and the disk taken by other versions' machine code), solo-learn and its "
         "commit, registration, matplotlib, Fashion-MNIST and GPUs. Exit code 0 when everything "
         "the README's commands need is there (a GPU is optional).",
     )
