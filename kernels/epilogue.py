@@ -86,39 +86,44 @@ def _unit_value(pop, res_v, scale, mul, add, shift_in, slope, shift_out, ktot_v,
 
 
 @njit(cache=True, inline="always")
+def _avg4(a, b, c, d):
+    """The 2x2 average of four float vectors in PyTorch's order, ``(((a + b) + c) + d) * 0.25``
+    (bit for bit ``/ 4``: a power of two, and far cheaper than a division)."""
+    return fmul(fadd(fadd(fadd(a, b), c), d), fsplat(0.25))
+
+
+@njit(cache=True, inline="always")
 def _residual_vec(res, r0, r1, r2, r3, taps, c, count):
     """Channels ``c .. c + count`` (count <= 16) of the residual: the pixel at ``r0`` (``taps``
-    1), or the average of the pixels at ``r0, r1`` (2) or ``r0 .. r3`` (4), in PyTorch's order:
-    ``(((r0 + r1) + r2) + r3) * 0.25`` and ``(r0 + r1) * 0.5`` (bit for bit ``/ 4`` and ``/ 2``,
-    powers of two, and far cheaper than a division)."""
+    1), or the average of the pixels at ``r0, r1`` (2) or ``r0 .. r3`` (4, :func:`_avg4`), in
+    PyTorch's order; ``(r0 + r1) * 0.5`` is bit for bit ``/ 2``."""
     if count == 16:
         if taps == 1:
             return fload(res, r0 + c)
-        s = fadd(fload(res, r0 + c), fload(res, r1 + c))
         if taps == 2:
-            return fmul(s, fsplat(0.5))
-        s = fadd(fadd(s, fload(res, r2 + c)), fload(res, r3 + c))
-        return fmul(s, fsplat(0.25))
+            return fmul(fadd(fload(res, r0 + c), fload(res, r1 + c)), fsplat(0.5))
+        return _avg4(fload(res, r0 + c), fload(res, r1 + c), fload(res, r2 + c), fload(res, r3 + c))
     if taps == 1:
         return fload_n(res, r0 + c, count)
-    s = fadd(fload_n(res, r0 + c, count), fload_n(res, r1 + c, count))
     if taps == 2:
-        return fmul(s, fsplat(0.5))
-    s = fadd(fadd(s, fload_n(res, r2 + c, count)), fload_n(res, r3 + c, count))
-    return fmul(s, fsplat(0.25))
+        return fmul(fadd(fload_n(res, r0 + c, count), fload_n(res, r1 + c, count)), fsplat(0.5))
+    return _avg4(
+        fload_n(res, r0 + c, count),
+        fload_n(res, r1 + c, count),
+        fload_n(res, r2 + c, count),
+        fload_n(res, r3 + c, count),
+    )
 
 
 @njit(cache=True, inline="always")
 def _residual16(pres, r, cg, rw, pooled):
     """16 channels of the residual from flat offset ``r``: the value itself, or (``pooled``)
-    the 2x2 average of a map ``rw`` floats per row, in :func:`_residual_vec`'s order. Written
-    out rather than through :func:`_residual_vec`: Numba inlines every branch of that before it
-    can fold ``count``, 32 times per micro-kernel, which made compiling them slow."""
+    the 2x2 average of a map ``rw`` floats per row. Not through :func:`_residual_vec`, whose
+    every branch Numba inlines before it can fold ``count`` (a first compile 3-5 s longer now
+    that :func:`_y32` is its only caller; 39 s longer when the micro-kernels inlined it)."""
     if not pooled:
         return fload(pres, r)
-    s = fadd(fadd(fadd(fload(pres, r), fload(pres, r + cg)), fload(pres, r + rw)),
-             fload(pres, r + rw + cg))  # fmt: skip
-    return fmul(s, fsplat(0.25))
+    return _avg4(fload(pres, r), fload(pres, r + cg), fload(pres, r + rw), fload(pres, r + rw + cg))
 
 
 @njit(cache=True)
