@@ -44,6 +44,7 @@ from s2bnn_plugin.backbones import create_backbone
 from s2bnn_plugin.export import pack
 from s2bnn_plugin.export.bench import (
     best_times,
+    epilogue_table,
     file_sizes,
     layer_table,
     layer_timings,
@@ -118,20 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             set_threads(threads)
             rows = unit_epilogues(net, args.size)
             print(f"### Each fused unit alone, {args.size} px, batch 1, {threads} thread(s)\n")
-            cells = [
-                [n, f"{u * 1e3:.3f}", f"{c * 1e3:.3f}", f"{(u - c) * 1e3:.3f}"] for n, u, c in rows
-            ]
-            unit, conv = sum(r[1] for r in rows), sum(r[2] for r in rows)
-            cells.append(
-                [
-                    "**all units**",
-                    f"{unit * 1e3:.3f}",
-                    f"{conv * 1e3:.3f}",
-                    f"**{(unit - conv) * 1e3:.3f}**",
-                ]
-            )
-            headers = ["unit", "fused unit ms", "binary conv alone ms", "epilogue ms"]
-            print(markdown_table(headers, cells) + "\n")
+            print(epilogue_table(rows) + "\n")
         return 0
 
     profiles = [

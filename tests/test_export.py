@@ -372,7 +372,7 @@ def test_pack_and_check_commands(tmp_path, capsys):
 def test_unit_epilogues_times_every_unit_on_its_own_input(packed_cases):
     """One row per binary unit, in the network's order, each fused unit timed with its binary
     convolution alone; timing leaves the network's results as they were."""
-    from s2bnn_plugin.export.bench import unit_epilogues
+    from s2bnn_plugin.export.bench import epilogue_table, unit_epilogues
 
     _, net, size = packed_cases["a_cifar"]
     x = np.random.default_rng(3).standard_normal((1, 3, size, size)).astype(np.float32)
@@ -382,6 +382,11 @@ def test_unit_epilogues_times_every_unit_on_its_own_input(packed_cases):
     assert [r[0] for r in rows] == [c.name for c in calls if c.unit is not None]
     assert all(unit > 0 and conv > 0 for _, unit, conv in rows)
     np.testing.assert_array_equal(net(x), before)
+    table = epilogue_table(rows).splitlines()
+    assert len(table) == 2 + len(rows) + 1  # header, rule, units, total
+    assert all(name in line for (name, _, _), line in zip(rows, table[2:]))
+    epilogue = sum(r[1] for r in rows) - sum(r[2] for r in rows)
+    assert table[-1].startswith("| **all units**") and f"**{epilogue * 1e3:.3f}**" in table[-1]
 
 
 def test_bench_command(capsys):

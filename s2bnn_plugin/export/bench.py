@@ -344,6 +344,13 @@ class Profile:
         return self.end_to_end_s / self.convs_s
 
 
+def _spare_maps(net: PackedNetwork, size: int, images: int) -> list[np.ndarray]:
+    """The two int32 buffers that :func:`_conv_args` writes in turn: each holds the largest map
+    of ``images`` images at ``size`` px."""
+    largest = max(hh * ww * c for hh, ww, c in net._shapes(size, size))
+    return [np.empty(images * largest, np.int32) for _ in range(2)]
+
+
 def _conv_args(net: PackedNetwork, calls: Sequence, spare: list[np.ndarray]) -> list[tuple]:
     """:func:`binary_conv_acc` arguments for each binary unit among ``calls``, writing their
     int32 accumulations to two shared buffers in turn (as the network does with its maps)."""
@@ -381,8 +388,7 @@ def profile(
     x = np.random.default_rng(seed).standard_normal((batch, net.in_channels, size, size))
     x = x.astype(np.float32)
     chunk = net._images_per_chunk(size, size)
-    largest = max(hh * ww * c for hh, ww, c in net._shapes(size, size))
-    spare = [np.empty(min(chunk, batch) * largest, np.int32) for _ in range(2)]
+    spare = _spare_maps(net, size, min(chunk, batch))
     # the compiled calls of every chunk the network runs (at most two shapes: full, last)
     plans = []
     for start in range(0, batch, chunk):
@@ -449,9 +455,7 @@ def unit_epilogues(
 
     x = np.random.default_rng(seed).standard_normal((1, net.in_channels, size, size))
     calls, _ = net.kernel_calls(x.astype(np.float32))
-    largest = max(hh * ww * c for hh, ww, c in net._shapes(size, size))
-    spare = [np.empty(largest, np.int32) for _ in range(2)]
-    conv_args = iter(_conv_args(net, calls, spare))
+    conv_args = iter(_conv_args(net, calls, _spare_maps(net, size, 1)))
     rows = []
     for call in calls:
         if call.unit is not None:  # the inputs as the calls before leave them
@@ -511,6 +515,17 @@ def thread_scaling(
             median[t] = min(median[t], float(np.median(times)))
             best[t] = min(best[t], min(times))
     return Scaling(batch, calls, rounds, median, best)
+
+
+def epilogue_table(rows: Sequence[tuple[str, float, float]]) -> str:
+    """The markdown table of :func:`unit_epilogues`: each unit, its binary convolution alone and
+    the difference (its epilogue), then all units summed."""
+    cells = [[n, f"{u * 1e3:.3f}", f"{c * 1e3:.3f}", f"{(u - c) * 1e3:.3f}"] for n, u, c in rows]
+    unit, conv = sum(r[1] for r in rows), sum(r[2] for r in rows)
+    total = f"**{(unit - conv) * 1e3:.3f}**"
+    cells.append(["**all units**", f"{unit * 1e3:.3f}", f"{conv * 1e3:.3f}", total])
+    headers = ["unit", "fused unit ms", "binary conv alone ms", "epilogue ms"]
+    return markdown_table(headers, cells)
 
 
 def profile_table(p: Profile) -> str:
