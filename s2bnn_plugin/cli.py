@@ -470,10 +470,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# commands that hand the process to solo-learn's scripts (Hydra configures logging there)
-_SOLO_RUNS = {"pretrain", "linear"}
-
-
 @contextlib.contextmanager
 def _notices() -> Iterator[None]:
     """The plugin's log notices (the first packed run saying that it compiles the kernels) on
@@ -496,8 +492,6 @@ def _notices() -> Iterator[None]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command in _SOLO_RUNS:
-            return int(args.func(args) or 0)
         with _notices():
             return int(args.func(args) or 0)
     except S2BNNError as e:
