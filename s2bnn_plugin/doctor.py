@@ -119,7 +119,7 @@ def _kernels() -> list[Check]:
             "kernels",
             False,
             f"not compiled yet: the first packed run compiles them into {cache_dir()}",
-            f"nothing to do: that run takes {FIRST_COMPILE} longer, later ones don't",
+            f"nothing to do: that run takes longer ({FIRST_COMPILE}), later ones don't",
             required=False,
         )
     ]
