@@ -278,3 +278,53 @@ def test_tiny_study_end_to_end_resumes_without_retraining(dataset, tmp_path):
     # other methods in the same folder would mix results: refused
     with pytest.raises(DemoError, match="other settings"):
         run_study(tiny(out, dataset, ["simclr"], **kwargs), quiet=True, log=logs.append)
+
+
+@pytest.mark.slow
+def test_two_seeds_train_different_students_and_the_report_aggregates_their_evaluations(
+    dataset, tmp_path
+):
+    """Seeds 0 and 1, trained: each seed's students are their own runs (solo-learn's seed,
+    other weights), and every cell of study.json is the mean and spread of the evaluations the
+    eval stage wrote, paired by seed."""
+    import torch
+
+    out = tmp_path / "study"
+    run_study(tiny(out, dataset, ["simclr"], seeds=2), quiet=True, log=lambda _: None)
+    result = json.loads((out / "study.json").read_text())
+    kinds = ("distill-only", "simclr-alone", "simclr-distill")
+    names = [f"{kind}-s{seed}" for seed in (0, 1) for kind in kinds]
+    assert set(result["students"]) == set(names)
+
+    weights = {}
+    for name in ("distill-only-s0", "distill-only-s1"):
+        args = json.loads(next((out / "runs" / name).rglob("args.json")).read_text())
+        assert args["seed"] == int(name[-1])
+        ckpt = json.loads((out / "stages" / f"{name}.json").read_text())["checkpoint"]
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+        floats = [v.flatten().float() for k, v in state.items() if k.startswith("backbone.")]
+        weights[name] = torch.cat(floats)
+    assert not torch.equal(weights["distill-only-s0"], weights["distill-only-s1"])
+
+    ev = {n: json.loads((out / "eval" / f"{n}.json").read_text()) for n in names}
+    for metric in ("knn", "linear"):
+
+        def scores(kind: str, metric: str = metric) -> np.ndarray:
+            return np.array([ev[f"{kind}-s{seed}"][f"{metric}_top1"] for seed in (0, 1)])
+
+        alone, distill, only = (
+            scores("simclr-alone"),
+            scores("simclr-distill"),
+            scores("distill-only"),
+        )
+        cells = result["methods"]["simclr"][metric]
+        for cell, values in (
+            (cells["alone"], alone),
+            (cells["distill"], distill),
+            (cells["difference"], distill - alone),
+            (cells["vs_distill_only"], distill - only),
+            (result["distill_only"][metric], only),
+        ):
+            assert cell["values"] == pytest.approx(values.tolist())
+            assert cell["mean"] == pytest.approx(values.mean())
+            assert cell["std"] == pytest.approx(values.std(ddof=1))
