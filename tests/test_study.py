@@ -302,8 +302,8 @@ def test_two_seeds_train_different_students_and_the_report_aggregates_their_eval
         assert args["seed"] == int(name[-1])
         ckpt = json.loads((out / "stages" / f"{name}.json").read_text())["checkpoint"]
         state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
-        floats = [v.flatten().float() for k, v in state.items() if k.startswith("backbone.")]
-        weights[name] = torch.cat(floats)
+        backbone = [v.flatten().double() for k, v in state.items() if k.startswith("backbone.")]
+        weights[name] = torch.cat(backbone)  # every weight and statistic, as one vector
     assert not torch.equal(weights["distill-only-s0"], weights["distill-only-s1"])
 
     ev = {n: json.loads((out / "eval" / f"{n}.json").read_text()) for n in names}
