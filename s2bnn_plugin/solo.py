@@ -13,7 +13,8 @@ listing
 
 runs in an unmodified solo-learn checkout (and again in each DDP child, which Lightning re-launches
 with the same arguments); before the job starts it also checks the config against the hardware
-(:mod:`s2bnn_plugin.compat.preflight`). Finding solo-learn lives in :mod:`s2bnn_plugin.compat`
+(:mod:`s2bnn_plugin.compat.preflight`) and against the run it would resume
+(:mod:`s2bnn_plugin.compat.resume`). Finding solo-learn lives in :mod:`s2bnn_plugin.compat`
 (re-exported here under the names it always had).
 """
 
@@ -85,9 +86,11 @@ class RegisterS2BNN(_HydraCallback):
 
     def on_job_start(self, config: Any, **_: Any) -> None:
         from s2bnn_plugin.compat.preflight import ConfigError, check_run_config
+        from s2bnn_plugin.compat.resume import check_resume
 
         try:
             check_run_config(config)
+            check_resume(config)  # never continue a checkpoint trained with other settings
         except ConfigError as e:
             print(f"s2bnn: this config cannot run here: {e}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None

@@ -43,6 +43,7 @@ from solo.methods.base import BaseMethod, BaseMomentumMethod
 from solo.utils.misc import omegaconf_select
 from solo.utils.momentum import initialize_momentum_params
 
+from s2bnn_plugin.compat.resume import file_sha256
 from s2bnn_plugin.methods import rng_state
 from s2bnn_plugin.methods.distillation import (
     DistillationHead,
@@ -147,6 +148,8 @@ class S2BNN(BaseMethod):
             cfg.method_kwargs = own
         cfg.method_kwargs.ssl_kwargs = filled
         mk = cfg.method_kwargs
+        # args.json records the teacher's content: a resume with another teacher is refused
+        mk.teacher.sha256 = file_sha256(mk.teacher.ckpt)
 
         # not ``self.temperature``: SimCLR, MoCo, SwAV, NNCLR, ... keep their own under that name
         self.distill_temperature: float = float(mk.temperature)
