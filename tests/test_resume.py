@@ -260,3 +260,35 @@ def test_auto_resume_settings_solo_learn_ignores_start_a_new_run(fresh):
     business: the script starts a new run."""
     finished_run(fresh, job_config(fresh), "a1b2")
     check_resume(job_config(fresh, "max_epochs=7", "method_kwargs.temperature=0.5"))
+
+
+@pytest.mark.solo
+def test_linear_runs_are_compared_too(fresh):
+    """main_linear.py's auto-resume looks in checkpoint.dir/linear and matches on the backbone
+    and the features, not the data: another training set is refused."""
+    from s2bnn_plugin.compat.resume import resolved_config
+
+    def linear(*overrides: str):
+        with initialize_config_dir(str(configs_dir() / "linear" / "custom"), version_base="1.2"):
+            return compose(
+                "reactnet_a.yaml",
+                overrides=[
+                    f"pretrained_feature_extractor={fresh / 'teacher_a.pth.tar'}",
+                    f"data.train_path={fresh / 'train'}",
+                    f"data.val_path={fresh / 'train'}",
+                    f"checkpoint.dir={fresh / 'runs'}",
+                    *overrides,
+                ],
+                return_hydra_config=True,
+            )
+
+    run = fresh / "runs" / "linear" / "offline-ab12"
+    run.mkdir(parents=True)
+    args = OmegaConf.to_container(resolved_config(linear()))
+    (run / "args.json").write_text(json.dumps(args))
+    (run / "reactnet_a-custom-linear-offline-ab12-ep=0.ckpt").write_bytes(b"")
+    check_resume(linear())
+    other = fresh / "other"
+    (other / "class0").mkdir(parents=True, exist_ok=True)
+    with pytest.raises(ResumeMismatch, match=rf"data\.train_path \({fresh / 'train'} -> {other}\)"):
+        check_resume(linear(f"data.train_path={other}"))
