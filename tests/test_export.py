@@ -395,3 +395,22 @@ def test_bench_command(capsys):
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "speedup" in text and "3x3/2" in text and "fp32 state dict" in text
+
+
+# ---------------------------------------------------------------------------------- packed files
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("kernel", 3.0), ("kernel", True), ("stride", 2.0), ("stride", True), ("name", 7)],
+)
+def test_spec_fields_are_integers_not_floats_or_bools(packed_cases, tmp_path, field, value):
+    """``3.0 == 3`` and ``True == 1`` in Python: the file check compares types, not values."""
+    net = packed_cases["a_cifar"][1]
+    units = [dict(u) for u in net.spec["units"]]
+    # a unit where the value is the same number, of another JSON type
+    i = next(j for j, u in enumerate(units) if field == "name" or u[field] == value)
+    units[i][field] = value
+    path = _rewrite(net, tmp_path / "typed.s2bnn", spec=dict(net.spec, units=units))
+    with pytest.raises(PackedFormatError, match=rf"unit {i}.*'{field}' must be .*got {value!r}"):
+        load(path)

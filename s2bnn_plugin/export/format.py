@@ -61,12 +61,24 @@ def _need(cond: bool, message: str) -> None:
         raise PackedFormatError(message)
 
 
+def _is_int(v: object) -> bool:
+    """A JSON integer: not a bool (``true == 1``) nor a float (``3.0 == 3``)."""
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 def _int(d: dict, key: str, where: str, lo: int, hi: int) -> int:
     v = d.get(key)
     _need(
-        isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi,
+        _is_int(v) and lo <= v <= hi,
         f"{where}: '{key}' must be an integer in [{lo}, {hi}], got {v!r}",
     )
+    return v
+
+
+def _choice(d: dict, key: str, where: str, choices: tuple[int, ...]) -> int:
+    v = d.get(key)
+    allowed = " or ".join(map(str, choices))
+    _need(_is_int(v) and v in choices, f"{where}: '{key}' must be the integer {allowed}, got {v!r}")
     return v
 
 
@@ -97,10 +109,7 @@ def validate(spec: Any) -> dict:
         f"not an s2bnn packed network (format {spec.get('format')!r}, expected {FORMAT!r})",
     )
     version = spec.get("format_version")
-    _need(
-        isinstance(version, int) and not isinstance(version, bool) and version >= 1,
-        f"invalid format_version {version!r}",
-    )
+    _need(_is_int(version) and version >= 1, f"invalid format_version {version!r}")
     _need(
         version <= FORMAT_VERSION,
         f"this file has format version {version}, written by a newer s2bnn-plugin; this version "
@@ -126,10 +135,13 @@ def validate(spec: Any) -> dict:
     for i, unit in enumerate(units):
         where = f"unit {i}"
         _need(isinstance(unit, dict), f"{where} must be an object")
-        where = f"unit {i} ({unit.get('name', '?')})"
-        _need(unit.get("kernel") in (1, 3), f"{where}: 'kernel' must be 1 or 3")
-        stride = unit.get("stride")
-        _need(stride in (1, 2) and not isinstance(stride, bool), f"{where}: 'stride' must be 1/2")
+        _need(
+            isinstance(unit.get("name"), str),
+            f"unit {i}: 'name' must be a string (the layer's path), got {unit.get('name')!r}",
+        )
+        where = f"unit {i} ({unit['name']})"
+        _choice(unit, "kernel", where, (1, 3))
+        stride = _choice(unit, "stride", where, (1, 2))
         ucin = _int(unit, "in_channels", where, 1, MAX_CHANNELS)
         _need(ucin == channels, f"{where}: in_channels {ucin} != previous output {channels}")
         groups = _int(unit, "groups", where, 1, 8)
