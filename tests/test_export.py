@@ -414,3 +414,60 @@ def test_spec_fields_are_integers_not_floats_or_bools(packed_cases, tmp_path, fi
     path = _rewrite(net, tmp_path / "typed.s2bnn", spec=dict(net.spec, units=units))
     with pytest.raises(PackedFormatError, match=rf"unit {i}.*'{field}' must be .*got {value!r}"):
         load(path)
+
+
+def _with_member(net: PackedNetwork, path, member: str, nbytes: int):
+    """``net``'s file with ``member`` holding an .npy array of ``nbytes`` zeros, deflated and
+    streamed (the test never holds it in memory): a few hundred kB on disk."""
+    from numpy.lib import format as npy
+
+    good = net.save(path.with_suffix(".good"))
+    with (
+        zipfile.ZipFile(good) as src,
+        zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as dst,
+    ):
+        for info in src.infolist():
+            if info.filename != member:
+                dst.writestr(info, src.read(info))
+        with dst.open(member, "w", force_zip64=True) as f:
+            header = {"descr": "|u1", "fortran_order": False, "shape": (nbytes,)}
+            npy.write_array_header_1_0(f, header)
+            chunk = bytes(1 << 20)
+            for _ in range(nbytes >> 20):
+                f.write(chunk)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("member", "named"),
+    [("junk.npy", r"unexpected .*'junk"), ("units.1.rsign.npy", r"'units\.1\.rsign")],
+)
+def test_a_highly_compressed_member_is_refused_before_it_is_read(
+    packed_cases, tmp_path, member, named
+):
+    """500 MB of deflated zeros (a 2.6 MB file), as an extra member or in place of an array:
+    refused by name from the zip directory, with the memory the read takes staying small."""
+    import tracemalloc
+
+    path = _with_member(packed_cases["a_cifar"][1], tmp_path / "bomb.s2bnn", member, 500 << 20)
+    assert path.stat().st_size < 4 << 20
+    tracemalloc.start()
+    try:
+        with pytest.raises(PackedFormatError, match=named):
+            load(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20, peak
+
+
+def test_a_member_is_read_only_up_to_what_its_header_says(packed_cases, tmp_path):
+    """An .npy header that declares another shape than the specification's: refused before the
+    data is read; the right arrays with any other dtype too."""
+    net = packed_cases["a_cifar"][1]
+    arrays = dict(net.arrays, **{"units.2.affine": net.arrays["units.2.affine"].astype(np.float64)})
+    with pytest.raises(PackedFormatError, match=r"'units\.2\.affine'.*float32.*float64"):
+        load(_rewrite(net, tmp_path / "dtype.s2bnn", arrays=arrays))
+    arrays = dict(net.arrays, **{"stem.affine": np.zeros((2, 1000), np.float32)})
+    with pytest.raises(PackedFormatError, match=r"'stem\.affine.npy' declares \d+ bytes, more"):
+        load(_rewrite(net, tmp_path / "shape.s2bnn", arrays=arrays))
