@@ -13,6 +13,8 @@ the same float32 operations in the same order, must match the kernels bit for bi
 from __future__ import annotations
 
 import json
+import os
+import stat
 import zipfile
 
 import numpy as np
@@ -471,3 +473,35 @@ def test_a_member_is_read_only_up_to_what_its_header_says(packed_cases, tmp_path
     arrays = dict(net.arrays, **{"stem.affine": np.zeros((2, 1000), np.float32)})
     with pytest.raises(PackedFormatError, match=r"'stem\.affine.npy' declares \d+ bytes, more"):
         load(_rewrite(net, tmp_path / "shape.s2bnn", arrays=arrays))
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_packed_files_follow_the_umask(packed_cases, tmp_path, umask):
+    net = packed_cases["a_cifar"][1]
+    before = os.umask(umask)
+    try:
+        path = net.save(tmp_path / "net.s2bnn")
+    finally:
+        os.umask(before)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+    assert [p.name for p in tmp_path.iterdir()] == ["net.s2bnn"]
+
+
+def test_a_failed_write_leaves_no_file(packed_cases, tmp_path, monkeypatch):
+    """Atomic: an error while writing leaves neither the file nor its temporary file; an
+    existing file stays as it was."""
+    net = packed_cases["a_cifar"][1]
+    path = tmp_path / "net.s2bnn"
+
+    def fails(f, **arrays):
+        f.write(b"PK\x03\x04 part of a zip")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", fails)
+    with pytest.raises(OSError, match="disk full"):
+        net.save(path)
+    assert list(tmp_path.iterdir()) == []
+    path.write_bytes(b"old")
+    with pytest.raises(OSError, match="disk full"):
+        net.save(path)
+    assert path.read_bytes() == b"old" and list(tmp_path.iterdir()) == [path]
