@@ -505,3 +505,47 @@ def test_a_failed_write_leaves_no_file(packed_cases, tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         net.save(path)
     assert path.read_bytes() == b"old" and list(tmp_path.iterdir()) == [path]
+
+
+# ---------------------------------------------------------------------------------- bounds
+
+
+def _broken(model: nn.Module, path: str, value: float) -> nn.Module:
+    """``model`` with one value of its parameter or buffer ``path`` set to ``value``."""
+    module, _, tensor = path.rpartition(".")
+    with torch.no_grad():
+        getattr(model.get_submodule(module), tensor).view(-1)[1] = value
+    return model
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        ("blocks.2.conv3x3.bn.running_var", np.nan),
+        ("blocks.0.conv1x1.0.bn.running_mean", np.inf),
+        ("blocks.1.conv3x3.conv.weight", np.nan),
+        ("blocks.3.act1x1.prelu.weight", -np.inf),
+        ("stem.0.weight", np.nan),
+        ("blocks.4.conv1x1.0.conv.input_quantizer.shift.bias", np.nan),
+    ],
+)
+def test_pack_refuses_non_finite_weights_and_statistics(tmp_path, capsys, path, value):
+    """Named by module path and tensor, by pack() and by ``s2bnn pack``, which writes nothing."""
+    name, kwargs, _ = CASES["a_cifar"]
+    model = _broken(trained_like(name, kwargs), path, value)
+    module, _, tensor = path.rpartition(".")
+    with pytest.raises(PackError, match=rf"'{module}': its '{tensor}' holds NaN or infinity"):
+        pack(model)
+    ckpt = _solo_run(tmp_path, model, name, kwargs)
+    out = tmp_path / "net.s2bnn"
+    assert main(["pack", str(ckpt), "-o", str(out), "--no-progress", "--check-size", "16"]) == 2
+    assert f"'{module}': its '{tensor}' holds NaN" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_pack_refuses_statistics_that_fold_to_nan():
+    """A finite but negative BatchNorm variance: the folded array is NaN; the layer is named."""
+    name, kwargs, _ = CASES["a_cifar"]
+    model = _broken(trained_like(name, kwargs), "blocks.2.conv3x3.bn.running_var", -5.0)
+    with pytest.raises(PackError, match=r"'blocks\.2\.conv3x3'.*'units\.\d+\.affine'"):
+        pack(model)
