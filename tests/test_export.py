@@ -549,3 +549,88 @@ def test_pack_refuses_statistics_that_fold_to_nan():
     model = _broken(trained_like(name, kwargs), "blocks.2.conv3x3.bn.running_var", -5.0)
     with pytest.raises(PackError, match=r"'blocks\.2\.conv3x3'.*'units\.\d+\.affine'"):
         pack(model)
+
+
+def test_check_fails_on_another_students_weights(tmp_path, capsys):
+    """The packed file of one student checked against another's checkpoint exits 2, naming the
+    measured values, the bounds and the flags; its own checkpoint passes; the flags move the
+    bounds."""
+    from s2bnn_plugin.export.commands import AgreementError, check
+
+    name, kwargs, _ = CASES["a_cifar"]
+    mine, other = trained_like(name, kwargs, seed=0), trained_like(name, kwargs, seed=1)
+    out = pack(mine).save(tmp_path / "mine.s2bnn")
+    (tmp_path / "own").mkdir()
+    (tmp_path / "theirs").mkdir()
+    own = _solo_run(tmp_path / "own", mine, name, kwargs)
+    theirs = _solo_run(tmp_path / "theirs", other, name, kwargs)
+    common = ["--size", "32", "--batch", "8", "--repeats", "1", "--no-progress"]
+    assert main(["check", str(out), "--ckpt", str(own), *common]) == 0
+    capsys.readouterr()
+    assert main(["check", str(out), "--ckpt", str(theirs), *common]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "cosine similarity" in err and "below the bound 0.9 (--min-cosine" in err, err
+    assert "8 of 8 images (100 %) have a flipped sign bit" in err and "--max-flipped" in err
+    loose = ["--min-cosine", "-1", "--max-flipped", "1"]
+    assert main(["check", str(out), "--ckpt", str(theirs), *common, *loose]) == 0
+    with pytest.raises(AgreementError, match=r"cosine similarity 0\.\d+, below the bound 0\.99"):
+        check(out, ckpt=theirs, size=32, batch=8, repeats=1, min_cosine=0.99, progress=False)
+    agree = check(out, ckpt=own, size=32, batch=8, repeats=1, progress=False)
+    assert agree.min_cosine > 0.999 and agree.images == 8
+
+
+def test_pack_writes_nothing_when_the_packed_network_disagrees(tmp_path, monkeypatch, capsys):
+    """A packer that returned another network (a packing bug) is caught by pack's own check."""
+    from s2bnn_plugin.export import packer as packer_module
+
+    name, kwargs, _ = CASES["a_cifar"]
+    ckpt = _solo_run(tmp_path, trained_like(name, kwargs, seed=0), name, kwargs)
+    wrong = pack(trained_like(name, kwargs, seed=1))
+    monkeypatch.setattr(packer_module, "pack", lambda model, progress=False: wrong)
+    out = tmp_path / "net.s2bnn"
+    assert main(["pack", str(ckpt), "-o", str(out), "--no-progress", "--check-size", "32"]) == 2
+    err = capsys.readouterr().err
+    assert "nothing written" in err and "--min-cosine" in err, err
+    assert not out.exists() and list(tmp_path.iterdir()) == [ckpt.parent]
+
+
+CHECK = ["check", "missing.s2bnn", "--no-progress"]
+PACK = ["pack", "missing.ckpt", "-o", "out.s2bnn", "--no-progress"]
+BENCH = ["bench", "--no-progress"]
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        ([*BENCH, "--batch", "0"], "--batch must be an integer in [1, 1024], got 0"),
+        ([*BENCH, "--batch", "1", "-3"], "--batch must be an integer in [1, 1024], got -3"),
+        ([*BENCH, "--threads", "0"], "--threads must be an integer in [1, "),
+        ([*BENCH, "--threads", "100000"], "got 100000"),
+        ([*BENCH, "--size", "0"], "--size must be an integer in [1, 2048], got 0"),
+        ([*BENCH, "--repeats", "0"], "--repeats must be an integer in [1, 1000], got 0"),
+        ([*BENCH, "--width-mult", "0"], "--width-mult must be a number in (0.0, 4.0], got 0.0"),
+        ([*BENCH, "--width-mult", "nan"], "--width-mult must be a number in (0.0, 4.0], got nan"),
+        ([*BENCH, "--width-mult", "inf"], "got inf"),
+        ([*CHECK, "--repeats", "0"], "--repeats must be an integer in [1, 1000], got 0"),
+        ([*CHECK, "--batch", "-1"], "--batch must be an integer in [1, 1024], got -1"),
+        ([*CHECK, "--threads", "0"], "--threads must be an integer in [1, "),
+        ([*CHECK, "--size", "-5"], "--size must be an integer in [1, 2048], got -5"),
+        ([*CHECK, "--min-cosine", "1.5"], "--min-cosine must be a number in [-1.0, 1.0], got 1.5"),
+        ([*CHECK, "--max-flipped", "-0.1"], "--max-flipped must be a number in [0.0, 1.0]"),
+        ([*PACK, "--check-size", "0"], "--check-size must be an integer in [1, 2048], got 0"),
+        ([*PACK, "--min-cosine", "nan"], "--min-cosine must be a number in [-1.0, 1.0], got nan"),
+    ],
+)
+def test_numeric_arguments_are_checked_before_any_work(args, named, monkeypatch, capsys):
+    """One line naming the value and the range, exit 2, before a file is read or a model
+    built (the files named here do not exist; building a model would fail the test)."""
+    import s2bnn_plugin.backbones as backbones
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("work started before the arguments were checked")
+
+    monkeypatch.setattr(backbones, "create_backbone", forbidden)
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and named in err, err
