@@ -98,13 +98,17 @@ class S2BNN(BaseMethod):
         teacher.stem_padding (int): padding of a 3x3 (CIFAR) stem in a bare state dict, which
             the weights do not record. Default null: 1, with a warning (solo-learn's own CIFAR
             ResNets use 2; their .ckpt + args.json needs nothing).
-        temperature (float): distillation temperature. Default 0.2 (the paper's).
-        distill_weight (float): weight of the distillation loss. Default 1.0.
-        head_hidden_dim (int): hidden size of the student's distillation head. Default 2048.
+        temperature (float > 0): distillation temperature. Default 0.2 (the paper's).
+        distill_weight (float >= 0): weight of the distillation loss. Default 1.0.
+        head_hidden_dim (int >= 1): hidden size of the student's distillation head. Default 2048.
         ssl_method (str): none (distillation only, the paper's best) or a solo-learn method name.
-        ssl_weight (float): weight of that objective's loss. Default 1.0.
+        ssl_weight (float >= 0): weight of that objective's loss. Default 1.0.
         ssl_kwargs (dict): the objective's own method_kwargs (defaults: solo-learn's CIFAR recipe).
-        student_init (str | None): a step-1 checkpoint whose weights initialise this student.
+        student_init (str | None): a step-1 checkpoint (.ckpt) whose weights initialise this
+            student.
+
+    Any other key, a key under ssl_kwargs that the objective does not read, and a value out of
+    these ranges are refused (:func:`s2bnn_plugin.methods.settings.check_method_kwargs`).
     """
 
     def __new__(cls, cfg: omegaconf.DictConfig | None = None, *args: Any, **kwargs: Any) -> S2BNN:
