@@ -114,6 +114,16 @@ def test_relative_out_dir_with_default_data(tmp_path, monkeypatch):
     assert Path(stage["checkpoint"]).is_file()
 
 
+def _forbid(monkeypatch, stage: str) -> None:
+    """Make a stage fail at once: a check that lets bad input through fails the test instead of
+    preparing data or training."""
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError(f"{stage} started")
+
+    monkeypatch.setattr(f"s2bnn_plugin.demo.pipeline.{stage}", forbidden)
+
+
 @pytest.mark.parametrize(
     "setting,value,message",
     [
@@ -135,8 +145,9 @@ def test_relative_out_dir_with_default_data(tmp_path, monkeypatch):
     ids=lambda v: v if isinstance(v, str) and " " not in v else None,
 )
 def test_numbers_that_cannot_train_are_refused_before_anything_runs(
-    dataset, tmp_path, setting, value, message
+    dataset, tmp_path, monkeypatch, setting, value, message
 ):
+    _forbid(monkeypatch, "stage_data")
     out = tmp_path / "demo"
     cfg = tiny(out, dataset)
     setattr(cfg, setting, value)
@@ -146,9 +157,10 @@ def test_numbers_that_cannot_train_are_refused_before_anything_runs(
     assert not out.exists()
 
 
-def test_cli_refuses_zero_teacher_epochs_before_anything_runs(tmp_path, capsys):
+def test_cli_refuses_zero_teacher_epochs_before_anything_runs(tmp_path, capsys, monkeypatch):
     """It used to fail after the data stage with solo-learn's ZeroDivisionError, advising to
     run the demo again, which failed again."""
+    _forbid(monkeypatch, "stage_data")
     out = tmp_path / "o"
     assert main(["demo", "--teacher-epochs", "0", "--out", str(out)]) == 2
     err = capsys.readouterr().err
@@ -159,7 +171,10 @@ def test_cli_refuses_zero_teacher_epochs_before_anything_runs(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("setting", ["teacher_batch_size", "batch_size"])
-def test_a_batch_larger_than_the_data_is_refused_before_training(dataset, tmp_path, setting):
+def test_a_batch_larger_than_the_data_is_refused_before_training(
+    dataset, tmp_path, monkeypatch, setting
+):
+    _forbid(monkeypatch, "stage_teacher")
     out = tmp_path / "demo"
     cfg = tiny(out, dataset)
     setattr(cfg, setting, 41)  # 40 training images

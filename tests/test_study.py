@@ -13,7 +13,7 @@ import pytest
 from image_utils import TINY_RUN, random_dataset
 
 from s2bnn_plugin.cli import main
-from s2bnn_plugin.demo import DemoError
+from s2bnn_plugin.demo import DemoError, study
 from s2bnn_plugin.demo.study import (
     METHOD_KEYS,
     STUDY_KWARGS,
@@ -169,6 +169,16 @@ def test_cli_lists_the_available_methods(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+def _forbid_running(monkeypatch) -> None:
+    """The stages must not start: a check that lets bad input through fails the test at once
+    instead of training a study."""
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the study's stages started")
+
+    monkeypatch.setattr(study, "run_pipeline", forbidden)
+
+
 @pytest.mark.parametrize(
     "methods,items,message",
     [
@@ -194,8 +204,9 @@ def test_cli_lists_the_available_methods(tmp_path, capsys):
     ids=["typo-in-key", "method-not-studied", "typo-in-method", "nested-key"],
 )
 def test_method_kwargs_no_studied_method_reads_are_refused_before_anything_runs(
-    dataset, tmp_path, methods, items, message
+    dataset, tmp_path, monkeypatch, methods, items, message
 ):
+    _forbid_running(monkeypatch)
     out = tmp_path / "study"
     cfg = tiny(out, dataset, methods)
     cfg.method_kwargs = parse_method_kwargs(items, cfg.method_kwargs)
@@ -214,7 +225,8 @@ def test_method_kwargs_the_methods_read_pass():
     check_method_kwargs(StudyConfig(methods=["simclr"]))
 
 
-def test_cli_refuses_a_misspelt_method_kwarg(tmp_path, capsys):
+def test_cli_refuses_a_misspelt_method_kwarg(tmp_path, capsys, monkeypatch):
+    _forbid_running(monkeypatch)
     out = tmp_path / "o"
     argv = ["study", "--method-kwarg", "simclr.temprature=0.1", "--out", str(out)]
     assert main(argv) == 2
@@ -234,7 +246,8 @@ def test_method_keys_are_the_keys_solo_learn_reads():
         assert METHOD_KEYS[name] == set(re.findall(r"method_kwargs\.(\w+)", source)), name
 
 
-def test_cli_refuses_numbers_that_cannot_train_before_anything_runs(tmp_path, capsys):
+def test_cli_refuses_numbers_that_cannot_train_before_anything_runs(tmp_path, capsys, monkeypatch):
+    _forbid_running(monkeypatch)
     out = tmp_path / "o"
     assert main(["study", "--epochs", "0", "--out", str(out)]) == 2
     err = capsys.readouterr().err
