@@ -367,7 +367,7 @@ def test_tiny_study_end_to_end_resumes_without_retraining(dataset, tmp_path):
 
     # other methods in the same folder would mix results: refused
     with pytest.raises(DemoError, match="other settings"):
-        run_study(tiny(out, dataset, ["simclr"], **kwargs), quiet=True, log=logs.append)
+        run_study(tiny(out, dataset, ["simclr"]), quiet=True, log=logs.append)
 
 
 @pytest.mark.slow
