@@ -75,7 +75,15 @@ def _cmd_linear(args: argparse.Namespace) -> int:
 
 
 def _per_class(value: str) -> int | None:
-    return None if value == "all" else int(value)
+    """``--train-per-class`` / ``--val-per-class``: a whole number or ``all``."""
+    if value == "all":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number of images per class or 'all', got {value!r}"
+        ) from None
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:

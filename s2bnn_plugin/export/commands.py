@@ -284,13 +284,14 @@ def check(
     min_cosine, max_flipped = _bounds_args(min_cosine, max_flipped)
     from tqdm.auto import tqdm
 
-    from s2bnn_plugin.checkpoints import load_backbone
+    from s2bnn_plugin.checkpoints import load_backbone, require_backbone
     from s2bnn_plugin.export import load
     from s2bnn_plugin.export.bench import end_to_end, file_sizes, markdown_table
 
     net = load(file)
     if ckpt:
         model, _, _ = load_backbone(ckpt, backbone, backbone_kwargs)
+        require_backbone(model, ckpt, net.backbone, net.backbone_kwargs)
         reference = f"the float model of {ckpt}"
     else:
         model = net.to_torch()
