@@ -1,6 +1,7 @@
 """The ``s2bnn`` command: argument parsing over the plugin's typed command functions.
 
-Each sub-command is one ``_cmd_<name>`` function that only turns parsed arguments into a call
+Each sub-command has one ``_add_<name>`` function that builds its parser and one ``_cmd_<name>``
+function that only turns the parsed arguments into a call
 (:mod:`s2bnn_plugin.export.commands`, :mod:`s2bnn_plugin.evaluation.command`,
 :mod:`s2bnn_plugin.compat.install`, :mod:`s2bnn_plugin.doctor`, ...); the heavy imports (torch,
 numba and its kernels, solo-learn) happen inside the command that needs them, so
@@ -164,125 +165,53 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_agreement_bounds(p: argparse.ArgumentParser) -> None:
-    """``--min-cosine`` and ``--max-flipped``: when the packed features count as the model's."""
-    from s2bnn_plugin.export.commands import MAX_FLIPPED, MIN_COSINE
-
-    p.add_argument(
-        "--min-cosine",
-        type=float,
-        default=MIN_COSINE,
-        help="fail when any image's packed features have a lower cosine similarity with the "
-        f"float model's (default {MIN_COSINE}; correct packings of trained models stay above "
-        "0.99)",
-    )
-    p.add_argument(
-        "--max-flipped",
-        type=float,
-        default=MAX_FLIPPED,
-        help="fail when a larger share of the images (and more than one) has a flipped sign "
-        f"bit (default {MAX_FLIPPED}; a correct packing flips about 10 %% at 224 px)",
-    )
+#: the options ``demo`` and ``study`` share (:func:`_add_run_options`) that replace a field of the
+#: command's config (``DemoConfig`` / ``StudyConfig``, same names) when given
+_RUN_SETTINGS = ("epochs", "teacher_epochs", "train_per_class", "val_per_class", "width_mult")
 
 
-def _add_export_commands(sub: argparse._SubParsersAction) -> None:
-    """``pack``, ``check`` and ``bench``: the bit-packed CPU engine (s2bnn_plugin.export)."""
-    ckpt_help = "a solo-learn .ckpt (args.json beside it) or a state dict file"
-    p = sub.add_parser(
-        "pack",
-        help="bit-pack a trained binary backbone into one file for the CPU kernels",
-        description="Loads a solo-learn checkpoint (backbone.* weights, args.json beside it) or "
-        "a plain state dict (give --backbone and --backbone-kwargs), checks it against the float "
-        "model and writes the packed network.",
-    )
-    p.add_argument("checkpoint", metavar="CKPT", help=ckpt_help)
-    p.add_argument("-o", "--output", required=True, help="packed file to write")
-    p.add_argument("--force", action="store_true", help="overwrite an existing output")
-    p.add_argument("--backbone", default=None, help="backbone name (instead of args.json)")
-    p.add_argument("--backbone-kwargs", default=None, help="JSON, e.g. '{\"cifar\": true}'")
-    p.add_argument("--check-size", type=int, default=64, help="image size of the quick check")
-    _add_agreement_bounds(p)
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=_cmd_pack)
+def _load_solo_quietly() -> None:
+    """Import solo-learn once up front when it is there, without the timm / torch deprecation
+    noise its imports print; without it the stages say what to install when they need it."""
+    import warnings
 
-    p = sub.add_parser(
-        "check",
-        help="a packed file: agreement with the float model, size, speed",
-        description="Compares the packed network's features with the float model's (the "
-        "checkpoint's with --ckpt, else the float twin rebuilt from the file), its file size "
-        "with the fp32 state dict's, and its speed with PyTorch's.",
-    )
-    p.add_argument("file", metavar="FILE", help="packed network file")
-    p.add_argument("--ckpt", default=None, help=ckpt_help + " to compare with")
-    p.add_argument("--backbone", default=None, help="backbone name for a state dict --ckpt")
-    p.add_argument("--backbone-kwargs", default=None, help="JSON kwargs for --backbone")
-    p.add_argument("--size", type=int, default=224, help="image size (default 224)")
-    p.add_argument("--batch", type=int, default=8, help="images (default 8)")
-    p.add_argument("--threads", type=int, default=1, help="threads for both engines")
-    p.add_argument("--repeats", type=int, default=3, help="best of this many timed runs")
-    _add_agreement_bounds(p)
-    p.add_argument("-v", "--verbose", action="store_true", help="print the layers")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=_cmd_check)
+    from s2bnn_plugin.compat.solo import require_solo, solo_available
 
-    p = sub.add_parser(
-        "bench",
-        help="quick speed table: packed CPU engine vs PyTorch fp32",
-        description="Times a random-weight backbone end to end (and with --layers every binary "
-        "layer) against PyTorch fp32 on the same input and thread count.",
-    )
-    p.add_argument("--backbone", default="reactnet_a", help="backbone (default reactnet_a)")
-    p.add_argument("--width-mult", type=float, default=1.0)
-    p.add_argument("--size", type=int, default=224, help="input resolution (default 224)")
-    p.add_argument("--batch", type=int, nargs="+", default=[1, 32], help="batch sizes")
-    p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts")
-    p.add_argument("--repeats", type=int, default=3, help="best of this many runs")
-    p.add_argument("--layers", action="store_true", help="also time every binary layer")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=_cmd_bench)
+    if solo_available():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            require_solo()
+
+
+def _apply_run_settings(cfg: object, args: argparse.Namespace) -> None:
+    """The given :data:`_RUN_SETTINGS` onto ``cfg``; the ones left out keep its defaults."""
+    for key in _RUN_SETTINGS:
+        value = getattr(args, key)
+        if value is not None:
+            setattr(cfg, key, value)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     """The whole S2-BNN story on a CPU in one resumable command (see s2bnn_plugin.demo)."""
-    import warnings
-
-    from s2bnn_plugin.compat.solo import require_solo, solo_available
     from s2bnn_plugin.demo import DemoConfig, run_demo
 
-    if solo_available():
-        with warnings.catch_warnings():  # timm / torch deprecation noise from solo-learn's imports
-            warnings.simplefilter("ignore")
-            require_solo()
-
+    _load_solo_quietly()
     cfg = DemoConfig(out_dir=Path(args.out), data=args.data)
-    for key in ("epochs", "teacher_epochs", "train_per_class", "val_per_class", "width_mult"):
-        value = getattr(args, key)
-        if value is not None:
-            setattr(cfg, key, value)
+    _apply_run_settings(cfg, args)
     run_demo(cfg, until=args.until, quiet=args.quiet)
     return 0
 
 
 def _cmd_study(args: argparse.Namespace) -> int:
     """Every objective's binary student alone and + distillation (see s2bnn_plugin.demo.study)."""
-    import warnings
-
-    from s2bnn_plugin.compat.solo import require_solo, solo_available
     from s2bnn_plugin.demo.study import StudyConfig, parse_method_kwargs, run_study
 
-    if solo_available():
-        with warnings.catch_warnings():  # timm / torch deprecation noise from solo-learn's imports
-            warnings.simplefilter("ignore")
-            require_solo()
-
+    _load_solo_quietly()
     cfg = StudyConfig(out_dir=Path(args.out), data=args.data, seeds=args.seeds)
     if args.methods is not None:
         cfg.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     cfg.method_kwargs = parse_method_kwargs(args.method_kwarg, cfg.method_kwargs)
-    for key in ("epochs", "teacher_epochs", "train_per_class", "val_per_class", "width_mult"):
-        value = getattr(args, key)
-        if value is not None:
-            setattr(cfg, key, value)
+    _apply_run_settings(cfg, args)
     run_study(cfg, until=args.until, quiet=args.quiet)
     return 0
 
@@ -303,16 +232,14 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     return 0 if all(c.ok or not c.required for c in checks) else 1
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="s2bnn",
-        description="Self-supervised binary networks (S2-BNN) for solo-learn.",
-    )
-    parser.add_argument(
-        "--debug", action="store_true", help="show the traceback of the plugin's own errors"
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+# The parsers: one ``_add_<command>`` function per sub-command, in the order ``s2bnn --help``
+# lists them (:data:`_SUBCOMMANDS`); options that several commands share are added by one function
+# each, so that they cannot drift apart.
 
+_Subparsers = argparse._SubParsersAction
+
+
+def _add_setup_solo(sub: _Subparsers) -> None:
     p = sub.add_parser(
         "setup-solo",
         help="install the pinned solo-learn for this Python (download, or --from PATH)",
@@ -330,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="install again even if installed")
     p.set_defaults(func=_cmd_setup_solo)
 
+
+def _add_doctor(sub: _Subparsers) -> None:
     p = sub.add_parser(
         "doctor",
         help="what this environment has and lacks for each feature, with the fixes",
@@ -341,10 +270,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=None, help="where Fashion-MNIST is prepared")
     p.set_defaults(func=_cmd_doctor)
 
+
+def _add_configs(sub: _Subparsers) -> None:
     p = sub.add_parser("configs", help="print where the solo-learn configs are installed")
     p.add_argument("--list", action="store_true", help="also list the yaml files")
     p.set_defaults(func=_cmd_configs)
 
+
+def _add_backbones(sub: _Subparsers) -> None:
     p = sub.add_parser("backbones", help="list the binary backbones with their size and OPs")
     p.add_argument("--size", type=int, default=224, help="input resolution (default 224)")
     p.add_argument("--width-mult", type=float, default=1.0)
@@ -352,23 +285,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=int, default=1000, help="classifier counted in FLOPs")
     p.set_defaults(func=_cmd_backbones)
 
-    for name, func, default in (
-        ("pretrain", _cmd_pretrain, "s2bnn.yaml"),
-        ("linear", _cmd_linear, "reactnet_a.yaml"),
-    ):
-        script = "main_pretrain.py" if name == "pretrain" else "main_linear.py"
-        p = sub.add_parser(
-            name,
-            help=f"run solo-learn's {script} with the plugin registered",
-            description=f"Runs solo-learn's {script} with the plugin registered. Arguments after "
-            "the options are Hydra overrides (key=value), passed on; values holding '=' are "
-            "quoted for you. Give --config-path/--config-name yourself to use other configs.",
-        )
-        p.add_argument("--dataset", default="custom", help="config folder (default custom)")
-        p.add_argument("--config", default=default, help=f"config file (default {default})")
-        p.add_argument("overrides", nargs=argparse.REMAINDER, help="Hydra overrides")
-        p.set_defaults(func=func)
 
+def _add_solo_script(
+    sub: _Subparsers, name: str, script: str, default_config: str, func: object
+) -> None:
+    """``pretrain`` / ``linear``: one of solo-learn's scripts, Hydra overrides passed on."""
+    p = sub.add_parser(
+        name,
+        help=f"run solo-learn's {script} with the plugin registered",
+        description=f"Runs solo-learn's {script} with the plugin registered. Arguments after "
+        "the options are Hydra overrides (key=value), passed on; values holding '=' are "
+        "quoted for you. Give --config-path/--config-name yourself to use other configs.",
+    )
+    p.add_argument("--dataset", default="custom", help="config folder (default custom)")
+    p.add_argument(
+        "--config", default=default_config, help=f"config file (default {default_config})"
+    )
+    p.add_argument("overrides", nargs=argparse.REMAINDER, help="Hydra overrides")
+    p.set_defaults(func=func)
+
+
+def _add_pretrain(sub: _Subparsers) -> None:
+    _add_solo_script(sub, "pretrain", "main_pretrain.py", "s2bnn.yaml", _cmd_pretrain)
+
+
+def _add_linear(sub: _Subparsers) -> None:
+    _add_solo_script(sub, "linear", "main_linear.py", "reactnet_a.yaml", _cmd_linear)
+
+
+def _add_eval(sub: _Subparsers) -> None:
     from s2bnn_plugin.data import DEMO_TRAIN_PER_CLASS, DEMO_VAL_PER_CLASS
 
     p = sub.add_parser(
@@ -428,11 +373,115 @@ def build_parser() -> argparse.ArgumentParser:
         help="fashion-mnist: where to prepare it (default $S2BNN_DATA_DIR or ~/.cache/s2bnn/data)",
     )
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_no_progress(p)
     p.set_defaults(func=_cmd_eval)
 
-    _add_export_commands(sub)
 
+def _add_no_progress(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _add_agreement_bounds(p: argparse.ArgumentParser) -> None:
+    """``--min-cosine`` and ``--max-flipped``: when the packed features count as the model's."""
+    from s2bnn_plugin.export.commands import MAX_FLIPPED, MIN_COSINE
+
+    p.add_argument(
+        "--min-cosine",
+        type=float,
+        default=MIN_COSINE,
+        help="fail when any image's packed features have a lower cosine similarity with the "
+        f"float model's (default {MIN_COSINE}; correct packings of trained models stay above "
+        "0.99)",
+    )
+    p.add_argument(
+        "--max-flipped",
+        type=float,
+        default=MAX_FLIPPED,
+        help="fail when a larger share of the images (and more than one) has a flipped sign "
+        f"bit (default {MAX_FLIPPED}; a correct packing flips about 10 %% at 224 px)",
+    )
+
+
+_CKPT_HELP = "a solo-learn .ckpt (args.json beside it) or a state dict file"
+
+
+def _add_pack(sub: _Subparsers) -> None:
+    p = sub.add_parser(
+        "pack",
+        help="bit-pack a trained binary backbone into one file for the CPU kernels",
+        description="Loads a solo-learn checkpoint (backbone.* weights, args.json beside it) or "
+        "a plain state dict (give --backbone and --backbone-kwargs), checks it against the float "
+        "model and writes the packed network.",
+    )
+    p.add_argument("checkpoint", metavar="CKPT", help=_CKPT_HELP)
+    p.add_argument("-o", "--output", required=True, help="packed file to write")
+    p.add_argument("--force", action="store_true", help="overwrite an existing output")
+    p.add_argument("--backbone", default=None, help="backbone name (instead of args.json)")
+    p.add_argument("--backbone-kwargs", default=None, help="JSON, e.g. '{\"cifar\": true}'")
+    p.add_argument("--check-size", type=int, default=64, help="image size of the quick check")
+    _add_agreement_bounds(p)
+    _add_no_progress(p)
+    p.set_defaults(func=_cmd_pack)
+
+
+def _add_check(sub: _Subparsers) -> None:
+    p = sub.add_parser(
+        "check",
+        help="a packed file: agreement with the float model, size, speed",
+        description="Compares the packed network's features with the float model's (the "
+        "checkpoint's with --ckpt, else the float twin rebuilt from the file), its file size "
+        "with the fp32 state dict's, and its speed with PyTorch's.",
+    )
+    p.add_argument("file", metavar="FILE", help="packed network file")
+    p.add_argument("--ckpt", default=None, help=_CKPT_HELP + " to compare with")
+    p.add_argument("--backbone", default=None, help="backbone name for a state dict --ckpt")
+    p.add_argument("--backbone-kwargs", default=None, help="JSON kwargs for --backbone")
+    p.add_argument("--size", type=int, default=224, help="image size (default 224)")
+    p.add_argument("--batch", type=int, default=8, help="images (default 8)")
+    p.add_argument("--threads", type=int, default=1, help="threads for both engines")
+    p.add_argument("--repeats", type=int, default=3, help="best of this many timed runs")
+    _add_agreement_bounds(p)
+    p.add_argument("-v", "--verbose", action="store_true", help="print the layers")
+    _add_no_progress(p)
+    p.set_defaults(func=_cmd_check)
+
+
+def _add_bench(sub: _Subparsers) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="quick speed table: packed CPU engine vs PyTorch fp32",
+        description="Times a random-weight backbone end to end (and with --layers every binary "
+        "layer) against PyTorch fp32 on the same input and thread count.",
+    )
+    p.add_argument("--backbone", default="reactnet_a", help="backbone (default reactnet_a)")
+    p.add_argument("--width-mult", type=float, default=1.0)
+    p.add_argument("--size", type=int, default=224, help="input resolution (default 224)")
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 32], help="batch sizes")
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts")
+    p.add_argument("--repeats", type=int, default=3, help="best of this many runs")
+    p.add_argument("--layers", action="store_true", help="also time every binary layer")
+    _add_no_progress(p)
+    p.set_defaults(func=_cmd_bench)
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    """The options ``demo`` and ``study`` share: the data, the training budget
+    (:data:`_RUN_SETTINGS`, each unset unless given) and where the training output goes."""
+    p.add_argument(
+        "--data",
+        default="fashion-mnist",
+        help="'fashion-mnist' (Debian's dataset-fashion-mnist) or a folder holding train/ and "
+        "val/ ImageFolders with at least 5 classes",
+    )
+    p.add_argument("--epochs", type=int, default=None, help="student epochs (same for all)")
+    p.add_argument("--teacher-epochs", type=int, default=None)
+    p.add_argument("--train-per-class", type=int, default=None, help="fashion-mnist subset")
+    p.add_argument("--val-per-class", type=int, default=None, help="fashion-mnist subset")
+    p.add_argument("--width-mult", type=float, default=None, help="student width")
+    p.add_argument("--quiet", action="store_true", help="training output to log files only")
+
+
+def _add_demo(sub: _Subparsers) -> None:
     from s2bnn_plugin.demo.pipeline import STAGES
 
     p = sub.add_parser(
@@ -445,21 +494,12 @@ def build_parser() -> argparse.ArgumentParser:
         "stages are skipped. Defaults take about 8 minutes on 2 CPU cores.",
     )
     p.add_argument("--out", default="s2bnn-demo", help="demo folder (default ./s2bnn-demo)")
-    p.add_argument(
-        "--data",
-        default="fashion-mnist",
-        help="'fashion-mnist' (Debian's dataset-fashion-mnist) or a folder holding train/ and "
-        "val/ ImageFolders with at least 5 classes",
-    )
-    p.add_argument("--epochs", type=int, default=None, help="student epochs (same for all 3)")
-    p.add_argument("--teacher-epochs", type=int, default=None)
-    p.add_argument("--train-per-class", type=int, default=None, help="fashion-mnist subset")
-    p.add_argument("--val-per-class", type=int, default=None, help="fashion-mnist subset")
-    p.add_argument("--width-mult", type=float, default=None, help="student width")
+    _add_run_options(p)
     p.add_argument("--until", choices=STAGES, default=None, help="stop after this stage")
-    p.add_argument("--quiet", action="store_true", help="training output to log files only")
     p.set_defaults(func=_cmd_demo)
 
+
+def _add_study(sub: _Subparsers) -> None:
     from s2bnn_plugin.demo.study import DEFAULT_METHODS
 
     p = sub.add_parser(
@@ -474,12 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
         "cores (README, 'Study').",
     )
     p.add_argument("--out", default="s2bnn-study", help="study folder (default ./s2bnn-study)")
-    p.add_argument(
-        "--data",
-        default="fashion-mnist",
-        help="'fashion-mnist' (Debian's dataset-fashion-mnist) or a folder holding train/ and "
-        "val/ ImageFolders with at least 5 classes",
-    )
+    _add_run_options(p)
     p.add_argument(
         "--methods",
         default=None,
@@ -494,14 +529,38 @@ def build_parser() -> argparse.ArgumentParser:
         help="replace one of a method's recipe settings, e.g. mocov2plus.queue_size=2048 "
         "(repeatable)",
     )
-    p.add_argument("--epochs", type=int, default=None, help="student epochs (same for all)")
-    p.add_argument("--teacher-epochs", type=int, default=None)
-    p.add_argument("--train-per-class", type=int, default=None, help="fashion-mnist subset")
-    p.add_argument("--val-per-class", type=int, default=None, help="fashion-mnist subset")
-    p.add_argument("--width-mult", type=float, default=None, help="student width")
     p.add_argument("--until", default=None, help="stop after this stage (e.g. teacher)")
-    p.add_argument("--quiet", action="store_true", help="training output to log files only")
     p.set_defaults(func=_cmd_study)
+
+
+#: every sub-command's parser, in the order ``s2bnn --help`` lists them
+_SUBCOMMANDS = (
+    _add_setup_solo,
+    _add_doctor,
+    _add_configs,
+    _add_backbones,
+    _add_pretrain,
+    _add_linear,
+    _add_eval,
+    _add_pack,
+    _add_check,
+    _add_bench,
+    _add_demo,
+    _add_study,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="s2bnn",
+        description="Self-supervised binary networks (S2-BNN) for solo-learn.",
+    )
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback of the plugin's own errors"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add_parser in _SUBCOMMANDS:
+        add_parser(sub)
     return parser
 
 

@@ -1,0 +1,99 @@
+"""The ``s2bnn`` parser's structure: options that several sub-commands share are defined once, and
+the shared budget options of ``demo`` and ``study`` reach the command's config."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from s2bnn_plugin import cli
+
+#: the options ``demo`` and ``study`` share (``--out`` and ``--until`` differ on purpose: their
+#: own folder default, the demo's fixed stage list)
+SHARED = {
+    "--data",
+    "--epochs",
+    "--teacher-epochs",
+    "--train-per-class",
+    "--val-per-class",
+    "--width-mult",
+    "--quiet",
+}
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(sub.choices)
+
+
+def _options(parser: argparse.ArgumentParser) -> dict[str, dict]:
+    """Each option string -> its definition (everything argparse keeps but the parser)."""
+    return {
+        s: {k: v for k, v in vars(a).items() if k != "container"}
+        for a in parser._actions
+        for s in a.option_strings
+        if s not in ("-h", "--help")
+    }
+
+
+def test_demo_and_study_define_their_shared_options_alike():
+    subs = _subparsers(cli.build_parser())
+    demo, study = _options(subs["demo"]), _options(subs["study"])
+    common = set(demo) & set(study)
+    assert common == SHARED | {"--out", "--until"}
+    for option in SHARED:
+        assert demo[option] == study[option], option
+
+
+def test_demo_and_study_take_the_shared_options_from_one_definition(monkeypatch):
+    """A change to the shared definition changes both parsers (neither keeps a copy)."""
+    shared = cli._add_run_options
+
+    def with_one_more(p: argparse.ArgumentParser) -> None:
+        shared(p)
+        p.add_argument("--probe-option", default="probe")
+
+    monkeypatch.setattr(cli, "_add_run_options", with_one_more)
+    subs = _subparsers(cli.build_parser())
+    for name in ("demo", "study"):
+        assert "--probe-option" in _options(subs[name]), name
+    assert "--probe-option" not in _options(subs["eval"])
+
+
+@pytest.mark.parametrize("command", ["demo", "study"])
+def test_the_shared_budget_options_reach_the_config(command, monkeypatch, tmp_path):
+    """Each given budget option replaces the config's field of the same name; the ones left out
+    keep the config's defaults."""
+    import s2bnn_plugin.demo as demo_package
+    from s2bnn_plugin.demo import pipeline, study
+
+    seen = {}
+
+    def run(cfg, until=None, quiet=False):
+        seen.update(cfg=cfg, until=until, quiet=quiet)
+
+    monkeypatch.setattr(cli, "_load_solo_quietly", lambda: None)
+    monkeypatch.setattr(demo_package, "run_demo", run)  # what the commands call
+    monkeypatch.setattr(study, "run_study", run)
+    config_type = pipeline.DemoConfig if command == "demo" else study.StudyConfig
+    given = {"epochs": 3, "teacher_epochs": 2, "train_per_class": 7, "width_mult": 0.25}
+    argv = [command, "--out", str(tmp_path), "--data", str(tmp_path / "d"), "--quiet"]
+    for key, value in given.items():
+        argv += ["--" + key.replace("_", "-"), str(value)]
+    assert cli.main(argv) == 0
+    cfg = seen["cfg"]
+    assert isinstance(cfg, config_type)
+    assert {key: getattr(cfg, key) for key in given} == given
+    assert cfg.val_per_class == config_type().val_per_class  # not given: the default
+    assert cfg.data == str(tmp_path / "d") and cfg.out_dir == tmp_path
+    assert seen["quiet"] is True and seen["until"] is None
+    assert set(cli._RUN_SETTINGS) == set(given) | {"val_per_class"}
+
+
+def test_every_subcommand_has_its_own_parser_function():
+    """One small ``_add_<command>`` per sub-command: the list builds exactly the commands."""
+    names = list(_subparsers(cli.build_parser()))
+    assert len(cli._SUBCOMMANDS) == len(names)
+    expected = ["_add_" + name.replace("-", "_") for name in names]
+    assert [f.__name__ for f in cli._SUBCOMMANDS] == expected
