@@ -97,3 +97,13 @@ def test_every_subcommand_has_its_own_parser_function():
     assert len(cli._SUBCOMMANDS) == len(names)
     expected = ["_add_" + name.replace("-", "_") for name in names]
     assert [f.__name__ for f in cli._SUBCOMMANDS] == expected
+
+
+def test_the_eval_engine_choices_are_the_evaluations():
+    """``s2bnn eval --engine`` lists its choices without importing torch; they stay the ones
+    :mod:`s2bnn_plugin.evaluation` accepts."""
+    from s2bnn_plugin.evaluation import EVAL_ENGINES
+
+    engine = _options(_subparsers(cli.build_parser())["eval"])["--engine"]
+    assert tuple(engine["choices"]) == EVAL_ENGINES
+    assert engine["default"] in EVAL_ENGINES

@@ -74,13 +74,13 @@ def _brute_force_knn(train_x, train_y, test_x, k, T, num_classes):
 # --------------------------------------------------------------------------------------- kNN
 
 
-@pytest.mark.parametrize("k,chunk", [(20, 5_000_000), (5, 130), (1, 1), (100, 60)])
-def test_knn_matches_brute_force(k, chunk):
+@pytest.mark.parametrize("k,max_size", [(20, 5_000_000), (5, 130), (1, 1), (100, 60)])
+def test_knn_matches_brute_force(k, max_size):
     train_x, train_y, test_x, test_y = _random_split()
     expected = _brute_force_knn(train_x, train_y, test_x, min(k, 60), 0.07, 4)
-    scores = knn_scores(train_x, train_y, test_x, k=k, max_distance_matrix_size=chunk)
+    scores = knn_scores(train_x, train_y, test_x, k=k, max_distance_matrix_size=max_size)
     np.testing.assert_allclose(scores.numpy(), expected, rtol=1e-4)
-    result = knn_classify(train_x, train_y, test_x, test_y, k=k, max_distance_matrix_size=chunk)
+    result = knn_classify(train_x, train_y, test_x, test_y, k=k, max_distance_matrix_size=max_size)
     predictions = expected.argmax(axis=1)
     np.testing.assert_array_equal(result.predictions, predictions)
     assert result.top1 == pytest.approx(100 * np.mean(predictions == test_y))

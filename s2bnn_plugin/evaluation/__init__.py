@@ -25,14 +25,14 @@ from s2bnn_plugin.evaluation.knn import (
 )
 from s2bnn_plugin.evaluation.linear import LinearProbeResult, linear_probe, raw_pixel_probe
 from s2bnn_plugin.evaluation.models import (
-    ENGINES,
+    EVAL_ENGINES,
     is_checkpoint,
     load_engines,
     load_solo_backbone,
 )
 
 __all__ = [
-    "ENGINES",
+    "EVAL_ENGINES",
     "EvaluationResult",
     "FeatureExtractor",
     "KNNResult",

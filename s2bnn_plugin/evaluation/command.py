@@ -17,7 +17,7 @@ from s2bnn_plugin.data import load_image_folder, resolve_dataset
 from s2bnn_plugin.errors import FileMissing, UsageError
 from s2bnn_plugin.evaluation.evaluate import evaluate, evaluate_raw_pixels
 from s2bnn_plugin.evaluation.knn import prediction_agreement
-from s2bnn_plugin.evaluation.models import ENGINES, load_engines
+from s2bnn_plugin.evaluation.models import EVAL_ENGINES, load_engines
 
 __all__ = ["check_eval_options", "check_output_file", "evaluate_model"]
 
@@ -62,8 +62,8 @@ def check_eval_options(
 ) -> None:
     """Every option of ``s2bnn eval`` that can be checked without the data or the model,
     checked before any work: each error names the option, the value and what it must be."""
-    if engine not in ENGINES:
-        raise UsageError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine not in EVAL_ENGINES:
+        raise UsageError(f"--engine must be one of {', '.join(EVAL_ENGINES)}, got {engine!r}")
     _whole("--size", size, 1, "the image size in pixels")
     ok = not isinstance(crop_ratio, bool) and isinstance(crop_ratio, numbers.Real)
     if not ok or not 0 < crop_ratio <= 1:

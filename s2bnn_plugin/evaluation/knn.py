@@ -64,13 +64,14 @@ def _scores(
     if k < 1 or temperature <= 0:
         raise ValueError(f"need k >= 1 and temperature > 0, got k={k}, T={temperature}")
     k = min(k, len(train))
-    chunk = min(max(1, max_distance_matrix_size // len(train)), len(test))
+    # test rows per similarity block: at most max_distance_matrix_size entries at a time
+    rows = min(max(1, max_distance_matrix_size // len(train)), len(test))
     scores = torch.zeros(len(test), num_classes)
-    for start in range(0, len(test), chunk):
-        similarities = test[start : start + chunk] @ train.T
+    for start in range(0, len(test), rows):
+        similarities = test[start : start + rows] @ train.T
         top_sim, top_idx = similarities.topk(k, dim=1, largest=True, sorted=True)
         weights = (top_sim / temperature).exp()
-        scores[start : start + chunk].scatter_add_(1, targets[top_idx], weights)
+        scores[start : start + rows].scatter_add_(1, targets[top_idx], weights)
     return scores
 
 

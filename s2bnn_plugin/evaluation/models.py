@@ -22,7 +22,7 @@ from s2bnn_plugin.evaluation.features import FeatureExtractor, TorchExtractor
 
 __all__ = [
     "CHECKPOINT_SUFFIXES",
-    "ENGINES",
+    "EVAL_ENGINES",
     "is_checkpoint",
     "load_engines",
     "load_solo_backbone",
@@ -30,7 +30,9 @@ __all__ = [
 
 #: Files read as solo-learn checkpoints; anything else is taken for a packed network file.
 CHECKPOINT_SUFFIXES = (".ckpt",)
-ENGINES = ("auto", "packed", "torch", "both")
+#: ``s2bnn eval --engine``: what computes the features (the packed CPU engine, PyTorch, both, or
+#: ``auto``: see :func:`load_engines`); not the packed network's kernel choice (numba / numpy).
+EVAL_ENGINES = ("auto", "packed", "torch", "both")
 
 
 def is_checkpoint(path: str | os.PathLike[str]) -> bool:
@@ -65,8 +67,8 @@ def load_engines(
     for a packed file and ``both`` for a checkpoint, falling back to ``torch`` alone when the
     backbone cannot be packed (e.g. a real-valued teacher).
     """
-    if engine not in ENGINES:
-        raise UsageError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if engine not in EVAL_ENGINES:
+        raise UsageError(f"engine must be one of {EVAL_ENGINES}, got {engine!r}")
     path = Path(model)
     if not path.is_file():
         raise FileMissing(f"model file {path} does not exist")
