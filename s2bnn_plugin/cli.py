@@ -113,9 +113,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_pack(args: argparse.Namespace) -> int:
-    from s2bnn_plugin.export.commands import pack, parse_kwargs
+    from s2bnn_plugin.export.commands import pack_checkpoint, parse_kwargs
 
-    pack(
+    pack_checkpoint(
         args.checkpoint,
         args.output,
         force=args.force,

@@ -107,3 +107,14 @@ def test_the_eval_engine_choices_are_the_evaluations():
     engine = _options(_subparsers(cli.build_parser())["eval"])["--engine"]
     assert tuple(engine["choices"]) == EVAL_ENGINES
     assert engine["default"] in EVAL_ENGINES
+
+
+def test_an_unknown_backbone_is_one_line_with_its_own_message(capsys):
+    """``UnknownBackbone`` is a ``KeyError`` whose message prints without ``KeyError``'s
+    quotes, so the commands pass it on as it is (no caller strips quotes)."""
+    assert cli.main(["bench", "--backbone", "reactnet_b", "--no-progress"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(
+        "s2bnn bench: unknown backbone 'reactnet_b' (did you mean 'reactnet_a'?)"
+    )
+    assert line.endswith("['reactnet18', 'reactnet_a']"), line

@@ -587,7 +587,7 @@ def test_pack_writes_nothing_when_the_packed_network_disagrees(tmp_path, monkeyp
     name, kwargs, _ = CASES["a_cifar"]
     ckpt = _solo_run(tmp_path, trained_like(name, kwargs, seed=0), name, kwargs)
     wrong = pack(trained_like(name, kwargs, seed=1))
-    monkeypatch.setattr(packer_module, "pack", lambda model, progress=False: wrong)
+    monkeypatch.setattr(packer_module, "pack_model", lambda model, progress=False: wrong)
     out = tmp_path / "net.s2bnn"
     assert main(["pack", str(ckpt), "-o", str(out), "--no-progress", "--check-size", "32"]) == 2
     err = capsys.readouterr().err

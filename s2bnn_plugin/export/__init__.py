@@ -31,10 +31,10 @@ __all__ = [
 
 
 def pack(model: nn.Module, *, progress: bool = False) -> PackedNetwork:
-    """Bit-pack an eval-mode binary backbone (see :mod:`.packer`)."""
-    from s2bnn_plugin.export.packer import pack as _pack
+    """Bit-pack an eval-mode binary backbone (:func:`.packer.pack_model`, imported when called)."""
+    from s2bnn_plugin.export.packer import pack_model
 
-    return _pack(model, progress=progress)
+    return pack_model(model, progress=progress)
 
 
 def __getattr__(name: str) -> Any:

@@ -24,7 +24,7 @@ __all__ = [
     "AgreementError",
     "bench",
     "check",
-    "pack",
+    "pack_checkpoint",
     "parse_kwargs",
 ]
 
@@ -189,7 +189,7 @@ def _require_agreement(
         )
 
 
-def pack(
+def pack_checkpoint(
     checkpoint: str | os.PathLike[str],
     output: str | os.PathLike[str],
     *,
@@ -212,7 +212,7 @@ def pack(
     from tqdm.auto import tqdm
 
     from s2bnn_plugin.checkpoints import load_backbone
-    from s2bnn_plugin.export.packer import pack as pack_model
+    from s2bnn_plugin.export.packer import pack_model
 
     out = Path(output)
     if out.exists() and not force:
@@ -360,12 +360,10 @@ def bench(
         layer_timings,
         markdown_table,
     )
-    from s2bnn_plugin.export.packer import pack as pack_model
+    from s2bnn_plugin.export.packer import pack_model
 
-    try:
-        model = create_backbone(backbone, width_mult=width_mult).eval()
-    except (KeyError, TypeError, ValueError) as e:
-        raise UsageError(str(e).strip("'\"")) from e
+    # an unknown name or a bad setting: a BackboneError (S2BNNError), its message as it is
+    model = create_backbone(backbone, width_mult=width_mult).eval()
     net = pack_model(model)
     jobs = [(b, t) for t in threads for b in batches]
     rows = []

@@ -42,10 +42,18 @@ from s2bnn_plugin.export.walker import (
     walk_model,
 )
 
-__all__ = ["PACK_RULES", "PackError", "PackRule", "Packer", "find_pack_rule", "pack", "pack_rule"]
+__all__ = [
+    "PACK_RULES",
+    "PackError",
+    "PackRule",
+    "Packer",
+    "find_pack_rule",
+    "pack_model",
+    "pack_rule",
+]
 
 
-def pack(model: nn.Module, *, progress: bool = False) -> PackedNetwork:
+def pack_model(model: nn.Module, *, progress: bool = False) -> PackedNetwork:
     """Bit-pack an eval-mode binary backbone with binary weights (``reactnet_a``, ``reactnet18``
     or any :class:`~s2bnn_plugin.backbones.BinaryBackbone` made of blocks that have pack rules).
 
