@@ -314,7 +314,7 @@ def _add_linear(sub: _Subparsers) -> None:
 
 
 def _add_eval(sub: _Subparsers) -> None:
-    from s2bnn_plugin.data import DEMO_TRAIN_PER_CLASS, DEMO_VAL_PER_CLASS
+    from s2bnn_plugin.data import EVAL_TRAIN_PER_CLASS, EVAL_VAL_PER_CLASS
 
     p = sub.add_parser(
         "eval",
@@ -357,14 +357,14 @@ def _add_eval(sub: _Subparsers) -> None:
     p.add_argument(
         "--train-per-class",
         type=_per_class,
-        default=DEMO_TRAIN_PER_CLASS,
-        help=f"fashion-mnist: training images per class, or 'all' (default {DEMO_TRAIN_PER_CLASS})",
+        default=EVAL_TRAIN_PER_CLASS,
+        help=f"fashion-mnist: training images per class, or 'all' (default {EVAL_TRAIN_PER_CLASS})",
     )
     p.add_argument(
         "--val-per-class",
         type=_per_class,
-        default=DEMO_VAL_PER_CLASS,
-        help=f"fashion-mnist: held-out images per class, or 'all' (default {DEMO_VAL_PER_CLASS})",
+        default=EVAL_VAL_PER_CLASS,
+        help=f"fashion-mnist: held-out images per class, or 'all' (default {EVAL_VAL_PER_CLASS})",
     )
     p.add_argument("--seed", type=int, default=0, help="fashion-mnist: subsampling seed")
     p.add_argument(

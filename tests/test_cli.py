@@ -118,3 +118,24 @@ def test_an_unknown_backbone_is_one_line_with_its_own_message(capsys):
         "s2bnn bench: unknown backbone 'reactnet_b' (did you mean 'reactnet_a'?)"
     )
     assert line.endswith("['reactnet18', 'reactnet_a']"), line
+
+
+def test_the_per_class_constants_are_what_their_commands_use(monkeypatch, tmp_path):
+    """``DEMO_*_PER_CLASS`` is the subset ``s2bnn demo`` trains on when not told otherwise,
+    ``EVAL_*_PER_CLASS`` the one ``s2bnn eval`` evaluates on."""
+    import s2bnn_plugin.demo as demo_package
+    from s2bnn_plugin.data import (
+        DEMO_TRAIN_PER_CLASS,
+        DEMO_VAL_PER_CLASS,
+        EVAL_TRAIN_PER_CLASS,
+        EVAL_VAL_PER_CLASS,
+    )
+
+    seen = {}
+    monkeypatch.setattr(cli, "_load_solo_quietly", lambda: None)
+    monkeypatch.setattr(demo_package, "run_demo", lambda cfg, **kwargs: seen.update(cfg=cfg))
+    assert cli.main(["demo", "--out", str(tmp_path)]) == 0
+    cfg = seen["cfg"]
+    assert (cfg.train_per_class, cfg.val_per_class) == (DEMO_TRAIN_PER_CLASS, DEMO_VAL_PER_CLASS)
+    args = cli.build_parser().parse_args(["eval", "--model", "m.ckpt"])
+    assert (args.train_per_class, args.val_per_class) == (EVAL_TRAIN_PER_CLASS, EVAL_VAL_PER_CLASS)

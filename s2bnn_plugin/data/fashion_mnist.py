@@ -40,6 +40,8 @@ __all__ = [
     "DEFAULT_SOURCE_DIR",
     "DEMO_TRAIN_PER_CLASS",
     "DEMO_VAL_PER_CLASS",
+    "EVAL_TRAIN_PER_CLASS",
+    "EVAL_VAL_PER_CLASS",
     "FASHION_MNIST_CLASSES",
     "INCOMPLETE_MARKER",
     "MARKER",
@@ -73,9 +75,13 @@ FASHION_MNIST_CLASSES: tuple[str, ...] = (
     "ankle_boot",
 )
 
-#: CPU-sized demo: 10,000 training images and 5,000 held-out ones (a standard error of about 0.5
-#: points on accuracy).
-DEMO_TRAIN_PER_CLASS = 1000
+#: ``s2bnn eval``'s Fashion-MNIST subset, and the data helpers' unless told: 10,000 training
+#: images and 5,000 held-out ones (a standard error of about 0.5 points on accuracy).
+EVAL_TRAIN_PER_CLASS = 1000
+EVAL_VAL_PER_CLASS = 500
+#: the CPU demo's (and the study's) subset, ``DemoConfig``'s defaults: 5,000 training images
+#: (also the kNN bank) and 5,000 held-out ones.
+DEMO_TRAIN_PER_CLASS = 500
 DEMO_VAL_PER_CLASS = 500
 
 MARKER = "s2bnn_dataset.json"
@@ -138,8 +144,8 @@ def default_data_root() -> Path:
 
 def fashion_mnist_dir(
     size: int = 32,
-    train_per_class: int | None = DEMO_TRAIN_PER_CLASS,
-    val_per_class: int | None = DEMO_VAL_PER_CLASS,
+    train_per_class: int | None = EVAL_TRAIN_PER_CLASS,
+    val_per_class: int | None = EVAL_VAL_PER_CLASS,
     seed: int = 0,
     root: str | os.PathLike[str] | None = None,
 ) -> Path:
@@ -291,8 +297,9 @@ def prepare_fashion_mnist(
     """Write Fashion-MNIST as an ImageFolder in ``out_dir`` (once) and return ``out_dir``.
 
     ``train_per_class`` / ``val_per_class``: a balanced random subsample of the train / test
-    split (``None``: all 6,000 / 1,000 per class); :data:`DEMO_TRAIN_PER_CLASS` and
-    :data:`DEMO_VAL_PER_CLASS` are the CPU demo's sizes. A finished folder with the same settings
+    split (``None``: all 6,000 / 1,000 per class); :data:`EVAL_TRAIN_PER_CLASS` /
+    :data:`EVAL_VAL_PER_CLASS` are ``s2bnn eval``'s sizes, :data:`DEMO_TRAIN_PER_CLASS` /
+    :data:`DEMO_VAL_PER_CLASS` the CPU demo's. A finished folder with the same settings
     is returned at once; one with other settings is an error; an unfinished one is completed.
     """
     if isinstance(size, bool) or not isinstance(size, int) or size < 8:

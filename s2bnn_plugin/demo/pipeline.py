@@ -39,6 +39,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from s2bnn_plugin.data import DEMO_TRAIN_PER_CLASS, DEMO_VAL_PER_CLASS
 from s2bnn_plugin.errors import S2BNNError
 
 __all__ = [
@@ -101,8 +102,8 @@ class DemoConfig:
 
     out_dir: Path = Path("s2bnn-demo")
     data: str = "fashion-mnist"
-    train_per_class: int = 500
-    val_per_class: int = 500
+    train_per_class: int = DEMO_TRAIN_PER_CLASS
+    val_per_class: int = DEMO_VAL_PER_CLASS
     image_size: int = 32
     # teacher: real-valued ResNet-18 (solo-learn's, ImageNet stem), SimCLR
     teacher_epochs: int = 10
