@@ -30,8 +30,10 @@ def test_every_dataset_has_the_full_set():
         "bnn_mocov2plus",
         "teacher_mocov2plus",
     }
+    demo = {"teacher_simclr"}  # the demo's teacher (32 px images: the custom folder only)
     for dataset in ("cifar", "imagenet-100", "imagenet", "custom"):
-        assert {p.stem for p in (ROOT / "pretrain" / dataset).glob("*.yaml")} == pretrain
+        extra = demo if dataset == "custom" else set()
+        assert {p.stem for p in (ROOT / "pretrain" / dataset).glob("*.yaml")} == pretrain | extra
         assert {p.stem for p in (ROOT / "linear" / dataset).glob("*.yaml")} == set(BACKBONES)
 
 
@@ -92,3 +94,33 @@ def test_cli_stops_quietly_when_its_reader_goes_away():
     err = proc.stderr.decode()
     assert proc.returncode == 141, err
     assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_the_demo_teacher_trains_from_the_simclr_config_it_is_named_for(monkeypatch, tmp_path):
+    """The demo's teacher, composed as the demo asks solo-learn for it, is SimCLR from a file
+    named for SimCLR, with nothing of another method left over (no MoCo queue or momentum)."""
+    import s2bnn_plugin.compat.solo as solo
+    from s2bnn_plugin.demo import pipeline
+
+    asked = {}
+
+    class Asked(Exception):
+        pass
+
+    def solo_command(script, overrides, *, kind, dataset, config, python):
+        asked.update(overrides=list(overrides), dir=ROOT / kind / dataset, config=config)
+        raise Asked
+
+    monkeypatch.setattr(solo, "solo_command", solo_command)
+    cfg = pipeline.DemoConfig(out_dir=tmp_path)
+    with pytest.raises(Asked):
+        pipeline.stage_teacher(cfg, {"train": str(tmp_path / "train")}, lambda *a: None, True)
+    assert asked["config"] == pipeline.TEACHER_CONFIG == "teacher_simclr.yaml"
+    assert not any(o.startswith(("method=", "~")) for o in asked["overrides"]), asked["overrides"]
+    with initialize_config_dir(config_dir=str(asked["dir"]), version_base="1.2"):
+        composed = compose(config_name=asked["config"], overrides=asked["overrides"])
+    assert composed.method == "simclr" and composed.backbone.name == "resnet18"
+    assert "queue_size" not in composed.method_kwargs and "momentum" not in composed
+    assert composed.optimizer.name == "adam" and "kwargs" not in composed.optimizer
+    assert composed.method_kwargs.proj_hidden_dim == cfg.proj_hidden_dim
+    assert composed.method_kwargs.temperature == cfg.temperature

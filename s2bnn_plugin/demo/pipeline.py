@@ -44,6 +44,7 @@ from s2bnn_plugin.errors import S2BNNError
 
 __all__ = [
     "STUDENTS",
+    "TEACHER_CONFIG",
     "DemoConfig",
     "DemoError",
     "StudentSpec",
@@ -75,6 +76,8 @@ STUDENTS: dict[str, tuple[str, list[str], str]] = {
     ),
 }
 STAGES = ["data", "teacher", *STUDENTS, "eval", "report"]
+#: the real-valued SimCLR teacher's config (``solo_configs/pretrain/custom``)
+TEACHER_CONFIG = "teacher_simclr.yaml"
 
 
 @dataclass(frozen=True)
@@ -380,18 +383,14 @@ def _common(cfg: DemoConfig, data: dict[str, Any], batch_size: int, lr: float) -
 def stage_teacher(cfg: DemoConfig, data: dict[str, Any], log: Log, quiet: bool) -> dict[str, Any]:
     overrides = [
         *_common(cfg, data, cfg.teacher_batch_size, cfg.teacher_lr),
-        "method=simclr",
-        "~method_kwargs.queue_size",
-        "~momentum",
         f"method_kwargs.proj_hidden_dim={cfg.proj_hidden_dim}",
         f"method_kwargs.temperature={cfg.temperature}",
         "optimizer.classifier_lr=1e-3",
-        "~optimizer.kwargs",
     ]
     ckpt = _train(
         cfg,
         "teacher",
-        "teacher_mocov2plus.yaml",
+        TEACHER_CONFIG,
         overrides,
         cfg.teacher_epochs,
         log,
