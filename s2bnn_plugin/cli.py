@@ -1,9 +1,10 @@
 """The ``s2bnn`` command: argument parsing over the plugin's typed command functions.
 
 Each sub-command is one ``_cmd_<name>`` function that only turns parsed arguments into a call
-(:mod:`s2bnn_plugin.export.commands`, :mod:`s2bnn_plugin.evaluation.command`,
-:mod:`s2bnn_plugin.compat.install`, :mod:`s2bnn_plugin.doctor`, ...); the heavy imports (torch,
-numba and its kernels, solo-learn) happen inside the command that needs them, so
+(:mod:`s2bnn_plugin.export.commands`, :mod:`s2bnn_plugin.bench.commands`,
+:mod:`s2bnn_plugin.evaluation.command`, :mod:`s2bnn_plugin.compat.install`,
+:mod:`s2bnn_plugin.doctor`, ...); the heavy imports (torch, numba and its kernels, solo-learn)
+happen inside the command that needs them, so
 ``s2bnn --help`` imports neither torch nor torchvision.
 
 Errors: the plugin's own (:class:`~s2bnn_plugin.errors.S2BNNError`: bad input, missing installs)
@@ -119,7 +120,8 @@ def _cmd_pack(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from s2bnn_plugin.export.commands import check, parse_kwargs
+    from s2bnn_plugin.bench.commands import check
+    from s2bnn_plugin.export.commands import parse_kwargs
 
     check(
         args.file,
@@ -137,7 +139,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from s2bnn_plugin.export.commands import bench
+    from s2bnn_plugin.bench.commands import bench
 
     bench(
         args.backbone,
@@ -153,7 +155,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _add_export_commands(sub: argparse._SubParsersAction) -> None:
-    """``pack``, ``check`` and ``bench``: the bit-packed CPU engine (s2bnn_plugin.export)."""
+    """``pack``, ``check`` and ``bench``: the bit-packed CPU engine (export, bench)."""
     ckpt_help = "a solo-learn .ckpt (args.json beside it) or a state dict file"
     p = sub.add_parser(
         "pack",

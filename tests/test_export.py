@@ -172,7 +172,7 @@ def test_pickle(packed_cases):
 
 
 def test_packed_file_is_at_most_a_twentieth(tmp_path):
-    from s2bnn_plugin.export.bench import file_sizes
+    from s2bnn_plugin.export.report import file_sizes
 
     model = create_backbone("reactnet_a").eval()
     packed, fp32 = file_sizes(pack(model), model)
@@ -372,7 +372,8 @@ def test_pack_and_check_commands(tmp_path, capsys):
 def test_unit_epilogues_times_every_unit_on_its_own_input(packed_cases):
     """One row per binary unit, in the network's order, each fused unit timed with its binary
     convolution alone; timing leaves the network's results as they were."""
-    from s2bnn_plugin.export.bench import epilogue_table, unit_epilogues
+    from s2bnn_plugin.bench.profile import unit_epilogues
+    from s2bnn_plugin.bench.tables import epilogue_table
 
     _, net, size = packed_cases["a_cifar"]
     x = np.random.default_rng(3).standard_normal((1, 3, size, size)).astype(np.float32)
