@@ -158,11 +158,11 @@ def slice_params(prm, thr, co, cout, t_sets, m2):
 
 
 @njit(cache=True, inline="always")
-def _params32(ep, co, m2):
+def _params32(pprm, pthr, co, cout, t_sets, m2):
     """:func:`slice_params` of the two 16-channel slices of channels ``co .. co + 32``."""
     return Params32(
-        lo=slice_params(ep.pprm, ep.pthr, co, ep.cout, ep.t_sets, m2),
-        hi=slice_params(ep.pprm, ep.pthr, co + 16, ep.cout, ep.t_sets, m2),
+        lo=slice_params(pprm, pthr, co, cout, t_sets, m2),
+        hi=slice_params(pprm, pthr, co + 16, cout, t_sets, m2),
     )
 
 
@@ -289,16 +289,18 @@ def _pair32(pa0, pa1, pb0, pb1, P, E, p, co, c, kv, m2, count):
 
 
 @njit(cache=True)
-def _unit_kernel_narrow(pbits, offsets, pwt, wofs, k, rowstride, ep, co, c, E, count):
+def _unit_kernel_narrow(pbits, offsets, pwt, wofs, k, rowstride, pprm, pthr, co, c, ktot, E, count):
     """8 positions (top-left taps ``offsets``) x 32 channels of a layer with at most 32 input
-    channels, from the tap loop to the float map and the next layer's signs."""
+    channels, from the tap loop to the float map and the next layer's signs. Only the
+    parameters' pointers of the :class:`Epilogue`: a call per weight block, and every field
+    passed costs (all 16: the epilogue 5 % slower)."""
     b0, b1, b2, b3, b4, b5, b6, b7 = offsets
     c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51, c60, c61, c70, c71 = taps_narrow(
         pbits, b0, b1, b2, b3, b4, b5, b6, b7, pwt, wofs, k, rowstride
     )
     m2 = fsplat(-2.0)
-    kv = fsplat(ep.ktot)
-    P = _params32(ep, co, m2)
+    kv = fsplat(ktot)
+    P = _params32(pprm, pthr, co, E.cout, E.t_sets, m2)
     if E.pool_out:
         _pair32(ffrom_i32(c00), ffrom_i32(c01), ffrom_i32(c10), ffrom_i32(c11), P, E, 0, co, c,
                 kv, m2, count)  # fmt: skip
@@ -320,7 +322,9 @@ def _unit_kernel_narrow(pbits, offsets, pwt, wofs, k, rowstride, ep, co, c, E, c
 
 
 @njit(cache=True)
-def _unit_kernel_wide(pbits, offsets, pwt, wofs, k, rowstride, words, ep, co, c, E, count):
+def _unit_kernel_wide(
+    pbits, offsets, pwt, wofs, k, rowstride, words, pprm, pthr, co, c, ktot, E, count
+):
     """:func:`_unit_kernel_narrow` for wider layers: 4 positions x 32 channels on 64-bit lanes
     (two 8-lane accumulators make one 16-channel float vector)."""
     b0, b1, b2, b3 = offsets
@@ -328,8 +332,8 @@ def _unit_kernel_wide(pbits, offsets, pwt, wofs, k, rowstride, words, ep, co, c,
         pbits, b0, b1, b2, b3, pwt, wofs, k, rowstride, words
     )
     m2 = fsplat(-2.0)
-    kv = fsplat(ep.ktot)
-    P = _params32(ep, co, m2)
+    kv = fsplat(ktot)
+    P = _params32(pprm, pthr, co, E.cout, E.t_sets, m2)
     f00, f01 = ffrom_i64x2(c00, c01), ffrom_i64x2(c02, c03)
     f10, f11 = ffrom_i64x2(c10, c11), ffrom_i64x2(c12, c13)
     f20, f21 = ffrom_i64x2(c20, c21), ffrom_i64x2(c22, c23)
@@ -475,12 +479,12 @@ def unit_block(geo, ep, pbits, pwt, img, by, bx, count, ppos):
                     pbits,
                     (base + o0, base + o1, base + o2, base + o3, base + o4, base + o5, base + o6,
                      base + o7),
-                    pwt, blk * kk * LANES, geo.k, geo.rowstride, ep, g * cg + j * LANES,
-                    j * LANES, E, count,
+                    pwt, blk * kk * LANES, geo.k, geo.rowstride, ep.pprm, ep.pthr,
+                    g * cg + j * LANES, j * LANES, ep.ktot, E, count,
                 )  # fmt: skip
             else:
                 _unit_kernel_wide(
                     pbits, (base + o0, base + o1, base + o2, base + o3), pwt,
-                    blk * kk * geo.words * LANES, geo.k, geo.rowstride, geo.words, ep,
-                    g * cg + j * LANES, j * LANES, E, count,
+                    blk * kk * geo.words * LANES, geo.k, geo.rowstride, geo.words, ep.pprm,
+                    ep.pthr, g * cg + j * LANES, j * LANES, ep.ktot, E, count,
                 )  # fmt: skip
