@@ -9,19 +9,27 @@ given explicitly. Files are read with ``torch.load(weights_only=True)``: no code
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from s2bnn_plugin.backbones import create_backbone, list_backbones
+from s2bnn_plugin.backbones import BackboneError, BinaryBackbone, create_backbone, list_backbones
 from s2bnn_plugin.compat.solo import SoloLearnNotFound, require_solo
 from s2bnn_plugin.errors import S2BNNError
 
-__all__ = ["CheckpointError", "CheckpointNotFound", "load_backbone", "read_args_json"]
+__all__ = [
+    "CheckpointError",
+    "CheckpointNotFound",
+    "load_backbone",
+    "read_args_json",
+    "require_backbone",
+]
 
 
 class CheckpointError(S2BNNError, ValueError):
@@ -54,24 +62,38 @@ def read_args_json(ckpt: Path) -> tuple[str, dict[str, Any], dict[str, Any]]:
     return name, kwargs, args
 
 
-def _build(name: str, kwargs: dict[str, Any], args: dict[str, Any]) -> nn.Module:
+def _build(
+    name: str, kwargs: dict[str, Any], args: dict[str, Any], source: tuple[str, str]
+) -> nn.Module:
     """The plugin's backbone ``name``, or solo-learn's (e.g. a real ResNet teacher) with
-    solo-learn's ResNet adjustments (no ``fc``; the 3x3 stem on CIFAR)."""
+    solo-learn's ResNet adjustments (no ``fc``; the 3x3 stem on CIFAR). ``source``: where the
+    name and kwargs came from and how to change them, for the error messages."""
+    where, fix = source
     if name in list_backbones():
-        return create_backbone(name, **kwargs)
+        try:
+            return create_backbone(name, **kwargs)
+        except BackboneError as e:
+            raise CheckpointError(f"{where}: {e}; {fix}") from e
     try:
         registry = require_solo().BaseMethod._BACKBONES
     except SoloLearnNotFound as e:
         raise CheckpointError(
-            f"unknown backbone {name!r}; the plugin has {list_backbones()} (solo-learn's "
+            f"{where}: unknown backbone {name!r}; the plugin has {list_backbones()} (solo-learn's "
             f"backbones need solo-learn: {e})"
         ) from e
     if name not in registry:
+        close = difflib.get_close_matches(name, [*list_backbones(), *registry], n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise CheckpointError(
-            f"unknown backbone {name!r}; the plugin has {list_backbones()}, solo-learn has "
-            f"{sorted(registry)}"
+            f"{where}: unknown backbone {name!r}{hint}; the plugin has {list_backbones()}, "
+            f"solo-learn has {sorted(registry)}; {fix}"
         )
-    model = registry[name](args.get("method"), **kwargs)
+    try:
+        model = registry[name](args.get("method"), **kwargs)
+    except (TypeError, ValueError) as e:  # solo-learn's (timm's, torchvision's) factories
+        raise CheckpointError(
+            f"{where}: solo-learn's {name}({kwargs}) cannot be built: {e}; {fix}"
+        ) from e
     if name.startswith("resnet"):
         model.fc = nn.Identity()
         if (args.get("data") or {}).get("dataset") in ("cifar10", "cifar100"):
@@ -107,16 +129,23 @@ def load_backbone(
     args: dict[str, Any] = {}
     if backbone is None:
         name, kwargs, args = read_args_json(path)
+        source = (
+            f"{path.parent / 'args.json'}",
+            "correct backbone.name / backbone.kwargs there (s2bnn pack and check also take "
+            "--backbone NAME --backbone-kwargs JSON instead)",
+        )
         if backbone_kwargs is not None:
             kwargs = backbone_kwargs
+            source = ("--backbone-kwargs", "correct --backbone-kwargs")
     else:
         name, kwargs = backbone, dict(backbone_kwargs or {})
+        source = ("--backbone / --backbone-kwargs", "correct --backbone / --backbone-kwargs")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle / zip errors: report the file, not a traceback
         raise CheckpointError(f"{path}: cannot read it as a torch checkpoint ({e})") from e
     state = _state_dict(obj, path)
-    model = _build(name, kwargs, args)
+    model = _build(name, kwargs, args, source)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
@@ -125,3 +154,26 @@ def load_backbone(
             f"name or kwargs? {str(e).splitlines()[0]}"
         ) from e
     return model.eval(), name, kwargs
+
+
+def require_backbone(
+    model: nn.Module, where: str | os.PathLike, name: str, kwargs: Mapping[str, Any]
+) -> None:
+    """Refuse a loaded ``model`` that is not the binary backbone ``name(**kwargs)`` (what a packed
+    file records): comparing features of two different networks would report a meaningless
+    disagreement, or an agreement by chance."""
+    expected = f"{name}({dict(kwargs)})"
+    if not isinstance(model, BinaryBackbone):
+        raise CheckpointError(
+            f"{where} holds a {type(model).__name__}, not a binary backbone; the packed file was "
+            f"packed from a {expected}: give the checkpoint it was packed from"
+        )
+    config = getattr(model, "config", None)
+    got = {k: getattr(config, k, None) for k in kwargs}
+    differ = [f"{k} {got[k]!r} vs {v!r}" for k, v in kwargs.items() if got[k] != v]
+    if model.name != name or differ:
+        detail = f" (differing: {', '.join(differ)})" if differ else ""
+        raise CheckpointError(
+            f"{where} holds a {model.name}({got}), the packed file a {expected}{detail}: give "
+            "the checkpoint the file was packed from"
+        )

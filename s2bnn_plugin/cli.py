@@ -76,7 +76,15 @@ def _cmd_linear(args: argparse.Namespace) -> int:
 
 
 def _per_class(value: str) -> int | None:
-    return None if value == "all" else int(value)
+    """``--train-per-class`` / ``--val-per-class``: a whole number or ``all``."""
+    if value == "all":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number of images per class or 'all', got {value!r}"
+        ) from None
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -114,6 +122,8 @@ def _cmd_pack(args: argparse.Namespace) -> int:
         backbone=args.backbone,
         backbone_kwargs=parse_kwargs(args.backbone_kwargs),
         check_size=args.check_size,
+        min_cosine=args.min_cosine,
+        max_flipped=args.max_flipped,
         progress=not args.no_progress,
     )
     return 0
@@ -132,6 +142,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
         batch=args.batch,
         threads=args.threads,
         repeats=args.repeats,
+        min_cosine=args.min_cosine,
+        max_flipped=args.max_flipped,
         verbose=args.verbose,
         progress=not args.no_progress,
     )
@@ -154,6 +166,27 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_agreement_bounds(p: argparse.ArgumentParser) -> None:
+    """``--min-cosine`` and ``--max-flipped``: when the packed features count as the model's."""
+    from s2bnn_plugin.export.commands import MAX_FLIPPED, MIN_COSINE
+
+    p.add_argument(
+        "--min-cosine",
+        type=float,
+        default=MIN_COSINE,
+        help="fail when any image's packed features have a lower cosine similarity with the "
+        f"float model's (default {MIN_COSINE}; correct packings of trained models stay above "
+        "0.99)",
+    )
+    p.add_argument(
+        "--max-flipped",
+        type=float,
+        default=MAX_FLIPPED,
+        help="fail when a larger share of the images (and more than one) has a flipped sign "
+        f"bit (default {MAX_FLIPPED}; a correct packing flips about 10 %% at 224 px)",
+    )
+
+
 def _add_export_commands(sub: argparse._SubParsersAction) -> None:
     """``pack``, ``check`` and ``bench``: the bit-packed CPU engine (export, bench)."""
     ckpt_help = "a solo-learn .ckpt (args.json beside it) or a state dict file"
@@ -170,6 +203,7 @@ def _add_export_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backbone", default=None, help="backbone name (instead of args.json)")
     p.add_argument("--backbone-kwargs", default=None, help="JSON, e.g. '{\"cifar\": true}'")
     p.add_argument("--check-size", type=int, default=64, help="image size of the quick check")
+    _add_agreement_bounds(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_pack)
 
@@ -188,6 +222,7 @@ def _add_export_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, default=8, help="images (default 8)")
     p.add_argument("--threads", type=int, default=1, help="threads for both engines")
     p.add_argument("--repeats", type=int, default=3, help="best of this many timed runs")
+    _add_agreement_bounds(p)
     p.add_argument("-v", "--verbose", action="store_true", help="print the layers")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_check)

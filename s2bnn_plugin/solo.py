@@ -13,7 +13,9 @@ listing
 
 runs in an unmodified solo-learn checkout (and again in each DDP child, which Lightning re-launches
 with the same arguments); before the job starts it also checks the config against the hardware
-(:mod:`s2bnn_plugin.compat.preflight`). Finding solo-learn lives in :mod:`s2bnn_plugin.compat`
+(:mod:`s2bnn_plugin.compat.preflight`), the names and ``method_kwargs`` it gives
+(:func:`check_config`) and the run it would resume (:mod:`s2bnn_plugin.compat.resume`). Finding
+solo-learn lives in :mod:`s2bnn_plugin.compat`
 (re-exported here under the names it always had).
 """
 
@@ -34,6 +36,7 @@ from s2bnn_plugin.compat.solo import (
     solo_available,
     solo_checkout,
 )
+from s2bnn_plugin.errors import S2BNNError
 
 __all__ = [
     "CALLBACK_OVERRIDE",
@@ -43,6 +46,7 @@ __all__ = [
     "hydra_quote",
     "RegisterS2BNN",
     "SoloLearnNotFound",
+    "check_config",
     "register",
     "require_solo",
     "solo_available",
@@ -85,9 +89,40 @@ class RegisterS2BNN(_HydraCallback):
 
     def on_job_start(self, config: Any, **_: Any) -> None:
         from s2bnn_plugin.compat.preflight import ConfigError, check_run_config
+        from s2bnn_plugin.compat.resume import check_resume
 
         try:
             check_run_config(config)
         except ConfigError as e:
             print(f"s2bnn: this config cannot run here: {e}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
+        try:
+            check_config(config)
+            check_resume(config)  # never continue a checkpoint trained with other settings
+        except S2BNNError as e:
+            print(f"s2bnn: bad config: {e}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+
+
+def check_config(config: Any) -> None:
+    """Refuse what solo-learn would take silently or fail on with a bare assertion inside
+    ``main()``: an unknown ``backbone.name`` or ``method``, and for ``method=s2bnn`` its
+    ``method_kwargs`` (unknown keys, values out of range: :mod:`s2bnn_plugin.methods.settings`).
+    Raises an :class:`~s2bnn_plugin.errors.S2BNNError` naming each problem and its fix."""
+    from omegaconf import OmegaConf
+
+    from s2bnn_plugin.compat.preflight import check_names
+    from s2bnn_plugin.methods.settings import check_method_kwargs
+
+    methods_module = require_solo()
+    registered = set(methods_module.BaseMethod._BACKBONES)
+    check_names(
+        config,
+        backbones={
+            "the plugin's": sorted(BACKBONES),
+            "solo-learn's": sorted(registered - set(BACKBONES)),
+        },
+        methods=sorted(methods_module.METHODS),
+    )
+    if OmegaConf.select(OmegaConf.create(config), "method", default=None) == "s2bnn":
+        check_method_kwargs(config)

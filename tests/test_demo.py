@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from image_utils import TINY_RUN, random_dataset, random_image_folder
 
+from s2bnn_plugin.cli import main
 from s2bnn_plugin.data import APT_HINT, DEFAULT_SOURCE_DIR
 from s2bnn_plugin.demo import DemoConfig, DemoError, run_demo
 
@@ -97,8 +98,6 @@ def test_bad_data_is_refused_before_anything_runs(tmp_path, make, message):
 
 
 def test_cli_reports_bad_data(tmp_path, capsys):
-    from s2bnn_plugin.cli import main
-
     assert main(["demo", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
     assert "does not exist" in capsys.readouterr().err
 
@@ -113,3 +112,72 @@ def test_relative_out_dir_with_default_data(tmp_path, monkeypatch):
     run_demo(cfg, until="teacher", quiet=True, log=lambda _: None)
     stage = json.loads((tmp_path / "demo" / "stages" / "teacher.json").read_text())
     assert Path(stage["checkpoint"]).is_file()
+
+
+def _forbid(monkeypatch, stage: str) -> None:
+    """Make a stage fail at once: a check that lets bad input through fails the test instead of
+    preparing data or training."""
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError(f"{stage} started")
+
+    monkeypatch.setattr(f"s2bnn_plugin.demo.pipeline.{stage}", forbidden)
+
+
+@pytest.mark.parametrize(
+    "setting,value,message",
+    [
+        ("teacher_epochs", 0, "--teacher-epochs must be a whole number >= 1 (the teacher's"),
+        ("epochs", -1, "--epochs must be a whole number >= 1"),
+        ("train_per_class", 0, "--train-per-class must be a whole number >= 1"),
+        ("val_per_class", 2.5, "--val-per-class must be a whole number >= 1"),
+        ("width_mult", float("nan"), "--width-mult must be a finite number > 0"),
+        ("width_mult", -1.0, "--width-mult must be a finite number > 0"),
+        ("batch_size", 1, "the setting batch_size must be a whole number >= 2"),
+        ("teacher_batch_size", 0, "the setting teacher_batch_size must be a whole number >= 2"),
+        ("eval_batch_size", 0, "the setting eval_batch_size must be a whole number >= 1"),
+        ("lr", float("inf"), "the setting lr must be a finite number > 0"),
+        ("knn_k", 0, "the setting knn_k must be a whole number >= 1"),
+        ("knn_temperature", 0.0, "the setting knn_temperature must be a finite number > 0"),
+        ("seed", -1, "the setting seed must be a whole number >= 0"),
+        ("backbone", "resnet18", "the setting backbone must be one of"),
+    ],
+    ids=lambda v: v if isinstance(v, str) and " " not in v else None,
+)
+def test_numbers_that_cannot_train_are_refused_before_anything_runs(
+    dataset, tmp_path, monkeypatch, setting, value, message
+):
+    _forbid(monkeypatch, "stage_data")
+    out = tmp_path / "demo"
+    cfg = tiny(out, dataset)
+    setattr(cfg, setting, value)
+    with pytest.raises(DemoError) as info:
+        run_demo(cfg, quiet=True, log=lambda _: None)
+    assert message in str(info.value) and repr(value) in str(info.value)
+    assert not out.exists()
+
+
+def test_cli_refuses_zero_teacher_epochs_before_anything_runs(tmp_path, capsys, monkeypatch):
+    """It used to fail after the data stage with solo-learn's ZeroDivisionError, advising to
+    run the demo again, which failed again."""
+    _forbid(monkeypatch, "stage_data")
+    out = tmp_path / "o"
+    assert main(["demo", "--teacher-epochs", "0", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "--teacher-epochs must be a whole number >= 1 (the teacher's training epochs), got 0" in err
+    )
+    assert err.count("\n") == 1 and not out.exists()
+
+
+@pytest.mark.parametrize("setting", ["teacher_batch_size", "batch_size"])
+def test_a_batch_larger_than_the_data_is_refused_before_training(
+    dataset, tmp_path, monkeypatch, setting
+):
+    _forbid(monkeypatch, "stage_teacher")
+    out = tmp_path / "demo"
+    cfg = tiny(out, dataset)
+    setattr(cfg, setting, 41)  # 40 training images
+    with pytest.raises(DemoError, match="of 41 images is larger than the 40 training images"):
+        run_demo(cfg, quiet=True, log=lambda _: None)
+    assert not (out / "runs").exists()

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from image_utils import make_image_folder
+from PIL import Image
 from torch import nn
 
 from s2bnn_plugin.backbones import create_backbone
@@ -363,3 +364,80 @@ def test_cli_eval_bad_data(tmp_path, capsys, make_data, message):
 def test_cli_eval_missing_model(tmp_path, capsys):
     assert main(["eval", "--model", str(tmp_path / "x.ckpt"), "--data", str(tmp_path)]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ options refused before work
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (
+            ["--k", "0"],
+            "--k must be a whole number >= 1 (the number of neighbours that vote), got 0",
+        ),
+        (["--temperature", "0"], "--temperature must be a finite number > 0"),
+        (["--temperature", "-0.5"], "--temperature must be a finite number > 0"),
+        (["--temperature", "inf"], "--temperature must be a finite number > 0"),
+        (["--weight-decay", "-1"], "--weight-decay must be a finite number > 0"),
+        (["--weight-decay", "0"], "--weight-decay must be a finite number > 0"),
+        (["--batch-size", "0"], "--batch-size must be a whole number >= 1"),
+        (["--size", "0"], "--size must be a whole number >= 1"),
+        (["--crop-ratio", "1.5"], "--crop-ratio must be in (0, 1]"),
+        (["--train-per-class", "0"], "--train-per-class must be a whole number >= 1"),
+        (["--val-per-class", "-3"], "--val-per-class must be a whole number >= 1"),
+        (["--seed", "-1"], "--seed must be a whole number >= 0"),
+    ],
+    ids=lambda v: " ".join(v) if isinstance(v, list) else None,
+)
+def test_cli_eval_refuses_bad_numbers_before_any_work(tmp_path, capsys, extra, message):
+    """Checked before the model is read or the data prepared: the model file is not a checkpoint
+    and the data root would be created by a Fashion-MNIST preparation."""
+    model = tmp_path / "m.ckpt"
+    model.write_bytes(b"not read")
+    root = tmp_path / "data-root"
+    argv = ["eval", "--model", str(model), "--data-root", str(root), "--no-progress", *extra]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+    assert not root.exists()
+
+
+def test_cli_eval_refuses_a_json_path_it_could_not_write_before_any_work(tmp_path, capsys):
+    model = tmp_path / "m.ckpt"
+    model.write_bytes(b"not read")
+    root = tmp_path / "data-root"
+    base = ["eval", "--model", str(model), "--data-root", str(root), "--no-progress", "--json"]
+    assert main([*base, str(tmp_path)]) == 2
+    assert f"--json {tmp_path} is a folder; give a file name" in capsys.readouterr().err
+    assert main([*base, str(tmp_path / "no" / "r.json")]) == 2
+    assert "the folder" in capsys.readouterr().err
+    assert not root.exists() and not (tmp_path / "no").exists()
+
+
+def test_linear_probe_refuses_a_weight_decay_that_is_not_positive():
+    x, y = np.eye(4, dtype=np.float32), np.arange(4)
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="weight_decay must be a finite number > 0"):
+            linear_probe(x, y, x, y, weight_decay=bad)
+
+
+def test_cli_eval_names_corrupt_and_truncated_images(tmp_path, capsys):
+    """A folder with a corrupt PNG and a truncated JPEG: one error naming both files, not
+    PIL's traceback for the first; no model is run on a partial set."""
+    ckpt = _solo_checkpoint(
+        tmp_path, _trained_like_backbone(), {"cifar": True, "width_mult": 0.125}
+    )
+    data = _dataset(tmp_path)
+    png = data / "train" / CLASSES[0] / "0.png"
+    png.write_bytes(png.read_bytes()[:60])  # cut inside the image data
+    jpeg = data / "train" / CLASSES[1] / "extra.jpg"
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(jpeg, quality=95)
+    jpeg.write_bytes(jpeg.read_bytes()[:3000])  # truncated: the last scan lines are missing
+    argv = ["eval", "--model", str(ckpt), "--data", str(data), "--engine", "torch"]
+    assert main([*argv, "--size", "16", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert f"{jpeg} (OSError: image file is truncated" in err
+    assert str(png) in err and "cannot be read as images" in err

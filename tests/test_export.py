@@ -13,6 +13,8 @@ the same float32 operations in the same order, must match the kernels bit for bi
 from __future__ import annotations
 
 import json
+import os
+import stat
 import zipfile
 
 import numpy as np
@@ -396,3 +398,241 @@ def test_bench_command(capsys):
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "speedup" in text and "3x3/2" in text and "fp32 state dict" in text
+
+
+# ---------------------------------------------------------------------------------- packed files
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("kernel", 3.0), ("kernel", True), ("stride", 2.0), ("stride", True), ("name", 7)],
+)
+def test_spec_fields_are_integers_not_floats_or_bools(packed_cases, tmp_path, field, value):
+    """``3.0 == 3`` and ``True == 1`` in Python: the file check compares types, not values."""
+    net = packed_cases["a_cifar"][1]
+    units = [dict(u) for u in net.spec["units"]]
+    # a unit where the value is the same number, of another JSON type
+    i = next(j for j, u in enumerate(units) if field == "name" or u[field] == value)
+    units[i][field] = value
+    path = _rewrite(net, tmp_path / "typed.s2bnn", spec=dict(net.spec, units=units))
+    with pytest.raises(PackedFormatError, match=rf"unit {i}.*'{field}' must be .*got {value!r}"):
+        load(path)
+
+
+def _with_member(net: PackedNetwork, path, member: str, nbytes: int):
+    """``net``'s file with ``member`` holding an .npy array of ``nbytes`` zeros, deflated and
+    streamed (the test never holds it in memory): a few hundred kB on disk."""
+    from numpy.lib import format as npy
+
+    good = net.save(path.with_suffix(".good"))
+    with (
+        zipfile.ZipFile(good) as src,
+        zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as dst,
+    ):
+        for info in src.infolist():
+            if info.filename != member:
+                dst.writestr(info, src.read(info))
+        with dst.open(member, "w", force_zip64=True) as f:
+            header = {"descr": "|u1", "fortran_order": False, "shape": (nbytes,)}
+            npy.write_array_header_1_0(f, header)
+            chunk = bytes(1 << 20)
+            for _ in range(nbytes >> 20):
+                f.write(chunk)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("member", "named"),
+    [("junk.npy", r"unexpected .*'junk"), ("units.1.rsign.npy", r"'units\.1\.rsign")],
+)
+def test_a_highly_compressed_member_is_refused_before_it_is_read(
+    packed_cases, tmp_path, member, named
+):
+    """500 MB of deflated zeros (a 2.6 MB file), as an extra member or in place of an array:
+    refused by name from the zip directory, with the memory the read takes staying small."""
+    import tracemalloc
+
+    path = _with_member(packed_cases["a_cifar"][1], tmp_path / "bomb.s2bnn", member, 500 << 20)
+    assert path.stat().st_size < 4 << 20
+    tracemalloc.start()
+    try:
+        with pytest.raises(PackedFormatError, match=named):
+            load(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20, peak
+
+
+def test_a_member_is_read_only_up_to_what_its_header_says(packed_cases, tmp_path):
+    """An .npy header that declares another shape than the specification's: refused before the
+    data is read; the right arrays with any other dtype too."""
+    net = packed_cases["a_cifar"][1]
+    arrays = dict(net.arrays, **{"units.2.affine": net.arrays["units.2.affine"].astype(np.float64)})
+    with pytest.raises(PackedFormatError, match=r"'units\.2\.affine'.*float32.*float64"):
+        load(_rewrite(net, tmp_path / "dtype.s2bnn", arrays=arrays))
+    arrays = dict(net.arrays, **{"stem.affine": np.zeros((2, 1000), np.float32)})
+    with pytest.raises(PackedFormatError, match=r"'stem\.affine.npy' declares \d+ bytes, more"):
+        load(_rewrite(net, tmp_path / "shape.s2bnn", arrays=arrays))
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_packed_files_follow_the_umask(packed_cases, tmp_path, umask):
+    net = packed_cases["a_cifar"][1]
+    before = os.umask(umask)
+    try:
+        path = net.save(tmp_path / "net.s2bnn")
+    finally:
+        os.umask(before)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+    assert [p.name for p in tmp_path.iterdir()] == ["net.s2bnn"]
+
+
+def test_a_failed_write_leaves_no_file(packed_cases, tmp_path, monkeypatch):
+    """Atomic: an error while writing leaves neither the file nor its temporary file; an
+    existing file stays as it was."""
+    net = packed_cases["a_cifar"][1]
+    path = tmp_path / "net.s2bnn"
+
+    def fails(f, **arrays):
+        f.write(b"PK\x03\x04 part of a zip")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", fails)
+    with pytest.raises(OSError, match="disk full"):
+        net.save(path)
+    assert list(tmp_path.iterdir()) == []
+    path.write_bytes(b"old")
+    with pytest.raises(OSError, match="disk full"):
+        net.save(path)
+    assert path.read_bytes() == b"old" and list(tmp_path.iterdir()) == [path]
+
+
+# ---------------------------------------------------------------------------------- bounds
+
+
+def _broken(model: nn.Module, path: str, value: float) -> nn.Module:
+    """``model`` with one value of its parameter or buffer ``path`` set to ``value``."""
+    module, _, tensor = path.rpartition(".")
+    with torch.no_grad():
+        getattr(model.get_submodule(module), tensor).view(-1)[1] = value
+    return model
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        ("blocks.2.conv3x3.bn.running_var", np.nan),
+        ("blocks.0.conv1x1.0.bn.running_mean", np.inf),
+        ("blocks.1.conv3x3.conv.weight", np.nan),
+        ("blocks.3.act1x1.prelu.weight", -np.inf),
+        ("stem.0.weight", np.nan),
+        ("blocks.4.conv1x1.0.conv.input_quantizer.shift.bias", np.nan),
+    ],
+)
+def test_pack_refuses_non_finite_weights_and_statistics(tmp_path, capsys, path, value):
+    """Named by module path and tensor, by pack() and by ``s2bnn pack``, which writes nothing."""
+    name, kwargs, _ = CASES["a_cifar"]
+    model = _broken(trained_like(name, kwargs), path, value)
+    module, _, tensor = path.rpartition(".")
+    with pytest.raises(PackError, match=rf"'{module}': its '{tensor}' holds NaN or infinity"):
+        pack(model)
+    ckpt = _solo_run(tmp_path, model, name, kwargs)
+    out = tmp_path / "net.s2bnn"
+    assert main(["pack", str(ckpt), "-o", str(out), "--no-progress", "--check-size", "16"]) == 2
+    assert f"'{module}': its '{tensor}' holds NaN" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_pack_refuses_statistics_that_fold_to_nan():
+    """A finite but negative BatchNorm variance: the folded array is NaN; the layer is named."""
+    name, kwargs, _ = CASES["a_cifar"]
+    model = _broken(trained_like(name, kwargs), "blocks.2.conv3x3.bn.running_var", -5.0)
+    with pytest.raises(PackError, match=r"'blocks\.2\.conv3x3'.*'units\.\d+\.affine'"):
+        pack(model)
+
+
+def test_check_fails_on_another_students_weights(tmp_path, capsys):
+    """The packed file of one student checked against another's checkpoint exits 2, naming the
+    measured values, the bounds and the flags; its own checkpoint passes; the flags move the
+    bounds."""
+    from s2bnn_plugin.bench.commands import check
+    from s2bnn_plugin.export.commands import AgreementError
+
+    name, kwargs, _ = CASES["a_cifar"]
+    mine, other = trained_like(name, kwargs, seed=0), trained_like(name, kwargs, seed=1)
+    out = pack(mine).save(tmp_path / "mine.s2bnn")
+    (tmp_path / "own").mkdir()
+    (tmp_path / "theirs").mkdir()
+    own = _solo_run(tmp_path / "own", mine, name, kwargs)
+    theirs = _solo_run(tmp_path / "theirs", other, name, kwargs)
+    common = ["--size", "32", "--batch", "8", "--repeats", "1", "--no-progress"]
+    assert main(["check", str(out), "--ckpt", str(own), *common]) == 0
+    capsys.readouterr()
+    assert main(["check", str(out), "--ckpt", str(theirs), *common]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "cosine similarity" in err and "below the bound 0.9 (--min-cosine" in err, err
+    assert "8 of 8 images (100 %) have a flipped sign bit" in err and "--max-flipped" in err
+    loose = ["--min-cosine", "-1", "--max-flipped", "1"]
+    assert main(["check", str(out), "--ckpt", str(theirs), *common, *loose]) == 0
+    with pytest.raises(AgreementError, match=r"cosine similarity 0\.\d+, below the bound 0\.99"):
+        check(out, ckpt=theirs, size=32, batch=8, repeats=1, min_cosine=0.99, progress=False)
+    agree = check(out, ckpt=own, size=32, batch=8, repeats=1, progress=False)
+    assert agree.min_cosine > 0.999 and agree.images == 8
+
+
+def test_pack_writes_nothing_when_the_packed_network_disagrees(tmp_path, monkeypatch, capsys):
+    """A packer that returned another network (a packing bug) is caught by pack's own check."""
+    from s2bnn_plugin.export import packer as packer_module
+
+    name, kwargs, _ = CASES["a_cifar"]
+    ckpt = _solo_run(tmp_path, trained_like(name, kwargs, seed=0), name, kwargs)
+    wrong = pack(trained_like(name, kwargs, seed=1))
+    monkeypatch.setattr(packer_module, "pack", lambda model, progress=False: wrong)
+    out = tmp_path / "net.s2bnn"
+    assert main(["pack", str(ckpt), "-o", str(out), "--no-progress", "--check-size", "32"]) == 2
+    err = capsys.readouterr().err
+    assert "nothing written" in err and "--min-cosine" in err, err
+    assert not out.exists() and list(tmp_path.iterdir()) == [ckpt.parent]
+
+
+CHECK = ["check", "missing.s2bnn", "--no-progress"]
+PACK = ["pack", "missing.ckpt", "-o", "out.s2bnn", "--no-progress"]
+BENCH = ["bench", "--no-progress"]
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        ([*BENCH, "--batch", "0"], "--batch must be an integer in [1, 1024], got 0"),
+        ([*BENCH, "--batch", "1", "-3"], "--batch must be an integer in [1, 1024], got -3"),
+        ([*BENCH, "--threads", "0"], "--threads must be an integer in [1, "),
+        ([*BENCH, "--threads", "100000"], "got 100000"),
+        ([*BENCH, "--size", "0"], "--size must be an integer in [1, 2048], got 0"),
+        ([*BENCH, "--repeats", "0"], "--repeats must be an integer in [1, 1000], got 0"),
+        ([*BENCH, "--width-mult", "0"], "--width-mult must be a number in (0.0, 4.0], got 0.0"),
+        ([*BENCH, "--width-mult", "nan"], "--width-mult must be a number in (0.0, 4.0], got nan"),
+        ([*BENCH, "--width-mult", "inf"], "got inf"),
+        ([*CHECK, "--repeats", "0"], "--repeats must be an integer in [1, 1000], got 0"),
+        ([*CHECK, "--batch", "-1"], "--batch must be an integer in [1, 1024], got -1"),
+        ([*CHECK, "--threads", "0"], "--threads must be an integer in [1, "),
+        ([*CHECK, "--size", "-5"], "--size must be an integer in [1, 2048], got -5"),
+        ([*CHECK, "--min-cosine", "1.5"], "--min-cosine must be a number in [-1.0, 1.0], got 1.5"),
+        ([*CHECK, "--max-flipped", "-0.1"], "--max-flipped must be a number in [0.0, 1.0]"),
+        ([*PACK, "--check-size", "0"], "--check-size must be an integer in [1, 2048], got 0"),
+        ([*PACK, "--min-cosine", "nan"], "--min-cosine must be a number in [-1.0, 1.0], got nan"),
+    ],
+)
+def test_numeric_arguments_are_checked_before_any_work(args, named, monkeypatch, capsys):
+    """One line naming the value and the range, exit 2, before a file is read or a model
+    built (the files named here do not exist; building a model would fail the test)."""
+    import s2bnn_plugin.backbones as backbones
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("work started before the arguments were checked")
+
+    monkeypatch.setattr(backbones, "create_backbone", forbidden)
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and named in err, err

@@ -177,8 +177,9 @@ def _train(data, teacher_ckpt, ssl_method: str, out: Path):
         "ssl_method": ssl_method,
         "head_hidden_dim": 64,
         "temperature": TEMPERATURE,
-        "ssl_kwargs": {"proj_hidden_dim": 64, "proj_output_dim": 32, "temperature": 0.2},
     }
+    if ssl_method != "none":  # nothing reads ssl_kwargs without an objective: refused
+        mk["ssl_kwargs"] = {"proj_hidden_dim": 64, "proj_output_dim": 32, "temperature": 0.2}
     cfg = base_cfg("s2bnn", "reactnet18", STUDENT, mk, batch_size=BATCH, num_classes=10)
     cfg.optimizer.lr = 2e-3
     cfg.augmentations = [{"crop_size": SIZE}]

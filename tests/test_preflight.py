@@ -9,22 +9,22 @@ from omegaconf import OmegaConf
 from s2bnn_plugin.compat.preflight import ConfigError, check_run_config, cpu_processes
 from s2bnn_plugin.compat.solo import configs_dir
 
-CPU_OK = {"accelerator": "cpu", "devices": 1, "strategy": "auto", "sync_batchnorm": False}
+CPU_OK = {"accelerator": "cpu", "devices": "1", "strategy": "auto", "sync_batchnorm": False}
 
 
 def test_a_cpu_config_passes():
     check_run_config(CPU_OK, gpus=0)
     check_run_config({**CPU_OK, "accelerator": "auto", "devices": "1"}, gpus=0)
-    check_run_config({**CPU_OK, "devices": 2, "strategy": "ddp"}, gpus=0)  # DDP on CPU works
+    check_run_config({**CPU_OK, "devices": "2", "strategy": "ddp"}, gpus=0)  # DDP on CPU works
 
 
 def test_sync_batchnorm_with_several_cpu_processes():
-    cfg = {**CPU_OK, "devices": 2, "strategy": "ddp", "sync_batchnorm": True}
+    cfg = {**CPU_OK, "devices": "2", "strategy": "ddp", "sync_batchnorm": True}
     with pytest.raises(ConfigError, match="set sync_batchnorm=False"):
         check_run_config(cfg, gpus=0)
-    check_run_config({**cfg, "devices": 1}, gpus=0)  # one process: Lightning never converts
+    check_run_config({**cfg, "devices": "1"}, gpus=0)  # one process: Lightning never converts
     with pytest.raises(ConfigError, match="sync_batchnorm"):
-        check_run_config({**cfg, "devices": 1, "num_nodes": 2}, gpus=0)
+        check_run_config({**cfg, "devices": "1", "num_nodes": 2}, gpus=0)
 
 
 def test_gpu_settings_without_a_gpu():
@@ -63,7 +63,59 @@ def test_the_shipped_gpu_configs_are_refused_on_a_cpu_and_the_custom_ones_pass()
     with pytest.raises(ConfigError, match="accelerator=gpu"):
         check_run_config(cifar, gpus=0)
     custom = OmegaConf.load(configs_dir() / "pretrain" / "custom" / "s2bnn.yaml")
-    check_run_config(custom, gpus=0)  # its paths are ??? until given on the command line
+    with pytest.raises(ConfigError, match="data.train_path is not set: set data.train_path="):
+        check_run_config(custom, gpus=0)  # ??? until given on the command line
+    custom.data.train_path = str(configs_dir())  # any folder
+    check_run_config(custom, gpus=0)
+
+
+def test_devices_as_an_int_is_refused_with_the_forms_solo_learn_takes():
+    """solo-learn's parse_cfg scales the learning rate by ``len(cfg.devices)``: an int (what
+    ``devices=1`` on the command line gives) has no len, a list or a string has."""
+    for accelerator, gpus in (("cpu", 0), ("gpu", 1), ("auto", 0)):
+        with pytest.raises(ConfigError) as e:
+            check_run_config({**CPU_OK, "accelerator": accelerator, "devices": 1}, gpus=gpus)
+        message = str(e.value)
+        assert message.startswith("devices=1 is an int, which solo-learn cannot take")
+        assert "devices=[0]" in message and "'devices=\"1\"' on the command line" in message
+    check_run_config({**CPU_OK, "accelerator": "gpu", "devices": [0]}, gpus=1)
+    check_run_config({**CPU_OK, "devices": "1"}, gpus=0)
+
+
+def test_a_linear_config_without_its_checkpoint_says_what_to_set():
+    lin = OmegaConf.load(configs_dir() / "linear" / "custom" / "reactnet_a.yaml")
+    lin.merge_with({"accelerator": "cpu", "data": {"train_path": ".", "val_path": "."}})
+    with pytest.raises(ConfigError) as e:
+        check_run_config(lin, gpus=0)  # ??? in the shipped config
+    assert str(e.value) == (
+        "pretrained_feature_extractor is not set: set pretrained_feature_extractor=PATH, the "
+        "checkpoint of the pretraining run to evaluate (its .ckpt under "
+        "checkpoint.dir/<method>/<run>/, with args.json beside it)"
+    )
+    lin.pretrained_feature_extractor = None
+    with pytest.raises(ConfigError, match="^pretrained_feature_extractor is not set: set"):
+        check_run_config(lin, gpus=0)
+
+
+def test_a_linear_config_with_a_packed_file_is_refused(tmp_path):
+    lin = OmegaConf.load(configs_dir() / "linear" / "custom" / "reactnet_a.yaml")
+    packed = tmp_path / "student.s2bnn"
+    packed.write_bytes(b"PK")
+    lin.merge_with(
+        {
+            "accelerator": "cpu",
+            "data": {"train_path": ".", "val_path": "."},
+            "pretrained_feature_extractor": str(packed),
+        }
+    )
+    with pytest.raises(ConfigError) as e:
+        check_run_config(lin, gpus=0)
+    assert "main_linear.py reads a training checkpoint (.ckpt, .pth, .pt)" in str(e.value)
+    assert ".s2bnn packed files are for the CPU engine" in str(e.value)
+    ckpt = tmp_path / "student.ckpt"
+    ckpt.write_bytes(b"x")
+    lin.pretrained_feature_extractor = str(ckpt)
+    check_run_config(lin, gpus=0)
 
 
 # --------------------------------------------------------------------------------- doctor

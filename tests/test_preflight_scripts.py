@@ -54,3 +54,48 @@ def test_a_missing_data_folder_is_named(tmp_path):
     proc = _pretrain(tmp_path, [f"data.val_path={tmp_path / 'no-such-val'}"])
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "data.val_path" in proc.stderr and "does not exist" in proc.stderr
+
+
+def _one_line_refusal(proc: subprocess.CompletedProcess, tmp_path: Path) -> str:
+    """The refusal: exit 2, one line on stderr, no traceback, no run folder."""
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert not (tmp_path / "out").exists()
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("s2bnn: ")]
+    assert len(lines) == 1, proc.stderr[-3000:]
+    return lines[0]
+
+
+def test_a_typo_in_method_kwargs_stops_main_pretrain(tmp_path):
+    """+method_kwargs.temprature=0.1 would otherwise train at the default 0.2, without a word."""
+    proc = _pretrain(tmp_path, ["accelerator=cpu", "+method_kwargs.temprature=0.1"])
+    line = _one_line_refusal(proc, tmp_path)
+    assert line.startswith("s2bnn: bad config: method_kwargs.temprature is not a setting")
+    assert "(did you mean temperature?)" in line
+
+
+def test_devices_as_an_int_stops_main_pretrain_with_the_fix(tmp_path):
+    proc = _pretrain(tmp_path, ["accelerator=cpu", "devices=1"])
+    line = _one_line_refusal(proc, tmp_path)
+    assert "devices=1 is an int" in line and "'devices=\"1\"' on the command line" in line
+
+
+def test_s2bnn_linear_without_its_checkpoint_says_what_to_set(tmp_path):
+    for split in ("train", "val"):
+        (tmp_path / split / "a").mkdir(parents=True)
+    command = [
+        sys.executable,
+        "-m",
+        "s2bnn_plugin.cli",
+        "linear",
+        f"data.train_path={tmp_path / 'train'}",
+        f"data.val_path={tmp_path / 'val'}",
+        f"checkpoint.dir={tmp_path / 'out'}",
+        "accelerator=cpu",
+    ]
+    env = dict(os.environ, PYTHONWARNINGS="ignore", CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run(
+        command, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300
+    )
+    line = _one_line_refusal(proc, tmp_path)
+    assert "pretrained_feature_extractor is not set: set pretrained_feature_extractor=PATH" in line

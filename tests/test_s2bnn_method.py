@@ -63,6 +63,17 @@ def teacher_ckpt(tmp_path_factory):
     return path
 
 
+def ssl_kwargs_for(ssl_method: str) -> dict:
+    """The part of SSL_KWARGS that the objective reads (a key it does not read is refused)."""
+    from s2bnn_plugin.methods.settings import MethodConfigError, objective_keys
+
+    try:
+        reads = objective_keys(ssl_method.lower())
+    except MethodConfigError:  # an unknown objective: the test is about that
+        return dict(SSL_KWARGS)
+    return {k: v for k, v in SSL_KWARGS.items() if k in reads}
+
+
 def s2bnn_cfg(ckpt, ssl_method="none", backbone_kwargs=None, **method_kwargs):
     from solo_utils import base_cfg
 
@@ -70,7 +81,7 @@ def s2bnn_cfg(ckpt, ssl_method="none", backbone_kwargs=None, **method_kwargs):
         "teacher": {"ckpt": str(ckpt)},
         "ssl_method": ssl_method,
         "head_hidden_dim": 32,
-        "ssl_kwargs": dict(SSL_KWARGS),
+        "ssl_kwargs": ssl_kwargs_for(ssl_method),
         **method_kwargs,
     }
     return base_cfg("s2bnn", "reactnet18", backbone_kwargs or SMALL, mk)

@@ -9,21 +9,30 @@ with :func:`register_backbone`; :mod:`s2bnn_plugin.solo` registers every entry w
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from typing import Any
 
 from torch import nn
 
-from s2bnn_plugin.backbones.base import BackboneConfig, BinaryBackbone
+from s2bnn_plugin.backbones.base import (
+    BackboneArgumentError,
+    BackboneConfig,
+    BackboneError,
+    BinaryBackbone,
+)
 from s2bnn_plugin.backbones.reactnet import ReActNetA
 from s2bnn_plugin.backbones.reactnet18 import ReActNet18
 
 __all__ = [
     "BACKBONES",
+    "BackboneArgumentError",
     "BackboneConfig",
+    "BackboneError",
     "BinaryBackbone",
     "ReActNet18",
     "ReActNetA",
+    "UnknownBackbone",
     "create_backbone",
     "list_backbones",
     "reactnet18",
@@ -62,8 +71,18 @@ def list_backbones() -> list[str]:
     return sorted(BACKBONES)
 
 
+class UnknownBackbone(BackboneError, KeyError):
+    """A backbone name that is not registered (a ``KeyError`` too: a failed registry lookup)."""
+
+    def __str__(self) -> str:  # the message, not KeyError's quoted repr of it
+        return str(self.args[0]) if self.args else ""
+
+
 def create_backbone(name: str, **kwargs: Any) -> nn.Module:
-    """Build a registered backbone by name."""
+    """Build a registered backbone by name. Raises :class:`UnknownBackbone` for a name that is
+    not registered and :class:`BackboneError` for keyword arguments that cannot build it."""
     if name not in BACKBONES:
-        raise KeyError(f"unknown backbone {name!r}; available: {list_backbones()}")
+        close = difflib.get_close_matches(str(name), list_backbones(), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise UnknownBackbone(f"unknown backbone {name!r}{hint}; available: {list_backbones()}")
     return BACKBONES[name](**kwargs)

@@ -15,9 +15,26 @@ from typing import Any
 import torch
 from torch import nn
 
+from s2bnn_plugin.errors import S2BNNError
 from s2bnn_plugin.nn import QUANTIZERS, Quantizer, get_quantizer
 
-__all__ = ["BackboneConfig", "BinaryBackbone", "scaled_width"]
+__all__ = [
+    "BackboneArgumentError",
+    "BackboneConfig",
+    "BackboneError",
+    "BinaryBackbone",
+    "scaled_width",
+]
+
+
+class BackboneError(S2BNNError, ValueError):
+    """A backbone name or keyword argument value that cannot build a backbone; the message
+    names it and the accepted values."""
+
+
+class BackboneArgumentError(BackboneError, TypeError):
+    """An unknown keyword argument, or one of the wrong type (a ``TypeError``, as Python's own
+    for a bad call)."""
 
 
 @dataclass(frozen=True)
@@ -42,7 +59,7 @@ class BackboneConfig:
         accepted = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(kwargs) - set(accepted))
         if unknown:
-            raise TypeError(
+            raise BackboneArgumentError(
                 f"{backbone}() got unknown keyword argument(s) {unknown}; "
                 f"accepted: {accepted} (set them under backbone.kwargs)"
             )
@@ -53,19 +70,21 @@ class BackboneConfig:
     def validate(self, backbone: str) -> None:
         for flag in ("binary_weights", "cifar"):
             if not isinstance(getattr(self, flag), bool):
-                raise TypeError(
+                raise BackboneArgumentError(
                     f"{backbone}(): {flag} must be true or false, got {getattr(self, flag)!r}"
                 )
         if isinstance(self.width_mult, bool) or not isinstance(self.width_mult, int | float):
-            raise TypeError(f"{backbone}(): width_mult must be a number, got {self.width_mult!r}")
-        if not self.width_mult > 0:
-            raise ValueError(
-                f"{backbone}(): width_mult must be > 0 (1.0 is the paper's width), "
+            raise BackboneArgumentError(
+                f"{backbone}(): width_mult must be a number, got {self.width_mult!r}"
+            )
+        if not 0 < self.width_mult < float("inf"):
+            raise BackboneError(
+                f"{backbone}(): width_mult must be > 0 and finite (1.0 is the paper's width), "
                 f"got {self.width_mult}"
             )
         sign = get_quantizer(self.activation_ste) if isinstance(self.activation_ste, str) else None
         if not isinstance(sign, Quantizer) or not sign.binary or sign.name == "scaled_sign":
-            raise ValueError(
+            raise BackboneError(
                 f"{backbone}(): activation_ste must be 'approx_sign' or 'ste_sign', "
                 f"got {self.activation_ste!r} (known quantizers: {sorted(QUANTIZERS)})"
             )

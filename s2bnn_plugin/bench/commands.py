@@ -1,9 +1,11 @@
 """``s2bnn check`` and ``s2bnn bench``: typed functions the command line only parses arguments
-for. Here rather than beside ``s2bnn pack`` (:mod:`s2bnn_plugin.export.commands`) because both
-time the packed network, and the runtime does not import the benchmark.
+for. Here rather than beside ``s2bnn pack`` (:mod:`s2bnn_plugin.export.commands`, whose argument
+checks and agreement bounds they share) because both time the packed network, and the runtime
+does not import the benchmark.
 
-Each prints its report; user errors (missing or unreadable files, an unknown backbone) are
-raised as :class:`~s2bnn_plugin.errors.S2BNNError` subclasses.
+Each prints its report; user errors (missing or unreadable files, an unknown backbone, numbers
+out of range, features that disagree with the float model) are raised as
+:class:`~s2bnn_plugin.errors.S2BNNError` subclasses.
 """
 
 from __future__ import annotations
@@ -12,6 +14,21 @@ import os
 from typing import Any
 
 from s2bnn_plugin.errors import UsageError
+from s2bnn_plugin.export.commands import (
+    BATCH_RANGE,
+    MAX_FLIPPED,
+    MAX_WIDTH_MULT,
+    MIN_COSINE,
+    REPEATS_RANGE,
+    SIZE_RANGE,
+    Agreement,
+    agreement,
+    bounds_args,
+    float_arg,
+    int_arg,
+    require_agreement,
+    threads_arg,
+)
 
 __all__ = ["bench", "check"]
 
@@ -26,22 +43,36 @@ def check(
     batch: int = 8,
     threads: int = 1,
     repeats: int = 3,
+    min_cosine: float = MIN_COSINE,
+    max_flipped: float = MAX_FLIPPED,
     verbose: bool = False,
     progress: bool = True,
-) -> dict[str, float]:
+) -> Agreement:
     """``s2bnn check FILE [--ckpt CKPT]``: agreement, file size, speed; returns the agreement
-    figures."""
+    figures.
+
+    Raises :class:`AgreementError` (exit code 2 from ``s2bnn``) after printing the agreement
+    when any image's features have a cosine similarity below ``min_cosine`` with the float
+    model's, or more than ``max_flipped`` of the images (and more than one) have a flipped
+    sign bit. Sign flips near a threshold are expected of a correct packing (float rounding
+    differs); the defaults pass those with a wide margin and fail another network's weights."""
+    size = int_arg("--size", size, *SIZE_RANGE)
+    batch = int_arg("--batch", batch, *BATCH_RANGE)
+    threads = threads_arg(threads)
+    repeats = int_arg("--repeats", repeats, *REPEATS_RANGE)
+    min_cosine, max_flipped = bounds_args(min_cosine, max_flipped)
     from tqdm.auto import tqdm
 
     from s2bnn_plugin.bench.tables import markdown_table
     from s2bnn_plugin.bench.timing import end_to_end
-    from s2bnn_plugin.checkpoints import load_backbone
+    from s2bnn_plugin.checkpoints import load_backbone, require_backbone
     from s2bnn_plugin.export import load
-    from s2bnn_plugin.export.report import agreement, file_sizes
+    from s2bnn_plugin.export.report import file_sizes
 
     net = load(file)
     if ckpt:
         model, _, _ = load_backbone(ckpt, backbone, backbone_kwargs)
+        require_backbone(model, ckpt, net.backbone, net.backbone_kwargs)
         reference = f"the float model of {ckpt}"
     else:
         model = net.to_torch()
@@ -53,19 +84,16 @@ def check(
         bar.set_postfix_str("agreement")
         agree = agreement(model, net, size, batch)
         bar.update()
+        # above the bar, which stays for the stages that follow
+        tqdm.write(f"agreement with {reference}, {batch} random images at {size} px:")
+        tqdm.write(f"  {agree.summary()}")
+        require_agreement(agree, f"{file}", reference, min_cosine, max_flipped)
         bar.set_postfix_str("sizes")
         packed, fp32 = file_sizes(net, model)
         bar.update()
         bar.set_postfix_str("speed")
         timing = end_to_end(model, net, size, batch, threads, repeats)
         bar.update()
-    print(f"agreement with {reference}, {batch} random images at {size} px:")
-    print(
-        f"  max |diff| {agree['max_abs']:.3e}, mean |diff| {agree['mean_abs']:.3e}, "
-        f"feature scale {agree['feature_scale']:.3e}, largest per-image relative difference "
-        f"{agree['max_rel_per_image']:.2e}; images with a flipped sign bit: "
-        f"{agree['images_with_a_flip']}/{agree['images']}"
-    )
     rows = [
         [
             "file size",
@@ -96,6 +124,13 @@ def bench(
     progress: bool = True,
 ) -> None:
     """``s2bnn bench``: end-to-end (and per-layer) speed table on a random-weight model."""
+    width_mult = float_arg("--width-mult", width_mult, 0.0, MAX_WIDTH_MULT, open_low=True)
+    size = int_arg("--size", size, *SIZE_RANGE)
+    if not batches or not threads:
+        raise UsageError("--batch and --threads need at least one value each")
+    batches = tuple(int_arg("--batch", b, *BATCH_RANGE) for b in batches)
+    threads = tuple(threads_arg(t) for t in threads)
+    repeats = int_arg("--repeats", repeats, *REPEATS_RANGE)
     from tqdm.auto import tqdm
 
     from s2bnn_plugin.backbones import create_backbone

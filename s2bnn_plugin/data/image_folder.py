@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+from PIL import Image
 from torchvision import transforms
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
@@ -44,6 +45,12 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 #: solo-learn's linear evaluation reports top-5 accuracy, which needs at least 5 classes.
 MIN_CLASSES = 5
+
+#: what PIL raises for a file it cannot decode: not an image or an unknown format
+#: (UnidentifiedImageError, an OSError), truncated data (OSError), a broken PNG chunk
+#: (SyntaxError), a bad header field (ValueError), a decompression bomb
+UNREADABLE_IMAGE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+MAX_LISTED = 5  # unreadable files named in the error
 
 _LAYOUT = "an ImageFolder holds one sub-folder per class with the images inside (ROOT/cat/1.png)"
 
@@ -188,8 +195,20 @@ def load_image_folder(
     )
     images = np.empty((len(dataset), 3, size, size), dtype=np.float32)
     labels = np.asarray(dataset.targets, dtype=np.int64)
+    unreadable: list[str] = []
     for i in tqdm(
         range(len(dataset)), desc=f"loading {Path(path).name}", unit="img", disable=not progress
     ):
-        images[i] = dataset[i][0].numpy()
+        try:
+            images[i] = dataset[i][0].numpy()
+        except UNREADABLE_IMAGE as e:  # every bad file is listed at the end, not just the first
+            unreadable.append(f"{dataset.samples[i][0]} ({type(e).__name__}: {e})")
+    if unreadable:
+        shown = "; ".join(unreadable[:MAX_LISTED])
+        more = f"; and {len(unreadable) - MAX_LISTED} more" if len(unreadable) > MAX_LISTED else ""
+        raise DataError(
+            f"{path}: {len(unreadable)} of {len(dataset)} image file(s) cannot be read as images "
+            f"(corrupt or truncated): {shown}{more}. Replace or remove them: every model must "
+            "be evaluated on the same images, so none is skipped"
+        )
     return ImageSet(images, labels, list(dataset.classes))

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
+import numbers
 import os
 import shutil
 import subprocess
@@ -44,6 +46,9 @@ __all__ = [
     "DemoConfig",
     "DemoError",
     "StudentSpec",
+    "check_batches",
+    "check_config",
+    "count_images",
     "demo_students",
     "run_demo",
     "run_pipeline",
@@ -173,6 +178,97 @@ def _check_settings(cfg: DemoConfig) -> None:
             "use another --out folder, or delete it to start over"
         )
     _write_json(path, settings)
+
+
+# ------------------------------------------------------------------------------ settings
+
+#: DemoConfig fields that ``s2bnn demo`` / ``s2bnn study`` set from an option (named in errors)
+OPTIONS = {
+    "epochs": "--epochs",
+    "teacher_epochs": "--teacher-epochs",
+    "train_per_class": "--train-per-class",
+    "val_per_class": "--val-per-class",
+    "width_mult": "--width-mult",
+}
+
+#: whole-number settings: (smallest value, what it is)
+_WHOLE: dict[str, tuple[int, str]] = {
+    "train_per_class": (1, "training images per class"),
+    "val_per_class": (1, "held-out images per class"),
+    "image_size": (8, "the image size in pixels"),
+    "teacher_epochs": (1, "the teacher's training epochs"),
+    # BatchNorm in the projectors needs two images per batch in training
+    "teacher_batch_size": (2, "the teacher's training batch"),
+    "epochs": (1, "every student's training epochs"),
+    "batch_size": (2, "the students' training batch"),
+    "proj_hidden_dim": (1, "the projectors' hidden width"),
+    "num_workers": (0, "data-loading worker processes"),
+    "eval_batch_size": (1, "images per forward pass in the evaluation"),
+    "knn_k": (1, "the kNN neighbours that vote"),
+    "seed": (0, "numpy seeds are non-negative"),
+}
+#: real settings that must be finite and > 0
+_POSITIVE: dict[str, str] = {
+    "teacher_lr": "the teacher's learning rate",
+    "width_mult": "the students' width multiplier; 1.0 is the paper's width",
+    "lr": "the students' learning rate",
+    "temperature": "the contrastive and distillation temperature",
+    "knn_temperature": "the kNN temperature",
+}
+
+
+def _name(key: str) -> str:
+    return OPTIONS.get(key, f"the setting {key}")
+
+
+def check_config(cfg: DemoConfig) -> None:
+    """Refuse settings that cannot train or evaluate, before any work (solo-learn would fail
+    after the data stage, some by dividing by zero, and running again would fail again): each
+    error names the option, the value and what it must be."""
+    for key, (minimum, what) in _WHOLE.items():
+        value = getattr(cfg, key)
+        if value is None and key in ("train_per_class", "val_per_class"):
+            continue  # all of them
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+            raise DemoError(
+                f"{_name(key)} must be a whole number >= {minimum} ({what}), got {value!r}"
+            )
+    for key, what in _POSITIVE.items():
+        value = getattr(cfg, key)
+        ok = not isinstance(value, bool) and isinstance(value, numbers.Real)
+        if not ok or not (value > 0 and math.isfinite(value)):
+            raise DemoError(f"{_name(key)} must be a finite number > 0 ({what}), got {value!r}")
+    if not isinstance(cfg.cifar_stem, bool):
+        raise DemoError(f"the setting cifar_stem must be true or false, got {cfg.cifar_stem!r}")
+    from s2bnn_plugin.backbones import list_backbones
+
+    if cfg.backbone not in list_backbones():
+        raise DemoError(
+            f"the setting backbone must be one of {list_backbones()}, got {cfg.backbone!r}"
+        )
+
+
+def count_images(folder: str | os.PathLike[str]) -> int:
+    """Images torchvision's ImageFolder (hence solo-learn) finds below ``folder``."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
+
+    return sum(
+        sum(has_file_allowed_extension(f, IMG_EXTENSIONS) for f in files)
+        for _, _, files in os.walk(folder, followlinks=True)
+    )
+
+
+def check_batches(cfg: DemoConfig, n_train: int) -> None:
+    """Refuse training batches larger than the data (called after the data stage, before any
+    training): solo-learn drops the last incomplete batch, so no training step would run."""
+    for key in ("teacher_batch_size", "batch_size"):
+        batch = getattr(cfg, key)
+        if batch > n_train:
+            raise DemoError(
+                f"the {_WHOLE[key][1]} of {batch} images is larger than the {n_train} training "
+                "images: no training step would run; use more images (--train-per-class with "
+                f"fashion-mnist) or a smaller batch (the setting {key})"
+            )
 
 
 # ---------------------------------------------------------------------------------- stages
@@ -509,6 +605,7 @@ def run_pipeline(
     """Data, teacher, ``students`` in order, evaluation, ``report(data, evaluation, timings)``:
     each a stage that is skipped when finished. ``check_data(data)`` runs after the data stage
     and before any training (settings that cannot run on that data are refused there)."""
+    check_config(cfg)
     names = [s.name for s in students]
     stage_names = ["data", "teacher", *names, "eval", "report"]
     if len(set(names)) != len(names) or set(names) & {"data", "teacher", "eval", "report"}:
@@ -542,6 +639,7 @@ def run_pipeline(
         return stages.finish(name, result)
 
     data = run(1, "data", "data", lambda: stage_data(cfg))
+    check_batches(cfg, count_images(data["train"]))
     if check_data is not None:
         check_data(data)
     if until == "data":

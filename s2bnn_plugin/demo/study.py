@@ -11,15 +11,17 @@ block of momentum methods: :func:`~s2bnn_plugin.methods.ssl_defaults.ssl_default
 defaults), alone and mixed alike; :data:`STUDY_KWARGS` lists the few departures, each with its
 reason. Everything else (data, epochs, batch, optimiser, backbone) is the same for every student.
 
-Bad input is refused before anything trains: unknown or unsupported method names (with the list
-of available ones) at once, settings that cannot run on the data (a queue longer than the data,
-a batch larger than it, ...) right after the data stage.
+Bad input is refused before anything trains: numbers that cannot train (the demo's
+:func:`~s2bnn_plugin.demo.pipeline.check_config`), unknown or unsupported method names (with the
+list of available ones) and ``--method-kwarg`` settings no studied method reads (with the keys it
+reads, :data:`METHOD_KEYS`) at once, settings that cannot run on the data (a queue longer than
+the data, a batch larger than it, ...) right after the data stage.
 """
 
 from __future__ import annotations
 
 import copy
-import os
+import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -30,19 +32,24 @@ from s2bnn_plugin.demo.pipeline import (
     Log,
     StudentSpec,
     _print,
+    check_config,
     check_solo,
+    count_images,
     run_pipeline,
 )
 
 __all__ = [
     "DEFAULT_METHODS",
+    "METHOD_KEYS",
     "NOT_STUDIED",
     "STUDY_KWARGS",
     "StudyConfig",
     "StudyError",
     "available_methods",
     "check_fits",
+    "check_method_kwargs",
     "check_methods",
+    "method_keys",
     "objective_settings",
     "parse_method_kwargs",
     "run_study",
@@ -78,6 +85,52 @@ _STATIC_LR = (
     "students could be trained but not evaluated"
 )
 NOT_STUDIED.update({"simsiam": _STATIC_LR, "nnsiam": _STATIC_LR})
+
+#: The ``method_kwargs`` keys each objective reads at the pinned solo-learn commit (its
+#: ``__init__`` and ``add_and_assert_specific_cfg``, solo/methods/<name>.py; the same keys when
+#: mixed into s2bnn, which passes ``ssl_kwargs`` on as the objective's own method_kwargs). A
+#: ``--method-kwarg`` with any other key would be carried along unread; it is refused instead.
+#: tests/test_study.py checks this table against solo-learn's source.
+_PROJECTOR = ("proj_hidden_dim", "proj_output_dim")
+METHOD_KEYS: dict[str, frozenset[str]] = {
+    name: frozenset(_PROJECTOR + keys)
+    for name, keys in {
+        "all4one": ("pred_hidden_dim", "queue_size", "temperature"),
+        "barlow_twins": ("lamb", "scale_loss"),
+        "byol": ("pred_hidden_dim",),
+        "deepclusterv2": ("kmeans_iters", "num_prototypes", "temperature"),
+        "dino": (
+            "clip_grad",
+            "freeze_last_layer",
+            "norm_last_layer",
+            "num_prototypes",
+            "student_temperature",
+            "teacher_temperature",
+            "use_bn_in_head",
+            "warmup_teacher_temperature",
+            "warmup_teacher_temperature_epochs",
+        ),
+        "mocov2plus": ("queue_size", "temperature"),
+        "mocov3": ("pred_hidden_dim", "temperature"),
+        "nnbyol": ("pred_hidden_dim", "queue_size"),
+        "nnclr": ("pred_hidden_dim", "queue_size", "temperature"),
+        "ressl": ("queue_size", "temperature_k", "temperature_q"),
+        "simclr": ("temperature",),
+        "swav": (
+            "epoch_queue_starts",
+            "freeze_prototypes_epochs",
+            "num_prototypes",
+            "queue_size",
+            "sk_epsilon",
+            "sk_iters",
+            "temperature",
+        ),
+        "vibcreg": ("cov_loss_weight", "iternorm", "sim_loss_weight", "var_loss_weight"),
+        "vicreg": ("cov_loss_weight", "sim_loss_weight", "var_loss_weight"),
+        "wmse": ("whitening_eps", "whitening_iters", "whitening_size"),
+    }.items()
+}
+
 
 #: methods whose queue update shifts by whole batches (solo-learn asserts queue % batch == 0)
 _QUEUE_IN_BATCHES = {"mocov2plus", "nnclr", "nnbyol", "nnsiam", "ressl", "all4one"}
@@ -135,11 +188,46 @@ def check_methods(cfg: StudyConfig) -> None:
         raise StudyError(
             f"unknown method(s): {', '.join(unknown)}; available: {', '.join(available)}"
         )
-    stray = sorted(set(cfg.method_kwargs) - set(cfg.methods) - set(STUDY_KWARGS))
-    if stray:
-        raise StudyError(f"settings given for method(s) not in the study: {', '.join(stray)}")
+    check_method_kwargs(cfg)
     for name in cfg.methods:
         objective_settings(cfg, name)  # a method without a recipe fails here
+
+
+def _nearest(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def method_keys(name: str) -> frozenset[str]:
+    """The ``method_kwargs`` keys objective ``name`` reads (:data:`METHOD_KEYS`; for a method
+    the table does not know, the keys of its recipe)."""
+    from s2bnn_plugin.methods.ssl_defaults import ssl_defaults
+
+    return METHOD_KEYS.get(name) or frozenset(ssl_defaults(name)[0])
+
+
+def check_method_kwargs(cfg: StudyConfig) -> None:
+    """Refuse ``--method-kwarg`` settings that would be carried along unread: for a method not
+    in the study, or a key the method does not read; each error lists what is accepted and the
+    nearest match. The study's own departures (:data:`STUDY_KWARGS`) for a method that is not
+    studied are not settings given, and pass."""
+    methods = list(cfg.methods)
+    for name, settings in cfg.method_kwargs.items():
+        if name in methods or settings == STUDY_KWARGS.get(name):
+            continue
+        given = ", ".join(f"{name}.{key}" for key in settings) or name
+        raise StudyError(
+            f"--method-kwarg {given}: {name} is not in this study{_nearest(name, methods)}; its "
+            f"methods: {', '.join(methods)} (add it with --methods, or drop the setting)"
+        )
+    for name in methods:
+        accepted = sorted(method_keys(name))
+        for key in cfg.method_kwargs.get(name, {}):
+            if key not in accepted:
+                raise StudyError(
+                    f"--method-kwarg {name}.{key}: {name} has no setting {key!r}"
+                    f"{_nearest(key, accepted)}; {name} reads: {', '.join(accepted)}"
+                )
 
 
 def objective_settings(cfg: StudyConfig, name: str) -> tuple[dict[str, Any], dict[str, float]]:
@@ -171,16 +259,6 @@ def parse_method_kwargs(
             raise StudyError(f"--method-kwarg {item!r}: expected METHOD.KEY=VALUE")
         out.setdefault(method, {})[name] = yaml.safe_load(value)
     return out
-
-
-def _count_images(folder: str | os.PathLike[str]) -> int:
-    """Images torchvision's ImageFolder (hence solo-learn) finds below ``folder``."""
-    from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
-
-    return sum(
-        sum(has_file_allowed_extension(f, IMG_EXTENSIONS) for f in files)
-        for _, _, files in os.walk(folder, followlinks=True)
-    )
 
 
 def check_fits(cfg: StudyConfig, n_train: int) -> None:
@@ -334,12 +412,13 @@ def run_study(
     log: Log = _print,
 ) -> dict[str, Any]:
     """Run (or resume) the study in ``cfg.out_dir``; ``until``: stop after that stage."""
+    check_config(cfg)
     check_solo()
     check_methods(cfg)  # before any data work
     students = study_students(cfg)
 
     def fits(data: dict[str, Any]) -> None:
-        n_train = _count_images(data["train"])
+        n_train = count_images(data["train"])
         check_fits(cfg, n_train)
         log(f"  {n_train} training images; {len(students)} students to train")
 

@@ -7,17 +7,87 @@ A typed function the command line only parses arguments for; user errors are rai
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import os
 from pathlib import Path
 from typing import Any
 
 from s2bnn_plugin.data import load_image_folder, resolve_dataset
-from s2bnn_plugin.errors import FileMissing
+from s2bnn_plugin.errors import FileMissing, UsageError
 from s2bnn_plugin.evaluation.evaluate import evaluate, evaluate_raw_pixels
 from s2bnn_plugin.evaluation.knn import prediction_agreement
-from s2bnn_plugin.evaluation.models import load_engines
+from s2bnn_plugin.evaluation.models import ENGINES, load_engines
 
-__all__ = ["evaluate_model"]
+__all__ = ["check_eval_options", "check_output_file", "evaluate_model"]
+
+
+def _whole(option: str, value: Any, minimum: int, what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise UsageError(f"{option} must be a whole number >= {minimum} ({what}), got {value!r}")
+
+
+def _positive(option: str, value: Any, what: str) -> None:
+    ok = not isinstance(value, bool) and isinstance(value, numbers.Real)
+    if not ok or not (value > 0 and math.isfinite(value)):
+        raise UsageError(f"{option} must be a finite number > 0 ({what}), got {value!r}")
+
+
+def check_output_file(path: str | os.PathLike[str], option: str) -> None:
+    """Refuse an output file that could not be written (a folder, a missing or read-only
+    folder), so that it fails before the work whose result it would hold, not after."""
+    out = Path(path)
+    if out.is_dir():
+        raise UsageError(f"{option} {out} is a folder; give a file name, e.g. {out / 'eval.json'}")
+    parent = out.parent
+    if not parent.is_dir():
+        raise UsageError(f"{option} {out}: the folder {parent} does not exist; create it first")
+    if not os.access(parent, os.W_OK | os.X_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise UsageError(f"{option} {out}: not writable; give a file in a folder you can write")
+
+
+def check_eval_options(
+    *,
+    engine: str,
+    size: int,
+    crop_ratio: float,
+    batch_size: int,
+    k: int,
+    temperature: float,
+    weight_decay: float,
+    train_per_class: int | None,
+    val_per_class: int | None,
+    seed: int,
+    json_path: str | os.PathLike[str] | None,
+) -> None:
+    """Every option of ``s2bnn eval`` that can be checked without the data or the model,
+    checked before any work: each error names the option, the value and what it must be."""
+    if engine not in ENGINES:
+        raise UsageError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    _whole("--size", size, 1, "the image size in pixels")
+    ok = not isinstance(crop_ratio, bool) and isinstance(crop_ratio, numbers.Real)
+    if not ok or not 0 < crop_ratio <= 1:
+        raise UsageError(
+            f"--crop-ratio must be in (0, 1] (1 keeps the whole image; 0.875 is solo-learn's "
+            f"224/256), got {crop_ratio!r}"
+        )
+    _whole("--batch-size", batch_size, 1, "images per forward pass")
+    _whole("--k", k, 1, "the number of neighbours that vote")
+    _positive("--temperature", temperature, "the kNN vote weights are exp(similarity / T)")
+    _positive(
+        "--weight-decay",
+        weight_decay,
+        "the linear probe's L2 penalty, which makes its fit converge to one optimum",
+    )
+    for option, value in (
+        ("--train-per-class", train_per_class),
+        ("--val-per-class", val_per_class),
+    ):
+        if value is not None:
+            _whole(option, value, 1, "images per class, or 'all'")
+    _whole("--seed", seed, 0, "numpy seeds are non-negative")
+    if json_path:
+        check_output_file(json_path, "--json")
 
 
 def evaluate_model(
@@ -44,6 +114,23 @@ def evaluate_model(
     ``json_path``)."""
     if not Path(model).is_file():
         raise FileMissing(f"model file {model} does not exist")
+    check_eval_options(
+        engine=engine,
+        size=size,
+        crop_ratio=crop_ratio,
+        batch_size=batch_size,
+        k=k,
+        temperature=temperature,
+        weight_decay=weight_decay,
+        train_per_class=train_per_class,
+        val_per_class=val_per_class,
+        seed=seed,
+        json_path=json_path,
+    )
+    # the model first: a checkpoint that cannot be loaded fails before the data is prepared
+    engines, notes = load_engines(model, engine)
+    for note in notes:
+        print(f"note: {note}")
     splits = resolve_dataset(
         data,
         size=size,
@@ -53,9 +140,6 @@ def evaluate_model(
         data_root=data_root,
         progress=progress,
     )
-    engines, notes = load_engines(model, engine)
-    for note in notes:
-        print(f"note: {note}")
     load = {"crop_ratio": crop_ratio, "progress": progress}
     train = load_image_folder(splits.train, size, **load)
     val = load_image_folder(splits.val, size, **load)

@@ -58,6 +58,11 @@ def linear_probe(
     ``tolerance`` is the largest gradient entry at which it stops (a few hundred iterations of
     one matrix product each: seconds for 10,000 x 1,024 features).
     """
+    if not 0 < weight_decay < float("inf"):
+        raise ValueError(
+            f"weight_decay must be a finite number > 0 (the L2 penalty that makes the loss "
+            f"strictly convex, so the fit has one optimum), got {weight_decay}"
+        )
     x_train = _as_2d(train_features, "train_features")
     x_test = _as_2d(test_features, "test_features")
     if x_train.shape[1] != x_test.shape[1]:

@@ -1,5 +1,6 @@
-"""``s2bnn pack``: a typed function the command line only parses arguments for (``s2bnn check``
-and ``s2bnn bench``, which time the network, are in :mod:`s2bnn_plugin.bench.commands`).
+"""``s2bnn pack``: a typed function the command line only parses arguments for, and what it
+shares with ``s2bnn check`` and ``s2bnn bench`` (:mod:`s2bnn_plugin.bench.commands`, which time
+the network): the numeric argument checks, the feature agreement and its bounds.
 
 Each prints its report; user errors (missing or unreadable files, a model that cannot be packed,
 an existing output) are raised as :class:`~s2bnn_plugin.errors.S2BNNError` subclasses.
@@ -9,12 +10,58 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from s2bnn_plugin.errors import UsageError
+import numpy as np
 
-__all__ = ["pack", "parse_kwargs"]
+from s2bnn_plugin.errors import S2BNNError, UsageError
+
+__all__ = [
+    "BATCH_RANGE",
+    "MAX_FLIPPED",
+    "MAX_WIDTH_MULT",
+    "MIN_COSINE",
+    "REPEATS_RANGE",
+    "SIZE_RANGE",
+    "Agreement",
+    "AgreementError",
+    "agreement",
+    "bounds_args",
+    "float_arg",
+    "int_arg",
+    "pack",
+    "parse_kwargs",
+    "require_agreement",
+    "threads_arg",
+]
+
+MIN_COSINE = 0.9
+"""Default bound: every image's packed features have at least this cosine similarity with the
+float model's. Measured on correct packings of reactnet_a and reactnet18 with random weights and
+randomised statistics (as after training), 32-224 px: at worst 0.9967 (1.000000 for the student
+the test suite trains, at 16 px); with the default statistics of a fresh model a sign flip weighs
+more, at worst 0.86 (one image in 192, reactnet18 at 64 px; 0.96 at 32 px, 0.989 at 224 px).
+Another student's weights: 0.39-0.77 (16-224 px)."""
+
+MAX_FLIPPED = 0.5
+"""Default bound: at most this share of the images has a flipped sign bit (one image is always
+allowed). Measured on correct packings: 4-10 % of the images at 224 px, fewer at smaller sizes;
+another student's weights: every image."""
+
+FLIP_RELATIVE = 1e-4
+"""A per-image relative difference above float rounding (~1e-6): a sign bit came out
+differently somewhere in that image."""
+
+SIZE_RANGE = (1, 2048)
+BATCH_RANGE = (1, 1024)
+REPEATS_RANGE = (1, 1000)
+MAX_WIDTH_MULT = 4.0
+
+
+class AgreementError(S2BNNError, ValueError):
+    """The packed network's features differ from the float model's beyond the bound."""
 
 
 def parse_kwargs(text: str | None) -> dict[str, Any] | None:
@@ -30,6 +77,134 @@ def parse_kwargs(text: str | None) -> dict[str, Any] | None:
     return value
 
 
+# ---------------------------------------------------------------------------------- arguments
+
+
+def int_arg(flag: str, value: object, lo: int, hi: int, why: str = "") -> int:
+    """``value`` as an int in ``[lo, hi]``, or a :class:`UsageError` naming ``flag``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise UsageError(f"{flag} must be an integer in [{lo}, {hi}]{why}, got {value!r}")
+    return value
+
+
+def threads_arg(value: object) -> int:
+    """A ``--threads`` value: a positive int no larger than Numba's thread pool."""
+    import numba
+
+    most = numba.config.NUMBA_NUM_THREADS
+    return int_arg("--threads", value, 1, most, f" (this machine's {most} CPU threads)")
+
+
+def float_arg(flag: str, value: object, lo: float, hi: float, *, open_low: bool = False) -> float:
+    """``value`` as a float in ``[lo, hi]`` (``(lo, hi]`` with ``open_low``), or a
+    :class:`UsageError` naming ``flag``."""
+    ok = not isinstance(value, bool) and isinstance(value, int | float)
+    ok = ok and (lo < value if open_low else lo <= value) and value <= hi
+    if not ok:
+        low = "(" if open_low else "["
+        raise UsageError(f"{flag} must be a number in {low}{lo}, {hi}], got {value!r}")
+    return float(value)
+
+
+def bounds_args(min_cosine: object, max_flipped: object) -> tuple[float, float]:
+    """The agreement bounds ``--min-cosine`` and ``--max-flipped``, checked."""
+    return (
+        float_arg("--min-cosine", min_cosine, -1.0, 1.0),
+        float_arg("--max-flipped", max_flipped, 0.0, 1.0),
+    )
+
+
+# ---------------------------------------------------------------------------------- agreement
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How the packed network's features compare with the float model's on a random batch."""
+
+    images: int
+    max_abs: float
+    mean_abs: float
+    feature_scale: float
+    max_rel_per_image: float
+    min_cosine: float  # the lowest per-image cosine similarity of the two feature vectors
+    worst_image: int  # the image with that cosine similarity
+    images_with_a_flip: int  # per-image relative difference above FLIP_RELATIVE (or NaN)
+
+    @property
+    def flipped_share(self) -> float:
+        return self.images_with_a_flip / self.images
+
+    def summary(self) -> str:
+        return (
+            f"max |diff| {self.max_abs:.3e}, mean |diff| {self.mean_abs:.3e}, feature scale "
+            f"{self.feature_scale:.3e}, largest per-image relative difference "
+            f"{self.max_rel_per_image:.2e}, lowest per-image cosine similarity "
+            f"{self.min_cosine:.6f}; images with a flipped sign bit: "
+            f"{self.images_with_a_flip}/{self.images}"
+        )
+
+    def failures(self, min_cosine: float, max_flipped: float) -> list[str]:
+        """What exceeds the bounds (empty: within them). NaN features fail."""
+        out = []
+        if not self.min_cosine >= min_cosine:
+            out.append(
+                f"image {self.worst_image} has feature cosine similarity {self.min_cosine:.4f}, "
+                f"below the bound {min_cosine} (--min-cosine, keyword min_cosine)"
+            )
+        if self.images_with_a_flip > max(1, max_flipped * self.images):
+            out.append(
+                f"{self.images_with_a_flip} of {self.images} images "
+                f"({100 * self.flipped_share:.0f} %) have a flipped sign bit, more than the bound "
+                f"{max_flipped} (--max-flipped, keyword max_flipped)"
+            )
+        return out
+
+
+def agreement(model: Any, net: Any, size: int, batch: int, seed: int = 0) -> Agreement:
+    """Feature differences between the float model and the packed network on a random batch."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, net.in_channels, size, size, generator=gen)
+    with torch.no_grad():
+        ref = model.eval()(x).numpy()
+    got = net(x.numpy())
+    diff = np.abs(ref - got)
+    rel = diff.max(axis=1) / (np.abs(ref).max(axis=1) + 1e-12)
+    r64, g64 = ref.astype(np.float64), got.astype(np.float64)
+    norms = np.linalg.norm(r64, axis=1) * np.linalg.norm(g64, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cos = (r64 * g64).sum(axis=1) / norms
+    both_zero = ~np.any(r64, axis=1) & ~np.any(g64, axis=1)
+    cos = np.where(both_zero, 1.0, np.where(norms == 0, 0.0, cos))
+    worst = int(np.argmin(np.nan_to_num(cos, nan=-np.inf)))
+    return Agreement(
+        images=batch,
+        max_abs=float(diff.max()),
+        mean_abs=float(diff.mean()),
+        feature_scale=float(np.abs(ref).mean()),
+        max_rel_per_image=float(rel.max()),
+        min_cosine=float(cos[worst]),
+        worst_image=worst,
+        images_with_a_flip=int((~(rel <= FLIP_RELATIVE)).sum()),
+    )
+
+
+def require_agreement(
+    agree: Agreement, what: str, reference: str, min_cosine: float, max_flipped: float
+) -> None:
+    """Raise :class:`AgreementError` naming ``what`` and ``reference`` when ``agree`` is outside
+    the bounds."""
+    failures = agree.failures(min_cosine, max_flipped)
+    if failures:
+        raise AgreementError(
+            f"{what} disagrees with {reference} beyond the bounds: {'; '.join(failures)}. A "
+            "correct packing of a trained model stays well inside both (a sign flip near a "
+            "threshold moves an image's cosine similarity by less than 0.01); are these the "
+            "same weights?"
+        )
+
+
 def pack(
     checkpoint: str | os.PathLike[str],
     output: str | os.PathLike[str],
@@ -38,14 +213,22 @@ def pack(
     backbone: str | None = None,
     backbone_kwargs: dict[str, Any] | None = None,
     check_size: int = 64,
+    min_cosine: float = MIN_COSINE,
+    max_flipped: float = MAX_FLIPPED,
     progress: bool = True,
-) -> None:
-    """``s2bnn pack CKPT -o FILE``: load, pack, check against the float model, save."""
+) -> Agreement:
+    """``s2bnn pack CKPT -o FILE``: load, pack, check against the float model, save.
+
+    Nothing is written when the model cannot be packed (including NaN or infinite weights or
+    statistics) or when the packed network's features on 2 random images disagree with the
+    float model's beyond ``min_cosine`` / ``max_flipped`` (see ``bench.commands.check``):
+    :class:`AgreementError`. Returns the agreement figures."""
+    check_size = int_arg("--check-size", check_size, *SIZE_RANGE)
+    min_cosine, max_flipped = bounds_args(min_cosine, max_flipped)
     from tqdm.auto import tqdm
 
     from s2bnn_plugin.checkpoints import load_backbone
     from s2bnn_plugin.export.packer import pack as pack_model
-    from s2bnn_plugin.export.report import agreement, file_sizes
 
     out = Path(output)
     if out.exists() and not force:
@@ -62,7 +245,16 @@ def pack(
         bar.set_postfix_str("checking against the float model")
         agree = agreement(model, net, check_size, 2)
         bar.update()
+    require_agreement(
+        agree,
+        f"the packed network ({check_size} px, 2 random images; nothing written)",
+        f"the float model of {checkpoint}",
+        min_cosine,
+        max_flipped,
+    )
     net.save(out)
+    from s2bnn_plugin.export.report import file_sizes
+
     packed, fp32 = file_sizes(net, model)
     print(f"{name}({json.dumps(kwargs)}) -> {out}")
     print(f"  {len(net.spec['units'])} binary units, {net.num_features}-d features")
@@ -72,5 +264,7 @@ def pack(
     )
     print(
         f"  features vs the float model ({check_size} px, 2 images): max |diff| "
-        f"{agree['max_abs']:.2e} (feature scale {agree['feature_scale']:.2e})"
+        f"{agree.max_abs:.2e} (feature scale {agree.feature_scale:.2e}), lowest cosine "
+        f"similarity {agree.min_cosine:.6f}"
     )
+    return agree

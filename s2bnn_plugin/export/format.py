@@ -16,13 +16,22 @@ parse it. Layout:
 Everything read is checked against the specification (names, dtypes, shapes, padding bits) before
 any compiled code can see it: a truncated, corrupted or newer-version file raises
 :class:`PackedFormatError`, never a crash.
+
+Reading takes bounded memory: the member names and the sizes the zip directory declares are
+checked first, then each member's ``.npy`` header (dtype, shape), and only then its data, read
+into an array of exactly the size the specification implies. The specification member is at most
+:data:`MAX_SPEC_BYTES`, and a specification may imply at most :data:`MAX_ARRAY_BYTES` of arrays
+(ReActNet-A at width 1 holds 3.8 MB). An unexpected member, or one that declares more
+bytes than its array needs, is refused by name before a byte of it is decompressed.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
-import tempfile
+import secrets
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +55,9 @@ SPEC_KEY = "__spec__"
 LANES = 32  # must equal s2bnn_plugin.kernels.LANES (checked by the tests, kept import-free here)
 RESIDUALS = ("identity", "avgpool", "projection")
 MAX_CHANNELS = 1 << 16
+MAX_SPEC_BYTES = 1 << 20  # the JSON of ReActNet-A (26 units) is 4.4 kB
+MAX_ARRAY_BYTES = 1 << 30  # all arrays a specification may imply (1 GiB)
+MAX_HEADER_BYTES = 4096  # an .npy header (numpy writes 128 bytes for these arrays)
 
 
 class PackedFormatError(S2BNNError, ValueError):
@@ -61,12 +73,24 @@ def _need(cond: bool, message: str) -> None:
         raise PackedFormatError(message)
 
 
+def _is_int(v: object) -> bool:
+    """A JSON integer: not a bool (``true == 1``) nor a float (``3.0 == 3``)."""
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 def _int(d: dict, key: str, where: str, lo: int, hi: int) -> int:
     v = d.get(key)
     _need(
-        isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi,
+        _is_int(v) and lo <= v <= hi,
         f"{where}: '{key}' must be an integer in [{lo}, {hi}], got {v!r}",
     )
+    return v
+
+
+def _choice(d: dict, key: str, where: str, choices: tuple[int, ...]) -> int:
+    v = d.get(key)
+    allowed = " or ".join(map(str, choices))
+    _need(_is_int(v) and v in choices, f"{where}: '{key}' must be the integer {allowed}, got {v!r}")
     return v
 
 
@@ -97,10 +121,7 @@ def validate(spec: Any) -> dict:
         f"not an s2bnn packed network (format {spec.get('format')!r}, expected {FORMAT!r})",
     )
     version = spec.get("format_version")
-    _need(
-        isinstance(version, int) and not isinstance(version, bool) and version >= 1,
-        f"invalid format_version {version!r}",
-    )
+    _need(_is_int(version) and version >= 1, f"invalid format_version {version!r}")
     _need(
         version <= FORMAT_VERSION,
         f"this file has format version {version}, written by a newer s2bnn-plugin; this version "
@@ -126,10 +147,13 @@ def validate(spec: Any) -> dict:
     for i, unit in enumerate(units):
         where = f"unit {i}"
         _need(isinstance(unit, dict), f"{where} must be an object")
-        where = f"unit {i} ({unit.get('name', '?')})"
-        _need(unit.get("kernel") in (1, 3), f"{where}: 'kernel' must be 1 or 3")
-        stride = unit.get("stride")
-        _need(stride in (1, 2) and not isinstance(stride, bool), f"{where}: 'stride' must be 1/2")
+        _need(
+            isinstance(unit.get("name"), str),
+            f"unit {i}: 'name' must be a string (the layer's path), got {unit.get('name')!r}",
+        )
+        where = f"unit {i} ({unit['name']})"
+        _choice(unit, "kernel", where, (1, 3))
+        stride = _choice(unit, "stride", where, (1, 2))
         ucin = _int(unit, "in_channels", where, 1, MAX_CHANNELS)
         _need(ucin == channels, f"{where}: in_channels {ucin} != previous output {channels}")
         groups = _int(unit, "groups", where, 1, 8)
@@ -213,37 +237,165 @@ def check_arrays(spec: dict, arrays: dict[str, np.ndarray]) -> None:
         )
 
 
+def _create_temporary(path: Path) -> tuple[int, Path]:
+    """A new file beside ``path``, created with mode 0666 less the umask, as ``open()`` would."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    while True:
+        tmp = path.with_name(f"{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+
+
 def write_packed(path: str | os.PathLike, spec: dict, arrays: dict[str, np.ndarray]) -> Path:
-    """Write atomically (temporary file, then rename): a crash never leaves half a file."""
+    """Write atomically (temporary file, flushed to disk, then renamed): a crash never leaves
+    half a file. The file gets the permissions any new file of the user gets (0666 less the
+    umask)."""
     path = Path(path)
     blob = np.frombuffer(json.dumps(spec, sort_keys=True).encode("utf-8"), dtype=np.uint8)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent or ".")
+    fd, tmp = _create_temporary(path)
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **{SPEC_KEY: blob}, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
 
 
+def _nbytes(shape: tuple[int, ...], dtype: np.dtype) -> int:
+    return math.prod(shape) * dtype.itemsize
+
+
+def _check_declared_size(info: zipfile.ZipInfo, nbytes: int) -> None:
+    """The sizes the zip directory declares for a member holding ``nbytes`` of array data."""
+    name = info.filename
+    _need(
+        info.compress_type in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED),
+        f"member {name!r} uses zip compression method {info.compress_type}; packed files hold "
+        "stored or deflated members",
+    )
+    most = nbytes + MAX_HEADER_BYTES
+    _need(
+        info.file_size <= most,
+        f"member {name!r} declares {info.file_size} bytes, more than the {most} its array "
+        "needs (corrupted or tampered file?)",
+    )
+    # deflate expands incompressible data by at most 5 bytes per 16 kB block
+    packed_most = info.file_size + info.file_size // 1000 + 1024
+    _need(
+        info.compress_size <= packed_most,
+        f"member {name!r} declares {info.compress_size} compressed bytes for {info.file_size} "
+        "bytes of data (corrupted or tampered file?)",
+    )
+
+
+def _read_member(
+    zf: zipfile.ZipFile, info: zipfile.ZipInfo, dtype: np.dtype, shape: tuple[int, ...] | None
+) -> np.ndarray:
+    """One ``.npy`` member: its header checked against ``dtype`` and ``shape`` (``None``: any
+    1-d shape) before its data is read into an array of exactly that size."""
+    name = info.filename
+    with zf.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        _need(version in ((1, 0), (2, 0)), f"member {name!r}: .npy format {version} unsupported")
+        read_header = (
+            np.lib.format.read_array_header_1_0
+            if version == (1, 0)
+            else np.lib.format.read_array_header_2_0
+        )
+        got_shape, fortran, got_dtype = read_header(f, max_header_size=MAX_HEADER_BYTES)
+        want = shape if shape is not None else got_shape
+        _need(
+            got_dtype == dtype and (got_shape == shape if shape else len(got_shape) == 1),
+            f"array {name.removesuffix('.npy')!r}: expected {dtype} {shape or '(n,)'}, got "
+            f"{got_dtype} {got_shape}",
+        )
+        nbytes = _nbytes(want, dtype)
+        _need(
+            info.file_size == f.tell() + nbytes,
+            f"member {name!r} declares {info.file_size} bytes, its .npy header "
+            f"{f.tell() + nbytes} (corrupted file?)",
+        )
+        out = np.empty(want[::-1] if fortran else want, dtype)
+        view = memoryview(out).cast("B")
+        done = 0
+        while done < nbytes:
+            n = f.readinto(view[done:])
+            _need(n > 0, f"member {name!r} ends early (truncated file?)")
+            done += n
+        _need(not f.read(1), f"member {name!r} holds more data than its header says")
+    return np.ascontiguousarray(out.T) if fortran else out
+
+
+def _read_zip(zf: zipfile.ZipFile) -> tuple[dict, dict[str, np.ndarray]]:
+    """The specification and arrays of an open packed file, checked in the order that keeps the
+    memory bounded: the directory, then the specification, then each array's header and data."""
+    infos = zf.infolist()
+    members: dict[str, zipfile.ZipInfo] = {}
+    for info in infos:
+        _need(info.filename not in members, f"member {info.filename!r} appears twice")
+        members[info.filename] = info
+    spec_info = members.get(SPEC_KEY + ".npy")
+    _need(spec_info is not None, "no specification member (not a packed network file)")
+    _need(
+        spec_info.file_size <= MAX_SPEC_BYTES + MAX_HEADER_BYTES,
+        f"the specification member declares {spec_info.file_size} bytes, more than "
+        f"{MAX_SPEC_BYTES} (not a packed network file?)",
+    )
+    _check_declared_size(spec_info, spec_info.file_size)
+    raw = _read_member(zf, spec_info, np.dtype(np.uint8), None)
+    spec = validate(json.loads(raw.tobytes().decode("utf-8")))
+    expected = expected_arrays(spec)
+    total = sum(_nbytes(shape, dtype) for shape, dtype in expected.values())
+    _need(
+        total <= MAX_ARRAY_BYTES,
+        f"the specification implies {total} bytes of arrays, more than this version reads "
+        f"({MAX_ARRAY_BYTES})",
+    )
+    present: dict[str, zipfile.ZipInfo] = {}
+    extra: list[str] = []
+    for name, info in members.items():
+        key = name.removesuffix(".npy")
+        if info is spec_info:
+            continue
+        if key in expected and name.endswith(".npy"):
+            present[key] = info
+        else:
+            extra.append(name)
+    missing = sorted(set(expected) - set(present))
+    _need(not missing, f"arrays missing from the file: {missing[:5]}")
+    _need(
+        not extra,
+        f"unexpected members in the file: {sorted(extra)[:5]} (not part of the network its "
+        "specification describes; nothing of them was read)",
+    )
+    for name, (shape, dtype) in expected.items():
+        _check_declared_size(present[name], _nbytes(shape, dtype))
+    arrays = {
+        name: _read_member(zf, present[name], dtype, shape)
+        for name, (shape, dtype) in expected.items()
+    }
+    return spec, arrays
+
+
 def read_packed(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
-    """Read and fully validate a packed file. Raises PackedFormatError (or FileNotFoundError)."""
+    """Read and fully validate a packed file, in bounded memory (see the module's docstring).
+    Raises PackedFormatError (or FileMissing)."""
     path = Path(path)
     if not path.is_file():
         raise FileMissing(f"no packed network file at {path}")
     try:
-        with np.load(path, allow_pickle=False) as z:
-            if not hasattr(z, "files"):
-                raise PackedFormatError("a single .npy array, not a packed network (a zip)")
-            if SPEC_KEY not in z.files:
-                raise PackedFormatError("no specification member (not a packed network file)")
-            raw = z[SPEC_KEY]
-            if raw.dtype != np.uint8 or raw.ndim != 1:
-                raise PackedFormatError("the specification member is not UTF-8 bytes")
-            spec = validate(json.loads(raw.tobytes().decode("utf-8")))
-            arrays = {name: z[name] for name in z.files if name != SPEC_KEY}
+        with path.open("rb") as f:
+            magic = f.read(6)
+        if magic == b"\x93NUMPY":
+            raise PackedFormatError("a single .npy array, not a packed network (a zip)")
+        with zipfile.ZipFile(path) as zf:
+            spec, arrays = _read_zip(zf)
     except PackedFormatError as e:
         raise PackedFormatError(f"{path}: {e}") from None
     except Exception as e:  # zip, npy-header, CRC, JSON and unicode errors: all "unreadable"

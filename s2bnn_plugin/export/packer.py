@@ -18,10 +18,15 @@ What is folded where (all per output channel):
   ``affine[1] = gamma / sqrt(var + eps)`` and ``affine[2] = beta - mean * affine[1]``;
 - RSign shift -> the threshold the producing layer packs its output with;
 - RPReLU -> ``activation`` (shift, slope, shift).
+
+A model with NaN or infinity in a weight or statistic (a diverged run, a damaged checkpoint) is
+refused naming the tensor: its packed network would compute NaN, or worse, a sign bit of NaN.
 """
 
 from __future__ import annotations
 
+import numpy as np
+import torch
 from torch import nn
 
 from s2bnn_plugin.export import rules as _rules  # noqa: F401  (registers the built-in rules)
@@ -68,6 +73,7 @@ def pack(model: nn.Module, *, progress: bool = False) -> PackedNetwork:
             "pool and name the backbone (Packer.backbone)"
         )
     packer.leftovers()
+    _refuse_non_finite(model, packer)
     if int(model.num_features) != packer.channels:
         raise PackError(
             f"cannot pack a {type(model).__name__}: num_features is {model.num_features}, its "
@@ -83,3 +89,31 @@ def pack(model: nn.Module, *, progress: bool = False) -> PackedNetwork:
         "units": packer.units,
     }
     return PackedNetwork(spec, packer.arrays)
+
+
+def _refuse_non_finite(model: nn.Module, packer: Packer) -> None:
+    """NaN or infinity in a floating-point parameter or buffer of the model (every module is
+    part of the packed network once :meth:`Packer.leftovers` passed), then in the folded arrays
+    (a finite but negative BatchNorm variance folds to NaN): refused by module path and name."""
+    for name, t in (*model.named_parameters(), *model.named_buffers()):
+        if t.is_floating_point():
+            bad = int((~torch.isfinite(t.detach())).sum())
+            if bad:
+                module, _, tensor = name.rpartition(".")
+                raise PackError(
+                    f"cannot pack {module or '<model>'!r}: its {tensor!r} holds NaN or infinity "
+                    f"({bad} of {t.numel()} values; tensor {name!r}); the model is broken (a "
+                    "diverged run or a damaged checkpoint): use an earlier checkpoint or retrain"
+                )
+    for key, a in packer.arrays.items():
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            part, _, rest = key.partition(".")
+            if part == "units":
+                layer = packer.units[int(rest.partition(".")[0])]["name"]
+            else:
+                layer = packer.stem["name"]
+            raise PackError(
+                f"cannot pack {layer!r}: its values fold to NaN or infinity in the packed array "
+                f"{key!r} (a negative BatchNorm running_var, or values too large for float32); "
+                "the model is broken: use an earlier checkpoint or retrain"
+            )

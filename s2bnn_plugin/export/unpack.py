@@ -18,6 +18,7 @@ from torch import nn
 from s2bnn_plugin.backbones import create_backbone
 from s2bnn_plugin.export import reference as ref
 from s2bnn_plugin.export import rules as _rules  # noqa: F401  (registers the built-in rules)
+from s2bnn_plugin.export.format import PackedFormatError
 from s2bnn_plugin.export.walker import PackError, walk_model
 
 __all__ = ["Packed", "unpack"]
@@ -53,9 +54,31 @@ def unpack(net: Packed) -> nn.Module:
     try:
         model = create_backbone(name, **kwargs)
     except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"the file's backbone {name}({kwargs}) cannot be rebuilt: {e}") from e
-    modules = dict(model.named_modules())
+        raise PackedFormatError(
+            f"the file's backbone {name}({kwargs}) cannot be rebuilt: {e}. The file names a "
+            "backbone or settings this version of s2bnn-plugin does not have (written by "
+            "another version, or edited); pack the checkpoint again with this version"
+        ) from e
     activations = _activations(model.eval(), spec["units"])
+    try:
+        _load_values(model, net, a, activations)
+    except RuntimeError as e:  # a tensor of another shape: spec and rebuilt backbone disagree
+        raise PackedFormatError(
+            f"file and backbone disagree: the file's arrays do not fit {name}({kwargs}) "
+            f"({str(e).splitlines()[0]}); pack the checkpoint again with this version"
+        ) from e
+    return model.eval()
+
+
+def _load_values(
+    model: nn.Module,
+    net: Packed,
+    a: dict[str, torch.Tensor],
+    activations: list[nn.Module | None],
+) -> None:
+    """Copy the file's values into the rebuilt ``model`` (see :func:`unpack`)."""
+    spec = net.spec
+    modules = dict(model.named_modules())
     with torch.no_grad():
         stem = model.stem
         stem[0].weight.copy_(a["stem.weight"].permute(3, 0, 1, 2))
@@ -86,16 +109,15 @@ def unpack(net: Packed) -> nn.Module:
                     _set_bn(unit.shortcut.bn, pa[0], pa[1])
             if u["activation"]:
                 _set_rprelu(activations[i], a[p + "activation"])
-    return model.eval()
 
 
 def _unit_modules(modules: dict[str, nn.Module], name: str, groups: int) -> list[nn.Module]:
     m = modules.get(name)
     if m is None:
-        raise ValueError(f"the backbone has no layer {name!r} (file and backbone disagree)")
+        raise PackedFormatError(f"the backbone has no layer {name!r} (file and backbone disagree)")
     units = list(m) if isinstance(m, nn.ModuleList) else [m]
     if len(units) != groups:
-        raise ValueError(f"layer {name!r}: {len(units)} convolutions, the file has {groups}")
+        raise PackedFormatError(f"layer {name!r}: {len(units)} convolutions, the file has {groups}")
     return units
 
 
@@ -106,10 +128,12 @@ def _activations(model: nn.Module, units: list[dict]) -> list[nn.Module | None]:
     try:
         walked = walk_model(model)
     except PackError as e:
-        raise ValueError(f"the file's backbone cannot be rebuilt by the pack rules: {e}") from e
+        raise PackedFormatError(
+            f"the file's backbone cannot be rebuilt by the pack rules: {e}"
+        ) from e
     names = [u["name"] for u in walked.units]
     if names != [u["name"] for u in units]:
-        raise ValueError(
+        raise PackedFormatError(
             f"file and backbone disagree: the file has units {[u['name'] for u in units]}, the "
             f"rebuilt backbone {names}"
         )

@@ -33,6 +33,7 @@ state dict too) is saved and restored the same way (see README, "Resuming").
 from __future__ import annotations
 
 import functools
+import pickle
 import warnings
 from pathlib import Path
 from typing import Any
@@ -43,45 +44,27 @@ from solo.methods.base import BaseMethod, BaseMomentumMethod
 from solo.utils.misc import omegaconf_select
 from solo.utils.momentum import initialize_momentum_params
 
+from s2bnn_plugin.compat.resume import file_sha256
 from s2bnn_plugin.methods import rng_state
 from s2bnn_plugin.methods.distillation import (
     DistillationHead,
     calibration_stats,
     distillation_loss,
 )
+from s2bnn_plugin.methods.settings import (
+    MethodConfigError,
+    check_method_kwargs,
+    objective_class,
+    objective_names,
+)
 from s2bnn_plugin.methods.ssl_defaults import ssl_defaults
-from s2bnn_plugin.teachers import FORMATS, OUTPUTS, load_teacher
+from s2bnn_plugin.teachers import load_teacher
 
 __all__ = ["S2BNN", "mixed_class", "objective_names"]
 
-NOT_OBJECTIVES = {"base", "linear", "s2bnn"}
 MIXED_PREFIX = "S2BNN_"
 RNG_KEY = "s2bnn_rng_states"
 TAU_KEY = "s2bnn_momentum_tau"
-
-
-def objective_names() -> list[str]:
-    """Names that ``ssl_method`` accepts: ``none`` and every solo-learn objective registered."""
-    from solo.methods import METHODS
-
-    return ["none"] + sorted(set(METHODS) - NOT_OBJECTIVES)
-
-
-def _objective_class(name: str) -> type[BaseMethod] | None:
-    from solo.methods import METHODS
-
-    if name == "none":
-        return None
-    if name == "s2bnn":
-        raise ValueError(
-            "method_kwargs.ssl_method=s2bnn: s2bnn cannot be mixed with itself; choose 'none' "
-            "(distillation only) or another objective"
-        )
-    if name not in METHODS or name in NOT_OBJECTIVES:
-        raise ValueError(
-            f"unknown method_kwargs.ssl_method {name!r}; available: {objective_names()}"
-        )
-    return METHODS[name]
 
 
 class _TakeClassLoss(BaseMethod):
@@ -116,13 +99,17 @@ class S2BNN(BaseMethod):
         teacher.stem_padding (int): padding of a 3x3 (CIFAR) stem in a bare state dict, which
             the weights do not record. Default null: 1, with a warning (solo-learn's own CIFAR
             ResNets use 2; their .ckpt + args.json needs nothing).
-        temperature (float): distillation temperature. Default 0.2 (the paper's).
-        distill_weight (float): weight of the distillation loss. Default 1.0.
-        head_hidden_dim (int): hidden size of the student's distillation head. Default 2048.
+        temperature (float > 0): distillation temperature. Default 0.2 (the paper's).
+        distill_weight (float >= 0): weight of the distillation loss. Default 1.0.
+        head_hidden_dim (int >= 1): hidden size of the student's distillation head. Default 2048.
         ssl_method (str): none (distillation only, the paper's best) or a solo-learn method name.
-        ssl_weight (float): weight of that objective's loss. Default 1.0.
+        ssl_weight (float >= 0): weight of that objective's loss. Default 1.0.
         ssl_kwargs (dict): the objective's own method_kwargs (defaults: solo-learn's CIFAR recipe).
-        student_init (str | None): a step-1 checkpoint whose weights initialise this student.
+        student_init (str | None): a step-1 checkpoint (.ckpt) whose weights initialise this
+            student.
+
+    Any other key, a key under ssl_kwargs that the objective does not read, and a value out of
+    these ranges are refused (:func:`s2bnn_plugin.methods.settings.check_method_kwargs`).
     """
 
     def __new__(cls, cfg: omegaconf.DictConfig | None = None, *args: Any, **kwargs: Any) -> S2BNN:
@@ -147,6 +134,8 @@ class S2BNN(BaseMethod):
             cfg.method_kwargs = own
         cfg.method_kwargs.ssl_kwargs = filled
         mk = cfg.method_kwargs
+        # args.json records the teacher's content: a resume with another teacher is refused
+        mk.teacher.sha256 = file_sha256(mk.teacher.ckpt)
 
         # not ``self.temperature``: SimCLR, MoCo, SwAV, NNCLR, ... keep their own under that name
         self.distill_temperature: float = float(mk.temperature)
@@ -175,15 +164,11 @@ class S2BNN(BaseMethod):
         ``BaseMethod.__init__`` calls on the objective's view of the config.)
         """
         cfg.method_kwargs = omegaconf_select(cfg, "method_kwargs", {})
+        # unknown keys, out-of-range values, a missing teacher (see methods/settings.py)
+        check_method_kwargs(cfg)
         mk = cfg.method_kwargs
         mk.teacher = omegaconf_select(cfg, "method_kwargs.teacher", {})
-        ckpt = omegaconf_select(cfg, "method_kwargs.teacher.ckpt", None)
-        if not ckpt:
-            raise ValueError(
-                "method=s2bnn needs a teacher: set method_kwargs.teacher.ckpt to a real-valued "
-                "self-supervised checkpoint (solo-learn .ckpt with args.json, MoCo v2 .pth.tar, or "
-                "a torchvision ResNet state dict)"
-            )
+        ckpt = mk.teacher.ckpt
         if not Path(str(ckpt)).expanduser().is_file():
             raise FileNotFoundError(
                 f"method_kwargs.teacher.ckpt={ckpt} is not a file; give the path of the teacher "
@@ -191,31 +176,19 @@ class S2BNN(BaseMethod):
             )
         mk.teacher.format = omegaconf_select(cfg, "method_kwargs.teacher.format", "auto")
         mk.teacher.output = omegaconf_select(cfg, "method_kwargs.teacher.output", "projector")
-        if mk.teacher.format not in FORMATS:
-            raise ValueError(f"method_kwargs.teacher.format must be one of {list(FORMATS)}")
-        if mk.teacher.output not in OUTPUTS:
-            raise ValueError(f"method_kwargs.teacher.output must be one of {list(OUTPUTS)}")
         mk.teacher.stem_padding = omegaconf_select(cfg, "method_kwargs.teacher.stem_padding", None)
-        pad = mk.teacher.stem_padding
-        if pad is not None and (isinstance(pad, bool) or not isinstance(pad, int) or pad < 0):
-            raise ValueError(
-                f"method_kwargs.teacher.stem_padding must be null or an int >= 0, got {pad!r}"
-            )
         mk.temperature = omegaconf_select(cfg, "method_kwargs.temperature", 0.2)
         mk.distill_weight = omegaconf_select(cfg, "method_kwargs.distill_weight", 1.0)
         mk.head_hidden_dim = omegaconf_select(cfg, "method_kwargs.head_hidden_dim", 2048)
         mk.ssl_method = str(omegaconf_select(cfg, "method_kwargs.ssl_method", "none")).lower()
         mk.ssl_weight = omegaconf_select(cfg, "method_kwargs.ssl_weight", 1.0)
         mk.student_init = omegaconf_select(cfg, "method_kwargs.student_init", None)
-        if not float(mk.temperature) > 0:
-            raise ValueError(f"method_kwargs.temperature must be > 0, got {mk.temperature}")
         if mk.student_init and not Path(str(mk.student_init)).expanduser().is_file():
             raise FileNotFoundError(
                 f"method_kwargs.student_init={mk.student_init} is not a file; give the step-1 "
                 "checkpoint (a .ckpt written by solo-learn) or null"
             )
 
-        _objective_class(mk.ssl_method)  # unknown names fail here, listing the available ones
         kwargs, momentum = ssl_defaults(mk.ssl_method)
         user = omegaconf_select(cfg, "method_kwargs.ssl_kwargs", {}) or {}
         mk.ssl_kwargs = omegaconf.OmegaConf.merge(kwargs, user)
@@ -340,7 +313,13 @@ class S2BNN(BaseMethod):
 
     def _load_student_init(self, path: Path) -> None:
         """Initialise from a step-1 checkpoint: the backbone must fit exactly."""
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except (RuntimeError, pickle.UnpicklingError, EOFError) as e:
+            raise MethodConfigError(
+                f"method_kwargs.student_init={path} is not a torch checkpoint ({e}); give the "
+                ".ckpt that solo-learn wrote for step 1"
+            ) from e
         state = obj.get("state_dict", obj) if isinstance(obj, dict) else {}
         own = self.state_dict()
         backbone_keys = [k for k in own if k.startswith("backbone.")]
@@ -374,7 +353,7 @@ def _crop_size(cfg: omegaconf.DictConfig) -> int:
 def mixed_class(ssl_method: str) -> type[S2BNN]:
     """The class S2BNN instantiates for ``ssl_method`` (cached, one per objective), importable
     as ``s2bnn_plugin.methods.s2bnn.S2BNN_<ssl_method>`` so that pickle finds it."""
-    objective = _objective_class(ssl_method)
+    objective = objective_class(ssl_method)
     if objective is None:
         bases: tuple[type, ...] = (S2BNN, _TakeClassLoss)
     elif issubclass(objective, BaseMomentumMethod):

@@ -3,7 +3,8 @@
 Values are solo-learn's own CIFAR recipes (its ``scripts/pretrain/cifar/*.yaml``), so that
 ``method_kwargs.ssl_method=<name>`` alone gives a working mix; anything in
 ``method_kwargs.ssl_kwargs`` overrides them. A method missing here falls back to its config in the
-solo-learn checkout, if present.
+solo-learn checkout, if present (only the keys the method reads:
+:func:`s2bnn_plugin.methods.settings.objective_keys`).
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ def _from_checkout(name: str) -> tuple[dict[str, Any], dict[str, float]] | None:
     import yaml  # hydra brings PyYAML
 
     from s2bnn_plugin.compat.solo import solo_checkout
+    from s2bnn_plugin.methods.settings import objective_keys
 
     root = solo_checkout()
     if root is None:
@@ -78,7 +80,13 @@ def _from_checkout(name: str) -> tuple[dict[str, Any], dict[str, float]] | None:
         if path.is_file():
             cfg = yaml.safe_load(path.read_text()) or {}
             if cfg.get("method") == name:
-                return dict(cfg.get("method_kwargs") or {}), dict(cfg.get("momentum") or {})
+                kwargs = dict(cfg.get("method_kwargs") or {})
+                # solo-learn's configs carry keys their method never reads (ressl's
+                # base_tau_momentum, ...): mixed in, check_method_kwargs would refuse them
+                read = objective_keys(name)
+                if read is not None:
+                    kwargs = {k: v for k, v in kwargs.items() if k in read}
+                return kwargs, dict(cfg.get("momentum") or {})
     return None
 
 
