@@ -240,8 +240,8 @@ def _range_problems(mk: Mapping[str, Any]) -> list[str]:
     hidden = mk.get("head_hidden_dim")
     if hidden is not None and not _is_int(hidden, 1):
         out.append(
-            "method_kwargs.head_hidden_dim must be null (the backbone's feature width, as "
-            f"S2-BNN's code) or an int >= 1, got {_show(hidden)}"
+            "method_kwargs.head_hidden_dim must be an int >= 1 or null (null: the backbone's "
+            f"feature width, as S2-BNN's code), got {_show(hidden)}"
         )
     out += _loss_problems(mk)
     crops = mk.get("distill_crops", "all")
