@@ -107,12 +107,15 @@ class RegisterS2BNN(_HydraCallback):
 def check_config(config: Any) -> None:
     """Refuse what solo-learn would take silently or fail on with a bare assertion inside
     ``main()``: an unknown ``backbone.name`` or ``method``, and for ``method=s2bnn`` its
-    ``method_kwargs`` (unknown keys, values out of range: :mod:`s2bnn_plugin.methods.settings`).
+    ``method_kwargs`` (unknown keys, values out of range: :mod:`s2bnn_plugin.methods.settings`);
+    ``scheduler.name=linear`` where nothing builds it, or with settings out of range
+    (:mod:`s2bnn_plugin.methods.schedule`).
     Raises an :class:`~s2bnn_plugin.errors.S2BNNError` naming each problem and its fix."""
     from omegaconf import OmegaConf
 
     from s2bnn_plugin.compat.preflight import check_names
-    from s2bnn_plugin.methods.settings import check_method_kwargs
+    from s2bnn_plugin.methods.schedule import scheduler_problems
+    from s2bnn_plugin.methods.settings import MethodConfigError, check_method_kwargs
 
     methods_module = require_solo()
     registered = set(methods_module.BaseMethod._BACKBONES)
@@ -126,3 +129,6 @@ def check_config(config: Any) -> None:
     )
     if OmegaConf.select(OmegaConf.create(config), "method", default=None) == "s2bnn":
         check_method_kwargs(config)
+    problems = scheduler_problems(config)  # scheduler.name=linear: method=s2bnn's only
+    if problems:
+        raise MethodConfigError("; ".join(problems))
