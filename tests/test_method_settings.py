@@ -11,7 +11,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from s2bnn_plugin.compat.solo import configs_dir
+from s2bnn_plugin.solo_learn.locate import configs_dir
 
 pytestmark = pytest.mark.solo
 
@@ -20,7 +20,8 @@ S2BNN_CONFIGS = sorted((configs_dir() / "pretrain").glob("*/s2bnn*.yaml"))
 
 @pytest.fixture(scope="module")
 def solo():
-    from s2bnn_plugin.solo import register, require_solo
+    from s2bnn_plugin.solo import register
+    from s2bnn_plugin.solo_learn.locate import require_solo
 
     register()
     return require_solo()
@@ -239,38 +240,38 @@ def test_an_objective_whose_source_cannot_tell_is_not_checked(solo, teacher, mon
 
 
 def test_an_unknown_backbone_names_the_known_ones_and_the_nearest(solo, teacher):
-    from s2bnn_plugin.compat.preflight import ConfigError
-    from s2bnn_plugin.solo import check_config
+    from s2bnn_plugin.solo import RegisterS2BNN
+    from s2bnn_plugin.solo_learn.preflight import ConfigError
 
     cfg = config(teacher)
     cfg.backbone.name = "nonexistent"
     with pytest.raises(ConfigError) as info:
-        check_config(cfg)
+        RegisterS2BNN.check_config(cfg)
     message = str(info.value)
     assert message.startswith("backbone.name=nonexistent is not a known backbone;")
     assert "the plugin's: reactnet18, reactnet_a;" in message
     assert "solo-learn's: " in message and "resnet18" in message and "vit_small" in message
     cfg.backbone.name = "reactnet_b"
     with pytest.raises(ConfigError, match=r"\(did you mean reactnet_a\?\)"):
-        check_config(cfg)
+        RegisterS2BNN.check_config(cfg)
 
 
 def test_an_unknown_method_is_named(solo, teacher):
-    from s2bnn_plugin.compat.preflight import ConfigError
-    from s2bnn_plugin.solo import check_config
+    from s2bnn_plugin.solo import RegisterS2BNN
+    from s2bnn_plugin.solo_learn.preflight import ConfigError
 
     cfg = config(teacher)
     cfg.method = "s2bn"
     with pytest.raises(
         ConfigError, match=r"method=s2bn is not a known method \(did you mean s2bnn"
     ):
-        check_config(cfg)
+        RegisterS2BNN.check_config(cfg)
 
 
 def test_the_callback_checks_the_method_kwargs(solo, teacher):
     from s2bnn_plugin.methods.settings import MethodConfigError
-    from s2bnn_plugin.solo import check_config
+    from s2bnn_plugin.solo import RegisterS2BNN
 
-    check_config(config(teacher))
+    RegisterS2BNN.check_config(config(teacher))
     with pytest.raises(MethodConfigError, match="head_hidden_dim must be an int >= 1 .*, got 0$"):
-        check_config(config(teacher, head_hidden_dim=0))
+        RegisterS2BNN.check_config(config(teacher, head_hidden_dim=0))
