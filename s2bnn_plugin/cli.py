@@ -2,7 +2,7 @@
 
 Each sub-command is one ``_cmd_<name>`` function that only turns parsed arguments into a call
 (:mod:`s2bnn_plugin.export.commands`, :mod:`s2bnn_plugin.bench.commands`,
-:mod:`s2bnn_plugin.evaluation.command`, :mod:`s2bnn_plugin.compat.install`,
+:mod:`s2bnn_plugin.evaluation.command`, :mod:`s2bnn_plugin.solo_learn.install`,
 :mod:`s2bnn_plugin.doctor`, ...); the heavy imports (torch, numba and its kernels, solo-learn)
 happen inside the command that needs them, so
 ``s2bnn --help`` imports neither torch nor torchvision.
@@ -22,8 +22,8 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from s2bnn_plugin.compat.solo import configs_dir
 from s2bnn_plugin.errors import S2BNNError
+from s2bnn_plugin.solo_learn.locate import configs_dir
 
 __all__ = ["build_parser", "configs_dir", "main"]
 
@@ -53,7 +53,7 @@ def _run_solo(script_name: str, kind: str, args: argparse.Namespace) -> int:
     """Run one of solo-learn's scripts with the plugin registered (also in DDP children)."""
     import subprocess
 
-    from s2bnn_plugin.compat.solo import solo_command
+    from s2bnn_plugin.solo_learn.command import solo_command
 
     command = solo_command(
         script_name,
@@ -248,8 +248,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     """The whole S2-BNN story on a CPU in one resumable command (see s2bnn_plugin.demo)."""
     import warnings
 
-    from s2bnn_plugin.compat.solo import require_solo, solo_available
     from s2bnn_plugin.demo import DemoConfig, run_demo
+    from s2bnn_plugin.solo_learn.locate import require_solo, solo_available
 
     if solo_available():
         with warnings.catch_warnings():  # timm / torch deprecation noise from solo-learn's imports
@@ -269,8 +269,8 @@ def _cmd_study(args: argparse.Namespace) -> int:
     """Every objective's binary student alone and + distillation (see s2bnn_plugin.demo.study)."""
     import warnings
 
-    from s2bnn_plugin.compat.solo import require_solo, solo_available
     from s2bnn_plugin.demo.study import StudyConfig, parse_method_kwargs, run_study
+    from s2bnn_plugin.solo_learn.locate import require_solo, solo_available
 
     if solo_available():
         with warnings.catch_warnings():  # timm / torch deprecation noise from solo-learn's imports
@@ -290,7 +290,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
 
 
 def _cmd_setup_solo(args: argparse.Namespace) -> int:
-    from s2bnn_plugin.compat.install import setup_solo
+    from s2bnn_plugin.solo_learn.install import setup_solo
 
     result = setup_solo(args.source, allow_other_commit=args.allow_other_commit, force=args.force)
     print(result.message)

@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from s2bnn_plugin.backbones import BACKBONES
-from s2bnn_plugin.cli import configs_dir
+from s2bnn_plugin.solo_learn.locate import configs_dir
 
 ROOT = configs_dir()
 CONFIGS = sorted(p for kind in ("pretrain", "linear") for p in (ROOT / kind).glob("*/*.yaml"))
@@ -58,10 +58,23 @@ def test_config_composes(path):
         assert OmegaConf.is_missing(cfg, "pretrained_feature_extractor")
 
 
+def test_the_callback_target_is_the_callback_class():
+    """The ``_target_`` the scripts' command lines add names the class Hydra must instantiate
+    (the configs' own ``_target_`` is checked above)."""
+    from hydra.utils import get_class
+
+    from s2bnn_plugin.solo import RegisterS2BNN
+    from s2bnn_plugin.solo_learn.command import CALLBACK_OVERRIDE, CALLBACK_TARGET
+
+    assert get_class(CALLBACK_TARGET) is RegisterS2BNN
+    assert CALLBACK_OVERRIDE == f"++hydra.callbacks.s2bnn._target_={CALLBACK_TARGET}"
+
+
 @pytest.mark.solo
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_methods_exist_in_solo_learn(path):
-    from s2bnn_plugin.solo import register, require_solo
+    from s2bnn_plugin.solo import register
+    from s2bnn_plugin.solo_learn.locate import require_solo
 
     register()
     cfg = _compose(path)

@@ -16,7 +16,7 @@ import torch
 import torchvision
 from PIL import Image
 
-from s2bnn_plugin.cli import configs_dir
+from s2bnn_plugin.solo_learn.locate import configs_dir
 
 pytestmark = [pytest.mark.solo, pytest.mark.slow]
 
@@ -52,7 +52,7 @@ def workspace(tmp_path_factory) -> Path:
 
 
 def _script(name: str) -> str:
-    from s2bnn_plugin.solo import find_solo_script
+    from s2bnn_plugin.solo_learn.locate import find_solo_script
 
     return str(find_solo_script(name))
 

@@ -28,7 +28,6 @@ import json
 import math
 import numbers
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -313,7 +312,7 @@ def _train(
     seed: int,
 ) -> Path:
     """Run solo-learn's main_pretrain.py for one model; return its last checkpoint."""
-    from s2bnn_plugin.compat.solo import solo_command
+    from s2bnn_plugin.solo_learn.command import solo_command
 
     run_dir = (cfg.out_dir / "runs" / name).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -559,7 +558,7 @@ def stage_eval(
 
 def check_solo() -> None:
     """Fail at once, before any data work, when solo-learn or matplotlib is missing."""
-    from s2bnn_plugin.compat.solo import SoloLearnNotFound, find_solo_script, require_solo
+    from s2bnn_plugin.solo_learn.locate import SoloLearnNotFound, find_solo_script, require_solo
 
     try:
         require_solo()
@@ -700,9 +699,3 @@ def run_demo(
     if until in (None, "report"):
         log(f"results: {cfg.out_dir / 'results.md'}")
     return out
-
-
-def clean_run(out_dir: Path, name: str) -> None:
-    """Forget one stage (and its checkpoints), e.g. to retrain it: used by tests."""
-    shutil.rmtree(out_dir / "runs" / name, ignore_errors=True)
-    (out_dir / "stages" / f"{name}.json").unlink(missing_ok=True)

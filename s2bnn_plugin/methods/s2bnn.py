@@ -44,7 +44,6 @@ from solo.methods.base import BaseMethod, BaseMomentumMethod
 from solo.utils.misc import omegaconf_select, remove_bias_and_norm_from_weight_decay
 from solo.utils.momentum import initialize_momentum_params
 
-from s2bnn_plugin.compat.resume import file_sha256
 from s2bnn_plugin.methods import rng_state
 from s2bnn_plugin.methods.distillation import (
     DistillationHead,
@@ -61,6 +60,7 @@ from s2bnn_plugin.methods.settings import (
     objective_names,
 )
 from s2bnn_plugin.methods.ssl_defaults import ssl_defaults
+from s2bnn_plugin.solo_learn.resume import file_sha256
 from s2bnn_plugin.teachers import load_teacher
 
 __all__ = ["S2BNN", "mixed_class", "objective_names"]

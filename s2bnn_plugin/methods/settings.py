@@ -31,8 +31,8 @@ from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
-from s2bnn_plugin.compat.solo import require_solo
 from s2bnn_plugin.errors import S2BNNError
+from s2bnn_plugin.solo_learn.locate import require_solo
 from s2bnn_plugin.teachers import FORMATS, OUTPUTS
 
 __all__ = [
