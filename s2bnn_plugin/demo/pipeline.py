@@ -370,8 +370,11 @@ def _common(cfg: DemoConfig, data: dict[str, Any], batch_size: int, lr: float) -
         "optimizer.name=adam",
         f"optimizer.lr={lr}",
         "optimizer.weight_decay=0.0",
+        # the demo's own short recipe, whatever the shipped configs' (S2-BNN's linear decay
+        # per epoch): a cosine decay per step, no warmup
         "scheduler.name=warmup_cosine",
         "++scheduler.warmup_epochs=0",
+        "++scheduler.interval=step",
     ]
 
 
@@ -448,6 +451,7 @@ def stage_student(
             f"method_kwargs.teacher.ckpt={teacher_ckpt}",
             "method_kwargs.teacher.format=solo",
             f"method_kwargs.head_hidden_dim={cfg.proj_hidden_dim}",
+            "++method_kwargs.distill_crops=all",  # both large crops, as the objective's
         ]
     ckpt = _train(cfg, spec.name, spec.config, overrides, cfg.epochs, log, quiet, spec.seed)
     return {"checkpoint": str(ckpt)}
