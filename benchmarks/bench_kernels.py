@@ -41,24 +41,18 @@ import torch
 from s2bnn_plugin.kernels.assembly import popcount_report
 
 from s2bnn_plugin.backbones import create_backbone
-from s2bnn_plugin.export import pack
-from s2bnn_plugin.export.bench import (
-    best_times,
+from s2bnn_plugin.bench.baselines import onnx_export, onnx_session, prebinarised
+from s2bnn_plugin.bench.profile import profile, unit_epilogues
+from s2bnn_plugin.bench.tables import (
     epilogue_table,
-    file_sizes,
     layer_table,
-    layer_timings,
     markdown_table,
-    onnx_export,
-    onnx_session,
-    prebinarised,
-    profile,
     profile_summary,
     profile_table,
-    set_threads,
-    thread_scaling,
-    unit_epilogues,
 )
+from s2bnn_plugin.bench.timing import best_times, layer_timings, set_threads, thread_scaling
+from s2bnn_plugin.export import pack
+from s2bnn_plugin.export.report import file_sizes
 
 
 def cpu_name() -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .micro import _micro_kernel, _micro_kernel_narrow
+from .micro import micro_kernel, micro_kernel_narrow
 from .simd import address
 
 __all__ = ["micro_kernel_asm", "popcount_report"]
@@ -19,16 +19,24 @@ __all__ = ["micro_kernel_asm", "popcount_report"]
 def micro_kernel_asm(narrow: bool = False) -> str:
     """Assembly of a binary-convolution micro-kernel (64-bit lanes, or with ``narrow`` the
     32-bit one of layers with at most 32 input channels), compiled now for the current target."""
-    kernel = _micro_kernel_narrow if narrow else _micro_kernel
+    kernel = micro_kernel_narrow if narrow else micro_kernel
     fresh = njit(cache=False)(kernel.py_func)
 
+    # One call on small buffers (a 1x1 tap, one word, the positions one word apart, popcounts
+    # to ``acc``): it compiles the kernel for these argument types, whatever the values.
     @njit(cache=False)
     def call(bits, acc, out):
         pb, pa, po = address(bits), address(acc), address(out)
         if narrow:
-            fresh(pb, 0, 1, 2, 3, 4, 5, 6, 7, pb, 0, 1, 1, pa, po, False, 1, 0, 32)
+            fresh(
+                bits=pb, b0=0, b1=1, b2=2, b3=3, b4=4, b5=5, b6=6, b7=7, wt=pb, wofs=0, k=1,
+                rowstride=1, acc=pa, out=po, direct=False, ktot=1, aofs=0, astride=32,
+            )  # fmt: skip
         else:
-            fresh(pb, 0, 1, 2, 3, pb, 0, 1, 1, 1, pa, po, False, 1, 0, 32)
+            fresh(
+                bits=pb, b0=0, b1=1, b2=2, b3=3, wt=pb, wofs=0, k=1, rowstride=1, words=1,
+                acc=pa, out=po, direct=False, ktot=1, aofs=0, astride=32,
+            )  # fmt: skip
 
     call(np.zeros(64, np.uint64), np.zeros(8 * 32, np.float32), np.zeros(8 * 32, np.int32))
     return "\n".join(fresh.inspect_asm().values())

@@ -17,7 +17,7 @@ the micro-kernels of :mod:`.micro` block by block, with the zero-padding correct
   16-channel slices the transform then runs slice by slice over a block's positions, the
   slice's parameters held in registers and the signs taken from the registers (one compare
   into a mask register per 16 channels), never read back from the map. The float operations
-  are the same on every path (:func:`.epilogue._unit_value`).
+  are the same on every path (:func:`.epilogue.unit_value`).
 
 Parallel over blocks of output positions (``prange`` on the outermost loop only; every job
 writes disjoint output rows).
@@ -25,28 +25,34 @@ writes disjoint output rows).
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import numpy as np
 from numba import njit, prange
 
 from .bitpack import LANES, NARROW_CHANNELS, pack_row, words_for
-from .border import _border_block, _border_block_direct, _border_table, _fix_position, _interior
+from .border import border_block, border_block_direct, border_table, fix_position, interior
 from .epilogue import (
-    _register_epilogue_fits,
-    _residual_vec,
-    _slice_params,
-    _unit_block,
-    _unit_value,
+    ROW,
+    Epilogue,
+    SliceParams,
     pools_output,
+    register_epilogue_fits,
+    residual_vec,
+    slice_params,
+    unit_block,
+    unit_value,
 )
 from .micro import (
     POSITIONS,
-    _advance,
-    _block_positions,
-    _kernel_calls,
-    _next,
-    _popcounts,
+    advance,
     block_positions,
+    geometry,
+    kernel_calls,
+    next_position,
     out_size,
+    popcounts,
+    positions_for,
 )
 from .simd import (
     address,
@@ -83,24 +89,6 @@ def _job_start(job, jobs_per_img, chunk, positions, wo):
     return img, first, (first * positions) // wo, (first * positions) % wo
 
 
-@njit(cache=True, inline="always")
-def _geometry(n, h, w, cin, k, stride, groups, cg, chunk):
-    """Sizes both drivers derive from a convolution's shape: input words per pixel, padding,
-    padded input size, output size, block kind and count, jobs per image, weight blocks per
-    group, accumulator columns and the dot products' length ``K``."""
-    words = words_for(cin)
-    pad = k // 2
-    ho = out_size(h, k, stride)
-    wo = out_size(w, k, stride)
-    narrow = cin <= NARROW_CHANNELS
-    positions = _block_positions(narrow)
-    nblocks = (ho * wo + positions - 1) // positions
-    jobs_per_img = (nblocks + chunk - 1) // chunk
-    bpg = (cg + LANES - 1) // LANES
-    return (words, pad, h + 2 * pad, w + 2 * pad, ho, wo, narrow, positions, nblocks,
-            jobs_per_img, bpg, groups * bpg * LANES, k * k * cin)  # fmt: skip
-
-
 @njit(cache=True)
 def _check_conv(bits, n, h, w, cin, k, stride, wt, wsum, groups, cg, chunk):
     """Shapes and buffer sizes, checked once per call: the loops themselves have no bounds
@@ -132,32 +120,30 @@ def binary_conv_acc(bits, n, h, w, cin, k, stride, wt, wsum, groups, cg, chunk, 
 
     ``bits``: flat (groups, n, h + 2p, w + 2p, words) packed input (p = k // 2, zero border);
     ``wt``: :func:`.bitpack.kernel_weights` layout; ``wsum``: :func:`.bitpack.tap_sums`;
-    ``out``: int32 (n, ho, wo, groups * cg). ``chunk``: blocks of :func:`_block_positions`
+    ``out``: int32 (n, ho, wo, groups * cg). ``chunk``: blocks of :func:`.micro.positions_for`
     positions per parallel job.
     """
     _check_conv(bits, n, h, w, cin, k, stride, wt, wsum, groups, cg, chunk)
     if out.size != n * out_size(h, k, stride) * out_size(w, k, stride) * groups * cg:
         raise ValueError("binary_conv_acc: out has the wrong size")
-    words, pad, hp, wp, ho, wo, narrow, positions, nblocks, jobs_per_img, bpg, cols, ktot = (
-        _geometry(n, h, w, cin, k, stride, groups, cg, chunk)
-    )
+    geo = geometry(n, h, w, cin, k, stride, groups, cg, chunk)
+    ho, wo, pad, positions, cols = geo.ho, geo.wo, geo.pad, geo.positions, geo.cols
     nq = ho * wo
-    ktot_f = np.float32(ktot)  # float32 arithmetic on popcounts < 2**24 is exact
+    ktot_f = np.float32(geo.ktot)  # float32 arithmetic on popcounts < 2**24 is exact
     cout = groups * cg
-    table = _border_table(wsum, k, cols)
+    table = border_table(wsum, k, cols)
     fix = (np.float32(-2.0) * table).astype(np.int32)  # the same, as dot products
     flat_out = out.ravel()
     # Dot products straight from the registers into ``out`` when a block's rows are exactly
     # its outputs (no padding lanes); otherwise through ``acc``.
     direct_ok = cols == cout and (k == 1 or k == 3)
-    rowstride = wp * words
-    step = stride * words
+    step = stride * geo.words
     pbits, pwt, pout = address(bits), address(wt), address(flat_out)
-    for job in prange(n * jobs_per_img):
-        img, first, by, bx = _job_start(job, jobs_per_img, chunk, positions, wo)
+    for job in prange(n * geo.jobs_per_img):
+        img, first, by, bx = _job_start(job, geo.jobs_per_img, chunk, positions, wo)
         acc = np.empty(positions * cols, np.float32)
         pacc = address(acc)
-        last = min(first + chunk, nblocks)
+        last = min(first + chunk, geo.nblocks)
         blk = first
         while blk < last:
             y0 = by * stride - pad
@@ -165,44 +151,36 @@ def binary_conv_acc(bits, n, h, w, cin, k, stride, wt, wsum, groups, cg, chunk, 
                 # the usual case: a run of whole blocks along a row that sees no padding above
                 # or below -- incremental offsets, dot products straight into ``out``
                 run = min(last - blk, (wo - bx) // positions)
-                o0 = by * stride * rowstride + bx * step
+                o0 = by * stride * geo.rowstride + bx * step
                 dst = ((img * ho + by) * wo + bx) * cout
                 start = dst
                 for _ in range(run):
-                    _kernel_calls(
-                        pbits, pwt, pacc, pout, True, ktot, dst, o0, o0 + step, o0 + 2 * step,
-                        o0 + 3 * step, o0 + 4 * step, o0 + 5 * step, o0 + 6 * step,
-                        o0 + 7 * step, img, n, hp * rowstride, groups, bpg, k, rowstride, words,
-                        narrow,
-                    )  # fmt: skip
+                    offsets = (o0, o0 + step, o0 + 2 * step, o0 + 3 * step, o0 + 4 * step,
+                               o0 + 5 * step, o0 + 6 * step, o0 + 7 * step)  # fmt: skip
+                    kernel_calls(geo, pbits, pwt, pacc, pout, True, dst, offsets, img)
                     o0 += positions * step
                     dst += positions * cout
                 if pad > 0:  # only the run's ends can reach past the left or right edge
-                    _fix_position(flat_out, start, cout, by, bx, stride, h, w, fix)
+                    fix_position(flat_out, start, cout, by, bx, stride, h, w, fix)
                     end = bx + run * positions - 1
-                    _fix_position(flat_out, dst - cout, cout, by, end, stride, h, w, fix)
+                    fix_position(flat_out, dst - cout, cout, by, end, stride, h, w, fix)
                 blk += run
-                by, bx = _advance(by, bx, run * positions, wo)
+                by, bx = advance(by, bx, run * positions, wo)
                 continue
             count = min(positions, nq - blk * positions)
             obase = ((img * ho + by) * wo + bx) * cout
             direct = direct_ok and count == positions
-            _popcounts(
-                bits, img, n, hp, wp, words, k, stride, wo, by, bx, count, wt, narrow, groups,
-                bpg, acc, flat_out, direct, ktot, obase,
-            )  # fmt: skip
-            edge = pad > 0 and not _interior(by, bx, count, k, stride, h, w, wo)
+            popcounts(geo, bits, wt, img, by, bx, count, acc, flat_out, direct, obase)
+            edge = pad > 0 and not interior(by, bx, count, k, stride, h, w, wo)
             if direct:
                 if edge:
-                    _border_block_direct(
-                        flat_out, obase, cout, by, bx, count, stride, h, w, wo, fix
-                    )
+                    border_block_direct(flat_out, obase, cout, by, bx, count, stride, h, w, wo, fix)
             else:
                 if edge:
-                    _border_block(acc, cols, k, by, bx, count, stride, h, w, wo, table)
-                _store_dots(acc, flat_out, obase, count, cout, cols, groups, cg, bpg, ktot_f)
+                    border_block(acc, cols, k, by, bx, count, stride, h, w, wo, table)
+                _store_dots(acc, flat_out, obase, count, cout, cols, groups, cg, geo.bpg, ktot_f)
             blk += 1
-            by, bx = _advance(by, bx, count, wo)
+            by, bx = advance(by, bx, count, wo)
 
 
 @njit(cache=True, inline="always")
@@ -260,10 +238,13 @@ def _transform_step(acc, a, ktot, prm, co, cout, res, c, r0, r1, r2, r3, taps, z
         scale, mul = fload_n(prm, co, count), fload_n(prm, cout + co, count)
         add, shift_in = fload_n(prm, 2 * cout + co, count), fload_n(prm, 3 * cout + co, count)
         slope, shift_out = fload_n(prm, 4 * cout + co, count), fload_n(prm, 5 * cout + co, count)
-    res_v = _residual_vec(res, r0, r1, r2, r3, taps, c, count)
-    y = _unit_value(
-        pop, res_v, scale, mul, add, shift_in, slope, shift_out, fsplat(ktot), fsplat(-2.0)
-    )
+    res_v = residual_vec(res, r0, r1, r2, r3, taps, c, count)
+    m2 = fsplat(-2.0)
+    sp = SliceParams(
+        scale=scale, mul=mul, add=add, shift_in=shift_in, slope=slope, shift_out=shift_out,
+        thr0=m2, thr1=m2,
+    )  # fmt: skip
+    y = unit_value(pop, res_v, sp, fsplat(ktot), m2)
     if count == 16:
         fstore(z, zo, y)
     else:
@@ -287,20 +268,31 @@ def _transform(acc, aofs, ktot, cg, cbase, cout, prm, res, r0, r1, r2, r3, taps,
         )  # fmt: skip
 
 
+class UnitArrays(NamedTuple):
+    """The arrays of a fused unit that the buffered epilogues read and write (flat)."""
+
+    prm: Any  # (6, cout) float32: weight scale, BatchNorm multiplier, offset, RPReLU
+    res: Any  # the residual, NHWC float32 with cg channels
+    z: Any  # the output float map
+    thr: Any  # (t_sets, cout) float32: the next layer's RSign shifts
+    obits: Any  # the next layer's packed signs (uint64)
+
+
 @njit(cache=True)
-def _epilogue_generic(
-    acc, cols, n, img, by, bx, count, h, w, ho, wo, cg, cout, groups, bpg, ktot_f, prm, res,
-    pooled, z, thr, t_sets, opad, obits, owords,
-):  # fmt: skip
+def _epilogue_generic(acc, geo, ep, arrays, img, by, bx, count):
     """The output transform of one block's popcounts in ``acc`` for any channel count: position
     by position, then the next layer's signs packed from the stored float map. (This and
-    :func:`_epilogue_sliced` are called once per block, not inlined: 9 s less to compile.)"""
-    hpo = ho + 2 * opad
-    wpo = wo + 2 * opad
+    :func:`_epilogue_sliced` are called once per block, not inlined: 9 s less to compile.)
+    ``geo``: :class:`.micro.Geometry`; ``ep``: :class:`.epilogue.Epilogue` (its sizes);
+    ``arrays``: :class:`UnitArrays`."""
+    cols, n, h, w, ho, wo, cg = geo.cols, geo.n, geo.h, geo.w, geo.ho, geo.wo, geo.cg
+    groups, bpg, cout, pooled, ktot_f = geo.groups, geo.bpg, ep.cout, ep.pooled, ep.ktot
+    prm, res, z, thr, obits = arrays.prm, arrays.res, arrays.z, arrays.thr, arrays.obits
+    t_sets, opad, owords, hpo, wpo = ep.t_sets, ep.opad, ep.owords, ep.hpo, ep.wpo
     oy, ox = by, bx
     for p in range(count):
         if p > 0:
-            oy, ox = _next(oy, ox, wo)
+            oy, ox = next_position(oy, ox, wo)
         aofs = p * cols
         zoff = ((img * ho + oy) * wo + ox) * cout
         hr, wr = (h, w) if pooled else (ho, wo)
@@ -315,7 +307,7 @@ def _epilogue_generic(
     oy, ox = by, bx
     for p in range(count):
         if p > 0:
-            oy, ox = _next(oy, ox, wo)
+            oy, ox = next_position(oy, ox, wo)
         zoff = ((img * ho + oy) * wo + ox) * cout
         for t in range(t_sets):
             ooff = (((t * n + img) * hpo + oy + opad) * wpo + ox + opad) * owords
@@ -323,10 +315,7 @@ def _epilogue_generic(
 
 
 @njit(cache=True)
-def _epilogue_sliced(
-    acc, cols, n, img, by, bx, count, h, w, ho, wo, cg, cout, groups, bpg, ktot_f, prm, res,
-    pooled, z, thr, t_sets, opad, obits, owords, pos,
-):  # fmt: skip
+def _epilogue_sliced(acc, geo, ep, arrays, img, by, bx, count, pos):
     """:func:`_epilogue_generic` when every group has whole 16-channel slices: slice by slice,
     each slice's six parameters loaded once for the whole block, and the next layer's signs
     taken from the registers (one compare into a mask, 16 bits stored) rather than read back
@@ -334,8 +323,10 @@ def _epilogue_sliced(
 
     ``pos``: scratch, 8 int64 per position (float map offset, residual taps, packed offset).
     """
-    hpo = ho + 2 * opad
-    wpo = wo + 2 * opad
+    cols, n, h, w, ho, wo, cg = geo.cols, geo.n, geo.h, geo.w, geo.ho, geo.wo, geo.cg
+    groups, bpg, cout, pooled, ktot_f = geo.groups, geo.bpg, ep.cout, ep.pooled, ep.ktot
+    prm, res, z, thr, obits = arrays.prm, arrays.res, arrays.z, arrays.thr, arrays.obits
+    t_sets, opad, owords, hpo, wpo = ep.t_sets, ep.opad, ep.owords, ep.hpo, ep.wpo
     tstride = n * hpo * wpo * owords * 4  # uint16 units between threshold sets
     ktot_v = fsplat(ktot_f)
     m2 = fsplat(-2.0)
@@ -347,22 +338,18 @@ def _epilogue_sliced(
         for g in range(groups):
             for c in range(0, cg, 16):
                 co = g * cg + c
-                scale, mul, add, shift_in, slope, shift_out, thr0, thr1 = _slice_params(
-                    prm, thr, co, cout, t_sets, m2
-                )
+                sp = slice_params(prm, thr, co, cout, t_sets, m2)
                 a = g * bpg * LANES + c
                 for p in range(count):
                     pop = fload(acc, p * cols + a)
                     res_v = fload(res, (q0 + p) * cg + c)
-                    y = _unit_value(
-                        pop, res_v, scale, mul, add, shift_in, slope, shift_out, ktot_v, m2
-                    )
+                    y = unit_value(pop, res_v, sp, ktot_v, m2)
                     fstore(z, (q0 + p) * cout + co, y)
                     o16 = o0 + p * owords * 4 + co // 16
                     if t_sets > 0:
-                        store_u16(obits, o16, sign_mask16(y, thr0))
+                        store_u16(obits, o16, sign_mask16(y, sp.thr0))
                     if t_sets > 1:
-                        store_u16(obits, o16 + tstride, sign_mask16(y, thr1))
+                        store_u16(obits, o16 + tstride, sign_mask16(y, sp.thr1))
         if cout % 64 != 0:  # the last word's channels past cout stay clear
             for p in range(count):
                 for t in range(t_sets):
@@ -373,7 +360,7 @@ def _epilogue_sliced(
     oy, ox = by, bx
     for p in range(count):
         if p > 0:
-            oy, ox = _next(oy, ox, wo)
+            oy, ox = next_position(oy, ox, wo)
         r0, r1, r2, r3, taps = _residual_taps(img, hr, wr, cg, oy, ox, pooled)
         q = p * 8
         store(pos, q, ((img * ho + oy) * wo + ox) * cout)
@@ -387,24 +374,22 @@ def _epilogue_sliced(
         for c in range(0, cg, 16):
             co = g * cg + c
             # the slice's parameters and the next layers' thresholds, kept in registers
-            scale, mul, add, shift_in, slope, shift_out, thr0, thr1 = _slice_params(
-                prm, thr, co, cout, t_sets, m2
-            )
+            sp = slice_params(prm, thr, co, cout, t_sets, m2)
             a = g * bpg * LANES + c
             for p in range(count):
                 q = p * 8
                 pop = fload(acc, p * cols + a)
-                res_v = _residual_vec(
+                res_v = residual_vec(
                     res, load(pos, q + 1), load(pos, q + 2), load(pos, q + 3), load(pos, q + 4),
                     load(pos, q + 5), c, 16,
                 )  # fmt: skip
-                y = _unit_value(pop, res_v, scale, mul, add, shift_in, slope, shift_out, ktot_v, m2)
+                y = unit_value(pop, res_v, sp, ktot_v, m2)
                 fstore(z, load(pos, q) + co, y)
                 o16 = load(pos, q + 6) + co // 16
                 if t_sets > 0:
-                    store_u16(obits, o16, sign_mask16(y, thr0))
+                    store_u16(obits, o16, sign_mask16(y, sp.thr0))
                 if t_sets > 1:
-                    store_u16(obits, o16 + tstride, sign_mask16(y, thr1))
+                    store_u16(obits, o16 + tstride, sign_mask16(y, sp.thr1))
     if cout % 64 != 0:  # the last word's channels past cout stay clear
         for p in range(count):
             o16 = load(pos, p * 8 + 6)
@@ -460,7 +445,7 @@ def binary_conv_fused(
                 "binary_conv_fused: pool_out needs what epilogue.pools_output checks (whole "
                 "32-channel groups, a 1x1 or 3x3 kernel, an even output size)"
             )
-        pair_blocks = 2 * wo // _block_positions(cin <= NARROW_CHANNELS)
+        pair_blocks = 2 * wo // positions_for(cin <= NARROW_CHANNELS)
         chunk = -(-chunk // pair_blocks) * pair_blocks  # jobs of whole row pairs
     if res.size != (n * h * w * cg if pooled else n * ho * wo * cg):
         raise ValueError("binary_conv_fused: the residual has the wrong size")
@@ -468,61 +453,51 @@ def binary_conv_fused(
         raise ValueError("binary_conv_fused: thresholds of the wrong size")
     if obits.size < thr.shape[0] * n * (ho + 2 * opad) * (wo + 2 * opad) * words_for(cout):
         raise ValueError("binary_conv_fused: the packed output is too small")
-    words, pad, hp, wp, ho, wo, narrow, positions, nblocks, jobs_per_img, bpg, cols, ktot = (
-        _geometry(n, h, w, cin, k, stride, groups, cg, chunk)
-    )
+    geo = geometry(n, h, w, cin, k, stride, groups, cg, chunk)
+    positions = geo.positions
     nq = ho * wo
     t_sets = thr.shape[0]
     flat_thr = thr.ravel()
     owords = words_for(cout)
     flat_prm = prm.ravel()
-    table = _border_table(wsum, k, cols)
+    table = border_table(wsum, k, geo.cols)
     no_out = np.empty(0, np.int32)  # the popcounts go to acc, never straight to an int map
-    ktot_f = np.float32(ktot)
     # whole 16-channel slices per group: the epilogue runs slice by slice with the slice's
     # parameters in registers, and packs the next layer's signs from the registers
     sliced = cg % 16 == 0 and t_sets <= 2
     # whole 32-channel weight blocks, 1x1 or 3x3: every block runs its epilogue straight from
     # the micro-kernel's registers (:mod:`.epilogue`); otherwise through ``acc``
-    registers = sliced and _register_epilogue_fits(cg, k, t_sets, pooled, h, w)
+    registers = sliced and register_epilogue_fits(cg, k, t_sets, pooled, h, w)
     hpo = ho + 2 * opad
     wpo = wo + 2 * opad
-    tst32 = n * hpo * wpo * owords * 2  # uint32 units between threshold sets
-    rowstride = wp * words
-    pbits, pwt, pprm, pthr = address(bits), address(wt), address(flat_prm), address(flat_thr)
-    pres, pz, pob, ptab = address(res), address(z), address(obits), address(table)
-    for job in prange(n * jobs_per_img):
-        img, first, by, bx = _job_start(job, jobs_per_img, chunk, positions, wo)
-        acc = np.empty(positions * cols, np.float32)
-        pos = np.empty(8 * positions, np.int64)
+    ep = Epilogue(
+        pprm=address(flat_prm), pthr=address(flat_thr), t_sets=t_sets, ktot=np.float32(geo.ktot),
+        pres=address(res), pooled=pooled, pz=address(z), pool_out=pool_out, pob=address(obits),
+        cout=cout, opad=opad, owords=owords, hpo=hpo, wpo=wpo,
+        tst32=n * hpo * wpo * owords * 2,  # uint32 units between threshold sets
+        ptab=address(table),
+    )  # fmt: skip
+    arrays = UnitArrays(prm=flat_prm, res=res, z=z, thr=flat_thr, obits=obits)
+    pbits, pwt = address(bits), address(wt)
+    for job in prange(n * geo.jobs_per_img):
+        img, first, by, bx = _job_start(job, geo.jobs_per_img, chunk, positions, wo)
+        acc = np.empty(positions * geo.cols, np.float32)
+        pos = np.empty(ROW * positions, np.int64)
         ppos = address(pos)
-        for blk in range(first, min(first + chunk, nblocks)):
+        for blk in range(first, min(first + chunk, geo.nblocks)):
             count = min(positions, nq - blk * positions)
             if registers:
-                _unit_block(
-                    pbits, pwt, img, n, hp * rowstride, groups, bpg, k, stride, rowstride, words,
-                    narrow, by, bx, count, pprm, pthr, cout, t_sets, ktot_f, pres, pooled, h, w,
-                    ho, wo, cg, pz, pob, hpo, wpo, opad, owords, tst32, ptab, cols, ppos, pool_out,
-                )  # fmt: skip
-                by, bx = _advance(by, bx, count, wo)
+                unit_block(geo, ep, pbits, pwt, img, by, bx, count, ppos)
+                by, bx = advance(by, bx, count, wo)
                 continue
-            _popcounts(
-                bits, img, n, hp, wp, words, k, stride, wo, by, bx, count, wt, narrow, groups,
-                bpg, acc, no_out, False, ktot, 0,
-            )  # fmt: skip
-            if pad > 0 and not _interior(by, bx, count, k, stride, h, w, wo):
-                _border_block(acc, cols, k, by, bx, count, stride, h, w, wo, table)
+            popcounts(geo, bits, wt, img, by, bx, count, acc, no_out, False, 0)
+            if geo.pad > 0 and not interior(by, bx, count, k, stride, h, w, wo):
+                border_block(acc, geo.cols, k, by, bx, count, stride, h, w, wo, table)
             if sliced:
-                _epilogue_sliced(
-                    acc, cols, n, img, by, bx, count, h, w, ho, wo, cg, cout, groups, bpg, ktot_f,
-                    flat_prm, res, pooled, z, flat_thr, t_sets, opad, obits, owords, pos,
-                )  # fmt: skip
+                _epilogue_sliced(acc, geo, ep, arrays, img, by, bx, count, pos)
             else:
-                _epilogue_generic(
-                    acc, cols, n, img, by, bx, count, h, w, ho, wo, cg, cout, groups, bpg, ktot_f,
-                    flat_prm, res, pooled, z, flat_thr, t_sets, opad, obits, owords,
-                )  # fmt: skip
-            by, bx = _advance(by, bx, count, wo)
+                _epilogue_generic(acc, geo, ep, arrays, img, by, bx, count)
+            by, bx = advance(by, bx, count, wo)
 
 
 @njit(cache=True)

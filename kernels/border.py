@@ -12,12 +12,21 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .micro import _next
+from .micro import next_position
 from .simd import fadd, fload, fstore, iadd16
+
+__all__ = [
+    "border_block",
+    "border_block_direct",
+    "border_class",
+    "border_table",
+    "fix_position",
+    "interior",
+]
 
 
 @njit(cache=True, inline="always")
-def _interior(oy, ox, count, k, stride, h, w, wo):
+def interior(oy, ox, count, k, stride, h, w, wo):
     """Whether the ``count`` positions from (oy, ox) on lie in one row and see no padding."""
     pad = k // 2
     y0 = oy * stride - pad
@@ -32,7 +41,7 @@ def _interior(oy, ox, count, k, stride, h, w, wo):
 
 
 @njit(cache=True)
-def _border_table(wsum, k, cols):
+def border_table(wsum, k, cols):
     """Zero-padding corrections in popcount units, flat float32 (16, cols) for a 3x3 kernel.
 
     A tap outside the image read zero words (+1 in every channel) and so added ``wsum`` (the
@@ -66,8 +75,8 @@ def _border_table(wsum, k, cols):
 
 
 @njit(cache=True, inline="always")
-def _border_class(oy, ox, stride, h, w):
-    """Row of :func:`_border_table` for output (oy, ox) of a 3x3 kernel (0: no padding seen)."""
+def border_class(oy, ox, stride, h, w):
+    """Row of :func:`border_table` for output (oy, ox) of a 3x3 kernel (0: no padding seen)."""
     y0 = oy * stride - 1
     x0 = ox * stride - 1
     ym = (1 if y0 < 0 else 0) + (2 if y0 + 3 > h else 0)
@@ -93,7 +102,7 @@ def _border_generic(acc, aofs, cols, k, oy, ox, stride, h, w, table):
 
 
 @njit(cache=True, inline="always")
-def _border_block(acc, cols, k, oy, ox, count, stride, h, w, wo, table):
+def border_block(acc, cols, k, oy, ox, count, stride, h, w, wo, table):
     """Zero-padding corrections of a block's popcounts in ``acc`` (rows of ``cols``)."""
     y0 = oy * stride - 1
     if k == 3 and ox + count <= wo and y0 >= 0 and y0 + 3 <= h:
@@ -106,7 +115,7 @@ def _border_block(acc, cols, k, oy, ox, count, stride, h, w, wo, table):
         return
     for p in range(count):
         if p > 0:
-            oy, ox = _next(oy, ox, wo)
+            oy, ox = next_position(oy, ox, wo)
         if k == 3:
             _fix_popcounts(acc, p * cols, cols, oy, ox, stride, h, w, table)
         else:
@@ -116,7 +125,7 @@ def _border_block(acc, cols, k, oy, ox, count, stride, h, w, wo, table):
 @njit(cache=True, inline="always")
 def _fix_popcounts(acc, aofs, cols, oy, ox, stride, h, w, table):
     """One position's correction in popcount units (3x3)."""
-    cls = _border_class(oy, ox, stride, h, w)
+    cls = border_class(oy, ox, stride, h, w)
     if cls != 0:
         for col in range(0, cols, 16):
             v = fadd(fload(acc, aofs + col), fload(table, cls * cols + col))
@@ -124,28 +133,28 @@ def _fix_popcounts(acc, aofs, cols, oy, ox, stride, h, w, table):
 
 
 @njit(cache=True, inline="always")
-def _border_block_direct(out, obase, cout, oy, ox, count, stride, h, w, wo, fix):
-    """:func:`_border_block` for dot products already in the int32 ``out`` (3x3 only); ``fix``:
-    flat int32 (16, cout), ``-2 *`` :func:`_border_table` (minus the missing taps' sums)."""
+def border_block_direct(out, obase, cout, oy, ox, count, stride, h, w, wo, fix):
+    """:func:`border_block` for dot products already in the int32 ``out`` (3x3 only); ``fix``:
+    flat int32 (16, cout), ``-2 *`` :func:`border_table` (minus the missing taps' sums)."""
     y0 = oy * stride - 1
     if ox + count <= wo and y0 >= 0 and y0 + 3 <= h:
         # one row away from the top and bottom: only its first and last position can see
         # padding (on the left or right)
-        _fix_position(out, obase, cout, oy, ox, stride, h, w, fix)
+        fix_position(out, obase, cout, oy, ox, stride, h, w, fix)
         last = count - 1
         if last > 0:
-            _fix_position(out, obase + last * cout, cout, oy, ox + last, stride, h, w, fix)
+            fix_position(out, obase + last * cout, cout, oy, ox + last, stride, h, w, fix)
         return
     for p in range(count):
         if p > 0:
-            oy, ox = _next(oy, ox, wo)
-        _fix_position(out, obase + p * cout, cout, oy, ox, stride, h, w, fix)
+            oy, ox = next_position(oy, ox, wo)
+        fix_position(out, obase + p * cout, cout, oy, ox, stride, h, w, fix)
 
 
 @njit(cache=True, inline="always")
-def _fix_position(out, o, cout, oy, ox, stride, h, w, fix):
+def fix_position(out, o, cout, oy, ox, stride, h, w, fix):
     """One position's correction of dot products in ``out`` (3x3)."""
-    cls = _border_class(oy, ox, stride, h, w)
+    cls = border_class(oy, ox, stride, h, w)
     if cls != 0:
         for col in range(0, cout, 16):
             iadd16(out, o + col, fix, cls * cout + col)

@@ -3,7 +3,7 @@
 Why: through a block buffer every 16 channels' popcounts are converted and stored by the
 micro-kernel, then loaded back by the epilogue (on wide layers as two 8-lane stores read by one
 16-lane load, which store forwarding cannot serve). Here the micro-kernel's tap loop
-(:func:`.micro._taps_narrow` / :func:`.micro._taps_wide`) is followed by the epilogue of its 32
+(:func:`.micro.taps_narrow` / :func:`.micro.taps_wide`) is followed by the epilogue of its 32
 output channels for each of its positions (:func:`_y32`, called with the popcounts in
 registers): popcounts to float in the register, weight scale, BatchNorm, the residual
 (optionally the 2x2 average of the input-sized map), RPReLU, the float map store, and the next
@@ -20,18 +20,19 @@ driver (:func:`.bconv.binary_conv_fused`) runs other units through the block buf
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 from numba import njit
 
 from .bitpack import LANES
-from .border import _border_class
+from .border import border_class
 from .micro import (
-    _block_offsets,
-    _block_positions,
-    _next,
-    _taps_narrow,
-    _taps_wide,
+    block_offsets,
     block_positions,
+    next_position,
     out_size,
+    taps_narrow,
+    taps_wide,
 )
 from .simd import (
     fadd,
@@ -51,38 +52,129 @@ from .simd import (
     store_u32,
 )
 
+__all__ = [
+    "AT_BITS",
+    "AT_BORDER",
+    "AT_PARITY",
+    "AT_RES",
+    "AT_Z",
+    "ROW",
+    "BlockContext",
+    "Epilogue",
+    "SliceParams",
+    "pools_output",
+    "register_epilogue_fits",
+    "residual_vec",
+    "slice_params",
+    "unit_block",
+    "unit_value",
+]
+
+# The position table of a block (``ppos``, int64): ``ROW`` entries per position, of which
+ROW = 8
+AT_Z = 0  # the float map offset (of the 2x2-averaged map with ``pool_out``)
+AT_RES = 1  # the residual offset (its 2x2 window's first pixel when pooled)
+AT_BITS = 2  # the packed-sign offset, in uint32 units
+AT_BORDER = 3  # the border table row (:func:`.border.border_class`) times the table's columns
+AT_PARITY = 4  # the output row's parity (with ``pool_out``: which half of a window it writes)
+
+
+class SliceParams(NamedTuple):
+    """The epilogue's parameters of 16 output channels, as float vectors (:func:`slice_params`)."""
+
+    scale: Any  # weight scale
+    mul: Any  # BatchNorm multiplier
+    add: Any  # BatchNorm offset
+    shift_in: Any  # RPReLU: shift, slope, shift
+    slope: Any
+    shift_out: Any
+    thr0: Any  # negated thresholds of the next layer's first sign set (:func:`.simd.sign_mask16`)
+    thr1: Any  # and of its second
+
+
+class Params32(NamedTuple):
+    """:class:`SliceParams` of the 32 channels of a weight block."""
+
+    lo: SliceParams  # channels co .. co + 16
+    hi: SliceParams  # co + 16 .. co + 32
+
+
+class Epilogue(NamedTuple):
+    """What a fused unit's epilogue reads and writes besides its popcounts, the same for every
+    block of one call (raw pointers: :func:`.simd.address`)."""
+
+    pprm: Any  # (6, cout) float32: weight scale, BatchNorm multiplier, offset, RPReLU
+    pthr: Any  # (t_sets, cout) float32: the next layer's RSign shifts
+    t_sets: int  # threshold sets (0: the last unit, no signs)
+    ktot: Any  # float32: the dot products' length K
+    pres: Any  # the residual, flat NHWC float32 with cg channels
+    pooled: bool  # the residual is the 2x2 average of an input-sized map
+    pz: Any  # the output float map (its 2x2 average with pool_out)
+    pool_out: bool
+    pob: Any  # the next layer's packed signs, as uint32
+    cout: int
+    opad: int  # zero border of the packed output
+    owords: int  # uint64 words per packed output pixel
+    hpo: int  # padded output size
+    wpo: int
+    tst32: int  # uint32 units between threshold sets
+    ptab: Any  # the zero-padding table (:func:`.border.border_table`)
+
+
+class BlockContext(NamedTuple):
+    """What :func:`_y32` needs of one weight block of one block of positions."""
+
+    ppos: Any  # the position table (``ROW`` int64 per position; see ``AT_*``)
+    pres: Any
+    cg: int
+    rw: int  # floats per row of the residual (pooled: of the input-sized map)
+    pooled: bool
+    pz: Any
+    pob: Any
+    tst32: int
+    t_sets: int
+    edge: bool  # some position sees the zero padding
+    ptab: Any
+    tcol: int  # the weight block's first column of the border table
+    pool_out: bool
+    cout: int
+
 
 @njit(cache=True, inline="always")
-def _slice_params(prm, thr, co, cout, t_sets, m2):
+def slice_params(prm, thr, co, cout, t_sets, m2):
     """The epilogue's parameters of the 16 channels from ``co`` on: the six rows of ``prm``
-    (weight scale, BatchNorm multiplier and offset, RPReLU shift, slope, shift) and the
-    negated thresholds of up to two sets (:func:`.simd.sign_mask16`), ``m2`` standing in for a
-    missing set."""
-    return (
-        fload(prm, co), fload(prm, cout + co), fload(prm, 2 * cout + co),
-        fload(prm, 3 * cout + co), fload(prm, 4 * cout + co), fload(prm, 5 * cout + co),
-        fneg(fload(thr, co)) if t_sets > 0 else m2,
-        fneg(fload(thr, cout + co)) if t_sets > 1 else m2,
-    )  # fmt: skip
-
-
-@njit(cache=True, inline="always")
-def _params32(pprm, pthr, co, cout, t_sets, m2):
-    """:func:`_slice_params` of the two 16-channel slices of channels ``co .. co + 32``."""
-    return (
-        _slice_params(pprm, pthr, co, cout, t_sets, m2),
-        _slice_params(pprm, pthr, co + 16, cout, t_sets, m2),
+    and the negated thresholds of up to two sets (:func:`.simd.sign_mask16`), ``m2`` standing in
+    for a missing set."""
+    return SliceParams(
+        scale=fload(prm, co),
+        mul=fload(prm, cout + co),
+        add=fload(prm, 2 * cout + co),
+        shift_in=fload(prm, 3 * cout + co),
+        slope=fload(prm, 4 * cout + co),
+        shift_out=fload(prm, 5 * cout + co),
+        thr0=fneg(fload(thr, co)) if t_sets > 0 else m2,
+        thr1=fneg(fload(thr, cout + co)) if t_sets > 1 else m2,
     )
 
 
 @njit(cache=True, inline="always")
-def _unit_value(pop, res_v, scale, mul, add, shift_in, slope, shift_out, ktot_v, m2):
-    """The fused unit's output from its popcounts (a float vector): weight scale, BatchNorm,
-    residual, RPReLU -- the float32 operations of PyTorch's model in its order (and of the
-    numpy reference); ``ktot - 2 * pop`` is exact, so one fused multiply-add computes it."""
-    y = fmul(ffma(pop, m2, ktot_v), scale)
-    y = fadd(fmul(y, mul), add)
-    return fadd(fprelu(fadd(fadd(y, res_v), shift_in), slope), shift_out)
+def _params32(pprm, pthr, co, cout, t_sets, m2):
+    """:func:`slice_params` of the two 16-channel slices of channels ``co .. co + 32``."""
+    return Params32(
+        lo=slice_params(pprm, pthr, co, cout, t_sets, m2),
+        hi=slice_params(pprm, pthr, co + 16, cout, t_sets, m2),
+    )
+
+
+@njit(cache=True, inline="always")
+def unit_value(pop, res_v, sp, ktot_v, m2):
+    """The fused unit's output from its popcounts (a float vector) and :class:`SliceParams`:
+    weight scale, BatchNorm, residual, RPReLU -- the float32 operations of PyTorch's model in
+    its order (and of the numpy reference); ``ktot - 2 * pop`` is exact, so one fused
+    multiply-add computes it."""
+    y = fmul(ffma(pop, m2, ktot_v), sp.scale)
+    y = fadd(fmul(y, sp.mul), sp.add)
+    return fadd(fprelu(fadd(fadd(y, res_v), sp.shift_in), sp.slope), sp.shift_out)
 
 
 @njit(cache=True, inline="always")
@@ -93,7 +185,7 @@ def _avg4(a, b, c, d):
 
 
 @njit(cache=True, inline="always")
-def _residual_vec(res, r0, r1, r2, r3, taps, c, count):
+def residual_vec(res, r0, r1, r2, r3, taps, c, count):
     """Channels ``c .. c + count`` (count <= 16) of the residual: the pixel at ``r0`` (``taps``
     1), or the average of the pixels at ``r0, r1`` (2) or ``r0 .. r3`` (4, :func:`_avg4`), in
     PyTorch's order; ``(r0 + r1) * 0.5`` is bit for bit ``/ 2``."""
@@ -118,7 +210,7 @@ def _residual_vec(res, r0, r1, r2, r3, taps, c, count):
 @njit(cache=True, inline="always")
 def _residual16(pres, r, cg, rw, pooled):
     """16 channels of the residual from flat offset ``r``: the value itself, or (``pooled``)
-    the 2x2 average of a map ``rw`` floats per row. Not through :func:`_residual_vec`, whose
+    the 2x2 average of a map ``rw`` floats per row. Not through :func:`residual_vec`, whose
     every branch Numba inlines before it can fold ``count`` (a first compile 3-5 s longer now
     that :func:`_y32` is its only caller; 39 s longer when the micro-kernels inlined it)."""
     if not pooled:
@@ -129,41 +221,39 @@ def _residual16(pres, r, cg, rw, pooled):
 @njit(cache=True)
 def _y32(pop0, pop1, P, E, p, co, c, kv, m2):
     """Position ``p``'s 32 output values ``co .. co + 32`` (residual channels ``c ..``) from its
-    popcounts (float vectors), as two vectors; the next layer's signs (32 bits per threshold
-    set) are stored on the way.
-
-    ``E``: the block's context (:func:`_unit_block`): its position table ``ppos`` holds, per
-    position, the float map, residual, packed-sign (uint32) and border-table offsets and the
-    row's parity.
+    popcounts (float vectors) and :class:`Params32` ``P``, as two vectors; the next layer's
+    signs (32 bits per threshold set) are stored on the way. ``E``: the :class:`BlockContext`.
 
     Compiled on its own and called, not inlined by Numba: inlined at Numba's IR level 16 times
     per micro-kernel it took half of the first compile (75 -> 38 s without), and the epilogue
     ran no faster (0.645-0.674 ms against 0.635-0.678, alternating runs).
     """
-    ppos, pres, cg, rw, pooled, pz, pob, tst32, t_sets, edge, ptab, tcol, pool_out, cout = E
-    (s0, mu0, ad0, si0, sl0, so0, ta0, tb0), (s1, mu1, ad1, si1, sl1, so1, ta1, tb1) = P
-    q = 8 * p
-    if edge:  # zero padding: the missing taps' half weight sums (row 0: interior, zeros)
-        t = load(ppos, q + 3) + tcol
-        pop0 = fadd(pop0, fload(ptab, t))
-        pop1 = fadd(pop1, fload(ptab, t + 16))
-    r = load(ppos, q + 1) + c
-    res0 = _residual16(pres, r, cg, rw, pooled)
-    res1 = _residual16(pres, r + 16, cg, rw, pooled)
-    y0 = _unit_value(pop0, res0, s0, mu0, ad0, si0, sl0, so0, kv, m2)
-    y1 = _unit_value(pop1, res1, s1, mu1, ad1, si1, sl1, so1, kv, m2)
-    o32 = load(ppos, q + 2) + co // 32
-    if cout % 64 == 32 and co + 32 == cout:
+    q = ROW * p
+    if E.edge:  # zero padding: the missing taps' half weight sums (row 0: interior, zeros)
+        t = load(E.ppos, q + AT_BORDER) + E.tcol
+        pop0 = fadd(pop0, fload(E.ptab, t))
+        pop1 = fadd(pop1, fload(E.ptab, t + 16))
+    r = load(E.ppos, q + AT_RES) + c
+    res0 = _residual16(E.pres, r, E.cg, E.rw, E.pooled)
+    res1 = _residual16(E.pres, r + 16, E.cg, E.rw, E.pooled)
+    lo, hi = P.lo, P.hi
+    y0 = unit_value(pop0, res0, lo, kv, m2)
+    y1 = unit_value(pop1, res1, hi, kv, m2)
+    o32 = load(E.ppos, q + AT_BITS) + co // 32
+    t_sets, pob = E.t_sets, E.pob
+    if E.cout % 64 == 32 and co + 32 == E.cout:
         # the last word holds only these 32 channels: one 64-bit store also clears the rest
         if t_sets > 0:
-            store(pob, o32 // 2, sign_mask16(y0, ta0) | (sign_mask16(y1, ta1) << 16))
+            store(pob, o32 // 2, sign_mask16(y0, lo.thr0) | (sign_mask16(y1, hi.thr0) << 16))
         if t_sets > 1:
-            store(pob, (o32 + tst32) // 2, sign_mask16(y0, tb0) | (sign_mask16(y1, tb1) << 16))
+            o = (o32 + E.tst32) // 2
+            store(pob, o, sign_mask16(y0, lo.thr1) | (sign_mask16(y1, hi.thr1) << 16))
         return y0, y1
     if t_sets > 0:
-        store_u32(pob, o32, sign_mask16(y0, ta0) | (sign_mask16(y1, ta1) << 16))
+        store_u32(pob, o32, sign_mask16(y0, lo.thr0) | (sign_mask16(y1, hi.thr0) << 16))
     if t_sets > 1:
-        store_u32(pob, o32 + tst32, sign_mask16(y0, tb0) | (sign_mask16(y1, tb1) << 16))
+        o = o32 + E.tst32
+        store_u32(pob, o, sign_mask16(y0, lo.thr1) | (sign_mask16(y1, hi.thr1) << 16))
     return y0, y1
 
 
@@ -171,9 +261,9 @@ def _y32(pop0, pop1, P, E, p, co, c, kv, m2):
 def _out32(pop0, pop1, P, E, p, co, c, kv, m2):
     """Position ``p``'s 32 channels (:func:`_y32`) into the float map."""
     y0, y1 = _y32(pop0, pop1, P, E, p, co, c, kv, m2)
-    zo = load(E[0], 8 * p) + co
-    fstore(E[5], zo, y0)
-    fstore(E[5], zo + 16, y1)
+    zo = load(E.ppos, ROW * p + AT_Z) + co
+    fstore(E.pz, zo, y0)
+    fstore(E.pz, zo + 16, y1)
 
 
 @njit(cache=True, inline="always")
@@ -187,9 +277,9 @@ def _pair32(pa0, pa1, pb0, pb1, P, E, p, co, c, kv, m2, count):
         return
     ya0, ya1 = _y32(pa0, pa1, P, E, p, co, c, kv, m2)
     yb0, yb1 = _y32(pb0, pb1, P, E, p + 1, co, c, kv, m2)
-    pz = E[5]
-    zo = load(E[0], 8 * p) + co
-    if load(E[0], 8 * p + 4) == 0:
+    pz = E.pz
+    zo = load(E.ppos, ROW * p + AT_Z) + co
+    if load(E.ppos, ROW * p + AT_PARITY) == 0:
         fstore(pz, zo, fadd(ya0, yb0))
         fstore(pz, zo + 16, fadd(ya1, yb1))
     else:
@@ -199,19 +289,19 @@ def _pair32(pa0, pa1, pb0, pb1, P, E, p, co, c, kv, m2, count):
 
 
 @njit(cache=True)
-def _unit_kernel_narrow(
-    pbits, b0, b1, b2, b3, b4, b5, b6, b7, pwt, wofs, k, rowstride, pprm, pthr, co, c, cout,
-    ktot, E, count,
-):  # fmt: skip
-    """8 positions (top-left taps ``b0 .. b7``) x 32 channels of a layer with at most 32 input
-    channels, from the tap loop to the float map and the next layer's signs."""
-    c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51, c60, c61, c70, c71 = _taps_narrow(
+def _unit_kernel_narrow(pbits, offsets, pwt, wofs, k, rowstride, pprm, pthr, co, c, ktot, E, count):
+    """8 positions (top-left taps ``offsets``) x 32 channels of a layer with at most 32 input
+    channels, from the tap loop to the float map and the next layer's signs. Only the
+    parameters' pointers of the :class:`Epilogue`: a call per weight block, and every field
+    passed costs (all 16: the epilogue 5 % slower)."""
+    b0, b1, b2, b3, b4, b5, b6, b7 = offsets
+    c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51, c60, c61, c70, c71 = taps_narrow(
         pbits, b0, b1, b2, b3, b4, b5, b6, b7, pwt, wofs, k, rowstride
     )
     m2 = fsplat(-2.0)
     kv = fsplat(ktot)
-    P = _params32(pprm, pthr, co, cout, E[8], m2)
-    if E[12]:
+    P = _params32(pprm, pthr, co, E.cout, E.t_sets, m2)
+    if E.pool_out:
         _pair32(ffrom_i32(c00), ffrom_i32(c01), ffrom_i32(c10), ffrom_i32(c11), P, E, 0, co, c,
                 kv, m2, count)  # fmt: skip
         _pair32(ffrom_i32(c20), ffrom_i32(c21), ffrom_i32(c30), ffrom_i32(c31), P, E, 2, co, c,
@@ -233,22 +323,22 @@ def _unit_kernel_narrow(
 
 @njit(cache=True)
 def _unit_kernel_wide(
-    pbits, b0, b1, b2, b3, pwt, wofs, k, rowstride, words, pprm, pthr, co, c, cout, ktot, E,
-    count,
-):  # fmt: skip
+    pbits, offsets, pwt, wofs, k, rowstride, words, pprm, pthr, co, c, ktot, E, count
+):
     """:func:`_unit_kernel_narrow` for wider layers: 4 positions x 32 channels on 64-bit lanes
     (two 8-lane accumulators make one 16-channel float vector)."""
-    c00, c01, c02, c03, c10, c11, c12, c13, c20, c21, c22, c23, c30, c31, c32, c33 = _taps_wide(
+    b0, b1, b2, b3 = offsets
+    c00, c01, c02, c03, c10, c11, c12, c13, c20, c21, c22, c23, c30, c31, c32, c33 = taps_wide(
         pbits, b0, b1, b2, b3, pwt, wofs, k, rowstride, words
     )
     m2 = fsplat(-2.0)
     kv = fsplat(ktot)
-    P = _params32(pprm, pthr, co, cout, E[8], m2)
+    P = _params32(pprm, pthr, co, E.cout, E.t_sets, m2)
     f00, f01 = ffrom_i64x2(c00, c01), ffrom_i64x2(c02, c03)
     f10, f11 = ffrom_i64x2(c10, c11), ffrom_i64x2(c12, c13)
     f20, f21 = ffrom_i64x2(c20, c21), ffrom_i64x2(c22, c23)
     f30, f31 = ffrom_i64x2(c30, c31), ffrom_i64x2(c32, c33)
-    if E[12]:
+    if E.pool_out:
         _pair32(f00, f01, f10, f11, P, E, 0, co, c, kv, m2, count)
         _pair32(f20, f21, f30, f31, P, E, 2, co, c, kv, m2, count)
         return
@@ -259,7 +349,7 @@ def _unit_kernel_wide(
 
 
 @njit(cache=True, inline="always")
-def _register_epilogue_fits(cg, k, t_sets, pooled, h, w):
+def register_epilogue_fits(cg, k, t_sets, pooled, h, w):
     """Whether a fused unit takes the register epilogue for every block (see the module)."""
     whole_taps = not pooled or (h % 2 == 0 and w % 2 == 0)
     return cg % LANES == 0 and (k == 1 or k == 3) and t_sets <= 2 and whole_taps
@@ -274,121 +364,127 @@ def pools_output(cin, cg, k, stride, t_sets, pooled, h, w):
     ho = out_size(h, k, stride)
     wo = out_size(w, k, stride)
     positions = block_positions(cin)
-    fits = _register_epilogue_fits(cg, k, t_sets, pooled, h, w)
+    fits = register_epilogue_fits(cg, k, t_sets, pooled, h, w)
     return fits and ho % 2 == 0 and wo % 2 == 0 and (2 * wo) % positions == 0
 
 
+class Offsets(NamedTuple):
+    """Where one output position's values go and its residual comes from (flat offsets)."""
+
+    z: int  # the float map (of the 2x2-averaged map with ``pool_out``)
+    res: int  # the residual (its 2x2 window's first pixel when pooled)
+    bits: int  # the packed signs, in uint32 units
+
+
 @njit(cache=True, inline="always")
-def _position_offsets(img, oy, ox, h, w, ho, wo, cout, cg, hpo, wpo, opad, owords, pooled,
-                      pool_out):  # fmt: skip
-    """Output (oy, ox)'s float map offset (of the 2x2-averaged map with ``pool_out``), residual
-    offset (its 2x2 window's first pixel when ``pooled``) and packed-sign offset (uint32)."""
-    if pool_out:
+def _position_offsets(geo, ep, img, oy, ox):
+    """The :class:`Offsets` of output (oy, ox)."""
+    ho, wo, cout, cg = geo.ho, geo.wo, ep.cout, geo.cg
+    if ep.pool_out:
         z = ((img * (ho // 2) + oy // 2) * (wo // 2) + ox // 2) * cout
     else:
         z = ((img * ho + oy) * wo + ox) * cout
-    if pooled:
-        r = ((img * h + 2 * oy) * w + 2 * ox) * cg
+    if ep.pooled:
+        r = ((img * geo.h + 2 * oy) * geo.w + 2 * ox) * cg
     else:
         r = ((img * ho + oy) * wo + ox) * cg
-    return z, r, ((img * hpo + oy + opad) * wpo + ox + opad) * owords * 2
+    o = ((img * ep.hpo + oy + ep.opad) * ep.wpo + ox + ep.opad) * ep.owords * 2
+    return Offsets(z=z, res=r, bits=o)
 
 
 @njit(cache=True, inline="always")
-def _any_positions(ppos, img, by, bx, count, positions, h, w, ho, wo, cout, cg, hpo, wpo, opad,
-                   owords, k, stride, cols, pooled, pool_out):  # fmt: skip
-    """The position table (see :func:`_y32`) of a block of ``count`` positions from (by, bx)
-    on, rows wrapping (unused positions repeat the last one); whether any position sees the
-    zero padding."""
+def _any_positions(ppos, geo, ep, img, by, bx, count):
+    """The position table of a block of ``count`` positions from (by, bx) on, rows wrapping
+    (unused positions repeat the last one); whether any position sees the zero padding."""
     oy, ox = by, bx
     edge = False
-    for p in range(positions):
+    for p in range(geo.positions):
         if 0 < p < count:
-            oy, ox = _next(oy, ox, wo)
-        q = 8 * p
-        z, r, o = _position_offsets(
-            img, oy, ox, h, w, ho, wo, cout, cg, hpo, wpo, opad, owords, pooled, pool_out
-        )
-        cls = _border_class(oy, ox, stride, h, w) if k == 3 else 0
-        store(ppos, q, z)
-        store(ppos, q + 1, r)
-        store(ppos, q + 2, o)
-        store(ppos, q + 3, cls * cols)
-        store(ppos, q + 4, oy % 2)
+            oy, ox = next_position(oy, ox, geo.wo)
+        q = ROW * p
+        at = _position_offsets(geo, ep, img, oy, ox)
+        cls = border_class(oy, ox, geo.stride, geo.h, geo.w) if geo.k == 3 else 0
+        store(ppos, q + AT_Z, at.z)
+        store(ppos, q + AT_RES, at.res)
+        store(ppos, q + AT_BITS, at.bits)
+        store(ppos, q + AT_BORDER, cls * geo.cols)
+        store(ppos, q + AT_PARITY, oy % 2)
         edge |= cls != 0
     return edge
 
 
 @njit(cache=True, inline="always")
-def _row_table(ppos, img, by, bx, positions, h, w, ho, wo, cout, cg, hpo, wpo, opad, owords, k,
-               stride, pooled, pool_out):  # fmt: skip
+def _row_table(ppos, geo, ep, img, by, bx):
     """:func:`_any_positions` of a whole block within one row that sees no zero padding, the
     usual case, by constant steps from its first position; False, writing nothing, for a block
     that sees the padding (only one at a row's ends or in the first or last row can) or starts
     at a 2x2 window's second column. (The general table's per-position arithmetic, timed alone,
     took 27 ns a block of 8 positions; with it the 3x3 32->32 unit at 112 px ran 7 % slower.)"""
-    if k == 3:
+    positions, stride = geo.positions, geo.stride
+    if geo.k == 3:
         y0 = by * stride - 1
-        if y0 < 0 or y0 + 3 > h or bx * stride - 1 < 0 or (bx + positions - 1) * stride + 2 > w:
+        if (
+            y0 < 0
+            or y0 + 3 > geo.h
+            or bx * stride - 1 < 0
+            or (bx + positions - 1) * stride + 2 > geo.w
+        ):
             return False
+    pool_out = ep.pool_out
     if pool_out and bx % 2 == 1:
         return False
-    z, r, o = _position_offsets(
-        img, by, bx, h, w, ho, wo, cout, cg, hpo, wpo, opad, owords, pooled, pool_out
-    )
-    rs = 2 * cg if pooled else cg
+    at = _position_offsets(geo, ep, img, by, bx)
+    rs = 2 * geo.cg if ep.pooled else geo.cg
     for p in range(positions):
-        q = 8 * p
-        store(ppos, q, z + (p // 2 if pool_out else p) * cout)  # pool_out: two columns a pixel
-        store(ppos, q + 1, r + p * rs)
-        store(ppos, q + 2, o + p * owords * 2)
+        q = ROW * p
+        # pool_out: two columns a pixel
+        store(ppos, q + AT_Z, at.z + (p // 2 if pool_out else p) * ep.cout)
+        store(ppos, q + AT_RES, at.res + p * rs)
+        store(ppos, q + AT_BITS, at.bits + p * ep.owords * 2)
         if pool_out:  # the row's parity: which half of the window's sum this row writes
-            store(ppos, q + 4, by % 2)
+            store(ppos, q + AT_PARITY, by % 2)
     return True
 
 
 @njit(cache=True)
-def _unit_block(
-    pbits, pwt, img, n, plane, groups, bpg, k, stride, rowstride, words, narrow, by, bx, count,
-    pprm, pthr, cout, t_sets, ktot, pres, pooled, h, w, ho, wo, cg, pz, pob, hpo, wpo, opad,
-    owords, tst32, ptab, cols, ppos, pool_out,
-):  # fmt: skip
+def unit_block(geo, ep, pbits, pwt, img, by, bx, count, ppos):
     """One block of ``count`` positions from (by, bx) on (row-major; a block's unused
     positions repeat its last one: the same values written twice) of a fused unit, every group
-    and weight block: tap loop and epilogue in one micro-kernel call each. ``pool_out``: ``pz``
-    is the 2x2-averaged map (:func:`pools_output`)."""
-    kk = k * k
-    positions = _block_positions(narrow)
-    o0, o1, o2, o3, o4, o5, o6, o7 = _block_offsets(
-        by, bx, count, positions, wo, stride, rowstride, words
-    )
+    and weight block: tap loop and epilogue in one micro-kernel call each. ``geo``: the
+    convolution's :class:`.micro.Geometry`; ``ep``: the unit's :class:`Epilogue`; ``ppos``: the
+    job's position table (``ROW * geo.positions`` int64). With ``ep.pool_out`` the float map is
+    the 2x2-averaged one (:func:`pools_output`)."""
+    kk = geo.k * geo.k
+    positions = geo.positions
+    offsets = block_offsets(geo, by, bx, count)
     edge = False
     filled = False
-    if count == positions and bx + positions <= wo:
-        filled = _row_table(
-            ppos, img, by, bx, positions, h, w, ho, wo, cout, cg, hpo, wpo, opad, owords, k,
-            stride, pooled, pool_out,
-        )  # fmt: skip
+    if count == positions and bx + positions <= geo.wo:
+        filled = _row_table(ppos, geo, ep, img, by, bx)
     if not filled:
-        edge = _any_positions(
-            ppos, img, by, bx, count, positions, h, w, ho, wo, cout, cg, hpo, wpo, opad, owords,
-            k, stride, cols, pooled, pool_out,
-        )  # fmt: skip
-    for g in range(groups):
-        base = (g * n + img) * plane
-        for j in range(bpg):
-            blk = g * bpg + j
-            E = (ppos, pres, cg, w * cg, pooled, pz, pob, tst32, t_sets, edge, ptab, blk * LANES,
-                 pool_out, cout)  # fmt: skip
-            if narrow:
+        edge = _any_positions(ppos, geo, ep, img, by, bx, count)
+    cg = geo.cg
+    for g in range(geo.groups):
+        base = (g * geo.n + img) * geo.plane
+        o0, o1, o2, o3, o4, o5, o6, o7 = offsets
+        for j in range(geo.bpg):
+            blk = g * geo.bpg + j
+            E = BlockContext(
+                ppos=ppos, pres=ep.pres, cg=cg, rw=geo.w * cg, pooled=ep.pooled, pz=ep.pz,
+                pob=ep.pob, tst32=ep.tst32, t_sets=ep.t_sets, edge=edge, ptab=ep.ptab,
+                tcol=blk * LANES, pool_out=ep.pool_out, cout=ep.cout,
+            )  # fmt: skip
+            if geo.narrow:
                 _unit_kernel_narrow(
-                    pbits, base + o0, base + o1, base + o2, base + o3, base + o4, base + o5,
-                    base + o6, base + o7, pwt, blk * kk * LANES, k, rowstride, pprm, pthr,
-                    g * cg + j * LANES, j * LANES, cout, ktot, E, count,
+                    pbits,
+                    (base + o0, base + o1, base + o2, base + o3, base + o4, base + o5, base + o6,
+                     base + o7),
+                    pwt, blk * kk * LANES, geo.k, geo.rowstride, ep.pprm, ep.pthr,
+                    g * cg + j * LANES, j * LANES, ep.ktot, E, count,
                 )  # fmt: skip
             else:
                 _unit_kernel_wide(
-                    pbits, base + o0, base + o1, base + o2, base + o3, pwt,
-                    blk * kk * words * LANES, k, rowstride, words, pprm, pthr, g * cg + j * LANES,
-                    j * LANES, cout, ktot, E, count,
+                    pbits, (base + o0, base + o1, base + o2, base + o3), pwt,
+                    blk * kk * geo.words * LANES, geo.k, geo.rowstride, geo.words, ep.pprm,
+                    ep.pthr, g * cg + j * LANES, j * LANES, ep.ktot, E, count,
                 )  # fmt: skip

@@ -13,9 +13,11 @@ straight from the registers to an int32 map as dot products ``K - 2 * popcount``
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from numba import njit
 
-from .bitpack import LANES, NARROW_CHANNELS
+from .bitpack import LANES, NARROW_CHANNELS, words_for
 from .simd import (
     address,
     load_u64,
@@ -31,7 +33,23 @@ from .simd import (
     vzero32,
 )
 
-__all__ = ["POSITIONS", "block_positions", "out_size"]
+__all__ = [
+    "POSITIONS",
+    "Geometry",
+    "advance",
+    "block_offsets",
+    "block_positions",
+    "geometry",
+    "kernel_calls",
+    "micro_kernel",
+    "micro_kernel_narrow",
+    "next_position",
+    "out_size",
+    "popcounts",
+    "positions_for",
+    "taps_narrow",
+    "taps_wide",
+]
 
 
 POSITIONS = 4  # output positions per block on wide layers (8 on narrow ones)
@@ -44,7 +62,7 @@ def out_size(size, k, stride):
 
 
 @njit(cache=True, inline="always")
-def _block_positions(narrow):
+def positions_for(narrow):
     """Output positions per micro-kernel call: 8 on narrow layers, else :data:`POSITIONS`."""
     return 2 * POSITIONS if narrow else POSITIONS
 
@@ -53,11 +71,61 @@ def _block_positions(narrow):
 def block_positions(cin):
     """Output positions per block (the unit of ``chunk``) of a convolution over ``cin`` input
     channels."""
-    return _block_positions(cin <= NARROW_CHANNELS)
+    return positions_for(cin <= NARROW_CHANNELS)
+
+
+class Geometry(NamedTuple):
+    """Sizes the binary convolution drivers derive from a convolution's shape (:func:`geometry`),
+    passed whole to the helpers that walk its blocks."""
+
+    n: int  # images
+    h: int  # input size
+    w: int
+    cin: int  # input channels
+    k: int  # kernel size (odd)
+    stride: int
+    groups: int
+    cg: int  # output channels per group
+    words: int  # uint64 words per input pixel
+    pad: int  # k // 2
+    hp: int  # padded input size
+    wp: int
+    ho: int  # output size
+    wo: int
+    narrow: bool  # at most NARROW_CHANNELS input channels: the 8-position micro-kernel
+    positions: int  # output positions per block
+    nblocks: int  # blocks per image
+    jobs_per_img: int  # parallel jobs per image (``chunk`` blocks each)
+    bpg: int  # 32-channel weight blocks per group
+    cols: int  # accumulator columns per position (groups * bpg * LANES)
+    ktot: int  # the dot products' length K = k * k * cin
+    rowstride: int  # words per padded input row
+    plane: int  # words per padded image plane of one group
 
 
 @njit(cache=True, inline="always")
-def _next(oy, ox, wo):
+def geometry(n, h, w, cin, k, stride, groups, cg, chunk):
+    """The :class:`Geometry` of a convolution, ``chunk`` blocks per parallel job."""
+    words = words_for(cin)
+    pad = k // 2
+    wp = w + 2 * pad
+    ho = out_size(h, k, stride)
+    wo = out_size(w, k, stride)
+    narrow = cin <= NARROW_CHANNELS
+    positions = positions_for(narrow)
+    nblocks = (ho * wo + positions - 1) // positions
+    bpg = (cg + LANES - 1) // LANES
+    return Geometry(
+        n=n, h=h, w=w, cin=cin, k=k, stride=stride, groups=groups, cg=cg, words=words, pad=pad,
+        hp=h + 2 * pad, wp=wp, ho=ho, wo=wo, narrow=narrow, positions=positions,
+        nblocks=nblocks, jobs_per_img=(nblocks + chunk - 1) // chunk, bpg=bpg,
+        cols=groups * bpg * LANES, ktot=k * k * cin, rowstride=wp * words,
+        plane=(h + 2 * pad) * wp * words,
+    )  # fmt: skip
+
+
+@njit(cache=True, inline="always")
+def next_position(oy, ox, wo):
     """The output position after (oy, ox) in row-major order."""
     if ox + 1 == wo:
         return oy + 1, 0
@@ -65,7 +133,7 @@ def _next(oy, ox, wo):
 
 
 @njit(cache=True, inline="always")
-def _advance(oy, ox, count, wo):
+def advance(oy, ox, count, wo):
     """The position ``count`` steps after (oy, ox) in row-major order."""
     ox += count
     while ox >= wo:
@@ -80,47 +148,49 @@ def _offset(oy, ox, stride, rowstride, words):
 
 
 @njit(cache=True, inline="always")
-def _block_offsets(oy, ox, count, positions, wo, stride, rowstride, words):
-    """Offsets of the top-left taps of up to 8 positions from (oy, ox) on, in row-major order;
-    those past ``count`` repeat the last real one (same work, no branches in the micro-kernel)."""
+def block_offsets(geo, oy, ox, count):
+    """Offsets of the top-left taps of up to 8 positions from (oy, ox) on, in row-major order,
+    within an image plane; those past ``count`` repeat the last real one (same work, no
+    branches in the micro-kernel)."""
+    stride, rowstride, words, wo = geo.stride, geo.rowstride, geo.words, geo.wo
     o0 = _offset(oy, ox, stride, rowstride, words)
     step = stride * words
-    if ox + positions <= wo:  # the usual case: the whole block lies in one row
+    if ox + geo.positions <= wo:  # the usual case: the whole block lies in one row
         return (o0, o0 + step, o0 + 2 * step, o0 + 3 * step, o0 + 4 * step, o0 + 5 * step,
                 o0 + 6 * step, o0 + 7 * step)  # fmt: skip
     o1 = o0
     if count > 1:
-        oy, ox = _next(oy, ox, wo)
+        oy, ox = next_position(oy, ox, wo)
         o1 = _offset(oy, ox, stride, rowstride, words)
     o2 = o1
     if count > 2:
-        oy, ox = _next(oy, ox, wo)
+        oy, ox = next_position(oy, ox, wo)
         o2 = _offset(oy, ox, stride, rowstride, words)
     o3 = o2
     if count > 3:
-        oy, ox = _next(oy, ox, wo)
+        oy, ox = next_position(oy, ox, wo)
         o3 = _offset(oy, ox, stride, rowstride, words)
     o4 = o3
     if count > 4:
-        oy, ox = _next(oy, ox, wo)
+        oy, ox = next_position(oy, ox, wo)
         o4 = _offset(oy, ox, stride, rowstride, words)
     o5 = o4
     if count > 5:
-        oy, ox = _next(oy, ox, wo)
+        oy, ox = next_position(oy, ox, wo)
         o5 = _offset(oy, ox, stride, rowstride, words)
     o6 = o5
     if count > 6:
-        oy, ox = _next(oy, ox, wo)
+        oy, ox = next_position(oy, ox, wo)
         o6 = _offset(oy, ox, stride, rowstride, words)
     o7 = o6
     if count > 7:
-        oy, ox = _next(oy, ox, wo)
+        oy, ox = next_position(oy, ox, wo)
         o7 = _offset(oy, ox, stride, rowstride, words)
     return o0, o1, o2, o3, o4, o5, o6, o7
 
 
 @njit(cache=True, inline="always")
-def _taps_wide(bits, b0, b1, b2, b3, wt, wofs, k, rowstride, words):
+def taps_wide(bits, b0, b1, b2, b3, wt, wofs, k, rowstride, words):
     """The 16 accumulators (4 positions x 4 vectors of 8 channels, position-major) of
     popcount(a ^ w) summed over taps and words: the inner loop every wide micro-kernel shares.
 
@@ -177,17 +247,17 @@ def _taps_wide(bits, b0, b1, b2, b3, wt, wofs, k, rowstride, words):
 
 
 @njit(cache=True)
-def _micro_kernel(
+def micro_kernel(
     bits, b0, b1, b2, b3, wt, wofs, k, rowstride, words, acc, out, direct, ktot, aofs, astride
 ):
     """popcount(a ^ w) summed over taps and words for 4 positions x 32 channels
-    (:func:`_taps_wide`).
+    (:func:`taps_wide`).
 
     Results of position ``p``, lane ``l`` go to ``[aofs + p * astride + l]`` of the float32
     ``acc`` as popcounts (exact: they stay far below 2**24), or with ``direct`` of the int32
     ``out`` as the dot products ``ktot - 2 * popcount``.
     """
-    c00, c01, c02, c03, c10, c11, c12, c13, c20, c21, c22, c23, c30, c31, c32, c33 = _taps_wide(
+    c00, c01, c02, c03, c10, c11, c12, c13, c20, c21, c22, c23, c30, c31, c32, c33 = taps_wide(
         bits, b0, b1, b2, b3, wt, wofs, k, rowstride, words
     )
     if direct:
@@ -218,7 +288,7 @@ def _micro_kernel(
 @njit(cache=True, inline="always")
 def _store4(out, o, stride, ktot, c00, c01, c02, c03, c10, c11, c12, c13, c20, c21, c22, c23,
             c30, c31, c32, c33):  # fmt: skip
-    """Dot products of :func:`_micro_kernel`'s 16 accumulators straight into int32 ``out``."""
+    """Dot products of :func:`micro_kernel`'s 16 accumulators straight into int32 ``out``."""
     vstore_dot(out, o, c00, ktot)
     vstore_dot(out, o + 8, c01, ktot)
     vstore_dot(out, o + 16, c02, ktot)
@@ -241,8 +311,8 @@ def _store4(out, o, stride, ktot, c00, c01, c02, c03, c10, c11, c12, c13, c20, c
 
 
 @njit(cache=True, inline="always")
-def _taps_narrow(bits, b0, b1, b2, b3, b4, b5, b6, b7, wt, wofs, k, rowstride):
-    """:func:`_taps_wide` for at most 32 input channels: 8 positions x 2 vectors of 16 channels
+def taps_narrow(bits, b0, b1, b2, b3, b4, b5, b6, b7, wt, wofs, k, rowstride):
+    """:func:`taps_wide` for at most 32 input channels: 8 positions x 2 vectors of 16 channels
     on 32-bit lanes (each pixel's word holds its bits in the low half), position-major.
 
     ``wt``: the narrow layout of :func:`.bitpack.kernel_weights`, 32 uint32 per tap and block;
@@ -298,14 +368,14 @@ def _taps_narrow(bits, b0, b1, b2, b3, b4, b5, b6, b7, wt, wofs, k, rowstride):
 
 
 @njit(cache=True)
-def _micro_kernel_narrow(
+def micro_kernel_narrow(
     bits, b0, b1, b2, b3, b4, b5, b6, b7, wt, wofs, k, rowstride, acc, out, direct, ktot, aofs,
     astride,
 ):  # fmt: skip
-    """:func:`_micro_kernel` for at most 32 input channels: 8 positions x 32 channels
-    (:func:`_taps_narrow`). Results as in :func:`_micro_kernel`.
+    """:func:`micro_kernel` for at most 32 input channels: 8 positions x 32 channels
+    (:func:`taps_narrow`). Results as in :func:`micro_kernel`.
     """
-    c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51, c60, c61, c70, c71 = _taps_narrow(
+    c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51, c60, c61, c70, c71 = taps_narrow(
         bits, b0, b1, b2, b3, b4, b5, b6, b7, wt, wofs, k, rowstride
     )
     if direct:
@@ -361,51 +431,40 @@ def _micro_kernel_narrow(
 
 
 @njit(cache=True, inline="always")
-def _kernel_calls(
-    pbits, pwt, pacc, pout, direct, ktot, dst, o0, o1, o2, o3, o4, o5, o6, o7, img, n, plane,
-    groups, bpg, k, rowstride, words, narrow,
-):  # fmt: skip
-    """One block: the micro-kernel for every weight block of every group. ``o0..o7``: the
-    positions' top-left taps within an image plane (``plane`` words; the 4-position kernel
-    reads the first four); results to ``dst + block * LANES`` of ``acc``/``out`` (raw pointers,
-    see :func:`.simd.address`: nothing is reference-counted in here)."""
-    cols = groups * bpg * LANES
-    kk = k * k
-    for g in range(groups):
-        base = (g * n + img) * plane
-        for j in range(bpg):
-            blk = g * bpg + j
-            if narrow:
-                _micro_kernel_narrow(
+def kernel_calls(geo, pbits, pwt, pacc, pout, direct, dst, offsets, img):
+    """One block: the micro-kernel for every weight block of every group. ``offsets``: the
+    positions' top-left taps within an image plane (:func:`block_offsets`; the 4-position
+    kernel reads the first four); results to ``dst + block * LANES`` of ``acc``/``out`` (raw
+    pointers, see :func:`.simd.address`: nothing is reference-counted in here)."""
+    o0, o1, o2, o3, o4, o5, o6, o7 = offsets
+    kk = geo.k * geo.k
+    for g in range(geo.groups):
+        base = (g * geo.n + img) * geo.plane
+        for j in range(geo.bpg):
+            blk = g * geo.bpg + j
+            if geo.narrow:
+                micro_kernel_narrow(
                     pbits, base + o0, base + o1, base + o2, base + o3, base + o4, base + o5,
-                    base + o6, base + o7, pwt, blk * kk * LANES, k, rowstride, pacc, pout, direct,
-                    ktot, dst + blk * LANES, cols,
+                    base + o6, base + o7, pwt, blk * kk * LANES, geo.k, geo.rowstride, pacc, pout,
+                    direct, geo.ktot, dst + blk * LANES, geo.cols,
                 )  # fmt: skip
             else:
-                _micro_kernel(
+                micro_kernel(
                     pbits, base + o0, base + o1, base + o2, base + o3, pwt,
-                    blk * kk * words * LANES, k, rowstride, words, pacc, pout, direct, ktot,
-                    dst + blk * LANES, cols,
+                    blk * kk * geo.words * LANES, geo.k, geo.rowstride, geo.words, pacc, pout,
+                    direct, geo.ktot, dst + blk * LANES, geo.cols,
                 )  # fmt: skip
 
 
 @njit(cache=True, inline="always")
-def _popcounts(
-    bits, img, n, hp, wp, words, k, stride, wo, oy, ox, count, wt, narrow, groups, bpg, acc, out,
-    direct, ktot, obase,
-):  # fmt: skip
-    """Popcounts of ``count`` positions from (oy, ox) on (at most :func:`_block_positions`),
-    for every weight block: into ``acc`` (positions, columns) or, with ``direct``, as dot
-    products into the int32 ``out`` from ``obase`` on (then ``count`` must be a full block and
-    the columns the output channels).
+def popcounts(geo, bits, wt, img, oy, ox, count, acc, out, direct, obase):
+    """Popcounts of ``count`` positions from (oy, ox) on (at most ``geo.positions``), for every
+    weight block: into ``acc`` (positions, columns) or, with ``direct``, as dot products into
+    the int32 ``out`` from ``obase`` on (then ``count`` must be a full block and the columns the
+    output channels).
     """
-    rowstride = wp * words
-    positions = _block_positions(narrow)
-    o0, o1, o2, o3, o4, o5, o6, o7 = _block_offsets(
-        oy, ox, count, positions, wo, stride, rowstride, words
-    )
-    _kernel_calls(
-        address(bits), address(wt), address(acc), address(out), direct, ktot,
-        obase if direct else 0, o0, o1, o2, o3, o4, o5, o6, o7, img, n, hp * rowstride, groups,
-        bpg, k, rowstride, words, narrow,
+    offsets = block_offsets(geo, oy, ox, count)
+    kernel_calls(
+        geo, address(bits), address(wt), address(acc), address(out), direct,
+        obase if direct else 0, offsets, img,
     )  # fmt: skip

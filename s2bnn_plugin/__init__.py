@@ -1,8 +1,7 @@
 """s2bnn-plugin: self-supervised 1-bit networks (S2-BNN) for solo-learn.
 
-Importing this package needs neither solo-learn nor any compiled code. Layout:
-``nn`` (quantizers, binary layers) <- ``backbones`` <- ``methods`` / ``export``
-<- ``solo`` / ``cli``.
+Importing this package needs neither solo-learn nor any compiled code. Its layers:
+CONTRIBUTING.md, "Architecture".
 """
 
 from __future__ import annotations

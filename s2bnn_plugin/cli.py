@@ -2,9 +2,10 @@
 
 Each sub-command has one ``_add_<name>`` function that builds its parser and one ``_cmd_<name>``
 function that only turns the parsed arguments into a call
-(:mod:`s2bnn_plugin.export.commands`, :mod:`s2bnn_plugin.evaluation.command`,
-:mod:`s2bnn_plugin.compat.install`, :mod:`s2bnn_plugin.doctor`, ...); the heavy imports (torch,
-numba and its kernels, solo-learn) happen inside the command that needs them, so
+(:mod:`s2bnn_plugin.export.commands`, :mod:`s2bnn_plugin.bench.commands`,
+:mod:`s2bnn_plugin.evaluation.command`, :mod:`s2bnn_plugin.solo_learn.install`,
+:mod:`s2bnn_plugin.doctor`, ...); the heavy imports (torch, numba and its kernels, solo-learn)
+happen inside the command that needs them, so
 ``s2bnn --help`` imports neither torch nor torchvision.
 
 Errors: the plugin's own (:class:`~s2bnn_plugin.errors.S2BNNError`: bad input, missing installs)
@@ -22,8 +23,8 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from s2bnn_plugin.compat.solo import configs_dir
 from s2bnn_plugin.errors import S2BNNError
+from s2bnn_plugin.solo_learn.locate import configs_dir
 
 __all__ = ["build_parser", "configs_dir", "main"]
 
@@ -53,7 +54,7 @@ def _run_solo(script_name: str, kind: str, args: argparse.Namespace) -> int:
     """Run one of solo-learn's scripts with the plugin registered (also in DDP children)."""
     import subprocess
 
-    from s2bnn_plugin.compat.solo import solo_command
+    from s2bnn_plugin.solo_learn.command import solo_command
 
     command = solo_command(
         script_name,
@@ -130,7 +131,8 @@ def _cmd_pack(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from s2bnn_plugin.export.commands import check, parse_kwargs
+    from s2bnn_plugin.bench.commands import check
+    from s2bnn_plugin.export.commands import parse_kwargs
 
     check(
         args.file,
@@ -150,7 +152,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from s2bnn_plugin.export.commands import bench
+    from s2bnn_plugin.bench.commands import bench
 
     bench(
         args.backbone,
@@ -175,7 +177,7 @@ def _load_solo_quietly() -> None:
     noise its imports print; without it the stages say what to install when they need it."""
     import warnings
 
-    from s2bnn_plugin.compat.solo import require_solo, solo_available
+    from s2bnn_plugin.solo_learn.locate import require_solo, solo_available
 
     if solo_available():
         with warnings.catch_warnings():
@@ -217,7 +219,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
 
 
 def _cmd_setup_solo(args: argparse.Namespace) -> int:
-    from s2bnn_plugin.compat.install import setup_solo
+    from s2bnn_plugin.solo_learn.install import setup_solo
 
     result = setup_solo(args.source, allow_other_commit=args.allow_other_commit, force=args.force)
     print(result.message)

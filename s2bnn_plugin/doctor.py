@@ -145,7 +145,8 @@ def _kernels() -> list[Check]:
 
 
 def _solo() -> list[Check]:
-    from s2bnn_plugin.compat.solo import SOLO_COMMIT, solo_checkout, tree_commit
+    from s2bnn_plugin.solo_learn.locate import solo_checkout
+    from s2bnn_plugin.solo_learn.pin import SOLO_COMMIT, tree_commit
 
     root = solo_checkout()
     if root is None:
@@ -180,11 +181,11 @@ def _solo() -> list[Check]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             from s2bnn_plugin.solo import register
+            from s2bnn_plugin.solo_learn.registry import solo_backbones, solo_methods
 
             register()
-            import solo.methods
 
-        ok = "s2bnn" in solo.methods.METHODS and "reactnet_a" in solo.methods.BaseMethod._BACKBONES
+        ok = "s2bnn" in solo_methods() and "reactnet_a" in solo_backbones()
         checks.append(
             Check(
                 "registration",

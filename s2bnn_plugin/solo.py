@@ -1,10 +1,8 @@
-"""Registration into solo-learn: the top of the plugin, where its backbones and methods meet
-solo-learn's registries.
+"""Registration into solo-learn: where the plugin's backbones and methods meet solo-learn's
+registries (:mod:`s2bnn_plugin.solo_learn.registry`).
 
-solo-learn has no plugin entry points; its scripts look names up in two class-level dicts,
-``solo.methods.base.BaseMethod._BACKBONES`` and ``solo.methods.METHODS``. :func:`register` adds
-ours there (idempotently). :class:`RegisterS2BNN` is a Hydra callback calling it, so that a config
-listing
+:func:`register` adds them there (idempotently). :class:`RegisterS2BNN` is a Hydra callback
+calling it, so that a config listing
 
     hydra:
       callbacks:
@@ -13,10 +11,9 @@ listing
 
 runs in an unmodified solo-learn checkout (and again in each DDP child, which Lightning re-launches
 with the same arguments); before the job starts it also checks the config against the hardware
-(:mod:`s2bnn_plugin.compat.preflight`), the names and ``method_kwargs`` it gives
-(:func:`check_config`) and the run it would resume (:mod:`s2bnn_plugin.compat.resume`). Finding
-solo-learn lives in :mod:`s2bnn_plugin.compat`
-(re-exported here under the names it always had).
+(:mod:`s2bnn_plugin.solo_learn.preflight`), the names and ``method_kwargs`` it gives
+(:meth:`RegisterS2BNN.check_config`) and the run it would resume
+(:mod:`s2bnn_plugin.solo_learn.resume`).
 """
 
 from __future__ import annotations
@@ -25,32 +22,15 @@ import sys
 from typing import Any
 
 from s2bnn_plugin.backbones import BACKBONES
-from s2bnn_plugin.compat.solo import (
-    CALLBACK_OVERRIDE,
-    INSTALL_HINT,
-    SoloLearnNotFound,
-    add_to_registry,
-    find_solo_script,
-    hydra_quote,
-    require_solo,
-    solo_available,
-    solo_checkout,
-)
 from s2bnn_plugin.errors import S2BNNError
+from s2bnn_plugin.solo_learn.registry import (
+    register_backbones,
+    register_methods,
+    solo_backbones,
+    solo_methods,
+)
 
-__all__ = [
-    "CALLBACK_OVERRIDE",
-    "INSTALL_HINT",
-    "find_solo_script",
-    "solo_checkout",
-    "hydra_quote",
-    "RegisterS2BNN",
-    "SoloLearnNotFound",
-    "check_config",
-    "register",
-    "require_solo",
-    "solo_available",
-]
+__all__ = ["RegisterS2BNN", "register"]
 
 
 def _methods() -> dict[str, Any]:
@@ -62,11 +42,8 @@ def _methods() -> dict[str, Any]:
 
 def register() -> None:
     """Add the plugin's backbones (and methods) to solo-learn's registries. Idempotent."""
-    methods_module = require_solo()
-    for name, factory in BACKBONES.items():
-        add_to_registry(methods_module.BaseMethod._BACKBONES, name, factory, "backbone")
-    for name, cls in _methods().items():
-        add_to_registry(methods_module.METHODS, name, cls, "method")
+    register_backbones(BACKBONES)
+    register_methods(_methods())
 
 
 try:  # Hydra is a dependency, but keep the module importable if a user strips it.
@@ -88,8 +65,8 @@ class RegisterS2BNN(_HydraCallback):
         register()
 
     def on_job_start(self, config: Any, **_: Any) -> None:
-        from s2bnn_plugin.compat.preflight import ConfigError, check_run_config
-        from s2bnn_plugin.compat.resume import check_resume
+        from s2bnn_plugin.solo_learn.preflight import ConfigError, check_run_config
+        from s2bnn_plugin.solo_learn.resume import check_resume
 
         try:
             check_run_config(config)
@@ -97,32 +74,37 @@ class RegisterS2BNN(_HydraCallback):
             print(f"s2bnn: this config cannot run here: {e}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
         try:
-            check_config(config)
+            self.check_config(config)
             check_resume(config)  # never continue a checkpoint trained with other settings
         except S2BNNError as e:
             print(f"s2bnn: bad config: {e}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
 
+    @staticmethod
+    def check_config(config: Any) -> None:
+        """Refuse what solo-learn would take silently or fail on with a bare assertion inside
+        ``main()``: an unknown ``backbone.name`` or ``method``; for ``method=s2bnn`` its
+        ``method_kwargs`` (unknown keys, values out of range:
+        :mod:`s2bnn_plugin.methods.settings`); ``scheduler.name=linear`` where nothing builds it,
+        or with settings out of range (:mod:`s2bnn_plugin.methods.schedule`). Raises an
+        :class:`~s2bnn_plugin.errors.S2BNNError` naming each problem and its fix."""
+        from omegaconf import OmegaConf
 
-def check_config(config: Any) -> None:
-    """Refuse what solo-learn would take silently or fail on with a bare assertion inside
-    ``main()``: an unknown ``backbone.name`` or ``method``, and for ``method=s2bnn`` its
-    ``method_kwargs`` (unknown keys, values out of range: :mod:`s2bnn_plugin.methods.settings`).
-    Raises an :class:`~s2bnn_plugin.errors.S2BNNError` naming each problem and its fix."""
-    from omegaconf import OmegaConf
+        from s2bnn_plugin.methods.schedule import scheduler_problems
+        from s2bnn_plugin.methods.settings import MethodConfigError, check_method_kwargs
+        from s2bnn_plugin.solo_learn.preflight import check_names
 
-    from s2bnn_plugin.compat.preflight import check_names
-    from s2bnn_plugin.methods.settings import check_method_kwargs
-
-    methods_module = require_solo()
-    registered = set(methods_module.BaseMethod._BACKBONES)
-    check_names(
-        config,
-        backbones={
-            "the plugin's": sorted(BACKBONES),
-            "solo-learn's": sorted(registered - set(BACKBONES)),
-        },
-        methods=sorted(methods_module.METHODS),
-    )
-    if OmegaConf.select(OmegaConf.create(config), "method", default=None) == "s2bnn":
-        check_method_kwargs(config)
+        registered = set(solo_backbones())
+        check_names(
+            config,
+            backbones={
+                "the plugin's": sorted(BACKBONES),
+                "solo-learn's": sorted(registered - set(BACKBONES)),
+            },
+            methods=sorted(solo_methods()),
+        )
+        if OmegaConf.select(OmegaConf.create(config), "method", default=None) == "s2bnn":
+            check_method_kwargs(config)
+        problems = scheduler_problems(config)  # scheduler.name=linear: method=s2bnn's only
+        if problems:
+            raise MethodConfigError("; ".join(problems))

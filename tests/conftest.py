@@ -12,7 +12,8 @@ import os
 import pytest
 import torch
 
-from s2bnn_plugin.solo import INSTALL_HINT, solo_available
+from s2bnn_plugin.solo_learn.locate import solo_available
+from s2bnn_plugin.solo_learn.pin import INSTALL_HINT
 
 SOLO = solo_available()
 IN_CI = os.environ.get("CI", "").lower() == "true"

@@ -6,6 +6,8 @@ runs the wrapper.
 
 - ``S2BNN_PROBE_OUT=DIR``: at the end of training each rank writes ``DIR/rank<r>.pt`` (its
   student's state dict, the logged metrics, which parameters DDP synchronises).
+  The record also holds ``lrs``: (epoch, global step, lr, initial lr) of each optimiser
+  parameter group, taken before every training batch.
 - ``S2BNN_PROBE_NO_RNG_RESTORE=1``: resume without restoring the random states (stock behaviour).
 """
 
@@ -21,6 +23,20 @@ from lightning.pytorch import Callback, Trainer
 
 
 class Probe(Callback):
+    def __init__(self) -> None:
+        self.lrs: list[tuple[int, int, list[float], list[float]]] = []
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        groups = trainer.optimizers[0].param_groups
+        self.lrs.append(
+            (
+                trainer.current_epoch,
+                trainer.global_step,
+                [g["lr"] for g in groups],
+                [g.get("initial_lr", g["lr"]) for g in groups],
+            )
+        )
+
     def on_train_end(self, trainer, module) -> None:
         out = os.environ.get("S2BNN_PROBE_OUT")
         if not out:
@@ -39,6 +55,7 @@ class Probe(Callback):
                 id(p) in synced for p in (teacher.parameters() if teacher is not None else [])
             ),
             "teacher_parameters": sum(1 for _ in teacher.parameters()) if teacher else 0,
+            "lrs": self.lrs,
         }
         torch.save(record, Path(out) / f"rank{trainer.global_rank}.pt")
 

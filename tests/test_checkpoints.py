@@ -153,3 +153,24 @@ def test_check_with_the_ckpt_of_a_resnet_is_one_line(tmp_path, capsys, packed):
     err = _one_line(capsys)
     assert f"{ckpt} holds a ResNet, not a binary backbone" in err
     assert "reactnet18(" in err and "give the checkpoint it was packed from" in err
+
+
+@pytest.mark.solo  # solo-learn builds its ResNet-18
+def test_a_solo_learn_cifar_resnet_gets_the_stem_solo_learn_trained_it_with(tmp_path):
+    """solo-learn trains its ResNets on CIFAR with a 3x3 stride-1 stem padded by 2 and no
+    max-pool: loading its checkpoint rebuilds that stem, so the features are the run's."""
+    torch.manual_seed(0)
+    trained = torchvision.models.resnet18()
+    trained.fc = torch.nn.Identity()
+    trained.conv1 = torch.nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=2, bias=False)
+    trained.maxpool = torch.nn.Identity()
+    trained.eval()
+    ckpt = _run(tmp_path, trained, {"name": "resnet18", "kwargs": {}})
+    args = json.loads((ckpt.parent / "args.json").read_text())
+    args["data"] = {"dataset": "cifar10"}
+    (ckpt.parent / "args.json").write_text(json.dumps(args))
+    model, name, _ = load_backbone(ckpt)
+    assert name == "resnet18" and isinstance(model.maxpool, torch.nn.Identity)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), trained(x), rtol=0, atol=0)

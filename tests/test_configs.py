@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from s2bnn_plugin.backbones import BACKBONES
-from s2bnn_plugin.cli import configs_dir
+from s2bnn_plugin.solo_learn.locate import configs_dir
 
 ROOT = configs_dir()
 CONFIGS = sorted(p for kind in ("pretrain", "linear") for p in (ROOT / kind).glob("*/*.yaml"))
@@ -60,10 +60,23 @@ def test_config_composes(path):
         assert OmegaConf.is_missing(cfg, "pretrained_feature_extractor")
 
 
+def test_the_callback_target_is_the_callback_class():
+    """The ``_target_`` the scripts' command lines add names the class Hydra must instantiate
+    (the configs' own ``_target_`` is checked above)."""
+    from hydra.utils import get_class
+
+    from s2bnn_plugin.solo import RegisterS2BNN
+    from s2bnn_plugin.solo_learn.command import CALLBACK_OVERRIDE, CALLBACK_TARGET
+
+    assert get_class(CALLBACK_TARGET) is RegisterS2BNN
+    assert CALLBACK_OVERRIDE == f"++hydra.callbacks.s2bnn._target_={CALLBACK_TARGET}"
+
+
 @pytest.mark.solo
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_methods_exist_in_solo_learn(path):
-    from s2bnn_plugin.solo import register, require_solo
+    from s2bnn_plugin.solo import register
+    from s2bnn_plugin.solo_learn.locate import require_solo
 
     register()
     cfg = _compose(path)
@@ -96,10 +109,56 @@ def test_cli_stops_quietly_when_its_reader_goes_away():
     assert "Traceback" not in err and "BrokenPipe" not in err, err
 
 
+S2BNN_AUG = sorted((ROOT / "pretrain").glob("*/augmentations/s2bnn_aug_plus.yaml"))
+
+
+@pytest.mark.parametrize("path", S2BNN_AUG, ids=lambda p: p.parent.parent.name)
+def test_s2bnn_augmentation_is_the_official_aug_plus(path):
+    """S2-BNN's --aug-plus (main_moco.py): RandomResizedCrop(scale 0.2-1), ColorJitter(0.4,
+    0.4, 0.4, 0.1) with p 0.6, grayscale p 0.2, Gaussian blur (sigma 0.1-2) with p 0.2,
+    horizontal flip; read back from the torchvision pipeline solo-learn builds from the file."""
+    pytest.importorskip("solo")
+    from solo.data.pretrain_dataloader import GaussianBlur, build_transform_pipeline
+    from torchvision import transforms as T
+
+    (aug,) = OmegaConf.load(path)
+    assert aug.num_crops == 2
+    assert aug.crop_size == (32 if path.parent.parent.name == "cifar" else 224)
+    pipeline = build_transform_pipeline("custom", aug).transforms
+    by_type = {}
+    for t in pipeline:
+        inner = t.transforms[0] if isinstance(t, T.RandomApply) else t
+        by_type[type(inner)] = (t, inner)
+    rrc = by_type[T.RandomResizedCrop][1]
+    assert rrc.size == (aug.crop_size, aug.crop_size) and rrc.scale == (0.2, 1.0)
+    apply, jitter = by_type[T.ColorJitter]
+    assert apply.p == 0.6
+    assert (jitter.brightness, jitter.contrast, jitter.saturation) == ((0.6, 1.4),) * 3
+    assert jitter.hue == (-0.1, 0.1)
+    assert by_type[T.RandomGrayscale][0].p == 0.2
+    apply, blur = by_type[GaussianBlur]
+    assert apply.p == 0.2 and list(blur.sigma) == [0.1, 2.0]
+    assert by_type[T.RandomHorizontalFlip][0].p == 0.5
+    kinds = {type(inner).__name__ for _, inner in by_type.values()}
+    assert not kinds & {"Solarization", "Equalization"}  # --aug-plus has neither
+
+
+@pytest.mark.parametrize("dataset", ["cifar", "custom", "imagenet-100", "imagenet"])
+def test_s2bnn_configs_compose_with_the_official_augmentation(dataset):
+    for name in ("s2bnn", "s2bnn_mocov2plus", "s2bnn_step1", "s2bnn_step2"):
+        cfg = _compose(ROOT / "pretrain" / dataset / f"{name}.yaml")
+        (aug,) = cfg.augmentations
+        assert aug.color_jitter.prob == 0.6 and aug.gaussian_blur.prob == 0.2, name
+        assert cfg.scheduler.name == "linear", name
+        crops = "all" if name == "s2bnn_mocov2plus" else "first"
+        assert cfg.method_kwargs.distill_crops == crops, name
+        assert cfg.method_kwargs.head_hidden_dim is None, name
+
+
 def test_the_demo_teacher_trains_from_the_simclr_config_it_is_named_for(monkeypatch, tmp_path):
     """The demo's teacher, composed as the demo asks solo-learn for it, is SimCLR from a file
     named for SimCLR, with nothing of another method left over (no MoCo queue or momentum)."""
-    import s2bnn_plugin.compat.solo as solo
+    import s2bnn_plugin.solo_learn.command as solo
     from s2bnn_plugin.demo import pipeline
 
     asked = {}

@@ -181,3 +181,36 @@ def test_a_batch_larger_than_the_data_is_refused_before_training(
     with pytest.raises(DemoError, match="of 41 images is larger than the 40 training images"):
         run_demo(cfg, quiet=True, log=lambda _: None)
     assert not (out / "runs").exists()
+
+
+@pytest.mark.solo
+@pytest.mark.parametrize("student", ["distill", "mixed"])
+def test_the_demo_students_keep_their_recipe_whatever_the_shipped_configs_say(
+    tmp_path, monkeypatch, student
+):
+    """The demo's measured tables are for a cosine decay per step over both large crops. The
+    shipped S2-BNN configs it starts from follow the official recipe (a linear decay per epoch,
+    one shared crop for distillation only); the demo's overrides must not inherit it. The
+    command the demo hands to solo-learn is composed by Hydra as the script would."""
+    from hydra import compose, initialize_config_dir
+
+    from s2bnn_plugin.demo import pipeline
+
+    commands = []
+    monkeypatch.setattr(
+        pipeline.subprocess, "call", lambda command, **_: commands.append(command) or 0
+    )
+    cfg = DemoConfig(out_dir=tmp_path)
+    spec = next(s for s in pipeline.demo_students(cfg) if s.name == student)
+    with pytest.raises(DemoError, match="no last-epoch checkpoint"):
+        pipeline.stage_student(cfg, spec, {"train": str(tmp_path)}, "t.ckpt", print, True)
+    (command,) = commands
+    at = command.index("--config-path")
+    folder, name, overrides = command[at + 1], command[at + 3], command[at + 4 : -1]
+    with initialize_config_dir(folder, version_base=None):
+        run = compose(config_name=name, overrides=overrides)
+    assert run.scheduler.name == "warmup_cosine"
+    assert run.scheduler.interval == "step"
+    assert run.scheduler.warmup_epochs == 0
+    assert run.method_kwargs.distill_crops == "all"
+    assert run.method_kwargs.get("loss", "kl") == "kl"

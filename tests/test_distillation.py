@@ -1,4 +1,4 @@
-"""S2-BNN's guided distribution calibration loss, checked against hand computations."""
+"""The distillation losses (S2-BNN's KL, BURN's mix), checked against hand computations."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import torch.nn.functional as F
 
 from s2bnn_plugin.methods.distillation import (
     DistillationHead,
+    burn_lambda,
+    burn_loss,
     calibration_stats,
     distillation_loss,
 )
@@ -153,3 +155,59 @@ def test_distillation_head_shapes_and_training():
     assert out.shape == (4, 5)
     distillation_loss(out, torch.randn(4, 5)).backward()
     assert all(p.grad is not None for p in head.parameters())
+
+
+# ------------------------------------------------------------------------- BURN's loss
+
+
+def sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def test_burn_loss_by_hand():
+    """s = (3, 4), t = (4, 3): normalised (0.6, 0.8) and (0.8, 0.6), squared distance 0.08; at
+    T = 1 the distributions are (1 - p, p) and (p, 1 - p) with p = sigmoid(1), so KL(t || s) =
+    (2p - 1) * ln(p / (1 - p)) = tanh(1/2). A second, identical pair adds 0 to both terms."""
+    student = torch.tensor([[3.0, 4.0], [1.0, 0.0]], requires_grad=True)
+    teacher = torch.tensor([[4.0, 3.0], [1.0, 0.0]])
+    parts = burn_loss(student, teacher, lam=0.25, temperature=1.0)
+    assert math.isclose(parts.feature.item(), 0.08 / 2, rel_tol=1e-6)
+    assert math.isclose(parts.kl.item(), math.tanh(0.5) / 2, rel_tol=1e-6)
+    expected = 0.75 * 0.04 + 0.25 * math.tanh(0.5) / 2
+    assert math.isclose(parts.loss.item(), expected, rel_tol=1e-6)
+
+
+def test_burn_loss_temperature_and_raw_logits():
+    """T = 0.5 doubles the logit gap (p = sigmoid(2): KL = 2 tanh(1)); the feature term ignores
+    the norms, the KL term does not (it takes the raw predictions over T, as BURN's head)."""
+    student, teacher = torch.tensor([[3.0, 4.0]]), torch.tensor([[4.0, 3.0]])
+    parts = burn_loss(student, teacher, lam=1.0, temperature=0.5)
+    assert math.isclose(parts.kl.item(), 2 * math.tanh(1.0), rel_tol=1e-6)
+    assert math.isclose(parts.loss.item(), parts.kl.item(), rel_tol=1e-6)
+    doubled = burn_loss(2 * student, teacher, lam=0.0, temperature=1.0)
+    assert math.isclose(doubled.loss.item(), 0.08, rel_tol=1e-6)
+    p, q = sigmoid(1.0), sigmoid(2.0)  # teacher (p, 1 - p), student (1 - q, q)
+    kl = p * math.log(p / (1 - q)) + (1 - p) * math.log((1 - p) / q)
+    assert math.isclose(doubled.kl.item(), kl, rel_tol=1e-6)
+
+
+def test_burn_loss_gradient_reaches_the_student_only():
+    student = torch.tensor([[3.0, 4.0]], requires_grad=True)
+    teacher = torch.tensor([[4.0, 3.0]], requires_grad=True)
+    burn_loss(student, teacher, lam=0.5, temperature=1.0).loss.backward()
+    assert teacher.grad is None
+    assert student.grad is not None and student.grad.abs().sum() > 0
+
+
+def test_burn_loss_shape_mismatch_is_refused():
+    with pytest.raises(ValueError, match="same shape"):
+        burn_loss(torch.zeros(2, 3), torch.zeros(2, 4), lam=0.5)
+
+
+@pytest.mark.parametrize(
+    "step,expected",
+    [(0, 0.1), (25, 0.3 - 0.1 * (1 + math.sqrt(0.5))), (50, 0.2), (100, 0.3), (150, 0.3)],
+)
+def test_burn_lambda_follows_a_half_cosine(step, expected):
+    """BURN's hook: lambda = end - (end - start) * (cos(pi * step / total) + 1) / 2."""
+    assert math.isclose(burn_lambda(step, 100, 0.1, 0.3), expected, rel_tol=1e-9)

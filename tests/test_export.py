@@ -174,7 +174,7 @@ def test_pickle(packed_cases):
 
 
 def test_packed_file_is_at_most_a_twentieth(tmp_path):
-    from s2bnn_plugin.export.bench import file_sizes
+    from s2bnn_plugin.export.report import file_sizes
 
     model = create_backbone("reactnet_a").eval()
     packed, fp32 = file_sizes(pack(model), model)
@@ -374,7 +374,8 @@ def test_pack_and_check_commands(tmp_path, capsys):
 def test_unit_epilogues_times_every_unit_on_its_own_input(packed_cases):
     """One row per binary unit, in the network's order, each fused unit timed with its binary
     convolution alone; timing leaves the network's results as they were."""
-    from s2bnn_plugin.export.bench import epilogue_table, unit_epilogues
+    from s2bnn_plugin.bench.profile import unit_epilogues
+    from s2bnn_plugin.bench.tables import epilogue_table
 
     _, net, size = packed_cases["a_cifar"]
     x = np.random.default_rng(3).standard_normal((1, 3, size, size)).astype(np.float32)
@@ -555,7 +556,8 @@ def test_check_fails_on_another_students_weights(tmp_path, capsys):
     """The packed file of one student checked against another's checkpoint exits 2, naming the
     measured values, the bounds and the flags; its own checkpoint passes; the flags move the
     bounds."""
-    from s2bnn_plugin.export.commands import AgreementError, check
+    from s2bnn_plugin.bench.commands import check
+    from s2bnn_plugin.export.commands import AgreementError
 
     name, kwargs, _ = CASES["a_cifar"]
     mine, other = trained_like(name, kwargs, seed=0), trained_like(name, kwargs, seed=1)

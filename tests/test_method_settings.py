@@ -11,7 +11,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from s2bnn_plugin.compat.solo import configs_dir
+from s2bnn_plugin.solo import RegisterS2BNN
+from s2bnn_plugin.solo_learn.locate import configs_dir
 
 pytestmark = pytest.mark.solo
 
@@ -20,7 +21,8 @@ S2BNN_CONFIGS = sorted((configs_dir() / "pretrain").glob("*/s2bnn*.yaml"))
 
 @pytest.fixture(scope="module")
 def solo():
-    from s2bnn_plugin.solo import register, require_solo
+    from s2bnn_plugin.solo import register
+    from s2bnn_plugin.solo_learn.locate import require_solo
 
     register()
     return require_solo()
@@ -239,38 +241,160 @@ def test_an_objective_whose_source_cannot_tell_is_not_checked(solo, teacher, mon
 
 
 def test_an_unknown_backbone_names_the_known_ones_and_the_nearest(solo, teacher):
-    from s2bnn_plugin.compat.preflight import ConfigError
-    from s2bnn_plugin.solo import check_config
+    from s2bnn_plugin.solo_learn.preflight import ConfigError
 
     cfg = config(teacher)
     cfg.backbone.name = "nonexistent"
     with pytest.raises(ConfigError) as info:
-        check_config(cfg)
+        RegisterS2BNN.check_config(cfg)
     message = str(info.value)
     assert message.startswith("backbone.name=nonexistent is not a known backbone;")
     assert "the plugin's: reactnet18, reactnet_a;" in message
     assert "solo-learn's: " in message and "resnet18" in message and "vit_small" in message
     cfg.backbone.name = "reactnet_b"
     with pytest.raises(ConfigError, match=r"\(did you mean reactnet_a\?\)"):
-        check_config(cfg)
+        RegisterS2BNN.check_config(cfg)
 
 
 def test_an_unknown_method_is_named(solo, teacher):
-    from s2bnn_plugin.compat.preflight import ConfigError
-    from s2bnn_plugin.solo import check_config
+    from s2bnn_plugin.solo_learn.preflight import ConfigError
 
     cfg = config(teacher)
     cfg.method = "s2bn"
     with pytest.raises(
         ConfigError, match=r"method=s2bn is not a known method \(did you mean s2bnn"
     ):
-        check_config(cfg)
+        RegisterS2BNN.check_config(cfg)
 
 
 def test_the_callback_checks_the_method_kwargs(solo, teacher):
     from s2bnn_plugin.methods.settings import MethodConfigError
-    from s2bnn_plugin.solo import check_config
 
-    check_config(config(teacher))
+    RegisterS2BNN.check_config(config(teacher))
     with pytest.raises(MethodConfigError, match="head_hidden_dim must be an int >= 1 .*, got 0$"):
-        check_config(config(teacher, head_hidden_dim=0))
+        RegisterS2BNN.check_config(config(teacher, head_hidden_dim=0))
+
+
+# ------------------------------------------------------------- loss, BURN's schedule, crops
+
+
+@pytest.mark.parametrize(
+    "kwargs,key,rule,shown",
+    [
+        ({"loss": "mse"}, "loss", "one of ['kl', 'burn']", "'mse'"),
+        (
+            {"loss": "burn", "burn_lambda_start": 1.5},
+            "burn_lambda_start",
+            "a number in [0, 1]",
+            "1.5",
+        ),
+        (
+            {"loss": "burn", "burn_lambda_end": -0.1},
+            "burn_lambda_end",
+            "a number in [0, 1]",
+            "-0.1",
+        ),
+        (
+            {"loss": "burn", "burn_lambda_end": "0.3"},
+            "burn_lambda_end",
+            "a number in [0, 1]",
+            "'0.3'",
+        ),
+        (
+            {"loss": "burn", "burn_lambda_start": math.nan},
+            "burn_lambda_start",
+            "a number in [0, 1]",
+            "nan",
+        ),
+        ({"distill_crops": "second"}, "distill_crops", "one of ['all', 'first']", "'second'"),
+        ({"head_hidden_dim": -3}, "head_hidden_dim", "an int >= 1 or null", "-3"),
+    ],
+)
+def test_loss_and_crop_settings_out_of_range(solo, teacher, kwargs, key, rule, shown):
+    message = refusal(config(teacher, **kwargs))
+    assert message.startswith(f"method_kwargs.{key} must be {rule}")
+    assert message.endswith(f"got {shown}")
+
+
+def test_burn_schedule_keys_without_loss_burn_are_refused(solo, teacher):
+    message = refusal(config(teacher, loss="kl", burn_lambda_end=0.3))
+    assert message.startswith("method_kwargs.burn_lambda_end is set (BURN's weight schedule)")
+    assert "set method_kwargs.loss=burn, or remove it" in message
+
+
+def test_loss_and_crop_range_ends_are_accepted(solo, teacher):
+    from s2bnn_plugin.methods.settings import check_method_kwargs
+
+    for start, end in ((0, 1), (1.0, 0.0), (0.1, 0.3)):
+        check_method_kwargs(
+            config(teacher, loss="burn", burn_lambda_start=start, burn_lambda_end=end)
+        )
+    check_method_kwargs(config(teacher, loss="kl", head_hidden_dim=None, distill_crops="all"))
+    check_method_kwargs(
+        config(teacher, "s2bnn_mocov2plus.yaml", loss="burn", distill_crops="first")
+    )
+
+
+# ------------------------------------------------------------------ scheduler.name=linear
+
+
+def run_config(file: str, teacher_ckpt: Path | None = None, kind: str = "pretrain", /, **scheduler):
+    cfg = OmegaConf.load(configs_dir() / kind / "custom" / file)
+    if teacher_ckpt is not None:
+        cfg.method_kwargs.teacher.ckpt = str(teacher_ckpt)
+    cfg.scheduler = OmegaConf.merge(cfg.scheduler, scheduler)
+    OmegaConf.set_struct(cfg, False)
+    return cfg
+
+
+def test_linear_schedule_for_another_method_is_refused_with_the_fix(solo):
+    from s2bnn_plugin.methods.settings import MethodConfigError
+
+    cfg = run_config("bnn_mocov2plus.yaml", name="linear")
+    with pytest.raises(MethodConfigError) as info:
+        RegisterS2BNN.check_config(cfg)
+    message = str(info.value)
+    assert message.startswith("scheduler.name=linear with method=mocov2plus: only method=s2bnn")
+    assert "set scheduler.name=warmup_cosine" in message
+    assert "method=s2bnn with method_kwargs.ssl_method=mocov2plus" in message
+    RegisterS2BNN.check_config(run_config("bnn_mocov2plus.yaml", name="warmup_cosine"))
+
+
+def test_linear_schedule_in_main_linear_is_refused(solo):
+    from s2bnn_plugin.methods.settings import MethodConfigError
+
+    cfg = run_config("reactnet_a.yaml", None, "linear", name="linear")
+    with pytest.raises(MethodConfigError, match=r"^scheduler.name=linear: main_linear.py's Linear"):
+        RegisterS2BNN.check_config(cfg)
+    RegisterS2BNN.check_config(run_config("reactnet_a.yaml", None, "linear"))
+
+
+@pytest.mark.parametrize(
+    "settings,start",
+    [
+        ({"interval": "batch"}, "scheduler.interval=batch: the linear decay steps per 'epoch'"),
+        ({"warmup_epochs": 200}, "scheduler.warmup_epochs=200 leaves no epoch to decay"),
+        ({"warmup_epochs": -1}, "scheduler.warmup_epochs=-1 must be a number >= 0"),
+        ({"min_lr": 1.0}, "scheduler.min_lr=1.0 must be a number in [0, optimizer.lr=0.0003]"),
+        ({"min_lr": -1e-5}, "scheduler.min_lr=-1e-05 must be a number in [0,"),
+        ({"warmup_epochs": 2, "warmup_start_lr": -1.0}, "scheduler.warmup_start_lr=-1.0 must"),
+    ],
+)
+def test_linear_schedule_settings_out_of_range(solo, teacher, settings, start):
+    from s2bnn_plugin.methods.settings import MethodConfigError
+
+    cfg = run_config("s2bnn.yaml", teacher, **settings)
+    with pytest.raises(MethodConfigError) as info:
+        RegisterS2BNN.check_config(cfg)
+    assert str(info.value).startswith(start)
+
+
+def test_the_shipped_s2bnn_configs_use_the_linear_schedule_and_pass(solo, teacher):
+
+    for path in S2BNN_CONFIGS:
+        cfg = OmegaConf.load(path)
+        assert cfg.scheduler.name == "linear" and cfg.scheduler.interval == "epoch", path
+        assert cfg.scheduler.warmup_epochs == 0, path
+    RegisterS2BNN.check_config(
+        run_config("s2bnn.yaml", teacher, warmup_epochs=5, warmup_start_lr=0.0)
+    )

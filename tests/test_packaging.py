@@ -26,12 +26,13 @@ def test_imports_without_solo_learn_or_numba():
         BLOCK
         + """
 import s2bnn_plugin, s2bnn_plugin.nn, s2bnn_plugin.backbones, s2bnn_plugin.teachers
-import s2bnn_plugin.methods, s2bnn_plugin.cli, s2bnn_plugin.solo as solo
+import s2bnn_plugin.methods, s2bnn_plugin.cli, s2bnn_plugin.solo
+from s2bnn_plugin.solo_learn import locate
 m = s2bnn_plugin.create_backbone('reactnet18', cifar=True, width_mult=0.1)
-assert not solo.solo_available()
+assert not locate.solo_available()
 try:
-    solo.require_solo()
-except solo.SoloLearnNotFound as e:
+    locate.require_solo()
+except locate.SoloLearnNotFound as e:
     assert 'vturrisi/solo-learn' in str(e) and '.pth' in str(e)
 else:
     raise SystemExit('require_solo did not fail')

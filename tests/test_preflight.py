@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
-from s2bnn_plugin.compat.preflight import ConfigError, check_run_config, cpu_processes
-from s2bnn_plugin.compat.solo import configs_dir
+from s2bnn_plugin.solo_learn.locate import configs_dir
+from s2bnn_plugin.solo_learn.preflight import ConfigError, check_run_config, cpu_processes
 
 CPU_OK = {"accelerator": "cpu", "devices": "1", "strategy": "auto", "sync_batchnorm": False}
 
@@ -124,14 +124,14 @@ def test_a_linear_config_with_a_packed_file_is_refused(tmp_path):
 def test_doctor_reports_each_missing_piece_with_its_fix(monkeypatch, capsys):
     from s2bnn_plugin import doctor
     from s2bnn_plugin.cli import main
-    from s2bnn_plugin.compat import solo as solo_compat
     from s2bnn_plugin.data import fashion_mnist
+    from s2bnn_plugin.solo_learn import locate
 
     def no_data(*_):
         raise fashion_mnist.FashionMNISTNotFound("Fashion-MNIST not found: apt-get install ...")
 
     monkeypatch.setattr(fashion_mnist, "find_fashion_mnist", no_data)
-    monkeypatch.setattr(solo_compat, "solo_checkout", lambda: None)
+    monkeypatch.setattr(locate, "solo_checkout", lambda: None)
     monkeypatch.setattr(doctor, "_version", lambda m: None if m == "matplotlib" else "1.0")
     checks = {c.name: c for c in doctor.diagnose()}
     assert not checks["solo-learn"].ok and checks["solo-learn"].fix == "s2bnn setup-solo"

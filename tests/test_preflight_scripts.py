@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from s2bnn_plugin.compat.solo import CALLBACK_OVERRIDE, configs_dir, find_solo_script
+from s2bnn_plugin.solo_learn.command import CALLBACK_OVERRIDE
+from s2bnn_plugin.solo_learn.locate import configs_dir, find_solo_script
 
 pytestmark = [pytest.mark.solo, pytest.mark.slow]
 

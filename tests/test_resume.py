@@ -15,7 +15,9 @@ from omegaconf import OmegaConf, open_dict
 from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
-from s2bnn_plugin.compat.resume import (
+from s2bnn_plugin.solo_learn.command import hydra_quote
+from s2bnn_plugin.solo_learn.locate import configs_dir
+from s2bnn_plugin.solo_learn.resume import (
     DIGEST_KEY,
     Difference,
     ResumeMismatch,
@@ -23,7 +25,6 @@ from s2bnn_plugin.compat.resume import (
     differences,
     file_sha256,
 )
-from s2bnn_plugin.compat.solo import configs_dir, hydra_quote
 
 SMALL = [
     "augmentations=mocov2_32.yaml",
@@ -66,7 +67,7 @@ def test_differences_compare_leaves():
 def test_new_runs_are_not_looked_at(tmp_path, monkeypatch):
     """No checkpoint to continue: the config is not resolved (nothing imported, no teacher
     read)."""
-    from s2bnn_plugin.compat import resume
+    from s2bnn_plugin.solo_learn import resume
 
     calls = []
 
@@ -266,7 +267,7 @@ def test_auto_resume_settings_solo_learn_ignores_start_a_new_run(fresh):
 def test_linear_runs_are_compared_too(fresh):
     """main_linear.py's auto-resume looks in checkpoint.dir/linear and matches on the backbone
     and the features, not the data: another training set is refused."""
-    from s2bnn_plugin.compat.resume import resolved_config
+    from s2bnn_plugin.solo_learn.resume import resolved_config
 
     def linear(*overrides: str):
         with initialize_config_dir(str(configs_dir() / "linear" / "custom"), version_base="1.2"):

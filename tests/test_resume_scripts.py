@@ -16,8 +16,9 @@ import torch
 import torchvision
 from PIL import Image
 
-from s2bnn_plugin.compat.resume import file_sha256
-from s2bnn_plugin.compat.solo import configs_dir, find_solo_script, hydra_quote
+from s2bnn_plugin.solo_learn.command import hydra_quote
+from s2bnn_plugin.solo_learn.locate import configs_dir, find_solo_script
+from s2bnn_plugin.solo_learn.resume import file_sha256
 
 pytestmark = [pytest.mark.solo, pytest.mark.slow]
 

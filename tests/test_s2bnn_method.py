@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -691,3 +693,111 @@ def test_ddp_spawn_pickles_the_mixed_model(methods, teacher_ckpt):
     assert any(k.startswith("backbone.") for k in moved)
     assert any(k.startswith("distill_head.") for k in moved)
     assert torch.isfinite(trainer.callback_metrics["train_distill_loss"])
+
+
+# ---------------------------------------------------------------------------------------------
+# loss=burn, distill_crops, the head's default width, scheduler.name=linear
+
+
+def test_burn_loss_pairs_the_views_across_and_logs_each_term(methods, teacher_ckpt, monkeypatch):
+    """loss=burn: student crop 0 against teacher crop 1 and 1 against 0 (BURN's pairing), the
+    mean of the two mixes at lambda = burn_lambda_start outside a Trainer, each term logged."""
+    from s2bnn_plugin.methods.distillation import burn_loss
+
+    model, cfg = make(
+        methods, teacher_ckpt, "none", loss="burn", burn_lambda_start=0.4, temperature=0.5
+    )
+    assert cfg.method_kwargs.burn_lambda_end == 0.3  # BURN's default end value
+    logs = capture_logs(model, monkeypatch)
+    model.train()
+    batch = a_batch()
+    loss = model.training_step(batch, 0)
+    _, crops, targets = batch
+    with torch.no_grad():
+        xs = [x.to(memory_format=torch.channels_last) for x in crops]
+        preds = [model.distill_head(model.backbone(x)) for x in xs]
+        targets_ = [model.teacher(x) for x in xs]
+    parts = [burn_loss(preds[0], targets_[1], 0.4, 0.5), burn_loss(preds[1], targets_[0], 0.4, 0.5)]
+    close = dict(rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        logs["train_distill_loss"], (parts[0].loss + parts[1].loss) / 2, **close
+    )
+    torch.testing.assert_close(
+        logs["train_burn_feature_loss"], (parts[0].feature + parts[1].feature) / 2, **close
+    )
+    torch.testing.assert_close(logs["train_burn_kl_loss"], (parts[0].kl + parts[1].kl) / 2, **close)
+    assert float(logs["train_burn_lambda"]) == pytest.approx(0.4)
+    torch.testing.assert_close(loss, logs["train_class_loss"] + logs["train_distill_loss"], **close)
+
+
+def test_burn_lambda_moves_with_the_trainers_steps(methods, teacher_ckpt):
+    from solo_utils import fit
+
+    cfg = s2bnn_cfg(teacher_ckpt, "none", loss="burn", burn_lambda_start=0.0, burn_lambda_end=1.0)
+    model = methods["s2bnn"](cfg)
+    seen = []
+    original = model._burn_lambda
+    model._burn_lambda = lambda: seen.append(original()) or seen[-1]
+    fit(model, cfg, steps=4)
+    # steps 0..3 of 4: (1 - cos(pi * k / 4)) / 2
+    assert seen == pytest.approx([(1 - math.cos(math.pi * k / 4)) / 2 for k in range(4)])
+
+
+def test_distill_crops_first_feeds_the_first_crop_to_teacher_and_student(
+    methods, teacher_ckpt, monkeypatch
+):
+    model, _ = make(methods, teacher_ckpt, "none", distill_crops="first")
+    logs = capture_logs(model, monkeypatch)
+    seen = []
+    forward = model.teacher.forward
+    monkeypatch.setattr(model.teacher, "forward", lambda x: seen.append(x) or forward(x))
+    model.train()
+    batch = a_batch()
+    model.training_step(batch, 0)
+    _, crops, _ = batch
+    assert len(seen) == 1 and torch.equal(seen[0], crops[0])
+    with torch.no_grad():
+        x = crops[0].to(memory_format=torch.channels_last)
+        expected = distillation_loss(model.distill_head(model.backbone(x)), model.teacher(x), 0.2)
+    torch.testing.assert_close(logs["train_distill_loss"], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_head_hidden_width_defaults_to_the_backbones(methods, teacher_ckpt):
+    """S2-BNN's code: the MLP's hidden width is the backbone's (dim_mlp = fc.in_features)."""
+    model, cfg = make(methods, teacher_ckpt, "none", head_hidden_dim=None)
+    assert cfg.method_kwargs.head_hidden_dim is None
+    assert model.distill_head[0].out_features == model.features_dim
+    assert model.distill_head[-1].in_features == model.features_dim
+
+
+def test_linear_schedule_decays_per_step_and_keeps_static_groups(
+    methods, teacher_ckpt, monkeypatch
+):
+    """scheduler.name=linear, interval=step: after k of n optimiser steps the lr is
+    lr * (1 - k / n); a group marked static_lr (as SimSiam's predictor) keeps its lr."""
+    from solo_utils import fit
+
+    cfg = s2bnn_cfg(teacher_ckpt, "none")
+    cfg.scheduler = {"name": "linear", "interval": "step"}
+    model = methods["s2bnn"](cfg)
+    assert cfg.scheduler.warmup_epochs == 0  # S2-BNN's default, not solo-learn's 10
+    own = S2BNN_learnable_params()
+
+    def marked(self):  # fresh dicts on every call, as solo-learn's methods build them
+        return [dict(g, static_lr=True) if g["name"] == "distill_head" else g for g in own(self)]
+
+    monkeypatch.setattr(type(model), "learnable_params", property(marked))
+    trainer = fit(model, cfg, steps=3)
+    lrs = {g["name"]: g["lr"] for g in trainer.optimizers[0].param_groups}
+    assert trainer.estimated_stepping_batches == 3
+    assert lrs["backbone"] == pytest.approx(3e-4 * (1 - 3 / 3), abs=1e-12)
+    assert lrs["distill_head"] == pytest.approx(3e-4)
+    # the decay itself, one step before the end
+    trainer.lr_scheduler_configs[0].scheduler.step(2)
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(3e-4 / 3)
+
+
+def S2BNN_learnable_params():  # noqa: N802
+    from s2bnn_plugin.methods.s2bnn import S2BNN
+
+    return S2BNN.learnable_params.fget

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from s2bnn_plugin.compat import install
-from s2bnn_plugin.compat.solo import COMMIT_MARKER, SOLO_COMMIT, is_solo_tree, tree_commit
 from s2bnn_plugin.errors import S2BNNError
+from s2bnn_plugin.solo_learn import install
+from s2bnn_plugin.solo_learn.locate import is_solo_tree
+from s2bnn_plugin.solo_learn.pin import COMMIT_MARKER, SOLO_COMMIT, tree_commit
 
 OTHER = "0123456789abcdef0123456789abcdef01234567"
 

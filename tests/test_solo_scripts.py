@@ -16,7 +16,7 @@ import torch
 import torchvision
 from PIL import Image
 
-from s2bnn_plugin.cli import configs_dir
+from s2bnn_plugin.solo_learn.locate import configs_dir
 
 pytestmark = [pytest.mark.solo, pytest.mark.slow]
 
@@ -52,7 +52,7 @@ def workspace(tmp_path_factory) -> Path:
 
 
 def _script(name: str) -> str:
-    from s2bnn_plugin.solo import find_solo_script
+    from s2bnn_plugin.solo_learn.locate import find_solo_script
 
     return str(find_solo_script(name))
 
@@ -191,6 +191,63 @@ def probe(workspace: Path, config: str, name: str, extra: list[str], **env: str)
     if proc.returncode != 0:
         raise AssertionError(f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
     return proc, out
+
+
+@pytest.mark.parametrize(
+    "config,extra,factors",
+    [
+        # the official schedule: lr * (1 - epoch / 4), once per epoch
+        ("s2bnn.yaml", [], [1.0, 0.75, 0.5, 0.25]),
+        # mixed with MoCo v2, one warmup epoch from 0: then 1 - (epoch - 1) / 3
+        (
+            "s2bnn_mocov2plus.yaml",
+            [
+                "method_kwargs.ssl_kwargs.queue_size=64",
+                "scheduler.warmup_epochs=1",
+                "++scheduler.warmup_start_lr=0.0",
+            ],
+            [0.0, 1.0, 2 / 3, 1 / 3],
+        ),
+    ],
+    ids=["distillation-only", "mixed-warmup"],
+)
+def test_linear_schedule_lr_at_each_epoch(workspace, config, extra, factors):
+    """main_pretrain.py with the shipped scheduler.name=linear (interval: epoch): the lr every
+    parameter group trains with in each epoch, read before every batch of the run."""
+    name = f"lr-{config.split('.')[0]}"
+    out = workspace / name / "probe"
+    out.mkdir(parents=True)
+    probe(
+        workspace, config, name, ["max_epochs=4", "checkpoint.enabled=false", *extra], out=str(out)
+    )
+    record = torch.load(out / "rank0.pt", weights_only=True)
+    by_epoch: dict[int, set] = {}
+    for epoch, _, lrs, initial in record["lrs"]:
+        assert all(i > 0 for i in initial)
+        by_epoch.setdefault(epoch, set()).add(
+            tuple(round(lr / i, 9) for lr, i in zip(lrs, initial))
+        )
+    assert sorted(by_epoch) == [0, 1, 2, 3]
+    for epoch, factor in enumerate(factors):
+        (seen,) = by_epoch[epoch]  # constant within the epoch, the same in every group
+        assert seen == pytest.approx((factor,) * len(seen)), epoch
+
+
+def test_linear_schedule_for_another_method_stops_before_training(workspace):
+    overrides = [
+        f"data.train_path={workspace / 'data' / 'train'}",
+        "scheduler.name=linear",
+        "wandb.enabled=false",
+        "accelerator=cpu",
+        'devices="1"',
+    ]
+    proc = run_solo(
+        "main_pretrain.py", "pretrain", "bnn_mocov2plus.yaml", overrides, workspace, False
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "scheduler.name=linear with method=mocov2plus" in proc.stderr
+    assert "set scheduler.name=warmup_cosine" in proc.stderr
+    assert "Epoch 0" not in proc.stderr
 
 
 def newest(folder: Path, pattern: str) -> Path:

@@ -28,7 +28,6 @@ import json
 import math
 import numbers
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -317,7 +316,7 @@ def _train(
     seed: int,
 ) -> Path:
     """Run solo-learn's main_pretrain.py for one model; return its last checkpoint."""
-    from s2bnn_plugin.compat.solo import solo_command
+    from s2bnn_plugin.solo_learn.command import solo_command
 
     run_dir = (cfg.out_dir / "runs" / name).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -375,8 +374,11 @@ def _common(cfg: DemoConfig, data: dict[str, Any], batch_size: int, lr: float) -
         "optimizer.name=adam",
         f"optimizer.lr={lr}",
         "optimizer.weight_decay=0.0",
+        # the demo's own short recipe, whatever the shipped configs' (S2-BNN's linear decay
+        # per epoch): a cosine decay per step, no warmup
         "scheduler.name=warmup_cosine",
         "++scheduler.warmup_epochs=0",
+        "++scheduler.interval=step",
     ]
 
 
@@ -449,6 +451,7 @@ def stage_student(
             f"method_kwargs.teacher.ckpt={teacher_ckpt}",
             "method_kwargs.teacher.format=solo",
             f"method_kwargs.head_hidden_dim={cfg.proj_hidden_dim}",
+            "++method_kwargs.distill_crops=all",  # both large crops, as the objective's
         ]
     ckpt = _train(cfg, spec.name, spec.config, overrides, cfg.epochs, log, quiet, spec.seed)
     return {"checkpoint": str(ckpt)}
@@ -559,7 +562,7 @@ def stage_eval(
 
 def check_solo() -> None:
     """Fail at once, before any data work, when solo-learn or matplotlib is missing."""
-    from s2bnn_plugin.compat.solo import SoloLearnNotFound, find_solo_script, require_solo
+    from s2bnn_plugin.solo_learn.locate import SoloLearnNotFound, find_solo_script, require_solo
 
     try:
         require_solo()
@@ -700,9 +703,3 @@ def run_demo(
     if until in (None, "report"):
         log(f"results: {cfg.out_dir / 'results.md'}")
     return out
-
-
-def clean_run(out_dir: Path, name: str) -> None:
-    """Forget one stage (and its checkpoints), e.g. to retrain it: used by tests."""
-    shutil.rmtree(out_dir / "runs" / name, ignore_errors=True)
-    (out_dir / "stages" / f"{name}.json").unlink(missing_ok=True)

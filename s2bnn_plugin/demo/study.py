@@ -334,7 +334,7 @@ def _base_method_keys(config: str) -> list[str]:
     """Keys of ``method_kwargs`` in one of the plugin's custom pretrain configs."""
     from omegaconf import OmegaConf
 
-    from s2bnn_plugin.compat.solo import configs_dir
+    from s2bnn_plugin.solo_learn.locate import configs_dir
 
     cfg = OmegaConf.load(configs_dir() / "pretrain" / "custom" / config)
     return list(cfg.get("method_kwargs") or {})

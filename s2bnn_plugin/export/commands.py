@@ -1,5 +1,6 @@
-"""``s2bnn pack``, ``s2bnn check`` and ``s2bnn bench``: typed functions the command line only
-parses arguments for.
+"""``s2bnn pack``: a typed function the command line only parses arguments for, and what it
+shares with ``s2bnn check`` and ``s2bnn bench`` (:mod:`s2bnn_plugin.bench.commands`, which time
+the network): the numeric argument checks, the feature agreement and its bounds.
 
 Each prints its report; user errors (missing or unreadable files, a model that cannot be packed,
 an existing output) are raised as :class:`~s2bnn_plugin.errors.S2BNNError` subclasses.
@@ -18,14 +19,22 @@ import numpy as np
 from s2bnn_plugin.errors import S2BNNError, UsageError
 
 __all__ = [
+    "BATCH_RANGE",
     "MAX_FLIPPED",
+    "MAX_WIDTH_MULT",
     "MIN_COSINE",
+    "REPEATS_RANGE",
+    "SIZE_RANGE",
     "Agreement",
     "AgreementError",
-    "bench",
-    "check",
+    "agreement",
+    "bounds_args",
+    "float_arg",
+    "int_arg",
     "pack_checkpoint",
     "parse_kwargs",
+    "require_agreement",
+    "threads_arg",
 ]
 
 MIN_COSINE = 0.9
@@ -71,20 +80,24 @@ def parse_kwargs(text: str | None) -> dict[str, Any] | None:
 # ---------------------------------------------------------------------------------- arguments
 
 
-def _int_arg(flag: str, value: object, lo: int, hi: int, why: str = "") -> int:
+def int_arg(flag: str, value: object, lo: int, hi: int, why: str = "") -> int:
+    """``value`` as an int in ``[lo, hi]``, or a :class:`UsageError` naming ``flag``."""
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
         raise UsageError(f"{flag} must be an integer in [{lo}, {hi}]{why}, got {value!r}")
     return value
 
 
-def _threads_arg(value: object) -> int:
+def threads_arg(value: object) -> int:
+    """A ``--threads`` value: a positive int no larger than Numba's thread pool."""
     import numba
 
     most = numba.config.NUMBA_NUM_THREADS
-    return _int_arg("--threads", value, 1, most, f" (this machine's {most} CPU threads)")
+    return int_arg("--threads", value, 1, most, f" (this machine's {most} CPU threads)")
 
 
-def _float_arg(flag: str, value: object, lo: float, hi: float, *, open_low: bool = False) -> float:
+def float_arg(flag: str, value: object, lo: float, hi: float, *, open_low: bool = False) -> float:
+    """``value`` as a float in ``[lo, hi]`` (``(lo, hi]`` with ``open_low``), or a
+    :class:`UsageError` naming ``flag``."""
     ok = not isinstance(value, bool) and isinstance(value, int | float)
     ok = ok and (lo < value if open_low else lo <= value) and value <= hi
     if not ok:
@@ -93,10 +106,11 @@ def _float_arg(flag: str, value: object, lo: float, hi: float, *, open_low: bool
     return float(value)
 
 
-def _bounds_args(min_cosine: object, max_flipped: object) -> tuple[float, float]:
+def bounds_args(min_cosine: object, max_flipped: object) -> tuple[float, float]:
+    """The agreement bounds ``--min-cosine`` and ``--max-flipped``, checked."""
     return (
-        _float_arg("--min-cosine", min_cosine, -1.0, 1.0),
-        _float_arg("--max-flipped", max_flipped, 0.0, 1.0),
+        float_arg("--min-cosine", min_cosine, -1.0, 1.0),
+        float_arg("--max-flipped", max_flipped, 0.0, 1.0),
     )
 
 
@@ -146,7 +160,7 @@ class Agreement:
         return out
 
 
-def _agreement(model: Any, net: Any, size: int, batch: int, seed: int = 0) -> Agreement:
+def agreement(model: Any, net: Any, size: int, batch: int, seed: int = 0) -> Agreement:
     """Feature differences between the float model and the packed network on a random batch."""
     import torch
 
@@ -176,9 +190,11 @@ def _agreement(model: Any, net: Any, size: int, batch: int, seed: int = 0) -> Ag
     )
 
 
-def _require_agreement(
+def require_agreement(
     agree: Agreement, what: str, reference: str, min_cosine: float, max_flipped: float
 ) -> None:
+    """Raise :class:`AgreementError` naming ``what`` and ``reference`` when ``agree`` is outside
+    the bounds."""
     failures = agree.failures(min_cosine, max_flipped)
     if failures:
         raise AgreementError(
@@ -205,10 +221,10 @@ def pack_checkpoint(
 
     Nothing is written when the model cannot be packed (including NaN or infinite weights or
     statistics) or when the packed network's features on 2 random images disagree with the
-    float model's beyond ``min_cosine`` / ``max_flipped`` (see :func:`check`):
+    float model's beyond ``min_cosine`` / ``max_flipped`` (see ``bench.commands.check``):
     :class:`AgreementError`. Returns the agreement figures."""
-    check_size = _int_arg("--check-size", check_size, *SIZE_RANGE)
-    min_cosine, max_flipped = _bounds_args(min_cosine, max_flipped)
+    check_size = int_arg("--check-size", check_size, *SIZE_RANGE)
+    min_cosine, max_flipped = bounds_args(min_cosine, max_flipped)
     from tqdm.auto import tqdm
 
     from s2bnn_plugin.checkpoints import load_backbone
@@ -227,9 +243,9 @@ def pack_checkpoint(
         net = pack_model(model, progress=progress)
         bar.update()
         bar.set_postfix_str("checking against the float model")
-        agree = _agreement(model, net, check_size, 2)
+        agree = agreement(model, net, check_size, 2)
         bar.update()
-    _require_agreement(
+    require_agreement(
         agree,
         f"the packed network ({check_size} px, 2 random images; nothing written)",
         f"the float model of {checkpoint}",
@@ -237,7 +253,7 @@ def pack_checkpoint(
         max_flipped,
     )
     net.save(out)
-    from s2bnn_plugin.export.bench import file_sizes
+    from s2bnn_plugin.export.report import file_sizes
 
     packed, fp32 = file_sizes(net, model)
     print(f"{name}({json.dumps(kwargs)}) -> {out}")
@@ -252,136 +268,3 @@ def pack_checkpoint(
         f"similarity {agree.min_cosine:.6f}"
     )
     return agree
-
-
-def check(
-    file: str | os.PathLike[str],
-    *,
-    ckpt: str | os.PathLike[str] | None = None,
-    backbone: str | None = None,
-    backbone_kwargs: dict[str, Any] | None = None,
-    size: int = 224,
-    batch: int = 8,
-    threads: int = 1,
-    repeats: int = 3,
-    min_cosine: float = MIN_COSINE,
-    max_flipped: float = MAX_FLIPPED,
-    verbose: bool = False,
-    progress: bool = True,
-) -> Agreement:
-    """``s2bnn check FILE [--ckpt CKPT]``: agreement, file size, speed; returns the agreement
-    figures.
-
-    Raises :class:`AgreementError` (exit code 2 from ``s2bnn``) after printing the agreement
-    when any image's features have a cosine similarity below ``min_cosine`` with the float
-    model's, or more than ``max_flipped`` of the images (and more than one) have a flipped
-    sign bit. Sign flips near a threshold are expected of a correct packing (float rounding
-    differs); the defaults pass those with a wide margin and fail another network's weights."""
-    size = _int_arg("--size", size, *SIZE_RANGE)
-    batch = _int_arg("--batch", batch, *BATCH_RANGE)
-    threads = _threads_arg(threads)
-    repeats = _int_arg("--repeats", repeats, *REPEATS_RANGE)
-    min_cosine, max_flipped = _bounds_args(min_cosine, max_flipped)
-    from tqdm.auto import tqdm
-
-    from s2bnn_plugin.checkpoints import load_backbone, require_backbone
-    from s2bnn_plugin.export import load
-    from s2bnn_plugin.export.bench import end_to_end, file_sizes, markdown_table
-
-    net = load(file)
-    if ckpt:
-        model, _, _ = load_backbone(ckpt, backbone, backbone_kwargs)
-        require_backbone(model, ckpt, net.backbone, net.backbone_kwargs)
-        reference = f"the float model of {ckpt}"
-    else:
-        model = net.to_torch()
-        reference = "the float twin rebuilt from the file (no --ckpt given)"
-    print(f"{file}: {net!r}")
-    if verbose:
-        print(net.describe())
-    with tqdm(total=3, desc="check", disable=not progress) as bar:
-        bar.set_postfix_str("agreement")
-        agree = _agreement(model, net, size, batch)
-        bar.update()
-        # above the bar, which stays for the stages that follow
-        tqdm.write(f"agreement with {reference}, {batch} random images at {size} px:")
-        tqdm.write(f"  {agree.summary()}")
-        _require_agreement(agree, f"{file}", reference, min_cosine, max_flipped)
-        bar.set_postfix_str("sizes")
-        packed, fp32 = file_sizes(net, model)
-        bar.update()
-        bar.set_postfix_str("speed")
-        timing = end_to_end(model, net, size, batch, threads, repeats)
-        bar.update()
-    rows = [
-        [
-            "file size",
-            f"{packed / 1e6:.3f} MB",
-            f"{fp32 / 1e6:.3f} MB (fp32 state dict)",
-            f"1/{fp32 / packed:.1f}",
-        ],
-        [
-            f"batch {batch}, {threads} thread(s)",
-            f"{timing.packed_s * 1e3:.2f} ms",
-            f"{timing.torch_s * 1e3:.2f} ms (PyTorch fp32)",
-            f"{timing.speedup:.1f}x",
-        ],
-    ]
-    print(markdown_table(["", "packed", "float", "ratio"], rows))
-    return agree
-
-
-def bench(
-    backbone: str = "reactnet_a",
-    *,
-    width_mult: float = 1.0,
-    size: int = 224,
-    batches: tuple[int, ...] = (1, 32),
-    threads: tuple[int, ...] = (1, 2),
-    repeats: int = 3,
-    layers: bool = False,
-    progress: bool = True,
-) -> None:
-    """``s2bnn bench``: end-to-end (and per-layer) speed table on a random-weight model."""
-    width_mult = _float_arg("--width-mult", width_mult, 0.0, MAX_WIDTH_MULT, open_low=True)
-    size = _int_arg("--size", size, *SIZE_RANGE)
-    if not batches or not threads:
-        raise UsageError("--batch and --threads need at least one value each")
-    batches = tuple(_int_arg("--batch", b, *BATCH_RANGE) for b in batches)
-    threads = tuple(_threads_arg(t) for t in threads)
-    repeats = _int_arg("--repeats", repeats, *REPEATS_RANGE)
-    from tqdm.auto import tqdm
-
-    from s2bnn_plugin.backbones import create_backbone
-    from s2bnn_plugin.export.bench import (
-        end_to_end,
-        file_sizes,
-        layer_table,
-        layer_timings,
-        markdown_table,
-    )
-    from s2bnn_plugin.export.packer import pack_model
-
-    # an unknown name or a bad setting: a BackboneError (S2BNNError), its message as it is
-    model = create_backbone(backbone, width_mult=width_mult).eval()
-    net = pack_model(model)
-    jobs = [(b, t) for t in threads for b in batches]
-    rows = []
-    for batch, n_threads in tqdm(jobs, desc="bench", disable=not progress):
-        t = end_to_end(model, net, size, batch, n_threads, repeats)
-        ms = (f"{t.torch_s * 1e3:.1f}", f"{t.packed_s * 1e3:.2f}", f"{t.speedup:.1f}x")
-        rows.append([f"{backbone} {size} px", batch, n_threads, *ms])
-    print(
-        markdown_table(
-            ["model", "batch", "threads", "PyTorch fp32 ms", "packed ms", "speedup"], rows
-        )
-    )
-    if layers:
-        timings = [r for t in threads for r in layer_timings(net, size, t, repeats)]
-        print()
-        print(layer_table(timings))
-    packed, fp32 = file_sizes(net, model)
-    print(
-        f"\nfile: {packed / 1e6:.3f} MB packed vs {fp32 / 1e6:.3f} MB fp32 state dict "
-        f"(1/{fp32 / packed:.1f})"
-    )

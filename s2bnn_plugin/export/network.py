@@ -20,6 +20,7 @@ come out NaN, as in the PyTorch model; the other images of the batch are unaffec
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
@@ -34,7 +35,7 @@ import numpy as np
 from s2bnn_plugin.export import reference as ref
 from s2bnn_plugin.export.format import check_arrays, read_packed, validate, write_packed
 
-__all__ = ["KernelCall", "PackedNetwork", "load"]
+__all__ = ["KernelCall", "PackedNetwork", "UnitCall", "load"]
 
 ENGINES = ("numba", "numpy")
 CACHE_BYTES = 6 << 20  # float maps of one chunk of images should fit well inside L2 + L3
@@ -80,14 +81,73 @@ def _pools_residual(unit: dict, i: int, pool_out: list[bool]) -> bool:
     return unit["residual"] == "avgpool" and not (i > 0 and pool_out[i - 1])
 
 
+@dataclass(frozen=True)
+class UnitCall:
+    """One binary unit's kernel call, by name: :meth:`fused_args` are the arguments of
+    :func:`~s2bnn_plugin.kernels.binary_conv_fused` (the whole unit), :meth:`conv_args` those of
+    :func:`~s2bnn_plugin.kernels.binary_conv_acc` on the same input (its binary convolution
+    alone: exact int32 accumulations), which the benchmark times beside it."""
+
+    bits: np.ndarray  # packed input signs (groups, n, h + 2 pad, w + 2 pad, words)
+    n: int
+    h: int
+    w: int
+    in_channels: int
+    kernel: int
+    stride: int
+    weight: np.ndarray  # kernels.kernel_weights layout
+    wsum: np.ndarray  # kernels.tap_sums
+    groups: int
+    group_channels: int
+    params: np.ndarray  # (6, C): weight scale, BatchNorm multiplier and offset, RPReLU
+    residual: np.ndarray  # flat NHWC float32, group_channels channels
+    pooled: bool  # the unit averages the residual's 2x2 windows itself
+    out: np.ndarray  # the output float map (its 2x2 average with pool_out)
+    thresholds: np.ndarray  # (T, C): the next layer's RSign shifts
+    out_pad: int  # zero border of the packed output (the next kernel's padding)
+    out_bits: np.ndarray  # the next layer's packed signs
+    pool_out: bool  # writes only the output map's 2x2 average
+    chunk: int  # blocks of output positions per parallel job
+
+    @property
+    def out_channels(self) -> int:
+        return self.groups * self.group_channels
+
+    @property
+    def out_shape(self) -> tuple[int, int, int, int]:
+        """(n, ho, wo, C) of the convolution's output (padding ``kernel // 2``)."""
+        k, s, pad = self.kernel, self.stride, self.kernel // 2
+        ho, wo = (self.h + 2 * pad - k) // s + 1, (self.w + 2 * pad - k) // s + 1
+        return self.n, ho, wo, self.out_channels
+
+    def fused_args(self) -> tuple:
+        """The arguments of ``binary_conv_fused``, in its order."""
+        return (
+            self.bits, self.n, self.h, self.w, self.in_channels, self.kernel, self.stride,
+            self.weight, self.wsum, self.groups, self.group_channels, self.params, self.residual,
+            self.pooled, self.out, self.thresholds, self.out_pad, self.out_bits, self.pool_out,
+            self.chunk,
+        )  # fmt: skip
+
+    def conv_args(self, out: np.ndarray) -> tuple:
+        """The arguments of ``binary_conv_acc`` over the same input and weights, writing its
+        int32 accumulations (:attr:`out_shape`, flat or not) to ``out``."""
+        return (
+            self.bits, self.n, self.h, self.w, self.in_channels, self.kernel, self.stride,
+            self.weight, self.wsum, self.groups, self.group_channels, self.chunk, out,
+        )  # fmt: skip
+
+
 @dataclass
 class KernelCall:
-    """One compiled call of the forward pass: ``fn(*args)``; ``unit``: binary unit index."""
+    """One compiled call of the forward pass: ``fn(*args)``; for a binary unit, ``unit`` is its
+    index and ``binary`` its arguments by name (``args`` is ``binary.fused_args()``)."""
 
     name: str
     fn: Any
     args: tuple
     unit: int | None = None
+    binary: UnitCall | None = None
 
 
 @dataclass
@@ -216,7 +276,7 @@ class PackedNetwork:
         if engine == "numpy":
             return self._forward_numpy(x)
         _announce_compilation()
-        chunk = self._images_per_chunk(x.shape[2], x.shape[3])
+        chunk = self.images_per_chunk(x.shape[2], x.shape[3])
         out = np.empty((n, self.num_features), np.float32)
         with self._lock:
             for start in range(0, n, chunk):
@@ -274,7 +334,7 @@ class PackedNetwork:
         from s2bnn_plugin.kernels import pools_output
 
         specs = self.spec["units"]
-        shapes = self._shapes(h, w)
+        shapes = self.shapes(h, w)
         out: list[bool] = []
         for i, u in enumerate(specs[:-1]):
             hh, ww, c = shapes[i]
@@ -286,8 +346,8 @@ class PackedNetwork:
             out.append(specs[i + 1]["residual"] == "avgpool" and bool(fits))
         return [*out, False]
 
-    def _shapes(self, h: int, w: int) -> list[tuple[int, int, int]]:
-        """(H, W, C) of the stem output and of every unit's output."""
+    def shapes(self, h: int, w: int) -> list[tuple[int, int, int]]:
+        """(H, W, C) of the stem output and of every unit's output for an ``h`` x ``w`` input."""
         stem = self.spec["stem"]
         k, s, p = stem["kernel"], stem["stride"], stem["padding"]
         h, w = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
@@ -300,21 +360,21 @@ class PackedNetwork:
             shapes.append((h, w, u["groups"] * u["group_channels"]))
         return shapes
 
-    def _images_per_chunk(self, h: int, w: int) -> int:
+    def images_per_chunk(self, h: int, w: int) -> int:
         """Images per pass: as many as keep the float maps in cache, and at least one per
         thread -- every compiled call then splits its work by image first (its jobs are split
         evenly between the threads), so that at batch > 1 each thread works on whole images of
         its own and a pass's fork-and-joins are shared by as many images as there are threads."""
         import numba
 
-        largest = max(hh * ww * c for hh, ww, c in self._shapes(h, w)) * 4
+        largest = max(hh * ww * c for hh, ww, c in self.shapes(h, w)) * 4
         return max(numba.get_num_threads(), CACHE_BYTES // max(1, largest))
 
     def _buffers(self, n: int, h: int, w: int) -> dict:
         key = (n, h, w)
         if key in self._workspaces:
             return self._workspaces[key]
-        shapes = self._shapes(h, w)
+        shapes = self.shapes(h, w)
         specs = self.spec["units"]
         buf: dict[str, Any] = {}
         sh, sw, sc = shapes[0]
@@ -380,7 +440,7 @@ class PackedNetwork:
         x = self.check_input(x)
         units = self._runtime_units()
         n, _, h, w = x.shape
-        shapes = self._shapes(h, w)
+        shapes = self.shapes(h, w)
         buf = self._buffers(n, h, w)
         stem = self.spec["stem"]
         sw, saff = self.arrays["stem.weight"], self.arrays["stem.affine"]
@@ -412,12 +472,31 @@ class PackedNetwork:
                 res = buf["proj"][i]
                 args = (maps[i], n, hh, ww, c, s["stride"] == 2, u.proj_weight, u.proj_affine, res)
                 calls.append(KernelCall(f"{s['name']}.shortcut", K.projection_shortcut, args))
-            args = (
-                bits[i], n, hh, ww, c, s["kernel"], s["stride"], u.weight, u.wsum, s["groups"],
-                s["group_channels"], u.params, res, pooled, maps[i + 1], u.thr_next,
-                u.pad_next, bits[i + 1], pool_out[i], self._job_chunk(n, ho * wo, c),
-            )  # fmt: skip
-            calls.append(KernelCall(s["name"], K.binary_conv_fused, args, unit=i))
+            unit = UnitCall(
+                bits=bits[i],
+                n=n,
+                h=hh,
+                w=ww,
+                in_channels=c,
+                kernel=s["kernel"],
+                stride=s["stride"],
+                weight=u.weight,
+                wsum=u.wsum,
+                groups=s["groups"],
+                group_channels=s["group_channels"],
+                params=u.params,
+                residual=res,
+                pooled=pooled,
+                out=maps[i + 1],
+                thresholds=u.thr_next,
+                out_pad=u.pad_next,
+                out_bits=bits[i + 1],
+                pool_out=pool_out[i],
+                chunk=self._job_chunk(n, ho * wo, c),
+            )
+            calls.append(
+                KernelCall(s["name"], K.binary_conv_fused, unit.fused_args(), unit=i, binary=unit)
+            )
         hh, ww, c = shapes[-1]
         out = np.empty((n, c), np.float32)
         calls.append(KernelCall("pool", K.global_avgpool, (maps[-1], n, hh * ww, c, out)))
@@ -435,7 +514,7 @@ class PackedNetwork:
             buf[key] = self.kernel_calls(x)
         calls, out = buf[key]
         first = calls[0]
-        calls[0] = KernelCall(first.name, first.fn, (x, *first.args[1:]), first.unit)
+        calls[0] = dataclasses.replace(first, args=(x, *first.args[1:]))  # the stem's input
         for call in calls:
             call.fn(*call.args)
         return out

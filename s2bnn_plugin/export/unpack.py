@@ -9,8 +9,9 @@ computes what the packed network computes, up to float summation order.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -20,10 +21,16 @@ from s2bnn_plugin.export import rules as _rules  # noqa: F401  (registers the bu
 from s2bnn_plugin.export.format import PackedFormatError
 from s2bnn_plugin.export.walker import PackError, walk_model
 
-if TYPE_CHECKING:  # network.py imports this module (to_torch): no import back at run time
-    from s2bnn_plugin.export.network import PackedNetwork
+__all__ = ["Packed", "unpack"]
 
-__all__ = ["unpack"]
+
+class Packed(Protocol):
+    """What :func:`unpack` reads of a packed network: its specification and arrays (a
+    :class:`~s2bnn_plugin.export.PackedNetwork` has both). A protocol, so that this module does
+    not import ``network.py``, which imports it (``PackedNetwork.to_torch``)."""
+
+    spec: dict[str, Any]
+    arrays: dict[str, np.ndarray]
 
 
 def _set_bn(bn: nn.BatchNorm2d, mul: torch.Tensor, add: torch.Tensor) -> None:
@@ -40,7 +47,7 @@ def _set_rprelu(act: nn.Module, params: torch.Tensor) -> None:
     act.shift_out.bias.copy_(params[2])
 
 
-def unpack(net: PackedNetwork) -> nn.Module:
+def unpack(net: Packed) -> nn.Module:
     """Rebuild the backbone named in the file and load the packed values into it (eval mode)."""
     spec, a = net.spec, {k: torch.from_numpy(v.copy()) for k, v in net.arrays.items()}
     name, kwargs = spec["backbone"]["name"], spec["backbone"]["kwargs"]
@@ -65,7 +72,7 @@ def unpack(net: PackedNetwork) -> nn.Module:
 
 def _load_values(
     model: nn.Module,
-    net: PackedNetwork,
+    net: Packed,
     a: dict[str, torch.Tensor],
     activations: list[nn.Module | None],
 ) -> None:

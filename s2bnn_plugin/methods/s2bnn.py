@@ -41,16 +41,18 @@ from typing import Any
 import omegaconf
 import torch
 from solo.methods.base import BaseMethod, BaseMomentumMethod
-from solo.utils.misc import omegaconf_select
+from solo.utils.misc import omegaconf_select, remove_bias_and_norm_from_weight_decay
 from solo.utils.momentum import initialize_momentum_params
 
-from s2bnn_plugin.compat.resume import file_sha256
 from s2bnn_plugin.methods import rng_state
 from s2bnn_plugin.methods.distillation import (
     DistillationHead,
+    burn_lambda,
+    burn_loss,
     calibration_stats,
     distillation_loss,
 )
+from s2bnn_plugin.methods.schedule import LINEAR, LinearDecay, linear_decay, s2bnn_linear_problems
 from s2bnn_plugin.methods.settings import (
     MethodConfigError,
     check_method_kwargs,
@@ -58,6 +60,7 @@ from s2bnn_plugin.methods.settings import (
     objective_names,
 )
 from s2bnn_plugin.methods.ssl_defaults import ssl_defaults
+from s2bnn_plugin.solo_learn.resume import file_sha256
 from s2bnn_plugin.teachers import load_teacher
 
 __all__ = ["S2BNN", "mixed_class", "objective_names"]
@@ -101,7 +104,16 @@ class S2BNN(BaseMethod):
             ResNets use 2; their .ckpt + args.json needs nothing).
         temperature (float > 0): distillation temperature. Default 0.2 (the paper's).
         distill_weight (float >= 0): weight of the distillation loss. Default 1.0.
-        head_hidden_dim (int >= 1): hidden size of the student's distillation head. Default 2048.
+        head_hidden_dim (int >= 1 | None): hidden size of the student's distillation head.
+            Default null: the backbone's feature width (``features_dim``), as S2-BNN's code
+            (``dim_mlp = fc.in_features``: 1024 for ReActNet-A).
+        loss (str): kl (S2-BNN's, default) | burn (BURN's feature similarity + KL mix; see
+            :mod:`s2bnn_plugin.methods.distillation`).
+        burn_lambda_start, burn_lambda_end (floats in [0, 1], loss=burn only): BURN's weight of
+            the KL term at the first and the last optimiser step (half cosine between).
+            Default 0.1 and 0.3 (BURN's configs).
+        distill_crops (str): all (default: every large crop is distilled) | first (the first
+            crop only, fed to teacher and student alike, as S2-BNN's distillation-only code).
         ssl_method (str): none (distillation only, the paper's best) or a solo-learn method name.
         ssl_weight (float >= 0): weight of that objective's loss. Default 1.0.
         ssl_kwargs (dict): the objective's own method_kwargs (defaults: solo-learn's CIFAR recipe).
@@ -142,6 +154,13 @@ class S2BNN(BaseMethod):
         self.distill_weight: float = float(mk.distill_weight)
         self.ssl_method: str = str(mk.ssl_method)
         self.ssl_weight: float = float(mk.ssl_weight) if self.ssl_method != "none" else 0.0
+        self.distill_loss_name: str = str(mk.loss)
+        self.burn_lambda_range: tuple[float, float] = (
+            (float(mk.burn_lambda_start), float(mk.burn_lambda_end))
+            if self.distill_loss_name == "burn"
+            else (0.0, 0.0)
+        )
+        self.distill_crops: str = str(mk.distill_crops)
 
         teacher = load_teacher(
             mk.teacher.ckpt, mk.teacher.format, mk.teacher.output, mk.teacher.stem_padding
@@ -150,7 +169,8 @@ class S2BNN(BaseMethod):
         teacher_dim = teacher.output_dim(crop)
         # not a registered sub-module: see the module docstring
         object.__setattr__(self, "teacher", teacher)
-        self.distill_head = DistillationHead(self.features_dim, mk.head_hidden_dim, teacher_dim)
+        hidden = int(mk.head_hidden_dim) if mk.head_hidden_dim is not None else self.features_dim
+        self.distill_head = DistillationHead(self.features_dim, hidden, teacher_dim)
         self._loss_terms: dict[str, Any] = {}
 
         if mk.student_init:
@@ -179,7 +199,12 @@ class S2BNN(BaseMethod):
         mk.teacher.stem_padding = omegaconf_select(cfg, "method_kwargs.teacher.stem_padding", None)
         mk.temperature = omegaconf_select(cfg, "method_kwargs.temperature", 0.2)
         mk.distill_weight = omegaconf_select(cfg, "method_kwargs.distill_weight", 1.0)
-        mk.head_hidden_dim = omegaconf_select(cfg, "method_kwargs.head_hidden_dim", 2048)
+        mk.head_hidden_dim = omegaconf_select(cfg, "method_kwargs.head_hidden_dim", None)
+        mk.loss = omegaconf_select(cfg, "method_kwargs.loss", "kl")
+        if mk.loss == "burn":  # BURN's configs: lambda from 0.1 to 0.3
+            mk.burn_lambda_start = omegaconf_select(cfg, "method_kwargs.burn_lambda_start", 0.1)
+            mk.burn_lambda_end = omegaconf_select(cfg, "method_kwargs.burn_lambda_end", 0.3)
+        mk.distill_crops = omegaconf_select(cfg, "method_kwargs.distill_crops", "all")
         mk.ssl_method = str(omegaconf_select(cfg, "method_kwargs.ssl_method", "none")).lower()
         mk.ssl_weight = omegaconf_select(cfg, "method_kwargs.ssl_weight", 1.0)
         mk.student_init = omegaconf_select(cfg, "method_kwargs.student_init", None)
@@ -188,6 +213,13 @@ class S2BNN(BaseMethod):
                 f"method_kwargs.student_init={mk.student_init} is not a file; give the step-1 "
                 "checkpoint (a .ckpt written by solo-learn) or null"
             )
+
+        if str(omegaconf_select(cfg, "scheduler.name", "")).lower() == LINEAR:
+            # S2-BNN's own schedule has no warmup (solo-learn's default is 10 epochs)
+            cfg.scheduler.warmup_epochs = omegaconf_select(cfg, "scheduler.warmup_epochs", 0)
+            problems = s2bnn_linear_problems(cfg)
+            if problems:
+                raise MethodConfigError("; ".join(problems))
 
         kwargs, momentum = ssl_defaults(mk.ssl_method)
         user = omegaconf_select(cfg, "method_kwargs.ssl_kwargs", {}) or {}
@@ -202,6 +234,45 @@ class S2BNN(BaseMethod):
     def learnable_params(self) -> list[dict[str, Any]]:
         return super().learnable_params + [
             {"name": "distill_head", "params": self.distill_head.parameters()}
+        ]
+
+    def configure_optimizers(self) -> Any:
+        """solo-learn's optimiser and scheduler, and for ``scheduler.name=linear`` S2-BNN's
+        linear decay (:mod:`s2bnn_plugin.methods.schedule`), which solo-learn does not build.
+        Parameter groups marked ``static_lr`` keep their lr, as under solo-learn's schedulers."""
+        if str(self.scheduler).lower() != LINEAR:
+            return super().configure_optimizers()
+        name, self.scheduler = self.scheduler, "none"
+        try:
+            optimizer = super().configure_optimizers()  # "none": the optimiser alone
+        finally:
+            self.scheduler = name
+        groups = self.learnable_params
+        if self.exclude_bias_n_norm_wd:
+            groups = remove_bias_and_norm_from_weight_decay(groups)
+        static = [bool(g.get("static_lr", False)) for g in groups]
+        if len(static) != len(optimizer.param_groups):
+            raise RuntimeError(
+                f"{len(optimizer.param_groups)} optimiser parameter groups but "
+                f"{len(static)} learnable parameter groups: cannot tell which keep a static lr"
+            )
+        per_step = self.scheduler_interval == "step"
+        decay = linear_decay(
+            lr=self.lr,
+            max_epochs=self.max_epochs,
+            warmup_epochs=self.warmup_epochs,
+            warmup_start_lr=self.warmup_start_lr,
+            min_lr=self.min_lr,
+            steps_per_epoch=(
+                self.trainer.estimated_stepping_batches / self.max_epochs if per_step else None
+            ),
+        )
+        constant = LinearDecay(warmup=0.0, total=0.0, start=1.0, end=1.0)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, [constant if keep else decay for keep in static]
+        )
+        return [optimizer], [
+            {"scheduler": scheduler, "interval": self.scheduler_interval, "frequency": 1}
         ]
 
     def _apply(self, fn: Any, recurse: bool = True) -> S2BNN:
@@ -223,15 +294,31 @@ class S2BNN(BaseMethod):
 
         _, crops, _ = batch
         crops = [crops] if isinstance(crops, torch.Tensor) else crops
-        distill = []
-        stats = []
         # the teacher sees the large crops only (multi-crop's small crops train the objective)
-        for x, feats in zip(crops[: self.num_large_crops], terms["feats"], strict=False):
-            if not self.no_channel_last:
-                x = x.to(memory_format=torch.channels_last)
-            target = self.teacher(x)
-            prediction = self.distill_head(feats)
-            distill.append(distillation_loss(prediction, target, self.distill_temperature))
+        large = list(crops[: self.num_large_crops])[: len(terms["feats"])]
+        pairs = distill_pairs(len(large), self.distill_crops, self.distill_loss_name)
+        targets: dict[int, torch.Tensor] = {}
+        predictions: dict[int, torch.Tensor] = {}
+        for i, j in pairs:
+            if j not in targets:
+                x = large[j]
+                if not self.no_channel_last:
+                    x = x.to(memory_format=torch.channels_last)
+                targets[j] = self.teacher(x)
+            if i not in predictions:
+                predictions[i] = self.distill_head(terms["feats"][i])
+        burn = self.distill_loss_name == "burn"
+        lam = self._burn_lambda() if burn else 0.0
+        distill, features, kls, stats = [], [], [], []
+        for i, j in pairs:
+            prediction, target = predictions[i], targets[j]
+            if burn:
+                parts = burn_loss(prediction, target, lam, self.distill_temperature)
+                distill.append(parts.loss)
+                features.append(parts.feature)
+                kls.append(parts.kl)
+            else:
+                distill.append(distillation_loss(prediction, target, self.distill_temperature))
             stats.append(calibration_stats(prediction, target, self.distill_temperature))
         distill_loss = sum(distill) / len(distill)
         loss = class_loss + self.distill_weight * distill_loss
@@ -241,6 +328,16 @@ class S2BNN(BaseMethod):
             loss = loss + momentum_class_loss
 
         n = len(stats)
+        if burn:
+            self.log_dict(
+                {
+                    "train_burn_feature_loss": sum(features) / n,
+                    "train_burn_kl_loss": sum(kls) / n,
+                    "train_burn_lambda": torch.tensor(lam, device=loss.device),
+                },
+                on_epoch=True,
+                sync_dist=True,
+            )
         self.log_dict(
             {
                 "train_loss": loss,
@@ -254,6 +351,14 @@ class S2BNN(BaseMethod):
             sync_dist=True,
         )
         return loss
+
+    def _burn_lambda(self) -> float:
+        """BURN's KL weight at this optimiser step (the start value outside a Trainer)."""
+        start, end = self.burn_lambda_range
+        trainer = self._trainer
+        if trainer is None:
+            return start
+        return burn_lambda(trainer.global_step, int(trainer.estimated_stepping_batches), start, end)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Add every rank's random states (see the module docstring) and, for momentum
@@ -340,6 +445,20 @@ class S2BNN(BaseMethod):
         self.load_state_dict(loadable, strict=False)
         for online, momentum in getattr(self, "momentum_pairs", []):
             initialize_momentum_params(online, momentum)
+
+
+def distill_pairs(n_crops: int, distill_crops: str, loss: str) -> list[tuple[int, int]]:
+    """(student crop, teacher crop) pairs distilled in a batch of ``n_crops`` large crops.
+
+    ``first``: the first crop, seen by both (S2-BNN's distillation-only code). ``all``: each
+    crop against itself for ``kl``; across views for ``burn`` as BURN does (crop i against the
+    teacher's crop i + 1, cyclically: (0, 1) and (1, 0) for two crops), the same crop when
+    there is only one."""
+    if distill_crops == "first" or n_crops == 1:
+        return [(0, 0)]
+    if loss == "burn":
+        return [(i, (i + 1) % n_crops) for i in range(n_crops)]
+    return [(i, i) for i in range(n_crops)]
 
 
 def _crop_size(cfg: omegaconf.DictConfig) -> int:

@@ -31,12 +31,15 @@ from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
-from s2bnn_plugin.compat.solo import require_solo
 from s2bnn_plugin.errors import S2BNNError
+from s2bnn_plugin.solo_learn.locate import require_solo
 from s2bnn_plugin.teachers import FORMATS, OUTPUTS
 
 __all__ = [
+    "BURN_KEYS",
+    "DISTILL_CROPS",
     "KEYS",
+    "LOSSES",
     "TEACHER_KEYS",
     "MethodConfigError",
     "check_method_kwargs",
@@ -51,6 +54,10 @@ KEYS = (
     "temperature",
     "distill_weight",
     "head_hidden_dim",
+    "loss",
+    "burn_lambda_start",
+    "burn_lambda_end",
+    "distill_crops",
     "ssl_method",
     "ssl_weight",
     "ssl_kwargs",
@@ -59,6 +66,12 @@ KEYS = (
 #: every key of ``method_kwargs.teacher``; ``sha256`` is the teacher file's digest, which the
 #: method itself records (args.json keeps it, so a resume with another teacher is refused)
 TEACHER_KEYS = ("ckpt", "format", "output", "stem_padding", "sha256")
+#: ``method_kwargs.loss``: S2-BNN's KL distillation, or BURN's feature similarity + KL mix
+LOSSES = ("kl", "burn")
+#: the keys that only ``loss=burn`` reads (its weight schedule)
+BURN_KEYS = ("burn_lambda_start", "burn_lambda_end")
+#: ``method_kwargs.distill_crops``: every large crop, or the first only (S2-BNN's code)
+DISTILL_CROPS = ("all", "first")
 NOT_OBJECTIVES = {"base", "linear", "s2bnn"}
 MISSING = "???"
 
@@ -224,12 +237,45 @@ def _range_problems(mk: Mapping[str, Any]) -> list[str]:
     for key, low, inclusive, rule in rules:
         if key in mk and not _is_number(mk[key], low, inclusive):
             out.append(f"method_kwargs.{key} must be {rule}, got {_show(mk[key])}")
-    if "head_hidden_dim" in mk and not _is_int(mk["head_hidden_dim"], 1):
+    hidden = mk.get("head_hidden_dim")
+    if hidden is not None and not _is_int(hidden, 1):
         out.append(
-            "method_kwargs.head_hidden_dim must be an int >= 1 (the hidden width of the "
-            f"distillation head; default 2048), got {_show(mk['head_hidden_dim'])}"
+            "method_kwargs.head_hidden_dim must be an int >= 1 or null (null: the backbone's "
+            f"feature width, as S2-BNN's code), got {_show(hidden)}"
+        )
+    out += _loss_problems(mk)
+    crops = mk.get("distill_crops", "all")
+    if crops not in DISTILL_CROPS:
+        out.append(
+            f"method_kwargs.distill_crops must be one of {list(DISTILL_CROPS)} (all: every "
+            "large crop; first: the first crop only, shared by teacher and student as in "
+            f"S2-BNN's code), got {_show(crops)}"
         )
     return out
+
+
+def _loss_problems(mk: Mapping[str, Any]) -> list[str]:
+    loss = mk.get("loss", "kl")
+    if loss not in LOSSES:
+        return [
+            f"method_kwargs.loss must be one of {list(LOSSES)} (kl: S2-BNN's; burn: BURN's "
+            f"feature similarity + KL mix), got {_show(loss)}"
+        ]
+    given = [key for key in BURN_KEYS if key in mk and mk[key] is not None]
+    if loss != "burn":
+        if not given:
+            return []
+        return [
+            f"method_kwargs.{key} is set (BURN's weight schedule), but loss={loss} does not "
+            "read it: set method_kwargs.loss=burn, or remove it"
+            for key in given
+        ]
+    return [
+        f"method_kwargs.{key} must be a number in [0, 1] (the weight of BURN's KL term; "
+        f"1 - it weighs the feature similarity term), got {_show(mk[key])}"
+        for key in given
+        if not (_is_number(mk[key], 0.0, True) and mk[key] <= 1.0)
+    ]
 
 
 def _ssl_kwargs_problems(ssl_kwargs: Any, ssl_method: str, objective: bool) -> list[str]:

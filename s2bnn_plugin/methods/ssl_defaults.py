@@ -69,8 +69,8 @@ def _from_checkout(name: str) -> tuple[dict[str, Any], dict[str, float]] | None:
     """solo-learn's own CIFAR config for ``name``, read from the checkout if there is one."""
     import yaml  # hydra brings PyYAML
 
-    from s2bnn_plugin.compat.solo import solo_checkout
     from s2bnn_plugin.methods.settings import objective_keys
+    from s2bnn_plugin.solo_learn.locate import solo_checkout
 
     root = solo_checkout()
     if root is None:

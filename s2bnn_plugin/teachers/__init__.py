@@ -14,26 +14,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
+from s2bnn_plugin.checkpoints import (
+    UnreadableWeights,
+    drop_prefix,
+    find_args_json,
+    load_weights,
+    select_prefix,
+    state_dict_of,
+)
 from s2bnn_plugin.errors import FileMissing
 from s2bnn_plugin.teachers.base import OUTPUTS, Teacher, TeacherError
 from s2bnn_plugin.teachers.resnet import MOCO_PREFIX, looks_like_resnet, resnet_teacher
-from s2bnn_plugin.teachers.solo_checkpoint import find_args_json, solo_teacher
+from s2bnn_plugin.teachers.solo_checkpoint import solo_teacher
 
 __all__ = ["FORMATS", "OUTPUTS", "Teacher", "TeacherError", "detect_format", "load_teacher"]
 
 FORMATS = ("auto", "solo", "moco", "torchvision")
-
-
-def _reason(exc: Exception) -> str:
-    """The informative line of torch.load's error (for weights-only refusals, the line naming
-    the class it would not unpickle; torch's first line is generic advice)."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    for line in lines:
-        if "WeightsUnpickler error" in line:
-            return line.split(" Please use")[0]
-    return lines[0][:200] if lines else "no details"
 
 
 def _read(path: Path) -> dict:
@@ -43,11 +39,11 @@ def _read(path: Path) -> dict:
             "path of a trained teacher (see README, 'Teachers')"
         )
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for unreadable files
+        obj = load_weights(path)
+    except UnreadableWeights as exc:
         raise TeacherError(
             f"cannot read teacher checkpoint {path} as a weights-only torch file "
-            f"({type(exc).__name__}: {_reason(exc)}); teachers must be plain "
+            f"({type(exc.error).__name__}: {exc.reason}); teachers must be plain "
             "tensors/dicts (no pickled objects): re-save the weights with "
             "torch.save(model.state_dict(), path)"
         ) from exc
@@ -56,21 +52,13 @@ def _read(path: Path) -> dict:
     return obj
 
 
-def _tensors(obj: dict) -> dict[str, torch.Tensor]:
-    """The state dict inside a checkpoint: top level, ``state_dict`` or ``model``."""
-    for key in ("state_dict", "model"):
-        if isinstance(obj.get(key), dict):
-            return obj[key]
-    return obj
-
-
 def detect_format(path: Path, obj: dict) -> str:
-    state = _tensors(obj)
+    state = state_dict_of(obj)
     if any(k.startswith(MOCO_PREFIX) for k in state):
         return "moco"
     if any(k.startswith("backbone.") for k in state) and find_args_json(path) is not None:
         return "solo"
-    plain = {k.removeprefix("module."): v for k, v in state.items()}
+    plain = drop_prefix(state, "module.")
     if looks_like_resnet(plain):
         return "torchvision"
     found = sorted(state)[:8]
@@ -107,7 +95,7 @@ def load_teacher(
     obj = _read(path)
     if format == "auto":
         format = detect_format(path, obj)
-    state = _tensors(obj)
+    state = state_dict_of(obj)
     if format == "solo":
         if stem_padding is not None:
             raise TeacherError(
@@ -116,11 +104,11 @@ def load_teacher(
             )
         return solo_teacher(state, path, output)
     if format == "moco":
-        state = {k[len(MOCO_PREFIX) :]: v for k, v in state.items() if k.startswith(MOCO_PREFIX)}
+        state = select_prefix(state, MOCO_PREFIX)
         if not state:
             raise TeacherError(f"{path}: no '{MOCO_PREFIX}*' keys, so not a MoCo v2 checkpoint")
     else:
-        state = {k.removeprefix("module."): v for k, v in state.items()}
+        state = drop_prefix(state, "module.")
     if not looks_like_resnet(state):
         raise TeacherError(
             f"{path}: format {format!r} expects torchvision ResNet keys (conv1.weight, "

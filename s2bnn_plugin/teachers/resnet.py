@@ -14,15 +14,12 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
+from s2bnn_plugin.checkpoints import SOLO_CIFAR_STEM_PADDING, use_cifar_stem
 from s2bnn_plugin.teachers.base import Teacher, TeacherError
 
-__all__ = ["MOCO_PREFIX", "build_resnet", "looks_like_resnet", "resnet_teacher", "strip_prefix"]
+__all__ = ["MOCO_PREFIX", "build_resnet", "looks_like_resnet", "resnet_teacher"]
 
 MOCO_PREFIX = "module.encoder_q."
-
-
-def strip_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 def looks_like_resnet(state: dict[str, torch.Tensor]) -> bool:
@@ -74,13 +71,13 @@ def build_resnet(state: dict[str, torch.Tensor], stem_padding: int | None = None
         if stem_padding is None:
             warnings.warn(
                 "teacher conv1 is 3x3 and a state dict does not record its padding: using 1, "
-                "the usual CIFAR ResNet. solo-learn's CIFAR ResNets use 2: load their .ckpt "
-                "with its args.json (format solo) or set method_kwargs.teacher.stem_padding=2.",
+                "the usual CIFAR ResNet. solo-learn's CIFAR ResNets use "
+                f"{SOLO_CIFAR_STEM_PADDING}: load their .ckpt with its args.json (format solo) "
+                f"or set method_kwargs.teacher.stem_padding={SOLO_CIFAR_STEM_PADDING}.",
                 stacklevel=3,
             )
             stem_padding = 1
-        model.conv1 = nn.Conv2d(3, inplanes, 3, stride=1, padding=stem_padding, bias=False)
-        model.maxpool = nn.Identity()
+        use_cifar_stem(model, stem_padding, channels=inplanes)
     elif stem_padding is not None:
         raise TeacherError(
             f"teacher.stem_padding={stem_padding} applies to 3x3 (CIFAR) stems only; this "

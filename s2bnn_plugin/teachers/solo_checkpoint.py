@@ -6,19 +6,14 @@ teach); its forward's ``z`` (projector output) or ``feats`` (backbone features) 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
+from s2bnn_plugin.checkpoints import find_args_json, read_args_json
 from s2bnn_plugin.teachers.base import Teacher, TeacherError
 
-__all__ = ["find_args_json", "solo_teacher"]
-
-
-def find_args_json(ckpt: Path) -> Path | None:
-    candidate = ckpt.parent / "args.json"
-    return candidate if candidate.is_file() else None
+__all__ = ["solo_teacher"]
 
 
 def solo_teacher(state: dict[str, torch.Tensor], ckpt: Path, output: str) -> Teacher:
@@ -26,27 +21,26 @@ def solo_teacher(state: dict[str, torch.Tensor], ckpt: Path, output: str) -> Tea
     from omegaconf import OmegaConf
 
     from s2bnn_plugin.backbones import BACKBONES
-    from s2bnn_plugin.compat.solo import add_to_registry, require_solo
+    from s2bnn_plugin.solo_learn.registry import register_backbones, solo_methods
 
-    methods = require_solo()
-    for backbone, factory in BACKBONES.items():  # a teacher may use one of the plugin's backbones
-        add_to_registry(methods.BaseMethod._BACKBONES, backbone, factory, "backbone")
+    register_backbones(BACKBONES)  # a teacher may use one of the plugin's backbones
+    methods = solo_methods()
     args_path = find_args_json(ckpt)
     if args_path is None:
         raise TeacherError(
             f"{ckpt}: a solo-learn checkpoint needs the run's args.json beside it (solo-learn "
             "writes it next to the .ckpt); copy it there"
         )
-    raw = json.loads(args_path.read_text())
+    raw = read_args_json(args_path)
     cfg = OmegaConf.create(raw)
     OmegaConf.set_struct(cfg, False)
     name = cfg.get("method")
-    if name not in methods.METHODS:
+    if name not in methods:
         raise TeacherError(
             f"{ckpt}: args.json names method {name!r}, unknown to solo-learn here "
-            f"(available: {sorted(methods.METHODS)})"
+            f"(available: {sorted(methods)})"
         )
-    method = methods.METHODS[name](cfg)
+    method = methods[name](cfg)
     result = method.load_state_dict(state, strict=False)
     wanted = [k for k in result.missing_keys if k.startswith(("backbone.", "projector."))]
     if wanted or result.unexpected_keys:

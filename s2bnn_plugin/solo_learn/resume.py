@@ -26,8 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from s2bnn_plugin.compat.preflight import ConfigError
-from s2bnn_plugin.compat.solo import require_solo
+from s2bnn_plugin.solo_learn.locate import require_solo
+from s2bnn_plugin.solo_learn.preflight import ConfigError
+from s2bnn_plugin.solo_learn.registry import solo_methods
 
 __all__ = [
     "DIGEST_KEY",
@@ -198,11 +199,11 @@ def resolved_config(config: Any) -> Any:
         from solo.args.pretrain import parse_cfg
 
         cfg = parse_cfg(cfg)
-        cfg = methods.METHODS[cfg.method].add_and_assert_specific_cfg(cfg)
+        cfg = solo_methods()[cfg.method].add_and_assert_specific_cfg(cfg)
         mk = cfg.method_kwargs
         if cfg.method == "s2bnn":
             ssl_method = str(mk.get("ssl_method", "none"))
-            objective = methods.BaseMethod if ssl_method == "none" else methods.METHODS[ssl_method]
+            objective = methods.BaseMethod if ssl_method == "none" else solo_methods()[ssl_method]
             cfg.method_kwargs = mk.ssl_kwargs  # the objective's view, as S2BNN.__init__ gives it
             try:
                 cfg = objective.add_and_assert_specific_cfg(cfg)
@@ -218,7 +219,7 @@ def resolved_config(config: Any) -> Any:
         from solo.args.linear import parse_cfg
 
         cfg = parse_cfg(cfg)
-        cfg = methods.METHODS["linear"].add_and_assert_specific_cfg(cfg)
+        cfg = solo_methods()["linear"].add_and_assert_specific_cfg(cfg)
     assert isinstance(cfg, DictConfig)
     return cfg
 

@@ -28,15 +28,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from s2bnn_plugin.compat.solo import (
+from s2bnn_plugin.errors import S2BNNError
+from s2bnn_plugin.solo_learn.locate import is_solo_tree, solo_checkout
+from s2bnn_plugin.solo_learn.pin import (
     COMMIT_MARKER,
     SOLO_ARCHIVE_URL,
     SOLO_COMMIT,
-    is_solo_tree,
-    solo_checkout,
     tree_commit,
 )
-from s2bnn_plugin.errors import S2BNNError
 
 __all__ = ["PTH_NAME", "SOURCE_ENV", "SetupResult", "SoloSetupError", "cache_root", "setup_solo"]
 
