@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             )
     print(
         f"### End to end against its binary convolutions alone, {args.size} px\n\n"
-        "(the same layers' binary_conv_acc calls in sequence, on the same chunks of images)\n"
+        "(the same layers' binary_conv_acc calls in sequence, on the same passes of images)\n"
     )
     cells = [
         [

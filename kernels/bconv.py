@@ -46,9 +46,9 @@ from .epilogue import (
 from .micro import (
     POSITIONS,
     advance,
+    block_microkernels,
     block_positions,
     geometry,
-    kernel_calls,
     next_position,
     out_size,
     popcounts,
@@ -81,19 +81,20 @@ __all__ = [
 
 
 @njit(cache=True, inline="always")
-def _job_start(job, jobs_per_img, chunk, positions, wo):
-    """Image, first block and its first output position of one parallel job (``chunk`` blocks
-    of ``positions`` output positions each, row-major within an image)."""
+def _job_start(job, jobs_per_img, blocks_per_job, positions, wo):
+    """Image, first block and its first output position of one parallel job
+    (``blocks_per_job`` blocks of ``positions`` output positions each, row-major within an
+    image)."""
     img = job // jobs_per_img
-    first = (job % jobs_per_img) * chunk
+    first = (job % jobs_per_img) * blocks_per_job
     return img, first, (first * positions) // wo, (first * positions) % wo
 
 
 @njit(cache=True)
-def _check_conv(bits, n, h, w, cin, k, stride, wt, wsum, groups, cg, chunk):
+def _check_conv(bits, n, h, w, cin, k, stride, wt, wsum, groups, cg, blocks_per_job):
     """Shapes and buffer sizes, checked once per call: the loops themselves have no bounds
     checks, so a wrong buffer must be refused here rather than read or written past."""
-    if n < 1 or h < 1 or w < 1 or cin < 1 or cg < 1 or groups < 1 or chunk < 1:
+    if n < 1 or h < 1 or w < 1 or cin < 1 or cg < 1 or groups < 1 or blocks_per_job < 1:
         raise ValueError("binary conv: sizes must be positive")
     if k < 1 or k % 2 == 0 or stride < 1:
         raise ValueError("binary conv: odd kernel size and positive stride expected")
@@ -115,18 +116,18 @@ def _check_conv(bits, n, h, w, cin, k, stride, wt, wsum, groups, cg, chunk):
 
 
 @njit(cache=True, parallel=True)
-def binary_conv_acc(bits, n, h, w, cin, k, stride, wt, wsum, groups, cg, chunk, out):
+def binary_conv_acc(bits, n, h, w, cin, k, stride, wt, wsum, groups, cg, blocks_per_job, out):
     """Exact integer accumulations ``sum(sign(a) * sign(w))`` of a binary convolution.
 
     ``bits``: flat (groups, n, h + 2p, w + 2p, words) packed input (p = k // 2, zero border);
     ``wt``: :func:`.bitpack.kernel_weights` layout; ``wsum``: :func:`.bitpack.tap_sums`;
-    ``out``: int32 (n, ho, wo, groups * cg). ``chunk``: blocks of :func:`.micro.positions_for`
-    positions per parallel job.
+    ``out``: int32 (n, ho, wo, groups * cg). ``blocks_per_job``: blocks of
+    :func:`.micro.positions_for` positions per parallel job.
     """
-    _check_conv(bits, n, h, w, cin, k, stride, wt, wsum, groups, cg, chunk)
+    _check_conv(bits, n, h, w, cin, k, stride, wt, wsum, groups, cg, blocks_per_job)
     if out.size != n * out_size(h, k, stride) * out_size(w, k, stride) * groups * cg:
         raise ValueError("binary_conv_acc: out has the wrong size")
-    geo = geometry(n, h, w, cin, k, stride, groups, cg, chunk)
+    geo = geometry(n, h, w, cin, k, stride, groups, cg, blocks_per_job)
     ho, wo, pad, positions, cols = geo.ho, geo.wo, geo.pad, geo.positions, geo.cols
     nq = ho * wo
     ktot_f = np.float32(geo.ktot)  # float32 arithmetic on popcounts < 2**24 is exact
@@ -140,10 +141,10 @@ def binary_conv_acc(bits, n, h, w, cin, k, stride, wt, wsum, groups, cg, chunk, 
     step = stride * geo.words
     pbits, pwt, pout = address(bits), address(wt), address(flat_out)
     for job in prange(n * geo.jobs_per_img):
-        img, first, by, bx = _job_start(job, geo.jobs_per_img, chunk, positions, wo)
+        img, first, by, bx = _job_start(job, geo.jobs_per_img, blocks_per_job, positions, wo)
         acc = np.empty(positions * cols, np.float32)
         pacc = address(acc)
-        last = min(first + chunk, geo.nblocks)
+        last = min(first + blocks_per_job, geo.nblocks)
         blk = first
         while blk < last:
             y0 = by * stride - pad
@@ -157,7 +158,7 @@ def binary_conv_acc(bits, n, h, w, cin, k, stride, wt, wsum, groups, cg, chunk, 
                 for _ in range(run):
                     offsets = (o0, o0 + step, o0 + 2 * step, o0 + 3 * step, o0 + 4 * step,
                                o0 + 5 * step, o0 + 6 * step, o0 + 7 * step)  # fmt: skip
-                    kernel_calls(geo, pbits, pwt, pacc, pout, True, dst, offsets, img)
+                    block_microkernels(geo, pbits, pwt, pacc, pout, True, dst, offsets, img)
                     o0 += positions * step
                     dst += positions * cout
                 if pad > 0:  # only the run's ends can reach past the left or right edge
@@ -419,7 +420,7 @@ def binary_conv_fused(
     opad,
     obits,
     pool_out,
-    chunk,
+    blocks_per_job,
 ):
     """One residual binary unit in one pass: ``z = RPReLU(BN(scale * conv) + residual)``.
 
@@ -432,7 +433,7 @@ def binary_conv_fused(
     ``thr`` (T, C): the next layer's RSign shifts -- for each row, packed signs of ``z + thr``
     go to ``obits``, flat (T, n, ho + 2 opad, wo + 2 opad, words(C)) whose border stays zero.
     """
-    _check_conv(bits, n, h, w, cin, k, stride, wt, wsum, groups, cg, chunk)
+    _check_conv(bits, n, h, w, cin, k, stride, wt, wsum, groups, cg, blocks_per_job)
     ho = out_size(h, k, stride)
     wo = out_size(w, k, stride)
     cout = groups * cg
@@ -446,14 +447,14 @@ def binary_conv_fused(
                 "32-channel groups, a 1x1 or 3x3 kernel, an even output size)"
             )
         pair_blocks = 2 * wo // positions_for(cin <= NARROW_CHANNELS)
-        chunk = -(-chunk // pair_blocks) * pair_blocks  # jobs of whole row pairs
+        blocks_per_job = -(-blocks_per_job // pair_blocks) * pair_blocks  # jobs of whole row pairs
     if res.size != (n * h * w * cg if pooled else n * ho * wo * cg):
         raise ValueError("binary_conv_fused: the residual has the wrong size")
     if (thr.shape[0] > 0 and thr.shape[1] != cout) or opad < 0:
         raise ValueError("binary_conv_fused: thresholds of the wrong size")
     if obits.size < thr.shape[0] * n * (ho + 2 * opad) * (wo + 2 * opad) * words_for(cout):
         raise ValueError("binary_conv_fused: the packed output is too small")
-    geo = geometry(n, h, w, cin, k, stride, groups, cg, chunk)
+    geo = geometry(n, h, w, cin, k, stride, groups, cg, blocks_per_job)
     positions = geo.positions
     nq = ho * wo
     t_sets = thr.shape[0]
@@ -480,11 +481,11 @@ def binary_conv_fused(
     arrays = UnitArrays(prm=flat_prm, res=res, z=z, thr=flat_thr, obits=obits)
     pbits, pwt = address(bits), address(wt)
     for job in prange(n * geo.jobs_per_img):
-        img, first, by, bx = _job_start(job, geo.jobs_per_img, chunk, positions, wo)
+        img, first, by, bx = _job_start(job, geo.jobs_per_img, blocks_per_job, positions, wo)
         acc = np.empty(positions * geo.cols, np.float32)
         pos = np.empty(ROW * positions, np.int64)
         ppos = address(pos)
-        for blk in range(first, min(first + chunk, geo.nblocks)):
+        for blk in range(first, min(first + blocks_per_job, geo.nblocks)):
             count = min(positions, nq - blk * positions)
             if registers:
                 unit_block(geo, ep, pbits, pwt, img, by, bx, count, ppos)
@@ -501,7 +502,7 @@ def binary_conv_fused(
 
 
 @njit(cache=True)
-def binary_gemm(a, wt, cin, cout, chunk):
+def binary_gemm(a, wt, cin, cout, blocks_per_job):
     """Binary GEMM ``a (m, words) x W^T`` of +-1 matrices (a 1x1 convolution): int32 (m, cout).
 
     ``wt``: :func:`.bitpack.kernel_weights` of a packed (cout, cin, 1, 1) weight.
@@ -509,5 +510,5 @@ def binary_gemm(a, wt, cin, cout, chunk):
     m = a.shape[0]
     out = np.empty((1, m, 1, cout), np.int32)
     wsum = np.zeros((1, 1), np.int64)
-    binary_conv_acc(a.ravel(), 1, m, 1, cin, 1, 1, wt, wsum, 1, cout, chunk, out)
+    binary_conv_acc(a.ravel(), 1, m, 1, cin, 1, 1, wt, wsum, 1, cout, blocks_per_job, out)
     return out.reshape(m, cout)

@@ -40,7 +40,7 @@ __all__ = [
     "block_offsets",
     "block_positions",
     "geometry",
-    "kernel_calls",
+    "block_microkernels",
     "micro_kernel",
     "micro_kernel_narrow",
     "next_position",
@@ -69,8 +69,8 @@ def positions_for(narrow):
 
 @njit(cache=True)
 def block_positions(cin):
-    """Output positions per block (the unit of ``chunk``) of a convolution over ``cin`` input
-    channels."""
+    """Output positions per block (the unit of ``blocks_per_job``) of a convolution over ``cin``
+    input channels."""
     return positions_for(cin <= NARROW_CHANNELS)
 
 
@@ -95,7 +95,7 @@ class Geometry(NamedTuple):
     narrow: bool  # at most NARROW_CHANNELS input channels: the 8-position micro-kernel
     positions: int  # output positions per block
     nblocks: int  # blocks per image
-    jobs_per_img: int  # parallel jobs per image (``chunk`` blocks each)
+    jobs_per_img: int  # parallel jobs per image (``blocks_per_job`` blocks each)
     bpg: int  # 32-channel weight blocks per group
     cols: int  # accumulator columns per position (groups * bpg * LANES)
     ktot: int  # the dot products' length K = k * k * cin
@@ -104,8 +104,8 @@ class Geometry(NamedTuple):
 
 
 @njit(cache=True, inline="always")
-def geometry(n, h, w, cin, k, stride, groups, cg, chunk):
-    """The :class:`Geometry` of a convolution, ``chunk`` blocks per parallel job."""
+def geometry(n, h, w, cin, k, stride, groups, cg, blocks_per_job):
+    """The :class:`Geometry` of a convolution, ``blocks_per_job`` blocks per parallel job."""
     words = words_for(cin)
     pad = k // 2
     wp = w + 2 * pad
@@ -118,7 +118,7 @@ def geometry(n, h, w, cin, k, stride, groups, cg, chunk):
     return Geometry(
         n=n, h=h, w=w, cin=cin, k=k, stride=stride, groups=groups, cg=cg, words=words, pad=pad,
         hp=h + 2 * pad, wp=wp, ho=ho, wo=wo, narrow=narrow, positions=positions,
-        nblocks=nblocks, jobs_per_img=(nblocks + chunk - 1) // chunk, bpg=bpg,
+        nblocks=nblocks, jobs_per_img=(nblocks + blocks_per_job - 1) // blocks_per_job, bpg=bpg,
         cols=groups * bpg * LANES, ktot=k * k * cin, rowstride=wp * words,
         plane=(h + 2 * pad) * wp * words,
     )  # fmt: skip
@@ -431,7 +431,7 @@ def micro_kernel_narrow(
 
 
 @njit(cache=True, inline="always")
-def kernel_calls(geo, pbits, pwt, pacc, pout, direct, dst, offsets, img):
+def block_microkernels(geo, pbits, pwt, pacc, pout, direct, dst, offsets, img):
     """One block: the micro-kernel for every weight block of every group. ``offsets``: the
     positions' top-left taps within an image plane (:func:`block_offsets`; the 4-position
     kernel reads the first four); results to ``dst + block * LANES`` of ``acc``/``out`` (raw
@@ -464,7 +464,7 @@ def popcounts(geo, bits, wt, img, oy, ox, count, acc, out, direct, obase):
     output channels).
     """
     offsets = block_offsets(geo, oy, ox, count)
-    kernel_calls(
+    block_microkernels(
         geo, address(bits), address(wt), address(acc), address(out), direct,
         obase if direct else 0, offsets, img,
     )  # fmt: skip

@@ -114,7 +114,7 @@ def test_threads_and_chunks_do_not_change_results(packed_cases, monkeypatch):
     finally:
         numba.set_num_threads(before)
     np.testing.assert_array_equal(one, many)
-    monkeypatch.setattr(network_module, "CACHE_BYTES", 1)  # one image per chunk
+    monkeypatch.setattr(network_module, "CACHE_BYTES", 1)  # one image per pass
     np.testing.assert_array_equal(net(x), one)
     np.testing.assert_array_equal(net(x[:2]), one[:2])
 

@@ -206,10 +206,10 @@ def test_binary_conv_acc_every_small_shape(cin):
                 wk = K.kernel_weights(wt, cin)
                 for stride in (1, 2):
                     expected = _torch_acc(x, thr, weight, 3, stride)
-                    for chunk in (1, 64):
+                    for blocks_per_job in (1, 64):
                         out = np.full(expected.shape, -(2**30), np.int32)
-                        K.binary_conv_acc(bits, 2, h, w, cin, 3, stride, wk, wsum, 1, cout, chunk,
-                                          out)  # fmt: skip
+                        K.binary_conv_acc(bits, 2, h, w, cin, 3, stride, wk, wsum, 1, cout,
+                                          blocks_per_job, out)  # fmt: skip
                         np.testing.assert_array_equal(out, expected, err_msg=f"{h}x{w}/{stride}")
 
 

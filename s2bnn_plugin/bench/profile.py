@@ -23,7 +23,7 @@ __all__ = ["Profile", "Stage", "profile", "unit_epilogues"]
 @dataclass
 class Stage:
     """One compiled call of the packed forward pass, timed inside the full sequence (batch of
-    one chunk): ``total_s``; for a binary unit also its binary convolution alone (``conv_s``,
+    one pass): ``total_s``; for a binary unit also its binary convolution alone (``conv_s``,
     :func:`binary_conv_acc` on the same input) -- the rest, ``total_s - conv_s``, is the float
     epilogue (scale, BatchNorm, residual, RPReLU, the next layer's signs)."""
 
@@ -85,12 +85,12 @@ def profile(
     net: PackedNetwork, size: int, batch: int, threads: int, repeats: int = 5, seed: int = 0
 ) -> Profile:
     """Per-stage profile of ``net`` on a random batch, and end to end against the sum of its
-    binary convolutions alone (:func:`binary_conv_acc` over the same layers and the same chunks
+    binary convolutions alone (:func:`binary_conv_acc` over the same layers and the same passes
     of images as the network runs), all in one process.
 
     Every round runs, in turn: the network (``net(x)``); the binary convolutions alone in
     sequence; the network's compiled calls in sequence; the same calls one by one (timed each,
-    the first chunk's), each binary unit followed by its convolution alone on the same input.
+    the first pass's), each binary unit followed by its convolution alone on the same input.
     Best of ``repeats`` rounds for each figure: a stage's best alone is a little lower than its
     share of the best sequence, so the stages sum to a little less than ``calls_s``.
     """
@@ -99,12 +99,12 @@ def profile(
     set_threads(threads)
     x = np.random.default_rng(seed).standard_normal((batch, net.in_channels, size, size))
     x = x.astype(np.float32)
-    chunk = net.images_per_chunk(size, size)
-    spare = _spare_maps(net, size, min(chunk, batch))
-    # the compiled calls of every chunk the network runs (at most two shapes: full, last)
+    per_pass = net.images_per_pass(size, size)
+    spare = _spare_maps(net, size, min(per_pass, batch))
+    # the compiled calls of every pass the network runs (at most two shapes: full, last)
     plans = []
-    for start in range(0, batch, chunk):
-        calls, _ = net.kernel_calls(x[start : start + chunk])
+    for start in range(0, batch, per_pass):
+        calls, _ = net.kernel_calls(x[start : start + per_pass])
         plans.append((calls, _conv_args(calls, spare)))
     first_calls, first_convs = plans[0]
 
@@ -143,7 +143,7 @@ def profile(
                 binary_conv_acc(*first_convs[j])
                 conv_t[j] = min(conv_t[j], time.perf_counter() - t)
                 j += 1
-    scale = batch / min(chunk, batch)  # stages: the first chunk's, times the chunks
+    scale = batch / min(per_pass, batch)  # stages: the first pass's, times the passes
     stages, j = [], 0
     for call, t in zip(first_calls, stage_t):
         conv = px = None

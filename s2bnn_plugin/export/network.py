@@ -37,8 +37,8 @@ from s2bnn_plugin.export.format import check_arrays, read_packed, validate, writ
 
 __all__ = ["KernelCall", "PackedNetwork", "UnitCall", "load"]
 
-ENGINES = ("numba", "numpy")
-CACHE_BYTES = 6 << 20  # float maps of one chunk of images should fit well inside L2 + L3
+NETWORK_ENGINES = ("numba", "numpy")
+CACHE_BYTES = 6 << 20  # float maps of one pass of images should fit well inside L2 + L3
 
 _log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ class UnitCall:
     out_pad: int  # zero border of the packed output (the next kernel's padding)
     out_bits: np.ndarray  # the next layer's packed signs
     pool_out: bool  # writes only the output map's 2x2 average
-    chunk: int  # blocks of output positions per parallel job
+    blocks_per_job: int  # blocks of output positions per parallel job
 
     @property
     def out_channels(self) -> int:
@@ -126,7 +126,7 @@ class UnitCall:
             self.bits, self.n, self.h, self.w, self.in_channels, self.kernel, self.stride,
             self.weight, self.wsum, self.groups, self.group_channels, self.params, self.residual,
             self.pooled, self.out, self.thresholds, self.out_pad, self.out_bits, self.pool_out,
-            self.chunk,
+            self.blocks_per_job,
         )  # fmt: skip
 
     def conv_args(self, out: np.ndarray) -> tuple:
@@ -134,7 +134,7 @@ class UnitCall:
         int32 accumulations (:attr:`out_shape`, flat or not) to ``out``."""
         return (
             self.bits, self.n, self.h, self.w, self.in_channels, self.kernel, self.stride,
-            self.weight, self.wsum, self.groups, self.group_channels, self.chunk, out,
+            self.weight, self.wsum, self.groups, self.group_channels, self.blocks_per_job, out,
         )  # fmt: skip
 
 
@@ -267,8 +267,8 @@ class PackedNetwork:
         ``engine="numpy"`` runs the same computation without compiled code (slow; the reference
         the kernels are tested against). Threads: ``numba.set_num_threads``.
         """
-        if engine not in ENGINES:
-            raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+        if engine not in NETWORK_ENGINES:
+            raise ValueError(f"engine must be one of {NETWORK_ENGINES}, got {engine!r}")
         x = self.check_input(x)
         n = x.shape[0]
         if n == 0:
@@ -276,11 +276,11 @@ class PackedNetwork:
         if engine == "numpy":
             return self._forward_numpy(x)
         _announce_compilation()
-        chunk = self.images_per_chunk(x.shape[2], x.shape[3])
+        per_pass = self.images_per_pass(x.shape[2], x.shape[3])
         out = np.empty((n, self.num_features), np.float32)
         with self._lock:
-            for start in range(0, n, chunk):
-                stop = min(n, start + chunk)
+            for start in range(0, n, per_pass):
+                stop = min(n, start + per_pass)
                 out[start:stop] = self._forward_numba(x[start:stop])
         return out
 
@@ -360,7 +360,7 @@ class PackedNetwork:
             shapes.append((h, w, u["groups"] * u["group_channels"]))
         return shapes
 
-    def images_per_chunk(self, h: int, w: int) -> int:
+    def images_per_pass(self, h: int, w: int) -> int:
         """Images per pass: as many as keep the float maps in cache, and at least one per
         thread -- every compiled call then splits its work by image first (its jobs are split
         evenly between the threads), so that at batch > 1 each thread works on whole images of
@@ -410,12 +410,12 @@ class PackedNetwork:
             else None
             for i, u in enumerate(specs)
         ]
-        if len(self._workspaces) >= 2:  # a full chunk and the last, smaller one
+        if len(self._workspaces) >= 2:  # a full pass and the last, smaller one
             self._workspaces.pop(next(iter(self._workspaces)))
         self._workspaces[key] = buf
         return buf
 
-    def _job_chunk(self, n: int, positions: int, cin: int) -> int:
+    def _blocks_per_job(self, n: int, positions: int, cin: int) -> int:
         """Blocks per parallel job (jobs never span images): as few jobs as make their number a
         multiple of the thread count. Numba splits a ``prange`` into equal parts, one per
         thread, so more jobs balance nothing; equal jobs differ by at most one block (at 14 and
@@ -432,7 +432,7 @@ class PackedNetwork:
         return max(1, -(-per_image // jobs))
 
     def kernel_calls(self, x: np.ndarray) -> tuple[list[KernelCall], np.ndarray]:
-        """The compiled calls that compute the features of ``x`` (one chunk of images), in order,
+        """The compiled calls that compute the features of ``x`` (one pass of images), in order,
         and the array they leave the features in. Running ``call.fn(*call.args)`` for each is the
         forward pass; the benchmark re-runs single calls to time one layer."""
         from s2bnn_plugin import kernels as K
@@ -492,7 +492,7 @@ class PackedNetwork:
                 out_pad=u.pad_next,
                 out_bits=bits[i + 1],
                 pool_out=pool_out[i],
-                chunk=self._job_chunk(n, ho * wo, c),
+                blocks_per_job=self._blocks_per_job(n, ho * wo, c),
             )
             calls.append(
                 KernelCall(s["name"], K.binary_conv_fused, unit.fused_args(), unit=i, binary=unit)
