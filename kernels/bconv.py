@@ -283,7 +283,8 @@ class UnitArrays(NamedTuple):
 def _epilogue_generic(acc, geo, ep, arrays, img, by, bx, count):
     """The output transform of one block's popcounts in ``acc`` for any channel count: position
     by position, then the next layer's signs packed from the stored float map. (This and
-    :func:`_epilogue_sliced` are called once per block, not inlined: 9 s less to compile.)
+    :func:`_epilogue_sliced` are called once per block, not inlined, which keeps the first
+    compile short.)
     ``geo``: :class:`.micro.Geometry`; ``ep``: :class:`.epilogue.Epilogue` (its sizes);
     ``arrays``: :class:`UnitArrays`."""
     cols, n, h, w, ho, wo, cg = geo.cols, geo.n, geo.h, geo.w, geo.ho, geo.wo, geo.cg

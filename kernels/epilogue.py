@@ -211,8 +211,8 @@ def residual_vec(res, r0, r1, r2, r3, taps, c, count):
 def _residual16(pres, r, cg, rw, pooled):
     """16 channels of the residual from flat offset ``r``: the value itself, or (``pooled``)
     the 2x2 average of a map ``rw`` floats per row. Not through :func:`residual_vec`, whose
-    every branch Numba inlines before it can fold ``count`` (a first compile 3-5 s longer now
-    that :func:`_y32` is its only caller; 39 s longer when the micro-kernels inlined it)."""
+    every branch Numba inlines before it can fold ``count``, which lengthens the first
+    compile."""
     if not pooled:
         return fload(pres, r)
     return _avg4(fload(pres, r), fload(pres, r + cg), fload(pres, r + rw), fload(pres, r + rw + cg))
@@ -225,8 +225,7 @@ def _y32(pop0, pop1, P, E, p, co, c, kv, m2):
     signs (32 bits per threshold set) are stored on the way. ``E``: the :class:`BlockContext`.
 
     Compiled on its own and called, not inlined by Numba: inlined at Numba's IR level 16 times
-    per micro-kernel it took half of the first compile (75 -> 38 s without), and the epilogue
-    ran no faster (0.645-0.674 ms against 0.635-0.678, alternating runs).
+    per micro-kernel it would double the first compile, and the epilogue runs no faster so.
     """
     q = ROW * p
     if E.edge:  # zero padding: the missing taps' half weight sums (row 0: interior, zeros)
