@@ -487,6 +487,11 @@ def eager_vs_compiled(args: argparse.Namespace) -> int:
         f"% of the eager s2bnn step, {100 * teacher_ms / ms[(s2bnn_label, True)]:.0f} % of the "
         "compiled one (the teacher is not compiled)"
     )
+    print(
+        "first losses: from the same weights and batch; at full width they differ in the 2nd "
+        "digit between eager and compiled as between eager runs with 1 and 2 threads (a BNN's "
+        "signs amplify any change in rounding); tests compare steps on a tiny model"
+    )
     return 0
 
 

@@ -245,7 +245,7 @@ def test_compiled_training_steps_agree_with_eager_steps(name):
         ref_loss, ref_grad = loss_and_grad(eager, copy.deepcopy(head))
         opt.zero_grad()
         loss, grad = loss_and_grad(model, head)
-        assert loss == pytest.approx(ref_loss, rel=1e-5)
+        assert loss == pytest.approx(ref_loss, rel=1e-4)
         assert (grad - ref_grad).norm() <= 1e-3 * ref_grad.norm()
         offset = 0
         for p in [*model.parameters(), *head.parameters()]:
