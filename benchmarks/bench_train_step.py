@@ -22,6 +22,17 @@ there, which counts only this process's CPU time.
     python benchmarks/bench_train_step.py                       # reactnet18 x1.0, resnet18 teacher
     python benchmarks/bench_train_step.py --threads 1 --clock cpu --steps 6   # a busy shared CPU
     python benchmarks/bench_train_step.py --device cuda --precision bf16-mixed --batch-size 256
+
+``--eager-vs-compiled`` measures ``backbone.kwargs.compile`` instead: for ``reactnet_a`` and
+``reactnet18`` a backbone step (backbone + linear head, cross-entropy, backward, Adam), and a
+``method=s2bnn`` step (distillation only, student ``--backbone``), each eager and compiled, built
+from the same initial weights in one process and interleaved; it prints the medians, the
+compiled/eager ratio (> 1: compiled is faster), the first compiled call's time (compilation
+included; Inductor's caches are off unless ``--warm-cache``, so it is what a fresh machine
+pays), the teacher forward's share of the eager s2bnn step, the device, the CPU model and the
+load average.
+
+    python benchmarks/bench_train_step.py --eager-vs-compiled --batch-size 64 --size 32
 """
 
 from __future__ import annotations
@@ -29,6 +40,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
+import platform
 import statistics
 import sys
 import tempfile
@@ -75,6 +88,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="as performance.disable_channel_last=True",
     )
+    p.add_argument(
+        "--eager-vs-compiled",
+        action="store_true",
+        help="time each backbone and the s2bnn step eager and with backbone.kwargs.compile=true",
+    )
+    p.add_argument(
+        "--warm-cache",
+        action="store_true",
+        help="keep Inductor's on-disk caches (default: off, so the first call compiles from "
+        "scratch)",
+    )
     return p.parse_args(argv)
 
 
@@ -94,7 +118,9 @@ def make_teacher(name: str, cifar: bool, folder: Path) -> Path:
     return path
 
 
-def make_cfg(method: str, args: argparse.Namespace, method_kwargs: dict[str, Any]):
+def make_cfg(
+    method: str, args: argparse.Namespace, method_kwargs: dict[str, Any], compile_: bool = False
+):
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.create(
@@ -103,7 +129,11 @@ def make_cfg(method: str, args: argparse.Namespace, method_kwargs: dict[str, Any
             "method": method,
             "backbone": {
                 "name": args.backbone,
-                "kwargs": {"cifar": args.size <= 64, "width_mult": args.width_mult},
+                "kwargs": {
+                    "cifar": args.size <= 64,
+                    "width_mult": args.width_mult,
+                    "compile": compile_,
+                },
             },
             "method_kwargs": method_kwargs,
             "data": {
@@ -140,20 +170,29 @@ def make_cfg(method: str, args: argparse.Namespace, method_kwargs: dict[str, Any
 SIMCLR = {"proj_hidden_dim": 2048, "proj_output_dim": 256, "temperature": 0.2}
 
 
-def build_models(args: argparse.Namespace, teacher: Path) -> dict[str, nn.Module]:
+def build_models(
+    args: argparse.Namespace, teacher: Path, specs: dict[str, tuple[str, dict, bool]] | None = None
+) -> dict[str, nn.Module]:
+    """solo-learn method models by label: ``(method, method_kwargs, compile)`` each (default:
+    simclr, s2bnn and s2bnn+simclr, eager)."""
     from solo.methods import METHODS
     from solo.utils.misc import make_contiguous
 
-    s2bnn = {"teacher": {"ckpt": str(teacher)}, "head_hidden_dim": 2048}
-    specs = {
-        "simclr": ("simclr", dict(SIMCLR)),
-        "s2bnn": ("s2bnn", {**s2bnn, "ssl_method": "none"}),
-        "s2bnn+simclr": ("s2bnn", {**s2bnn, "ssl_method": "simclr", "ssl_kwargs": SIMCLR}),
-    }
+    s2bnn = s2bnn_kwargs(teacher)
+    if specs is None:
+        specs = {
+            "simclr": ("simclr", dict(SIMCLR), False),
+            "s2bnn": ("s2bnn", {**s2bnn, "ssl_method": "none"}, False),
+            "s2bnn+simclr": (
+                "s2bnn",
+                {**s2bnn, "ssl_method": "simclr", "ssl_kwargs": SIMCLR},
+                False,
+            ),
+        }
     models = {}
-    for label, (method, kwargs) in specs.items():
+    for label, (method, kwargs, compile_) in specs.items():
         torch.manual_seed(0)  # the same initial student in every model
-        model = METHODS[method](make_cfg(method, args, kwargs))
+        model = METHODS[method](make_cfg(method, args, kwargs, compile_))
         make_contiguous(model)
         if not args.no_channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -162,6 +201,10 @@ def build_models(args: argparse.Namespace, teacher: Path) -> dict[str, nn.Module
         model.train()
         models[label] = model
     return models
+
+
+def s2bnn_kwargs(teacher: Path) -> dict[str, Any]:
+    return {"teacher": {"ckpt": str(teacher)}, "head_hidden_dim": 2048}
 
 
 def params(module: nn.Module) -> int:
@@ -190,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     from s2bnn_plugin.solo import register
 
     register()
+    if args.eager_vs_compiled:
+        return eager_vs_compiled(args)
 
     with tempfile.TemporaryDirectory() as tmp:
         teacher_path = make_teacher(args.teacher, args.size <= 64, Path(tmp))
@@ -287,6 +332,165 @@ def main(argv: list[str] | None = None) -> int:
         f"{teacher_params / 1e6:.2f} M vs student {student_with_head / 1e6:.2f} M, both with "
         f"their heads: {'no larger' if teacher_params <= student_with_head else 'LARGER'}): "
         f"{verdict}"
+    )
+    return 0
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``lscpu``'s "Model name"), or the platform's processor string."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def load_average() -> str:
+    try:
+        return " ".join(f"{v:.1f}" for v in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def eager_vs_compiled(args: argparse.Namespace) -> int:
+    """Backbone steps and the s2bnn step, eager and compiled, interleaved; see the module doc."""
+    from s2bnn_plugin.backbones import create_backbone
+
+    if not args.warm_cache:
+        from torch._functorch import config as functorch_config
+        from torch._inductor import config as inductor_config
+
+        inductor_config.fx_graph_cache = False
+        functorch_config.enable_autograd_cache = False
+    if args.precision != "32":
+        raise SystemExit("--eager-vs-compiled measures precision 32 only")
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    device = args.device
+    g = torch.Generator().manual_seed(0)
+    size, batch = args.size, args.batch_size
+    crops = [torch.randn(batch, 3, size, size, generator=g).to(device) for _ in range(2)]
+    targets = torch.randint(0, 10, (batch,), generator=g).to(device)
+    memory = torch.contiguous_format if args.no_channels_last else torch.channels_last
+
+    def backbone_step(name: str, compile_: bool):
+        torch.manual_seed(0)  # the same initial weights eager and compiled
+        model = create_backbone(
+            name, cifar=size <= 64, width_mult=args.width_mult, compile=compile_
+        )
+        head = nn.Linear(model.num_features, 10)
+        model, head = model.to(device, memory_format=memory), head.to(device)
+        opt = torch.optim.Adam([*model.parameters(), *head.parameters()], lr=3e-4)
+        x = crops[0].contiguous(memory_format=memory)
+
+        def step() -> float:
+            opt.zero_grad(set_to_none=True)
+            loss = nn.functional.cross_entropy(head(model(x)), targets)
+            loss.backward()
+            opt.step()
+            return loss.item()
+
+        return step
+
+    with tempfile.TemporaryDirectory() as tmp:
+        teacher_path = make_teacher(args.teacher, size <= 64, Path(tmp))
+        s2bnn = {**s2bnn_kwargs(teacher_path), "ssl_method": "none"}
+        methods = build_models(
+            args, teacher_path, {c: ("s2bnn", dict(s2bnn), c) for c in (False, True)}
+        )
+    batch_list = [torch.arange(batch, device=device), crops, targets]
+
+    def method_step(model: nn.Module):
+        opt = model.configure_optimizers()
+        opt = opt[0][0] if isinstance(opt, tuple) else opt
+
+        def step() -> float:
+            opt.zero_grad(set_to_none=True)
+            out = model.training_step(batch_list, 0)
+            loss = out["loss"] if isinstance(out, dict) else out
+            loss.backward()
+            opt.step()
+            return loss.item()
+
+        return step
+
+    teacher = methods[False].teacher
+    teacher_inputs = [c.contiguous(memory_format=memory) for c in crops]
+
+    def teacher_forward() -> float:
+        for x in teacher_inputs:
+            teacher(x)
+        return 0.0
+
+    rows = [
+        (f"{name} x{args.width_mult} backbone step", name, compile_)
+        for name in ("reactnet_a", "reactnet18")
+        for compile_ in (False, True)
+    ]
+    steps: dict[tuple[str, bool], Any] = {
+        (label, c): backbone_step(name, c) for label, name, c in rows
+    }
+    s2bnn_label = f"s2bnn step (student {args.backbone} x{args.width_mult})"
+    for c in (False, True):
+        steps[(s2bnn_label, c)] = method_step(methods[c])
+    steps[("teacher forward (2 crops)", False)] = teacher_forward
+
+    def timed(fn) -> tuple[float, float]:
+        sync(device)
+        start = clock()
+        loss = fn()
+        sync(device)
+        return clock() - start, loss
+
+    first: dict[tuple[str, bool], float] = {}
+    first_loss: dict[tuple[str, bool], float] = {}
+    for key, fn in steps.items():  # the first call compiles
+        first[key], first_loss[key] = timed(fn)
+    for _ in range(args.warmup):
+        for fn in steps.values():
+            fn()
+    times: dict[tuple[str, bool], list[float]] = {key: [] for key in steps}
+    for _ in range(args.steps):
+        for key, fn in steps.items():
+            times[key].append(timed(fn)[0])
+    ms = {key: 1000 * statistics.median(t) for key, t in times.items()}
+
+    where = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
+    print(
+        f"device {where}; CPU {cpu_model()}; {torch.get_num_threads()} threads; "
+        f"torch {torch.__version__}; load average {load_average()} (at the end); {args.clock} "
+        f"clock; batch {batch} at {size} px (s2bnn: 2 crops, teacher {args.teacher}); "
+        f"channels_last {not args.no_channels_last}; Inductor caches "
+        f"{'kept' if args.warm_cache else 'off'}; median of {args.steps} interleaved steps "
+        f"after {args.warmup} warm-up"
+    )
+    print()
+    print(
+        "| step | eager ms | compiled ms | compiled speed-up | first compiled call s "
+        "| first loss eager / compiled |"
+    )
+    print("|---|---:|---:|---:|---:|---|")
+    labels = [label for label, _, c in rows if not c] + [s2bnn_label]
+    for label in labels:
+        eager, compiled = ms[(label, False)], ms[(label, True)]
+        print(
+            f"| {label} | {eager:.1f} | {compiled:.1f} | {eager / compiled:.2f}x | "
+            f"{first[(label, True)]:.1f} | {first_loss[(label, False)]:.6f} / "
+            f"{first_loss[(label, True)]:.6f} |"
+        )
+    teacher_ms = ms[("teacher forward (2 crops)", False)]
+    print()
+    print(
+        f"teacher forward: {teacher_ms:.1f} ms, {100 * teacher_ms / ms[(s2bnn_label, False)]:.0f} "
+        f"% of the eager s2bnn step, {100 * teacher_ms / ms[(s2bnn_label, True)]:.0f} % of the "
+        "compiled one (the teacher is not compiled)"
+    )
+    print(
+        "first losses: from the same weights and batch; at full width they differ in the 2nd "
+        "digit between eager and compiled as between eager runs with 1 and 2 threads (a BNN's "
+        "signs amplify any change in rounding); tests compare steps on a tiny model"
     )
     return 0
 

@@ -83,7 +83,7 @@ class RandomCrops(Dataset):
         return i, [self.x[i, 0], self.x[i, 1]], self.y[i]
 
 
-def fit(model, cfg: DictConfig, steps: int = 2, size: int = 32) -> Trainer:
+def fit(model, cfg: DictConfig, steps: int = 2, size: int = 32, callbacks=()) -> Trainer:
     kwargs = OmegaConf.to_container(cfg)
     valid = inspect.signature(Trainer.__init__).parameters
     kwargs = {k: v for k, v in kwargs.items() if k in valid}
@@ -93,6 +93,7 @@ def fit(model, cfg: DictConfig, steps: int = 2, size: int = 32) -> Trainer:
         enable_progress_bar=False,
         enable_model_summary=False,
         max_steps=steps,
+        callbacks=list(callbacks),
     )
     trainer = Trainer(**kwargs)
     data = RandomCrops(n=cfg.optimizer.batch_size * steps, size=size)

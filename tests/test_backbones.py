@@ -126,3 +126,132 @@ def test_reactnet18_complexity():
     # 16 binary 3x3 convs at 56/28/14/7 px: 1.676 x 10^9 binary MACs (Bi-Real-18 reports 1.68).
     assert c.bops == 1_676_279_808
     assert round(c.ops / 1e8, 1) == 1.6
+
+
+def _tiny(name: str, **kwargs):
+    torch.manual_seed(0)
+    return create_backbone(name, cifar=True, width_mult=0.125, **kwargs)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_backbones_compile_as_one_graph_for_training(name):
+    # fullgraph=True raises at any graph break; the eager backend runs Dynamo's tracing (of the
+    # sign Functions' backward too) without AOT or Inductor (no C++ compiler, a few seconds)
+    torch._dynamo.reset()
+    model = _tiny(name)
+    x = torch.randn(2, 3, 16, 16)
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    grads = []
+    for fn in (model, compiled):
+        model.zero_grad()
+        out = fn(x)
+        out.square().sum().backward()
+        grads.append((out.detach(), [p.grad.clone() for p in model.parameters()]))
+    (ref, ref_grads), (out, out_grads) = grads
+    assert torch.allclose(ref, out, rtol=1e-5, atol=1e-6)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(ref_grads, out_grads))
+
+
+def test_compile_setting_is_checked_and_keeps_the_models_keys_and_config():
+    import copy
+    import dataclasses
+
+    from s2bnn_plugin.export import pack
+
+    with pytest.raises(TypeError, match="compile must be true or false, got 'yes'"):
+        reactnet_a(compile="yes")
+    with pytest.raises(TypeError, match=r"accepted: \[.*'compile'\]"):
+        reactnet_a(compiel=True)
+    for name in NAMES:
+        eager, compiled = _tiny(name), _tiny(name, compile=True)
+        assert compiled.compile_features and not eager.compile_features
+        assert type(compiled) is type(eager)
+        # the same state_dict keys (no torch.compile "_orig_mod." prefix) and the same config,
+        # which is what a packed file records: compile is a way to run, not part of the model
+        assert list(compiled.state_dict()) == list(eager.state_dict())
+        assert compiled.load_state_dict(eager.state_dict()) is not None
+        assert compiled.config == eager.config
+        assert "compile" not in dataclasses.asdict(compiled.config)
+        assert copy.deepcopy(compiled).compile_features
+        compiled.load_state_dict(eager.state_dict())
+        packed, packed_eager = pack(compiled.eval()), pack(eager.eval())
+        assert packed.spec["backbone"] == packed_eager.spec["backbone"]
+        assert packed.spec["backbone"]["kwargs"] == dataclasses.asdict(eager.config)
+
+
+def test_compiled_backbone_trains_as_one_graph_without_recompiling():
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    student, copy_ = _tiny("reactnet_a", compile=True), _tiny("reactnet_a", compile=True)
+    eager = _tiny("reactnet_a")
+    for model in (student, copy_):
+        model.compile_backend = "eager"  # Dynamo alone: what decides graphs and recompiles
+    head = torch.nn.Linear(student.num_features, 3)
+    opt = torch.optim.Adam([*student.parameters(), *head.parameters()], lr=1e-3)
+    x, y = torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 0])
+    eager_loss = torch.nn.functional.cross_entropy(head(eager(x)), y).item()
+    losses = []
+    for _ in range(3):
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(head(student(x)), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    copy_(x).sum().backward()  # a second model of the same architecture reuses the graph
+    # one graph for the whole backbone (a graph break inside it would give one per piece),
+    # compiled once: no recompilation across steps, modules or instances
+    assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    assert counters["frames"]["ok"] == 1, dict(counters["frames"])
+    assert losses[0] == pytest.approx(eager_loss, rel=1e-5)
+    assert losses[-1] < losses[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_compiled_training_steps_agree_with_eager_steps(name):
+    # Inductor, as backbone.kwargs.compile=true runs it: on a CPU it needs a C++ compiler
+    import copy
+    import os
+    import shutil
+
+    from torch._dynamo.utils import counters
+
+    cxx = os.environ.get("CXX", "g++")
+    assert shutil.which(cxx), f"torch.compile on a CPU needs a C++ compiler: {cxx} is not on PATH"
+    torch._dynamo.reset()
+    counters.clear()
+    x, y = torch.randn(8, 3, 16, 16), torch.arange(8) % 3
+    model, eager = _tiny(name, compile=True), _tiny(name)
+    head = torch.nn.Linear(model.num_features, 3)
+    opt = torch.optim.Adam([*model.parameters(), *head.parameters()], lr=1e-3)
+
+    def loss_and_grad(backbone, head):
+        loss = torch.nn.functional.cross_entropy(head(backbone(x)), y)
+        params = [*backbone.parameters(), *head.parameters()]
+        grads = torch.autograd.grad(loss, params)
+        return loss.item(), torch.cat([g.flatten() for g in grads])
+
+    losses = []
+    for _ in range(3):
+        # each compiled step against an eager step from the same weights: the same loss and
+        # gradient up to the order of floating-point operations (Inductor fuses them). Whole
+        # trajectories are not compared: Adam's first steps move every weight by about lr
+        # whatever the gradient's size, so a BNN's trajectory changes with any rounding (eager
+        # with 1 thread and with 2 threads part after two steps too).
+        eager.load_state_dict(model.state_dict())
+        ref_loss, ref_grad = loss_and_grad(eager, copy.deepcopy(head))
+        opt.zero_grad()
+        loss, grad = loss_and_grad(model, head)
+        assert loss == pytest.approx(ref_loss, rel=1e-4)
+        assert (grad - ref_grad).norm() <= 1e-3 * ref_grad.norm()
+        offset = 0
+        for p in [*model.parameters(), *head.parameters()]:
+            p.grad = grad[offset : offset + p.numel()].view_as(p).clone()
+            offset += p.numel()
+        opt.step()
+        losses.append(loss)
+    assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
+    assert losses[-1] < losses[0]

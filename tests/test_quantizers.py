@@ -117,3 +117,63 @@ def test_backbone_layers_hold_distinct_quantizers():
 def test_every_quantizer_documents_its_forward_and_surrogate_gradient(cls):
     doc = cls.__doc__
     assert "Forward" in doc and "Surrogate gradient" in doc and "dq/d" in doc, cls
+
+
+class _ReferenceApproxSignFn(torch.autograd.Function):
+    """ApproxSign's forward and backward written out on their own: the values and gradients the
+    plugin's binarisers must reproduce exactly, whatever form their implementation takes."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        slope = torch.where(x < 0, 2.0 + 2.0 * x, 2.0 - 2.0 * x)
+        return grad * torch.where(x.abs() < 1.0, slope, torch.zeros_like(slope)).to(grad.dtype)
+
+
+class _ReferenceSteSignFn(_ReferenceApproxSignFn):
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * (x.abs() <= 1.0).to(x.dtype).to(grad.dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize(
+    "quantizer,reference", [(ApproxSign, _ReferenceApproxSignFn), (SteSign, _ReferenceSteSignFn)]
+)
+def test_sign_forward_and_gradient_are_bit_for_bit_the_reference(quantizer, reference, dtype):
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([X, 1.5 * torch.randn(4096, generator=g)]).to(dtype)
+    upstream = torch.randn(x.shape, generator=g).to(dtype)
+    got, ref = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    out, expected = quantizer()(got), reference.apply(ref)
+    (out * upstream).sum().backward()
+    (expected * upstream).sum().backward()
+    assert out.dtype == dtype and torch.equal(out, expected)
+    assert torch.equal(got.grad, ref.grad)
+
+
+@pytest.mark.parametrize(
+    "make", [ApproxSign, SteSign, ScaledSign, lambda: RSign(3), lambda: RSign(3, "ste_sign")]
+)
+def test_quantizers_compile_as_one_graph_with_the_same_values_and_gradients(make):
+    # fullgraph=True raises at a graph break: one inside a sign splits a compiled backbone at
+    # every layer, and each layer then compiles on its own, once per shape (reactnet_a hits
+    # Dynamo's recompile limit). aot_eager traces forward and backward without a C++ compiler.
+    torch._dynamo.reset()
+    quantizer = make()
+    compiled = torch.compile(quantizer, fullgraph=True, backend="aot_eager")
+    x = torch.cat([X, torch.randn(87)]).reshape(2, 3, 4, 4)
+    upstream = torch.randn(x.shape)
+    grads = []
+    for fn in (quantizer, compiled):
+        xg = x.clone().requires_grad_(True)
+        out = fn(xg)
+        (out * upstream).sum().backward()
+        grads.append((out.detach(), xg.grad))
+    assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])

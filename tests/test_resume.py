@@ -293,3 +293,14 @@ def test_linear_runs_are_compared_too(fresh):
     (other / "class0").mkdir(parents=True, exist_ok=True)
     with pytest.raises(ResumeMismatch, match=rf"data\.train_path \({fresh / 'train'} -> {other}\)"):
         check_resume(linear(f"data.train_path={other}"))
+
+
+def test_compiling_the_student_or_not_is_no_other_setting():
+    """``backbone.kwargs.compile`` changes how the student computes, not what it trains: a
+    resume may turn it on or off, while every other backbone setting is still compared."""
+    old = {"backbone": {"name": "reactnet_a", "kwargs": {"width_mult": 1.0}}}
+    new = copy.deepcopy(old)
+    new["backbone"]["kwargs"]["compile"] = True
+    assert differences(old, new, ("backbone",)) == []
+    new["backbone"]["kwargs"]["width_mult"] = 0.5
+    assert [d.key for d in differences(old, new, ("backbone",))] == ["backbone.kwargs.width_mult"]

@@ -20,6 +20,7 @@ from s2bnn_plugin.backbones.base import (
     BackboneConfig,
     BackboneError,
     BinaryBackbone,
+    build_backbone,
 )
 from s2bnn_plugin.backbones.reactnet import ReActNetA
 from s2bnn_plugin.backbones.reactnet18 import ReActNet18
@@ -56,15 +57,15 @@ def reactnet_a(method: str | None = None, **kwargs: Any) -> ReActNetA:
     """ReActNet-A, S2-BNN's student (1024-d features at width 1).
 
     ``method`` is solo-learn's method name, accepted for its factory signature and unused.
-    Keyword arguments: see :class:`BackboneConfig`.
+    Keyword arguments: see :class:`BackboneConfig`, and ``compile`` (:class:`BinaryBackbone`).
     """
-    return ReActNetA(BackboneConfig.from_kwargs("reactnet_a", kwargs))
+    return build_backbone(ReActNetA, "reactnet_a", kwargs)
 
 
 @register_backbone
 def reactnet18(method: str | None = None, **kwargs: Any) -> ReActNet18:
     """A ResNet-18-layout BNN with ReActNet-style blocks (512-d features at width 1)."""
-    return ReActNet18(BackboneConfig.from_kwargs("reactnet18", kwargs))
+    return build_backbone(ReActNet18, "reactnet18", kwargs)
 
 
 def list_backbones() -> list[str]:

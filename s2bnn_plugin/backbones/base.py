@@ -4,13 +4,19 @@ solo-learn calls a backbone factory as ``factory(method, **cfg.backbone.kwargs)`
 module mapping (B, 3, H, W) to (B, D) with ``num_features = D``. The keyword arguments are
 validated here, once, so that a typo in a config fails at model construction (before any
 training) with the list of accepted names.
+
+The keyword arguments are of two kinds: :class:`BackboneConfig` says what the network is (a packed
+file records it to rebuild the model), and ``compile`` says how its forward runs (through
+``torch.compile`` or eagerly), which changes neither the parameters nor their names.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -19,12 +25,19 @@ from s2bnn_plugin.errors import S2BNNError
 from s2bnn_plugin.nn import QUANTIZERS, Quantizer, get_quantizer
 
 __all__ = [
+    "COMPILE_KWARG",
     "BackboneArgumentError",
     "BackboneConfig",
     "BackboneError",
     "BinaryBackbone",
+    "build_backbone",
+    "compiled_forward_features",
     "scaled_width",
 ]
+
+COMPILE_KWARG = "compile"
+"""The keyword argument (``backbone.kwargs.compile``) that runs the features through
+``torch.compile``; it is not part of :class:`BackboneConfig` (packed files do not record it)."""
 
 
 class BackboneError(S2BNNError, ValueError):
@@ -56,12 +69,14 @@ class BackboneConfig:
 
     @classmethod
     def from_kwargs(cls, backbone: str, kwargs: dict[str, Any]) -> BackboneConfig:
+        # ``compile`` is read by the factory (build_backbone), not a field of the config
+        kwargs = {k: v for k, v in kwargs.items() if k != COMPILE_KWARG}
         accepted = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(kwargs) - set(accepted))
         if unknown:
             raise BackboneArgumentError(
                 f"{backbone}() got unknown keyword argument(s) {unknown}; "
-                f"accepted: {accepted} (set them under backbone.kwargs)"
+                f"accepted: {[*accepted, COMPILE_KWARG]} (set them under backbone.kwargs)"
             )
         cfg = cls(**kwargs)
         cfg.validate(backbone)
@@ -99,6 +114,18 @@ def scaled_width(channels: int, width_mult: float) -> int:
     return max(1, int(round(channels * width_mult)))
 
 
+def _forward_features(model: BinaryBackbone, x: torch.Tensor) -> torch.Tensor:
+    return model.forward_features(x)
+
+
+@functools.cache
+def compiled_forward_features(backend: str = "inductor") -> Callable[..., torch.Tensor]:
+    """``torch.compile`` of ``model.forward_features(x)`` as a function ``f(model, x)``, made once
+    per backend. One compiled function serves every backbone: Dynamo guards on the modules'
+    structure (parameters are graph inputs), so two models of one architecture share a graph."""
+    return torch.compile(_forward_features, backend=backend)
+
+
 class BinaryBackbone(nn.Module):
     """Base of the binary backbones: (B, 3, H, W) -> (B, num_features), any resolution.
 
@@ -108,9 +135,19 @@ class BinaryBackbone(nn.Module):
     type, so a subclass that keeps this ``forward`` and builds its stem and blocks from modules
     that have pack rules packs without further code. ``name`` is the name its factory is
     registered under; a packed file records it (with ``config``) to rebuild the model.
+
+    ``compile_features`` (``backbone.kwargs.compile``, off by default) runs ``forward_features``
+    through ``torch.compile``. Compilation happens inside ``forward``, so the module stays this
+    class: its ``state_dict`` keys, the packer's walk and ``copy.deepcopy`` are those of the eager
+    model. The first call compiles (tens of seconds on a CPU; it needs a C++ compiler there);
+    a later call compiles again only when what the graph was traced for changes: train/eval
+    mode, gradient mode, a new input shape (the batch size of a last, smaller batch: once, then
+    the batch dimension is traced as dynamic), a new dtype or device. ``compile_backend`` is the
+    ``torch.compile`` backend (Inductor; tests use ``aot_eager``, which needs no C++ compiler).
     """
 
     name: str = ""
+    compile_backend: str = "inductor"
     num_features: int
     stem: nn.Module
     blocks: nn.Module
@@ -119,6 +156,7 @@ class BinaryBackbone(nn.Module):
         super().__init__()
         self.config = config
         self.pool = nn.AdaptiveAvgPool2d(1)
+        self.compile_features = False
 
     @staticmethod
     def check_input(x: torch.Tensor) -> None:
@@ -134,4 +172,23 @@ class BinaryBackbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
+        if self.compile_features and not torch.compiler.is_compiling():
+            return compiled_forward_features(self.compile_backend)(self, x)
         return self.forward_features(x)
+
+
+Backbone = TypeVar("Backbone", bound=BinaryBackbone)
+
+
+def build_backbone(cls: type[Backbone], name: str, kwargs: dict[str, Any]) -> Backbone:
+    """``cls`` built from a factory's keyword arguments: :class:`BackboneConfig`'s fields and
+    ``compile`` (true or false, default false), all checked before the model is built."""
+    kwargs = dict(kwargs)
+    compile_features = kwargs.pop(COMPILE_KWARG, False)
+    if not isinstance(compile_features, bool):
+        raise BackboneArgumentError(
+            f"{name}(): compile must be true or false, got {compile_features!r}"
+        )
+    model = cls(BackboneConfig.from_kwargs(name, kwargs))
+    model.compile_features = compile_features
+    return model

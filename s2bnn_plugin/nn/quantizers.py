@@ -42,39 +42,49 @@ def binary_sign(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
 
 
-class _SignFn(torch.autograd.Function):
-    """sign forward (``sign(0) = +1``); the backward multiplies by ``derivative(x)``, the STE."""
+def _approx_sign_derivative(x: torch.Tensor) -> torch.Tensor:
+    """ReActNet's piecewise-polynomial derivative: 2 + 2x on [-1, 0), 2 - 2x on [0, 1), else 0."""
+    slope = torch.where(x < 0, 2.0 + 2.0 * x, 2.0 - 2.0 * x)
+    return torch.where(x.abs() < 1.0, slope, torch.zeros_like(slope))
+
+
+def _clipped_identity_derivative(x: torch.Tensor) -> torch.Tensor:
+    """The clipped identity's derivative: 1 where ``|x| <= 1``, else 0."""
+    return (x.abs() <= 1.0).to(x.dtype)
+
+
+# The autograd Functions' forward and backward are staticmethods that name their derivative
+# directly: torch.compile (Dynamo) traces a Function only through staticmethods; a classmethod
+# forward makes it raise inside the Function (a graph break at every sign, and each module then
+# compiles on its own, once per distinct shape, up to the recompile limit).
+
+
+class _ApproxSignFn(torch.autograd.Function):
+    """sign forward (``sign(0) = +1``); the backward multiplies by ReActNet's polynomial STE."""
 
     @staticmethod
-    def derivative(x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    @classmethod
-    def forward(cls, ctx, x: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(x)
         return binary_sign(x)
 
-    @classmethod
-    def backward(cls, ctx, grad: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         (x,) = ctx.saved_tensors
-        return grad * cls.derivative(x).to(grad.dtype)
+        return grad * _approx_sign_derivative(x).to(grad.dtype)
 
 
-class _ApproxSignFn(_SignFn):
-    """ReActNet's piecewise-polynomial derivative: 2 + 2x on [-1, 0), 2 - 2x on [0, 1), else 0."""
-
-    @staticmethod
-    def derivative(x: torch.Tensor) -> torch.Tensor:
-        slope = torch.where(x < 0, 2.0 + 2.0 * x, 2.0 - 2.0 * x)
-        return torch.where(x.abs() < 1.0, slope, torch.zeros_like(slope))
-
-
-class _SteSignFn(_SignFn):
-    """Clipped identity: the gradient passes where |x| <= 1."""
+class _SteSignFn(torch.autograd.Function):
+    """sign forward (``sign(0) = +1``); the backward passes the gradient where ``|x| <= 1``."""
 
     @staticmethod
-    def derivative(x: torch.Tensor) -> torch.Tensor:
-        return (x.abs() <= 1.0).to(x.dtype)
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return binary_sign(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        return grad * _clipped_identity_derivative(x).to(grad.dtype)
 
 
 class Quantizer(nn.Module):

@@ -32,6 +32,7 @@ from s2bnn_plugin.solo_learn.registry import solo_methods
 
 __all__ = [
     "DIGEST_KEY",
+    "IGNORED_KEYS",
     "LINEAR_KEYS",
     "PRETRAIN_KEYS",
     "Difference",
@@ -77,6 +78,8 @@ LINEAR_KEYS = (
 TEACHER_KEY = "method_kwargs.teacher.ckpt"
 #: The teacher file's SHA-256 (hex), written into args.json by method=s2bnn.
 DIGEST_KEY = "method_kwargs.teacher.sha256"
+#: Leaves that change how a run computes, not what it trains: they may differ on a resume.
+IGNORED_KEYS = ("backbone.kwargs.compile",)
 
 
 class ResumeMismatch(ConfigError):
@@ -159,6 +162,9 @@ def differences(
         new_leaves.update(_leaves(_at(new, key), key))
     if DIGEST_KEY not in old_leaves:
         new_leaves.pop(DIGEST_KEY, None)
+    for key in IGNORED_KEYS:
+        old_leaves.pop(key, None)
+        new_leaves.pop(key, None)
     return [
         Difference(key, old_leaves.get(key), new_leaves.get(key))
         for key in sorted(old_leaves.keys() | new_leaves.keys())
