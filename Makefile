@@ -1,5 +1,5 @@
 # Two commands on a fresh machine (Debian/Ubuntu, Python >= 3.11; root for apt-get, else see
-# README, "Data"):
+# docs/training.md, "Data"):
 #   make demo   # set everything up (solo-learn included), then `s2bnn demo` (about 8 minutes)
 #   make test   # set everything up, then run the test suite
 # solo-learn comes from `s2bnn setup-solo`: a download of the pinned commit from GitHub, or,
@@ -27,7 +27,7 @@ data:
 		(apt-get update && apt-get install -y dataset-fashion-mnist); \
 	else \
 		echo "Fashion-MNIST not found and apt-get needs root: set S2BNN_FASHION_MNIST to a"; \
-		echo "folder holding its four idx files (README, \"Data\")"; \
+		echo "folder holding its four idx files (docs/training.md, \"Data\")"; \
 	fi
 
 doctor:

@@ -1,5 +1,6 @@
-"""The docs are true: every README section and repository file that the code, configs and
-scripts point to exists, and the project cites nothing outside the repository."""
+"""The docs are true: every README or docs/ section and repository file that the code, configs
+and scripts point to exists, links resolve, the README stays short, and the project cites
+nothing outside the repository."""
 
 from __future__ import annotations
 
@@ -11,10 +12,29 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
-PROSE = re.sub(r"^```.*?^```", "", README, flags=re.M | re.S)  # no comments of code blocks
-HEADINGS = {m.group(1).strip() for m in re.finditer(r"^#{1,6}\s+(.+)$", PROSE, re.M)}
-# README, "Section" / README, 'Section' / README "Section" / README.md, 'Section'
-SECTION_REF = re.compile(r"README(?:\.md)?,?\s+\\?[\"'“]([^\"'”\\]+)\\?[\"'”]")
+DOCS = sorted((ROOT / "docs").rglob("*.md"))
+PAGES = {"README": ROOT / "README.md", **{str(p.relative_to(ROOT)): p for p in DOCS}}
+# README, "Section" / README.md, 'Section' / docs/training.md, "Section"
+SECTION_REF = re.compile(
+    r"(README(?:\.md)?|docs/[\w/-]+\.md),?\s+\\?[\"'“]([^\"'”\\]+)\\?[\"'”]"
+)
+# a run diary or a history of designs: belongs in commit messages and notes, not in the docs
+DIARY = re.compile(
+    r"\b(?:(?:fourth|fifth|sixth|seventh|eighth|ninth|tenth|eleventh|twelfth|\d+th) run\b|"
+    r"(?:this|last|previous|the epilogue's last) round\b|"
+    r"this session\b|previous session\b|built and measured, not kept)",
+    re.I,
+)
+
+
+def _headings(path: Path) -> set[str]:
+    prose = re.sub(r"^```.*?^```", "", path.read_text(), flags=re.M | re.S)
+    return {m.group(1).strip().strip("`") for m in re.finditer(r"^#{1,6}\s+(.+)$", prose, re.M)}
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor for a heading."""
+    return re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
 
 
 def _tracked() -> list[Path]:
@@ -38,27 +58,60 @@ def _texts() -> dict[str, str]:
     return out
 
 
-def test_every_readme_section_referred_to_exists():
+def test_every_section_referred_to_exists():
     refs = {
-        (name, m.group(1)) for name, text in _texts().items() for m in SECTION_REF.finditer(text)
+        (name, m.group(1), m.group(2))
+        for name, text in _texts().items()
+        for m in SECTION_REF.finditer(text)
     }
-    assert len(refs) >= 5, refs  # the configs, teachers, Makefile, ... do point into the README
-    heads = {h.strip("`") for h in HEADINGS}
-    missing = sorted((name, section) for name, section in refs if section not in heads)
-    assert not missing, f"README has no such section: {missing}; it has {sorted(heads)}"
+    assert len(refs) >= 5, refs  # the configs, teachers, Makefile, ... do point into the docs
+    missing = []
+    for name, page, section in sorted(refs):
+        page = "README" if page.startswith("README") else page
+        if page not in PAGES or section not in _headings(PAGES[page]):
+            missing.append((name, page, section))
+    assert not missing, f"no such page or section: {missing}"
 
 
-def test_local_links_and_images_in_the_readme_exist():
-    links = re.findall(r"\]\(([^)#]+)\)", README)
-    local = [link for link in links if "://" not in link]
-    assert local, "the README shows the demo's plots"
-    assert all((ROOT / link).exists() for link in local), local
+@pytest.mark.parametrize("page", list(PAGES))
+def test_local_links_images_and_anchors_exist(page):
+    path = PAGES[page]
+    text = re.sub(r"^```.*?^```", "", path.read_text(), flags=re.M | re.S)
+    links = [link for link in re.findall(r"\]\(([^)]+)\)", text) if "://" not in link]
+    if page == "README":
+        assert any(link.startswith("docs/") for link in links), "the README links into docs/"
+    bad = []
+    for link in links:
+        target, _, anchor = link.partition("#")
+        file = (path.parent / target) if target else path
+        if not file.exists():
+            bad.append(link)
+        elif anchor and file.suffix == ".md":
+            if anchor not in {_anchor(h) for h in _headings(file)}:
+                bad.append(link)
+    assert not bad, f"{page}: broken links {bad}"
+
+
+def test_the_readme_is_short_and_every_docs_page_is_linked():
+    assert len(README.splitlines()) < 300, "README.md is a five-minute read: depth goes in docs/"
+    linked = set(re.findall(r"\]\((docs/[^)#]+\.md)", README))
+    pages = {str(p.relative_to(ROOT)) for p in DOCS if p.parent == ROOT / "docs"}
+    assert pages <= linked, f"docs pages the README does not link: {sorted(pages - linked)}"
+
+
+def test_no_run_diaries_in_the_docs_or_the_code():
+    hits = {
+        name: DIARY.findall(text)
+        for name, text in _texts().items()
+        if name.endswith((".md", ".py", ".yaml")) and DIARY.search(text)
+    }
+    assert not hits, f"run histories belong in commit messages: {hits}"
 
 
 def test_files_the_docs_and_scripts_name_exist():
     named = set()
-    for name in ("README.md", "CONTRIBUTING.md", "Makefile", ".ci/run"):
-        text = (ROOT / name).read_text()
+    for path in [ROOT / n for n in ("README.md", "CONTRIBUTING.md", "Makefile", ".ci/run")] + DOCS:
+        text = path.read_text()
         named |= set(
             re.findall(
                 r"(?<![\w/.~$-])((?:benchmarks|tests|kernels|s2bnn_plugin|docs|solo_configs)"
@@ -77,9 +130,10 @@ def test_nothing_outside_the_repository_is_cited():
     assert not hits, f"these files cite notes that live outside the repository: {hits}"
 
 
-def test_the_readme_speaks_to_users_not_to_the_tracker():
-    words = re.findall(r"\b(?:issue|task)s?\s+\d+|\bthis task\b", README, re.I)
-    assert not words, words
+def test_the_docs_speak_to_users_not_to_the_tracker():
+    for page, path in PAGES.items():
+        words = re.findall(r"\b(?:issue|task)s?\s+\d+|\bthis task\b", path.read_text(), re.I)
+        assert not words, (page, words)
 
 
 def test_the_demo_time_is_one_figure_everywhere():

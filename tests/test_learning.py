@@ -5,8 +5,8 @@ Real structured data (Fashion-MNIST from Debian's package, 16 px; images with cl
 made here when it is absent), a teacher trained here (a small torchvision ResNet, supervised,
 fixed afterwards), and a binary ``reactnet18`` student trained by ``method=s2bnn`` through
 Lightning's loop and solo-learn's ``BaseMethod`` (4 epochs of 12 steps, one CPU thread).
-The margins are several times the run-to-run noise measured when they were set (see README,
-"Tests").
+The margins are several times the run-to-run noise measured when they were set (see
+docs/testing.md, "The claims a reviewer would ask about").
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ uninterrupted one. ``on_save_checkpoint`` adds every rank's states (plain tensor
 ``torch.load(..., weights_only=True)`` reads them) and ``on_load_checkpoint`` restores this rank's,
 so a run resumed from an epoch-end checkpoint trains on exactly the batches the uninterrupted run
 did. Momentum objectives' current momentum (``momentum_updater.cur_tau``, outside solo-learn's
-state dict too) is saved and restored the same way (see README, "Resuming").
+state dict too) is saved and restored the same way (see docs/training.md, "Resuming").
 """
 
 from __future__ import annotations

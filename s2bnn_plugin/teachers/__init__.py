@@ -36,7 +36,7 @@ def _read(path: Path) -> dict:
     if not path.exists():
         raise FileMissing(
             f"teacher checkpoint {path} does not exist; set method_kwargs.teacher.ckpt to the "
-            "path of a trained teacher (see README, 'Teachers')"
+            "path of a trained teacher (see docs/training.md, 'Teachers')"
         )
     try:
         obj = load_weights(path)
