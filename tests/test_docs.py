@@ -15,9 +15,7 @@ README = (ROOT / "README.md").read_text()
 DOCS = sorted((ROOT / "docs").rglob("*.md"))
 PAGES = {"README": ROOT / "README.md", **{str(p.relative_to(ROOT)): p for p in DOCS}}
 # README, "Section" / README.md, 'Section' / docs/training.md, "Section"
-SECTION_REF = re.compile(
-    r"(README(?:\.md)?|docs/[\w/-]+\.md),?\s+\\?[\"'“]([^\"'”\\]+)\\?[\"'”]"
-)
+SECTION_REF = re.compile(r"(README(?:\.md)?|docs/[\w/-]+\.md),?\s+\\?[\"'“]([^\"'”\\]+)\\?[\"'”]")
 # a run diary or a history of designs: belongs in commit messages and notes, not in the docs
 DIARY = re.compile(
     r"\b(?:(?:fourth|fifth|sixth|seventh|eighth|ninth|tenth|eleventh|twelfth|\d+th) run\b|"
