@@ -34,7 +34,7 @@ from s2bnn_plugin.evaluation import (
     prediction_agreement,
     raw_pixel_probe,
 )
-from s2bnn_plugin.evaluation.linear import _gray_as_rgb
+from s2bnn_plugin.evaluation.linear import gray_as_rgb
 
 HAVE_FASHION_MNIST = (DEFAULT_SOURCE_DIR / "t10k-labels-idx1-ubyte.gz").is_file()
 CLASSES = ["ant", "bee", "cat", "dog", "eel", "fox"]
@@ -178,10 +178,10 @@ def test_raw_pixel_probe_treats_gray_rgb_as_one_channel():
     one = raw_pixel_probe(gray[:60], labels[:60], gray[60:], labels[60:])
     three = raw_pixel_probe(rgb[:60], labels[:60], rgb[60:], labels[60:])
     np.testing.assert_array_equal(one.predictions, three.predictions)
-    assert _gray_as_rgb(rgb)
+    assert gray_as_rgb(rgb)
     color = rgb.copy()
     color[-1, 2, 0, 0] += 0.01  # one pixel of colour anywhere: all channels are kept
-    assert not _gray_as_rgb(color) and not _gray_as_rgb(gray)
+    assert not gray_as_rgb(color) and not gray_as_rgb(gray)
 
 
 @pytest.mark.skipif(not HAVE_FASHION_MNIST, reason=f"Fashion-MNIST not installed: {APT_HINT}")

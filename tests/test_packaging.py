@@ -112,3 +112,27 @@ def test_wheel_holds_kernels_and_configs(tmp_path):
     assert not any(n.startswith("kernels/") for n in names)  # never a top-level `kernels`
     for config in (ROOT / "solo_configs").rglob("*.yaml"):
         assert f"s2bnn_plugin/solo_configs/{config.relative_to(ROOT / 'solo_configs')}" in names
+
+
+def _imported_private_names(folder: Path) -> list[str]:
+    """Every ``from <plugin module> import _name`` under ``folder`` (relative imports included)."""
+    import ast
+
+    found = []
+    for path in sorted(folder.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            ours = node.level > 0 or (node.module or "").startswith("s2bnn_plugin")
+            for alias in node.names:
+                if ours and alias.name.startswith("_") and not alias.name.startswith("__"):
+                    where = f"{path.relative_to(ROOT)}:{node.lineno}"
+                    found.append(f"{where}: {'.' * node.level}{node.module} import {alias.name}")
+    return found
+
+
+def test_no_module_imports_another_modules_underscore_names():
+    """What one module shares with another is public API (named without a leading underscore)."""
+    found = [hit for folder in ("s2bnn_plugin", "kernels", "benchmarks", "tests")
+             for hit in _imported_private_names(ROOT / folder)]  # fmt: skip
+    assert not found, found

@@ -51,6 +51,7 @@ __all__ = [
     "check_config",
     "count_images",
     "demo_students",
+    "print_line",
     "run_demo",
     "run_pipeline",
 ]
@@ -136,7 +137,8 @@ class DemoConfig:
 Log = Callable[[str], None]
 
 
-def _print(msg: str) -> None:
+def print_line(msg: str) -> None:
+    """The stages' default :data:`Log`: one line to standard output, flushed."""
     print(msg, flush=True)
 
 
@@ -603,7 +605,7 @@ def run_pipeline(
     check_data: Check | None = None,
     until: str | None = None,
     quiet: bool = False,
-    log: Log = _print,
+    log: Log = print_line,
 ) -> dict[str, Any]:
     """Data, teacher, ``students`` in order, evaluation, ``report(data, evaluation, timings)``:
     each a stage that is skipped when finished. ``check_data(data)`` runs after the data stage
@@ -682,7 +684,7 @@ def run_demo(
     *,
     until: str | None = None,
     quiet: bool = False,
-    log: Log = _print,
+    log: Log = print_line,
 ) -> dict[str, Any]:
     """Run (or resume) the demo in ``cfg.out_dir``; ``until``: stop after that stage."""
 

@@ -31,10 +31,10 @@ from s2bnn_plugin.demo.pipeline import (
     DemoError,
     Log,
     StudentSpec,
-    _print,
     check_config,
     check_solo,
     count_images,
+    print_line,
     run_pipeline,
 )
 
@@ -409,7 +409,7 @@ def run_study(
     *,
     until: str | None = None,
     quiet: bool = False,
-    log: Log = _print,
+    log: Log = print_line,
 ) -> dict[str, Any]:
     """Run (or resume) the study in ``cfg.out_dir``; ``until``: stop after that stage."""
     check_config(cfg)

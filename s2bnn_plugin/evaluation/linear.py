@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["LinearProbeResult", "linear_probe", "raw_pixel_probe"]
+__all__ = ["LinearProbeResult", "gray_as_rgb", "linear_probe", "raw_pixel_probe"]
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ def linear_probe(
     )
 
 
-def _gray_as_rgb(images: np.ndarray) -> bool:
+def gray_as_rgb(images: np.ndarray) -> bool:
     """Whether every channel is a positive affine copy of the first: a grayscale image stored as
     RGB (as Fashion-MNIST is here), then normalised per channel."""
     if images.ndim != 4 or images.shape[1] == 1 or len(images) == 0:
@@ -150,7 +150,7 @@ def raw_pixel_probe(
     per pixel instead of spread over three copies).
     """
     train_images, test_images = np.asarray(train_images), np.asarray(test_images)
-    if _gray_as_rgb(train_images) and _gray_as_rgb(test_images):
+    if gray_as_rgb(train_images) and gray_as_rgb(test_images):
         train_images, test_images = train_images[:, :1], test_images[:, :1]
     return linear_probe(
         train_images.reshape(len(train_images), -1),
