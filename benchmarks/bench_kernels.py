@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 from functools import partial
 
@@ -42,6 +41,7 @@ from s2bnn_plugin.kernels.assembly import popcount_report
 
 from s2bnn_plugin.backbones import create_backbone
 from s2bnn_plugin.bench.baselines import onnx_export, onnx_session, prebinarised
+from s2bnn_plugin.bench.machine import cpu_name
 from s2bnn_plugin.bench.profile import profile, unit_epilogues
 from s2bnn_plugin.bench.tables import (
     epilogue_table,
@@ -53,17 +53,6 @@ from s2bnn_plugin.bench.tables import (
 from s2bnn_plugin.bench.timing import best_times, layer_timings, set_threads, thread_scaling
 from s2bnn_plugin.export import pack
 from s2bnn_plugin.export.report import file_sizes
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def _features(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:

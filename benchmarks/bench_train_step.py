@@ -41,7 +41,6 @@ import argparse
 import contextlib
 import logging
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -52,6 +51,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from s2bnn_plugin.bench.machine import cpu_name
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -336,18 +337,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def cpu_model() -> str:
-    """The CPU's model name (``lscpu``'s "Model name"), or the platform's processor string."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def load_average() -> str:
     try:
         return " ".join(f"{v:.1f}" for v in os.getloadavg())
@@ -459,7 +448,7 @@ def eager_vs_compiled(args: argparse.Namespace) -> int:
 
     where = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
     print(
-        f"device {where}; CPU {cpu_model()}; {torch.get_num_threads()} threads; "
+        f"device {where}; CPU {cpu_name()}; {torch.get_num_threads()} threads; "
         f"torch {torch.__version__}; load average {load_average()} (at the end); {args.clock} "
         f"clock; batch {batch} at {size} px (s2bnn: 2 crops, teacher {args.teacher}); "
         f"channels_last {not args.no_channels_last}; Inductor caches "
