@@ -9,7 +9,17 @@ shows the traceback only with ``--debug``.
 
 from __future__ import annotations
 
-__all__ = ["DataError", "FileMissing", "S2BNNError", "UsageError"]
+import math
+import numbers
+
+__all__ = [
+    "DataError",
+    "FileMissing",
+    "S2BNNError",
+    "UsageError",
+    "require_positive",
+    "require_whole",
+]
 
 
 class S2BNNError(Exception):
@@ -26,3 +36,22 @@ class DataError(S2BNNError, ValueError):
 
 class FileMissing(S2BNNError, FileNotFoundError):
     """An input file or folder that is not there."""
+
+
+def require_whole(
+    name: str, value: object, minimum: int, what: str, error: type[S2BNNError] = UsageError
+) -> None:
+    """Raise ``error`` naming ``name`` unless ``value`` is a whole number (not a bool) >=
+    ``minimum``; ``what`` says what the setting is."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise error(f"{name} must be a whole number >= {minimum} ({what}), got {value!r}")
+
+
+def require_positive(
+    name: str, value: object, what: str, error: type[S2BNNError] = UsageError
+) -> None:
+    """Raise ``error`` naming ``name`` unless ``value`` is a finite real number (not a bool)
+    > 0; ``what`` says what the setting is."""
+    ok = not isinstance(value, bool) and isinstance(value, numbers.Real)
+    if not ok or not (value > 0 and math.isfinite(value)):
+        raise error(f"{name} must be a finite number > 0 ({what}), got {value!r}")

@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import math
-import numbers
 import os
 import subprocess
 import sys
@@ -39,7 +37,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from s2bnn_plugin.data import DEMO_TRAIN_PER_CLASS, DEMO_VAL_PER_CLASS
-from s2bnn_plugin.errors import S2BNNError
+from s2bnn_plugin.errors import S2BNNError, require_positive, require_whole
 
 __all__ = [
     "STUDENTS",
@@ -234,15 +232,9 @@ def check_config(cfg: DemoConfig) -> None:
         value = getattr(cfg, key)
         if value is None and key in ("train_per_class", "val_per_class"):
             continue  # all of them
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-            raise DemoError(
-                f"{_name(key)} must be a whole number >= {minimum} ({what}), got {value!r}"
-            )
+        require_whole(_name(key), value, minimum, what, DemoError)
     for key, what in _POSITIVE.items():
-        value = getattr(cfg, key)
-        ok = not isinstance(value, bool) and isinstance(value, numbers.Real)
-        if not ok or not (value > 0 and math.isfinite(value)):
-            raise DemoError(f"{_name(key)} must be a finite number > 0 ({what}), got {value!r}")
+        require_positive(_name(key), getattr(cfg, key), what, DemoError)
     if not isinstance(cfg.cifar_stem, bool):
         raise DemoError(f"the setting cifar_stem must be true or false, got {cfg.cifar_stem!r}")
     from s2bnn_plugin.backbones import list_backbones

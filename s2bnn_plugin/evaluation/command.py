@@ -7,30 +7,18 @@ A typed function the command line only parses arguments for; user errors are rai
 from __future__ import annotations
 
 import json
-import math
 import numbers
 import os
 from pathlib import Path
 from typing import Any
 
 from s2bnn_plugin.data import load_image_folder, resolve_dataset
-from s2bnn_plugin.errors import FileMissing, UsageError
+from s2bnn_plugin.errors import FileMissing, UsageError, require_positive, require_whole
 from s2bnn_plugin.evaluation.evaluate import evaluate, evaluate_raw_pixels
 from s2bnn_plugin.evaluation.knn import prediction_agreement
 from s2bnn_plugin.evaluation.models import EVAL_ENGINES, load_engines
 
 __all__ = ["check_eval_options", "check_output_file", "evaluate_model"]
-
-
-def _whole(option: str, value: Any, minimum: int, what: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise UsageError(f"{option} must be a whole number >= {minimum} ({what}), got {value!r}")
-
-
-def _positive(option: str, value: Any, what: str) -> None:
-    ok = not isinstance(value, bool) and isinstance(value, numbers.Real)
-    if not ok or not (value > 0 and math.isfinite(value)):
-        raise UsageError(f"{option} must be a finite number > 0 ({what}), got {value!r}")
 
 
 def check_output_file(path: str | os.PathLike[str], option: str) -> None:
@@ -64,17 +52,17 @@ def check_eval_options(
     checked before any work: each error names the option, the value and what it must be."""
     if engine not in EVAL_ENGINES:
         raise UsageError(f"--engine must be one of {', '.join(EVAL_ENGINES)}, got {engine!r}")
-    _whole("--size", size, 1, "the image size in pixels")
+    require_whole("--size", size, 1, "the image size in pixels")
     ok = not isinstance(crop_ratio, bool) and isinstance(crop_ratio, numbers.Real)
     if not ok or not 0 < crop_ratio <= 1:
         raise UsageError(
             f"--crop-ratio must be in (0, 1] (1 keeps the whole image; 0.875 is solo-learn's "
             f"224/256), got {crop_ratio!r}"
         )
-    _whole("--batch-size", batch_size, 1, "images per forward pass")
-    _whole("--k", k, 1, "the number of neighbours that vote")
-    _positive("--temperature", temperature, "the kNN vote weights are exp(similarity / T)")
-    _positive(
+    require_whole("--batch-size", batch_size, 1, "images per forward pass")
+    require_whole("--k", k, 1, "the number of neighbours that vote")
+    require_positive("--temperature", temperature, "the kNN vote weights are exp(similarity / T)")
+    require_positive(
         "--weight-decay",
         weight_decay,
         "the linear probe's L2 penalty, which makes its fit converge to one optimum",
@@ -84,8 +72,8 @@ def check_eval_options(
         ("--val-per-class", val_per_class),
     ):
         if value is not None:
-            _whole(option, value, 1, "images per class, or 'all'")
-    _whole("--seed", seed, 0, "numpy seeds are non-negative")
+            require_whole(option, value, 1, "images per class, or 'all'")
+    require_whole("--seed", seed, 0, "numpy seeds are non-negative")
     if json_path:
         check_output_file(json_path, "--json")
 
