@@ -33,7 +33,6 @@ state dict too) is saved and restored the same way (see docs/training.md, "Resum
 from __future__ import annotations
 
 import functools
-import pickle
 import warnings
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,7 @@ from solo.methods.base import BaseMethod, BaseMomentumMethod
 from solo.utils.misc import omegaconf_select, remove_bias_and_norm_from_weight_decay
 from solo.utils.momentum import initialize_momentum_params
 
+from s2bnn_plugin.checkpoints import UnreadableWeights, load_weights
 from s2bnn_plugin.methods import rng_state
 from s2bnn_plugin.methods.distillation import (
     DistillationHead,
@@ -419,11 +419,11 @@ class S2BNN(BaseMethod):
     def _load_student_init(self, path: Path) -> None:
         """Initialise from a step-1 checkpoint: the backbone must fit exactly."""
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except (RuntimeError, pickle.UnpicklingError, EOFError) as e:
+            obj = load_weights(path)
+        except UnreadableWeights as e:
             raise MethodConfigError(
-                f"method_kwargs.student_init={path} is not a torch checkpoint ({e}); give the "
-                ".ckpt that solo-learn wrote for step 1"
+                f"method_kwargs.student_init={path} is not a torch checkpoint ({e.reason}); give "
+                "the .ckpt that solo-learn wrote for step 1"
             ) from e
         state = obj.get("state_dict", obj) if isinstance(obj, dict) else {}
         own = self.state_dict()
