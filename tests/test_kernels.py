@@ -424,6 +424,10 @@ def test_float_glue_matches_reference(n, h, w, cin, cout, k, stride, seed):
 
 
 def _has_vpopcntdq() -> bool:
+    """An x86-64 CPU with AVX-512 VPOPCNTDQ (not an emulated aarch64, which reads the host's
+    /proc/cpuinfo)."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
     try:
         with open("/proc/cpuinfo") as f:
             return "avx512_vpopcntdq" in f.read()
