@@ -3,6 +3,9 @@
 Tests marked ``solo`` need solo-learn. Where it is absent they skip, saying how to install it;
 under CI (``CI=true``) they fail instead: CI installs solo-learn, so a missing one is a broken
 set-up that must not pass as skips.
+
+torch is imported only by the fixture that seeds it, and only where it is installed: the kernel
+tests (tests/test_kernels.py) also run where only numpy and Numba are (``tools/arm64-check``).
 """
 
 from __future__ import annotations
@@ -10,7 +13,6 @@ from __future__ import annotations
 import os
 
 import pytest
-import torch
 
 from s2bnn_plugin.solo_learn.locate import solo_available
 from s2bnn_plugin.solo_learn.pin import INSTALL_HINT
@@ -36,4 +38,8 @@ def pytest_runtest_setup(item):
 
 @pytest.fixture(autouse=True)
 def _seed():
+    try:
+        import torch
+    except ModuleNotFoundError:  # a runtime without torch: nothing to seed
+        return
     torch.manual_seed(0)

@@ -1,23 +1,26 @@
 """The Numba kernels against independent references: exact integer accumulations.
 
-Binary convolutions are compared with ``torch.nn.functional.conv2d`` on +-1 tensors with zero
-padding (exact in float32: the sums are small integers); the fused unit with the numpy reference
-engine (same float32 operations in the same order, so bit-for-bit equal). Shapes come from
+Binary convolutions are compared with a plain integer convolution of +-1 arrays with zero padding
+(:func:`_reference_acc`, itself checked against ``torch.nn.functional.conv2d`` where torch is
+installed); the fused unit with the numpy reference engine (same float32 operations in the same
+order, so bit-for-bit equal). Shapes come from
 hypothesis: channel counts that are not multiples of 64 (or of the 32-channel weight blocks), odd
 spatial sizes, stride 2, batches above 1, the two-group (concatenated 1x1) form.
+
+The module imports no torch (nor does tests/conftest.py where torch is absent):
+``tools/arm64-check`` runs it on aarch64 in a root that has only numpy, Numba and the plugin.
 """
 
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 import sys
 import textwrap
 
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from numba import njit
@@ -41,16 +44,51 @@ def _pack_input(x: np.ndarray, thr: np.ndarray, pad: int) -> np.ndarray:
     return bits
 
 
-def _torch_acc(x, thr, weight, k, stride):
-    """sign(x + thr) (sign(0) = +1) convolved with sign(weight), zero padded, per group."""
+def _reference_acc(x, thr, weight, k, stride):
+    """sign(x + thr) (sign(0) = +1, NaN -> -1) convolved with sign(weight), zero padded, per
+    group: int64 sums over the taps, computed plainly in numpy."""
+    groups, n, h, w, _ = x.shape
+    cg = weight.shape[0] // groups
+    pad = k // 2
+    ho, wo = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
     outs = []
-    cg = weight.shape[0] // x.shape[0]
-    for g in range(x.shape[0]):
+    for g in range(groups):
+        s = np.where(x[g] + thr[g] >= 0, 1, -1).astype(np.int64)
+        s = np.pad(s, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+        ws = np.where(weight[g * cg : (g + 1) * cg] >= 0, 1, -1).astype(np.int64)
+        acc = np.zeros((n, ho, wo, cg), np.int64)
+        for ky in range(k):
+            for kx in range(k):
+                tap = s[:, ky : ky + stride * (ho - 1) + 1 : stride]
+                tap = tap[:, :, kx : kx + stride * (wo - 1) + 1 : stride]
+                acc += tap @ ws[:, :, ky, kx].T
+        outs.append(acc)
+    return np.concatenate(outs, axis=-1)
+
+
+@pytest.mark.parametrize(
+    "n, h, w, cin, cout, k, stride, groups",
+    [(2, 5, 7, 70, 33, 3, 2, 1), (1, 4, 9, 5, 8, 3, 1, 2), (3, 1, 2, 64, 31, 1, 1, 1)],
+)
+def test_the_reference_convolution_is_torchs(n, h, w, cin, cout, k, stride, groups):
+    """:func:`_reference_acc` equals ``F.conv2d`` on +-1 float tensors (exact: small integers).
+    Needs torch (skipped where it is absent, as in tools/arm64-check's root)."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(cin)
+    x = rng.standard_normal((groups, n, h, w, cin)).astype(np.float32)
+    x[0, 0, 0, 0, 0] = np.nan
+    thr = (0.3 * rng.standard_normal((groups, cin))).astype(np.float32)
+    weight = rng.standard_normal((groups * cout, cin, k, k)).astype(np.float32)
+    weight[0, 0, 0, 0] = 0.0
+    outs = []
+    for g in range(groups):
         s = torch.from_numpy(np.where(x[g] + thr[g] >= 0, 1.0, -1.0).astype(np.float32))
-        wg = weight[g * cg : (g + 1) * cg]
+        wg = weight[g * cout : (g + 1) * cout]
         ws = torch.from_numpy(np.where(wg >= 0, 1.0, -1.0).astype(np.float32))
-        outs.append(F.conv2d(s.permute(0, 3, 1, 2), ws, None, stride, k // 2).permute(0, 2, 3, 1))
-    return torch.cat(outs, dim=-1).numpy().astype(np.int64)
+        conv = torch.nn.functional.conv2d(s.permute(0, 3, 1, 2), ws, None, stride, k // 2)
+        outs.append(conv.permute(0, 2, 3, 1))
+    expected = torch.cat(outs, dim=-1).numpy().astype(np.int64)
+    np.testing.assert_array_equal(_reference_acc(x, thr, weight, k, stride), expected)
 
 
 def test_lanes_agree():
@@ -185,7 +223,7 @@ def test_binary_conv_acc_is_exact(n, h, w, cin, cout, k, stride, groups, seed):
     out = np.full((n, ho, wo, groups * cout), -(2**30), np.int32)
     wk = K.kernel_weights(wt, cin)  # 32-bit lanes for cin <= 32
     K.binary_conv_acc(bits, n, h, w, cin, k, stride, wk, wsum, groups, cout, 2, out)
-    np.testing.assert_array_equal(out, _torch_acc(x, thr, weight, k, stride))
+    np.testing.assert_array_equal(out, _reference_acc(x, thr, weight, k, stride))
 
 
 @pytest.mark.parametrize("cin", [5, 64])
@@ -205,7 +243,7 @@ def test_binary_conv_acc_every_small_shape(cin):
                 wsum = K.tap_sums(wt, (cout + K.LANES - 1) // K.LANES, 9, K.words_for(cin), cin)
                 wk = K.kernel_weights(wt, cin)
                 for stride in (1, 2):
-                    expected = _torch_acc(x, thr, weight, 3, stride)
+                    expected = _reference_acc(x, thr, weight, 3, stride)
                     for blocks_per_job in (1, 64):
                         out = np.full(expected.shape, -(2**30), np.int32)
                         K.binary_conv_acc(bits, 2, h, w, cin, 3, stride, wk, wsum, 1, cout,
@@ -386,6 +424,10 @@ def test_float_glue_matches_reference(n, h, w, cin, cout, k, stride, seed):
 
 
 def _has_vpopcntdq() -> bool:
+    """An x86-64 CPU with AVX-512 VPOPCNTDQ (not an emulated aarch64, which reads the host's
+    /proc/cpuinfo)."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
     try:
         with open("/proc/cpuinfo") as f:
             return "avx512_vpopcntdq" in f.read()
@@ -403,6 +445,10 @@ def test_micro_kernel_uses_vector_popcount():
     assert report["popcnt_scalar"] == 0, report
 
 
+@pytest.mark.skipif(
+    platform.machine().lower() not in ("x86_64", "amd64"),
+    reason="NUMBA_CPU_NAME=generic here means any x86-64 CPU (on other CPUs it adds nothing)",
+)
 def test_portable_build_without_avx512():
     """``NUMBA_CPU_NAME=generic`` (any x86-64) compiles and gives the same accumulations."""
     code = textwrap.dedent(
@@ -448,9 +494,10 @@ def test_portable_build_without_avx512():
     x = np.load(os.path.join(tmp, "x.npy"))[None]
     neg = np.load(os.path.join(tmp, "neg.npy"))
     weight = np.where(neg, -1.0, 1.0).astype(np.float32)
-    np.testing.assert_array_equal(out, _torch_acc(x, np.zeros((1, 70), np.float32), weight, 3, 2))
+    expected = _reference_acc(x, np.zeros((1, 70), np.float32), weight, 3, 2)
+    np.testing.assert_array_equal(out, expected)
     narrow = np.load(os.path.join(tmp, "out_narrow.npy"))
-    expected = _torch_acc(x[..., :20], np.zeros((1, 20), np.float32), weight[:, :20], 3, 1)
+    expected = _reference_acc(x[..., :20], np.zeros((1, 20), np.float32), weight[:, :20], 3, 1)
     np.testing.assert_array_equal(narrow, expected)
 
 
