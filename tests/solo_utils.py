@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import inspect
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import torch
+import torchvision
 from lightning.pytorch import Trainer
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
@@ -21,6 +26,52 @@ METHOD_KWARGS = {
     },
 }
 MOMENTUM = {"byol", "mocov2plus"}
+
+#: overrides that shrink the plugin's pretrain configs to a few seconds on a CPU
+TINY_PRETRAIN = [
+    "augmentations=mocov2_32.yaml",
+    "optimizer.batch_size=8",
+    "data.num_workers=0",
+    "backbone.kwargs.width_mult=0.125",
+    "backbone.kwargs.cifar=true",
+    "method_kwargs.head_hidden_dim=32",
+    "wandb.enabled=false",
+]
+
+
+def tiny_teacher(path: Path, seed: int = 0) -> Path:
+    """A random MoCo-style ResNet-18 teacher checkpoint (``module.encoder_q.`` keys, a
+    512-128-32 head) at ``path``: what the plugin's teacher loader reads from a solo-learn run."""
+    torch.manual_seed(seed)
+    teacher = torchvision.models.resnet18()
+    teacher.fc = torch.nn.Sequential(
+        torch.nn.Linear(512, 128), torch.nn.ReLU(), torch.nn.Linear(128, 32)
+    )
+    state = {f"module.encoder_q.{k}": v for k, v in teacher.state_dict().items()}
+    torch.save({"state_dict": state}, path)
+    return path
+
+
+def run_solo_script(
+    script: str, kind: str, config: str, overrides: list[str], cwd: Path, timeout: int = 600
+) -> subprocess.CompletedProcess:
+    """solo-learn's own ``script`` (``main_pretrain.py`` / ``main_linear.py``) as a subprocess,
+    with the plugin's ``solo_configs/<kind>/custom/<config>`` and ``overrides``, on the CPU."""
+    from s2bnn_plugin.solo_learn.locate import configs_dir, find_solo_script
+
+    command = [
+        sys.executable,
+        str(find_solo_script(script)),
+        "--config-path",
+        str(configs_dir() / kind / "custom"),
+        "--config-name",
+        config,
+        *overrides,
+    ]
+    env = dict(os.environ, PYTHONWARNINGS="ignore", CUDA_VISIBLE_DEVICES="")
+    return subprocess.run(
+        command, cwd=cwd, capture_output=True, text=True, env=env, timeout=timeout
+    )
 
 
 def base_cfg(

@@ -1,5 +1,5 @@
 """The ``s2bnn`` parser's structure: options that several sub-commands share are defined once, and
-the shared budget options of ``demo`` and ``study`` reach the command's config."""
+the shared budget options of ``demo``, ``study`` and ``ablation`` reach the command's config."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 
 from s2bnn_plugin import cli
 
-#: the options ``demo`` and ``study`` share (``--out`` and ``--until`` differ on purpose: their
-#: own folder default, the demo's fixed stage list)
+#: the options ``demo``, ``study`` and ``ablation`` share (``--out`` and ``--until`` differ on
+#: purpose: their own folder default, the demo's fixed stage list)
 SHARED = {
     "--data",
     "--epochs",
@@ -37,13 +37,14 @@ def _options(parser: argparse.ArgumentParser) -> dict[str, dict]:
     }
 
 
-def test_demo_and_study_define_their_shared_options_alike():
+@pytest.mark.parametrize("command", ["study", "ablation"])
+def test_demo_study_and_ablation_define_their_shared_options_alike(command):
     subs = _subparsers(cli.build_parser())
-    demo, study = _options(subs["demo"]), _options(subs["study"])
-    common = set(demo) & set(study)
+    demo, other = _options(subs["demo"]), _options(subs[command])
+    common = set(demo) & set(other)
     assert common == SHARED | {"--out", "--until"}
     for option in SHARED:
-        assert demo[option] == study[option], option
+        assert demo[option] == other[option], option
 
 
 def test_demo_and_study_take_the_shared_options_from_one_definition(monkeypatch):
@@ -56,17 +57,17 @@ def test_demo_and_study_take_the_shared_options_from_one_definition(monkeypatch)
 
     monkeypatch.setattr(cli, "_add_run_options", with_one_more)
     subs = _subparsers(cli.build_parser())
-    for name in ("demo", "study"):
+    for name in ("demo", "study", "ablation"):
         assert "--probe-option" in _options(subs[name]), name
     assert "--probe-option" not in _options(subs["eval"])
 
 
-@pytest.mark.parametrize("command", ["demo", "study"])
+@pytest.mark.parametrize("command", ["demo", "study", "ablation"])
 def test_the_shared_budget_options_reach_the_config(command, monkeypatch, tmp_path):
     """Each given budget option replaces the config's field of the same name; the ones left out
     keep the config's defaults."""
     import s2bnn_plugin.demo as demo_package
-    from s2bnn_plugin.demo import pipeline, study
+    from s2bnn_plugin.demo import ablation, pipeline, study
 
     seen = {}
 
@@ -76,7 +77,12 @@ def test_the_shared_budget_options_reach_the_config(command, monkeypatch, tmp_pa
     monkeypatch.setattr(cli, "_load_solo_quietly", lambda: None)
     monkeypatch.setattr(demo_package, "run_demo", run)  # what the commands call
     monkeypatch.setattr(study, "run_study", run)
-    config_type = pipeline.DemoConfig if command == "demo" else study.StudyConfig
+    monkeypatch.setattr(ablation, "run_ablation", run)
+    config_type = {
+        "demo": pipeline.DemoConfig,
+        "study": study.StudyConfig,
+        "ablation": ablation.AblationConfig,
+    }[command]
     given = {"epochs": 3, "teacher_epochs": 2, "train_per_class": 7, "width_mult": 0.25}
     argv = [command, "--out", str(tmp_path), "--data", str(tmp_path / "d"), "--quiet"]
     for key, value in given.items():
@@ -97,6 +103,24 @@ def test_every_subcommand_has_its_own_parser_function():
     assert len(cli._SUBCOMMANDS) == len(names)
     expected = ["_add_" + name.replace("-", "_") for name in names]
     assert [f.__name__ for f in cli._SUBCOMMANDS] == expected
+
+
+def test_the_ablation_options_reach_its_config(monkeypatch, tmp_path):
+    """``--rows`` (comma-separated, spaces ignored), ``--seeds`` and ``--until`` reach
+    ``run_ablation``; left out, the rows are all of them and the seeds 2."""
+    from s2bnn_plugin.demo import ablation
+
+    seen = []
+    monkeypatch.setattr(cli, "_load_solo_quietly", lambda: None)
+    monkeypatch.setattr(ablation, "run_ablation", lambda cfg, **kwargs: seen.append((cfg, kwargs)))
+    argv = ["ablation", "--out", str(tmp_path), "--rows", "distill, two-step", "--seeds", "3"]
+    assert cli.main([*argv, "--until", "teacher"]) == 0
+    assert cli.main(["ablation", "--out", str(tmp_path)]) == 0
+    (given, kwargs), (default, _) = seen
+    assert given.rows == ["distill", "two-step"] and given.seeds == 3
+    assert kwargs == {"until": "teacher", "quiet": False}
+    assert default.rows == list(ablation.DEFAULT_ROWS) and default.seeds == 2
+    assert default.out_dir == tmp_path
 
 
 def test_the_eval_engine_choices_are_the_evaluations():

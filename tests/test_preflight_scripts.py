@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from solo_utils import run_solo_script
 
 from s2bnn_plugin.solo_learn.command import CALLBACK_OVERRIDE
-from s2bnn_plugin.solo_learn.locate import configs_dir, find_solo_script
 
 pytestmark = [pytest.mark.solo, pytest.mark.slow]
 
@@ -19,23 +19,20 @@ pytestmark = [pytest.mark.solo, pytest.mark.slow]
 def _pretrain(tmp_path: Path, overrides: list[str]) -> subprocess.CompletedProcess:
     (tmp_path / "train" / "a").mkdir(parents=True)
     (tmp_path / "teacher.pth.tar").write_bytes(b"never read: the run stops first")
-    command = [
-        sys.executable,
-        str(find_solo_script("main_pretrain.py")),
-        "--config-path",
-        str(configs_dir() / "pretrain" / "custom"),
-        "--config-name",
+    return run_solo_script(
+        "main_pretrain.py",
+        "pretrain",
         "s2bnn.yaml",
-        f"data.train_path={tmp_path / 'train'}",
-        f"method_kwargs.teacher.ckpt={tmp_path / 'teacher.pth.tar'}",
-        f"checkpoint.dir={tmp_path / 'out'}",
-        "wandb.enabled=false",
-        *overrides,
-        CALLBACK_OVERRIDE,
-    ]
-    env = dict(os.environ, PYTHONWARNINGS="ignore", CUDA_VISIBLE_DEVICES="")
-    return subprocess.run(
-        command, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300
+        [
+            f"data.train_path={tmp_path / 'train'}",
+            f"method_kwargs.teacher.ckpt={tmp_path / 'teacher.pth.tar'}",
+            f"checkpoint.dir={tmp_path / 'out'}",
+            "wandb.enabled=false",
+            *overrides,
+            CALLBACK_OVERRIDE,
+        ],
+        tmp_path,
+        timeout=300,
     )
 
 

@@ -5,65 +5,36 @@ the script as a subprocess, so marked slow)."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
-import torchvision
-from PIL import Image
+from image_utils import random_image_folder
+from solo_utils import TINY_PRETRAIN, run_solo_script, tiny_teacher
 
 from s2bnn_plugin.solo_learn.command import hydra_quote
-from s2bnn_plugin.solo_learn.locate import configs_dir, find_solo_script
 from s2bnn_plugin.solo_learn.resume import file_sha256
 
 pytestmark = [pytest.mark.solo, pytest.mark.slow]
 
-TINY = [
-    "augmentations=mocov2_32.yaml",
-    "optimizer.batch_size=8",
-    "data.num_workers=0",
-    "backbone.kwargs.width_mult=0.125",
-    "backbone.kwargs.cifar=true",
-    "method_kwargs.head_hidden_dim=32",
-    "wandb.enabled=false",
-    "accelerator=cpu",
-    "max_epochs=1",
-    "name=resume",
-]
-
-
-def _teacher(path: Path, seed: int) -> Path:
-    torch.manual_seed(seed)
-    teacher = torchvision.models.resnet18()
-    teacher.fc = torch.nn.Sequential(
-        torch.nn.Linear(512, 128), torch.nn.ReLU(), torch.nn.Linear(128, 32)
-    )
-    state = {f"module.encoder_q.{k}": v for k, v in teacher.state_dict().items()}
-    torch.save({"state_dict": state}, path)
-    return path
+TINY = [*TINY_PRETRAIN, "accelerator=cpu", "max_epochs=1", "name=resume"]
 
 
 def _pretrain(root: Path, *overrides: str) -> subprocess.CompletedProcess:
-    command = [
-        sys.executable,
-        str(find_solo_script("main_pretrain.py")),
-        "--config-path",
-        str(configs_dir() / "pretrain" / "custom"),
-        "--config-name",
+    return run_solo_script(
+        "main_pretrain.py",
+        "pretrain",
         "s2bnn.yaml",
-        f"data.train_path={root / 'train'}",
-        f"method_kwargs.teacher.ckpt={root / 'teacher_a.pth.tar'}",
-        f"checkpoint.dir={root / 'runs'}",
-        f"default_root_dir={root / 'logs'}",
-        *TINY,
-        *map(hydra_quote, overrides),
-    ]
-    env = dict(os.environ, PYTHONWARNINGS="ignore", CUDA_VISIBLE_DEVICES="")
-    return subprocess.run(command, cwd=root, capture_output=True, text=True, env=env, timeout=600)
+        [
+            f"data.train_path={root / 'train'}",
+            f"method_kwargs.teacher.ckpt={root / 'teacher_a.pth.tar'}",
+            f"checkpoint.dir={root / 'runs'}",
+            f"default_root_dir={root / 'logs'}",
+            *TINY,
+            *map(hydra_quote, overrides),
+        ],
+        root,
+    )
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -71,16 +42,9 @@ def _files(folder: Path) -> dict[str, bytes]:
 
 
 def test_a_rerun_with_other_settings_is_refused_and_the_same_settings_resume(tmp_path):
-    rng = np.random.default_rng(0)
-    for c in range(5):
-        folder = tmp_path / "train" / f"class{c}"
-        folder.mkdir(parents=True)
-        for i in range(8):
-            Image.fromarray((rng.random((32, 32, 3)) * 255).astype("uint8")).save(
-                folder / f"{i}.png"
-            )
-    teacher_a = _teacher(tmp_path / "teacher_a.pth.tar", 0)
-    teacher_b = _teacher(tmp_path / "teacher_b.pth.tar", 1)
+    random_image_folder(tmp_path / "train", classes=5, per_class=8)
+    teacher_a = tiny_teacher(tmp_path / "teacher_a.pth.tar", 0)
+    teacher_b = tiny_teacher(tmp_path / "teacher_b.pth.tar", 1)
 
     first = _pretrain(tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]

@@ -10,67 +10,29 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-import torchvision
-from PIL import Image
+from image_utils import random_image_folder
+from solo_utils import TINY_PRETRAIN, run_solo_script, tiny_teacher
 
-from s2bnn_plugin.solo_learn.locate import configs_dir
+from s2bnn_plugin.solo_learn.locate import configs_dir, find_solo_script
 
 pytestmark = [pytest.mark.solo, pytest.mark.slow]
-
-TINY = [
-    "augmentations=mocov2_32.yaml",
-    "optimizer.batch_size=8",
-    "data.num_workers=0",
-    "backbone.kwargs.width_mult=0.125",
-    "backbone.kwargs.cifar=true",
-    "method_kwargs.head_hidden_dim=32",
-    "wandb.enabled=false",
-]
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("solo_scripts")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 8), ("val", 4)):
-        for c in range(5):
-            folder = root / "data" / split / f"class{c}"
-            folder.mkdir(parents=True)
-            for i in range(n):
-                pixels = (rng.random((32, 32, 3)) * 255).astype("uint8")
-                Image.fromarray(pixels).save(folder / f"{i}.png")
-    teacher = torchvision.models.resnet18()
-    teacher.fc = torch.nn.Sequential(
-        torch.nn.Linear(512, 128), torch.nn.ReLU(), torch.nn.Linear(128, 32)
-    )
-    state = {f"module.encoder_q.{k}": v for k, v in teacher.state_dict().items()}
-    torch.save({"state_dict": state}, root / "teacher.pth.tar")
+    random_image_folder(root / "data" / "train", classes=5, per_class=8, seed=0)
+    random_image_folder(root / "data" / "val", classes=5, per_class=4, seed=1)
+    tiny_teacher(root / "teacher.pth.tar")
     return root
-
-
-def _script(name: str) -> str:
-    from s2bnn_plugin.solo_learn.locate import find_solo_script
-
-    return str(find_solo_script(name))
 
 
 def run_solo(
     script: str, kind: str, config: str, overrides: list[str], cwd: Path, check: bool = True
 ) -> subprocess.CompletedProcess:
-    command = [
-        sys.executable,
-        _script(script),
-        "--config-path",
-        str(configs_dir() / kind / "custom"),
-        "--config-name",
-        config,
-        *overrides,
-    ]
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
-    proc = subprocess.run(command, cwd=cwd, capture_output=True, text=True, env=env, timeout=600)
+    proc = run_solo_script(script, kind, config, overrides, cwd)
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
     return proc
@@ -85,7 +47,7 @@ def pretrain(workspace: Path, config: str, name: str, extra: list[str] = (), che
         f"default_root_dir={out}",
         f"name={name}",
         "max_epochs=1",
-        *TINY,
+        *TINY_PRETRAIN,
         *extra,
     ]
     proc = run_solo("main_pretrain.py", "pretrain", config, overrides, workspace, check)
@@ -166,7 +128,7 @@ def probe(workspace: Path, config: str, name: str, extra: list[str], **env: str)
         f"method_kwargs.teacher.ckpt={workspace / 'teacher.pth.tar'}",
         f"default_root_dir={out}",
         f"name={name.split('/')[0]}",
-        *TINY,
+        *TINY_PRETRAIN,
         *extra,
     ]
     command = [
@@ -179,7 +141,7 @@ def probe(workspace: Path, config: str, name: str, extra: list[str], **env: str)
         *overrides,
     ]
     variables = {f"S2BNN_PROBE_{k.upper()}": v for k, v in env.items()}
-    variables["S2BNN_PROBE_SCRIPT"] = _script("main_pretrain.py")
+    variables["S2BNN_PROBE_SCRIPT"] = str(find_solo_script("main_pretrain.py"))
     proc = subprocess.run(
         command,
         cwd=workspace,

@@ -49,9 +49,11 @@ __all__ = [
     "check_config",
     "count_images",
     "demo_students",
+    "merge_overrides",
     "print_line",
     "run_demo",
     "run_pipeline",
+    "student_overrides",
 ]
 
 
@@ -82,7 +84,7 @@ TEACHER_CONFIG = "teacher_simclr.yaml"
 class StudentSpec:
     """One binary student: the stage (and run folder) ``name``, the plugin config it starts from
     and the overrides that make it what it is. Every student also gets the same budget (data,
-    optimiser, epochs, backbone: :func:`stage_student`); ``distill`` adds the teacher."""
+    optimiser, epochs, backbone: :func:`student_overrides`); ``distill`` adds the teacher."""
 
     name: str
     config: str
@@ -91,6 +93,13 @@ class StudentSpec:
     distill: bool
     objective: str | None = None  # the solo-learn objective trained on the student, if any
     seed: int = 0
+    #: its training epochs; None: the budget's (``DemoConfig.epochs``)
+    epochs: int | None = None
+    #: an earlier student whose last checkpoint initialises this one (``student_init``)
+    init_from: str | None = None
+    #: False for an intermediate stage (a two-step recipe's real-weight step 1): trained, but not
+    #: evaluated, since the packed engine takes binary weights only
+    evaluate: bool = True
 
 
 @dataclass
@@ -424,21 +433,32 @@ def demo_students(cfg: DemoConfig) -> list[StudentSpec]:
     return specs
 
 
-def stage_student(
+def merge_overrides(overrides: list[str]) -> list[str]:
+    """One override per key, the last given (``+``/``++``/``~`` prefixes do not make another
+    key), in the order of those last ones: a student's own settings replace the budget's."""
+
+    def key(item: str) -> str:
+        return item.partition("=")[0].lstrip("+~")
+
+    last = {key(item): i for i, item in enumerate(overrides)}
+    return [item for i, item in enumerate(overrides) if last[key(item)] == i]
+
+
+def student_overrides(
     cfg: DemoConfig,
     spec: StudentSpec,
     data: dict[str, Any],
     teacher_ckpt: str,
-    log: Log,
-    quiet: bool,
-) -> dict[str, Any]:
-    """Train one student: the budget every student shares, then the spec's own overrides."""
+    init_ckpt: str | None = None,
+) -> list[str]:
+    """The Hydra overrides one student trains with: the budget every student shares (data,
+    optimiser, schedule, backbone; the teacher for distillation), then the spec's own, which
+    replace the budget's where they set the same key; ``init_ckpt`` for ``spec.init_from``."""
     overrides = [
         *_common(cfg, data, cfg.batch_size, cfg.lr),
         f"backbone.name={cfg.backbone}",
         f"backbone.kwargs.width_mult={cfg.width_mult}",
         f"backbone.kwargs.cifar={str(cfg.cifar_stem).lower()}",
-        *spec.overrides,
     ]
     if spec.distill:
         overrides += [
@@ -447,7 +467,27 @@ def stage_student(
             f"method_kwargs.head_hidden_dim={cfg.proj_hidden_dim}",
             "++method_kwargs.distill_crops=all",  # both large crops, as the objective's
         ]
-    ckpt = _train(cfg, spec.name, spec.config, overrides, cfg.epochs, log, quiet, spec.seed)
+    overrides += spec.overrides
+    if spec.init_from is not None:
+        if init_ckpt is None:
+            raise ValueError(f"{spec.name} starts from {spec.init_from}: give its checkpoint")
+        overrides.append(f"++method_kwargs.student_init={init_ckpt}")
+    return merge_overrides(overrides)
+
+
+def stage_student(
+    cfg: DemoConfig,
+    spec: StudentSpec,
+    data: dict[str, Any],
+    teacher_ckpt: str,
+    log: Log,
+    quiet: bool,
+    init_ckpt: str | None = None,
+) -> dict[str, Any]:
+    """Train one student (:func:`student_overrides`) for its epochs."""
+    overrides = student_overrides(cfg, spec, data, teacher_ckpt, init_ckpt)
+    epochs = cfg.epochs if spec.epochs is None else spec.epochs
+    ckpt = _train(cfg, spec.name, spec.config, overrides, epochs, log, quiet, spec.seed)
     return {"checkpoint": str(ckpt)}
 
 
@@ -607,6 +647,9 @@ def run_pipeline(
     stage_names = ["data", "teacher", *names, "eval", "report"]
     if len(set(names)) != len(names) or set(names) & {"data", "teacher", "eval", "report"}:
         raise ValueError(f"student names must be unique stage names: {names}")
+    for i, spec in enumerate(students):
+        if spec.init_from is not None and spec.init_from not in names[:i]:
+            raise ValueError(f"{spec.name} starts from {spec.init_from}, not an earlier student")
     if until is not None and until not in stage_names:
         raise DemoError(f"unknown stage {until!r}; stages: {stage_names}")
     check_solo()
@@ -649,15 +692,26 @@ def run_pipeline(
     )
     if until == "teacher":
         return {"teacher": teacher}
-    ckpts = {"teacher": teacher["checkpoint"]}
+    ckpts = {"teacher": teacher["checkpoint"]}  # the models to evaluate
+    trained: dict[str, str] = {}  # every student's last checkpoint
     for i, spec in enumerate(students):
         result = run(
             3 + i,
             spec.name,
             f"student '{spec.name}' ({spec.description})",
-            lambda spec=spec: stage_student(cfg, spec, data, teacher["checkpoint"], log, quiet),
+            lambda spec=spec: stage_student(
+                cfg,
+                spec,
+                data,
+                teacher["checkpoint"],
+                log,
+                quiet,
+                trained.get(spec.init_from) if spec.init_from else None,
+            ),
         )
-        ckpts[spec.name] = result["checkpoint"]
+        trained[spec.name] = result["checkpoint"]
+        if spec.evaluate:
+            ckpts[spec.name] = result["checkpoint"]
         if until == spec.name:
             return {spec.name: result}
     evaluation = run(

@@ -16,49 +16,18 @@ import numpy as np
 
 from s2bnn_plugin.demo.pipeline import StudentSpec
 from s2bnn_plugin.demo.report import calibration
+from s2bnn_plugin.demo.summary import (
+    METRICS,
+    cell,
+    epochs_text,
+    format_cell,
+    paired_difference,
+    recorded_loads,
+    stage_time_lines,
+    student_metrics,
+)
 
-__all__ = ["METRICS", "cell", "write_study_report"]
-
-#: key in the table -> title
-METRICS = {
-    "knn": "weighted kNN top-1 (%)",
-    "linear": "linear-probe top-1 (%)",
-    "agree_knn": "top-1 agreement with the teacher, kNN (%)",
-    "agree_linear": "top-1 agreement with the teacher, linear probe (%)",
-}
-
-
-def cell(values: list[float]) -> dict[str, Any]:
-    """Mean, sample standard deviation (None for one value) and the values of one table cell."""
-    arr = np.asarray(values, dtype=float)
-    return {
-        "mean": float(arr.mean()),
-        "std": float(arr.std(ddof=1)) if len(arr) > 1 else None,
-        "n": len(arr),
-        "values": [float(v) for v in arr],
-    }
-
-
-def _fmt(c: dict[str, Any] | None, signed: bool = False) -> str:
-    if c is None:
-        return ""
-    mean = f"{c['mean']:+.2f}" if signed else f"{c['mean']:.2f}"
-    return mean if c["std"] is None else f"{mean} ± {c['std']:.2f}"
-
-
-def _epochs(n: int) -> str:
-    return f"{n} epoch" if n == 1 else f"{n} epochs"
-
-
-def _metrics(evaluation: dict[str, Any], calib: dict[str, Any], name: str) -> dict[str, float]:
-    out = {
-        "knn": float(evaluation[name]["knn_top1"]),
-        "linear": float(evaluation[name]["linear_top1"]),
-    }
-    if "knn_agreement_with_teacher" in calib.get(name, {}):
-        out["agree_knn"] = calib[name]["knn_agreement_with_teacher"]
-        out["agree_linear"] = calib[name]["linear_agreement_with_teacher"]
-    return out
+__all__ = ["summarise", "write_study_report"]
 
 
 def summarise(
@@ -66,7 +35,7 @@ def summarise(
 ) -> dict[str, Any]:
     """Per method and metric: cells alone, + distillation, their difference (paired by seed) and
     + distillation minus distillation only (paired by seed); the distillation-only cells."""
-    values = {s.name: _metrics(evaluation, calib, s.name) for s in students}
+    values = {s.name: student_metrics(evaluation, calib, s.name) for s in students}
     only = {s.seed: values[s.name] for s in students if s.objective is None}
     pairs: dict[str, dict[int, dict[str, dict[str, float]]]] = {}
     for s in students:
@@ -78,13 +47,13 @@ def summarise(
         seeds = sorted(by_seed)
         methods[method] = {}
         for m in METRICS:
-            alone = [by_seed[s]["alone"][m] for s in seeds]
-            mixed = [by_seed[s]["distill"][m] for s in seeds]
+            alone = {s: by_seed[s]["alone"][m] for s in seeds}
+            mixed = {s: by_seed[s]["distill"][m] for s in seeds}
             methods[method][m] = {
-                "alone": cell(alone),
-                "distill": cell(mixed),
-                "difference": cell([b - a for a, b in zip(alone, mixed)]),
-                "vs_distill_only": cell([b - only[s][m] for s, b in zip(seeds, mixed)]),
+                "alone": cell(list(alone.values())),
+                "distill": cell(list(mixed.values())),
+                "difference": paired_difference(mixed, alone),
+                "vs_distill_only": paired_difference(mixed, {s: only[s][m] for s in seeds}),
             }
     distill_only = {m: cell([only[s][m] for s in sorted(only)]) for m in METRICS}
     return {"methods": methods, "distill_only": distill_only, "students": values}
@@ -101,8 +70,8 @@ def _table(metric: str, summary: dict[str, Any], evaluation: dict[str, Any]) -> 
     for method, cells in rows.items():
         c = cells[metric]
         lines.append(
-            f"| {method} | {_fmt(c['alone'])} | {_fmt(c['distill'])} | "
-            f"{_fmt(c['difference'], True)} | {_fmt(c['vs_distill_only'], True)} |"
+            f"| {method} | {format_cell(c['alone'])} | {format_cell(c['distill'])} | "
+            f"{format_cell(c['difference'], True)} | {format_cell(c['vs_distill_only'], True)} |"
         )
     if len(rows) > 1:
         mean = {
@@ -113,7 +82,9 @@ def _table(metric: str, summary: dict[str, Any], evaluation: dict[str, Any]) -> 
             f"| *mean of the {len(rows)} methods* | {mean['alone']:.2f} | {mean['distill']:.2f} "
             f"| {mean['difference']:+.2f} | {mean['vs_distill_only']:+.2f} |"
         )
-    lines.append(f"| distillation only (S2-BNN) | | {_fmt(summary['distill_only'][metric])} | | |")
+    lines.append(
+        f"| distillation only (S2-BNN) | | {format_cell(summary['distill_only'][metric])} | | |"
+    )
     if metric in ("knn", "linear"):
         teacher = evaluation["teacher"][f"{metric}_top1"]
         lines.append(f"| teacher (real-valued ResNet-18, SimCLR, PyTorch) | {teacher:.2f} | | | |")
@@ -181,8 +152,7 @@ def write_study_report(
     plot = _plot(out_dir, summary, evaluation)
     teacher = evaluation["teacher"]
     total = float(sum(timings.values()))
-    recorded = out_dir / "stages" / "timings.json"
-    loads = json.loads(recorded.read_text()).get("load_average", {}) if recorded.is_file() else {}
+    loads = recorded_loads(out_dir)
     result = {
         "dataset": data["root"],
         "n_train": teacher["n_train"],
@@ -207,9 +177,10 @@ def write_study_report(
         f"Data: `{data['root']}` ({len(data['classes'])} classes; {teacher['n_train']} training "
         f"images, also the kNN bank and the probe's training set; {teacher['n_val']} held-out "
         "images). Teacher: real-valued ResNet-18, SimCLR, "
-        f"{_epochs(cfg.teacher_epochs)}. Students: `{cfg.backbone}` width {cfg.width_mult}, "
-        f"binary weights and activations, all with the same budget: {_epochs(cfg.epochs)}, batch "
-        f"{cfg.batch_size}, Adam lr {cfg.lr} (scaled by batch/256 by solo-learn), cosine "
+        f"{epochs_text(cfg.teacher_epochs)}. Students: `{cfg.backbone}` width {cfg.width_mult}, "
+        "binary weights and activations, all with the same budget: "
+        f"{epochs_text(cfg.epochs)}, batch {cfg.batch_size}, Adam lr {cfg.lr} (scaled by "
+        "batch/256 by solo-learn), cosine "
         "schedule; each objective with solo-learn's CIFAR recipe"
         + (f" (departures: {json.dumps(cfg.method_kwargs)})" if cfg.method_kwargs else "")
         + ". Evaluated on the packed CPU engine (kNN k="
@@ -230,12 +201,7 @@ def write_study_report(
     for metric in METRICS:
         lines += _table(metric, summary, evaluation)
     lines += [
-        f"Sum of stage times: {total:.0f} s ({total / 60:.1f} min) on {os.cpu_count()} CPU "
-        "core(s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()),
-        "",
-        "1-minute load average when each stage ended (a shared machine is slower): "
-        + ", ".join(f"{k} {v:.1f}" for k, v in loads.items()),
-        "",
+        *stage_time_lines(timings, loads, os.cpu_count() or 1),
         f"![{plot}]({plot})",
         "",
     ]
