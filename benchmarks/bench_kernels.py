@@ -22,7 +22,10 @@ runs taken alternately. The model has random weights: speed does not depend on t
   once beforehand (the training model re-binarises its weights on every forward, a large share
   of batch-1 time), and against that copy exported to ONNX Runtime fp32 (``pip install
   's2bnn-plugin[bench]'``; the column is skipped, with the reason printed, when ``onnxruntime``
-  is absent).
+  is absent), in OpenVINO fp32 and bf16 (bf16 only where the CPU lists BF16 among its
+  capabilities), and the packed network exported as an OpenVINO BinaryConvolution IR (``pip
+  install 's2bnn-plugin[openvino]'``; skipped with the reason when absent); the last column is
+  the ratio to the fastest of them, named.
 - File: the packed file against the fp32 state dict.
 
 Prints markdown tables.
@@ -40,7 +43,12 @@ import torch
 from s2bnn_plugin.kernels.assembly import popcount_report
 
 from s2bnn_plugin.backbones import create_backbone
-from s2bnn_plugin.bench.baselines import onnx_export, onnx_session, prebinarised
+from s2bnn_plugin.bench.baselines import (
+    onnx_export,
+    onnx_session,
+    openvino_baselines,
+    prebinarised,
+)
 from s2bnn_plugin.bench.machine import cpu_name
 from s2bnn_plugin.bench.profile import profile, unit_epilogues
 from s2bnn_plugin.bench.tables import (
@@ -192,6 +200,13 @@ def main(argv: list[str] | None = None) -> int:
     graph, runtime = onnx_export(fast, args.size)
     if graph is None:
         print(f"\nONNX Runtime column skipped: {runtime}")
+    vinos, skipped = openvino_baselines(fast, net, args.size)
+    for line in skipped:
+        print(f"\n{line}")
+    names = ["PyTorch fp32", "PyTorch, weights binarised once"]
+    if graph is not None:
+        names.append(f"ONNX Runtime fp32 ({runtime})")
+    names += [v.name for v in vinos]
     rows, e2e = [], {}
     for threads in args.threads:
         ort_run = onnx_session(graph, threads) if graph is not None else None
@@ -203,41 +218,41 @@ def main(argv: list[str] | None = None) -> int:
             fns = [partial(_features, model, x), partial(_features, fast, x)]
             if ort_run is not None:
                 fns.append(partial(ort_run, xn))
+            fns += [partial(v.make(batch, threads), xn) for v in vinos]
             times = best_times(fns, repeats, burst=1)
-            # the packed engine in rounds of its own, three calls each: PyTorch's and ONNX
-            # Runtime's worker threads keep spinning for a while after each of their calls and,
-            # on a 2-core machine, take the cores from Numba's threads (in the rounds above the
+            # the packed engine in rounds of its own, three calls each: the other engines'
+            # worker threads keep spinning for a while after each of their calls and, on a
+            # 2-core machine, take the cores from Numba's threads (in the rounds above the
             # packed engine's 2-thread time came out 20 % high)
             t_packed = best_times([partial(net, xn)], repeats, burst=3)[0]
-            t_model, t_fast = times[:2]
             e2e[batch, threads] = t_packed
-            ort_cells = [f"{times[2] * 1e3:.1f}", f"{times[2] / t_packed:.1f}x"] if ort_run else []
+            strongest = min(range(1, len(times)), key=lambda i: times[i])
             rows.append(
                 [
-                    f"ReActNet-A {args.size} px",
                     batch,
                     threads,
-                    f"{t_model * 1e3:.1f}",
-                    f"{t_fast * 1e3:.1f}",
-                    *ort_cells,
+                    *(f"{t * 1e3:.1f}" for t in times),
                     f"{t_packed * 1e3:.2f}",
-                    f"{t_model / t_packed:.1f}x",
-                    f"{t_fast / t_packed:.1f}x",
+                    f"{times[0] / t_packed:.1f}x",
+                    f"**{times[strongest] / t_packed:.2f}x** ({names[strongest]})",
                 ]
             )
-    print(f"\n### End to end (features), {args.size} px\n")
+    print(f"\n### End to end (features), ReActNet-A, {args.size} px\n")
     headers = [
-        "model",
         "batch",
         "threads",
-        "PyTorch fp32 ms",
-        "PyTorch, weights binarised once, ms",
-        *([f"ONNX Runtime fp32 ms ({runtime})", "speedup vs ONNX Runtime"] if graph else []),
+        *(f"{n} ms" for n in names),
         "packed ms",
-        "speedup",
-        "speedup vs binarised once",
+        "speedup vs PyTorch fp32",
+        "speedup vs the strongest other engine",
     ]
     print(markdown_table(headers, rows))
+    print(
+        "\nOpenVINO: one stream, latency hint, INFERENCE_NUM_THREADS = threads; fp32 and the "
+        "1-bit IR with INFERENCE_PRECISION_HINT f32, bf16 with bf16 (float model converted by "
+        "ov.convert_model from the weights-binarised-once copy; the 1-bit IR is s2bnn "
+        "export-openvino's graph)."
+    )
     if len(args.threads) > 1:
         one, more = args.threads[0], args.threads[-1]
         for batch in args.batch:

@@ -130,6 +130,15 @@ def _cmd_pack(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export_openvino(args: argparse.Namespace) -> int:
+    from s2bnn_plugin.export.openvino import export_openvino_command
+
+    export_openvino_command(
+        args.file, args.output, size=args.size, batch=args.batch, force=args.force
+    )
+    return 0
+
+
 def _cmd_check(args: argparse.Namespace) -> int:
     from s2bnn_plugin.bench.commands import check
     from s2bnn_plugin.export.commands import parse_kwargs
@@ -439,6 +448,22 @@ def _add_pack(sub: _Subparsers) -> None:
     p.set_defaults(func=_cmd_pack)
 
 
+def _add_export_openvino(sub: _Subparsers) -> None:
+    p = sub.add_parser(
+        "export-openvino",
+        help="a packed file as an OpenVINO IR with native BinaryConvolution layers",
+        description="Writes FILE.xml and FILE.bin: every binary convolution a BinaryConvolution "
+        "(1-bit weights) fed by FakeQuantize(levels=2) signs, the float parts plain ops, for one "
+        "input size. Needs openvino: pip install 's2bnn-plugin[openvino]'.",
+    )
+    p.add_argument("file", metavar="FILE", help="packed network file (s2bnn pack)")
+    p.add_argument("-o", "--output", required=True, help="the .xml to write (.bin beside it)")
+    p.add_argument("--size", type=int, default=224, help="input H = W the IR is built for")
+    p.add_argument("--batch", type=int, default=1, help="batch size of the IR's input shape")
+    p.add_argument("--force", action="store_true", help="overwrite an existing output")
+    p.set_defaults(func=_cmd_export_openvino)
+
+
 def _add_check(sub: _Subparsers) -> None:
     p = sub.add_parser(
         "check",
@@ -588,6 +613,7 @@ _SUBCOMMANDS = (
     _add_linear,
     _add_eval,
     _add_pack,
+    _add_export_openvino,
     _add_check,
     _add_bench,
     _add_demo,

@@ -1,16 +1,32 @@
-"""The float baselines the packed network is compared with besides the training model: the
-same model with its weights binarised once, and that model in ONNX Runtime."""
+"""The baselines the packed network is compared with besides the training model: the same model
+with its weights binarised once, that model in ONNX Runtime and in OpenVINO (fp32, and bf16 where
+the CPU runs it natively), and the packed network exported as an OpenVINO BinaryConvolution IR."""
 
 from __future__ import annotations
 
 import io
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["onnx_export", "onnx_session", "prebinarised"]
+from s2bnn_plugin.export import PackedNetwork
+from s2bnn_plugin.export.openvino import (
+    OpenVINOMissing,
+    build_openvino_model,
+    compile_openvino,
+    require_openvino,
+)
+
+__all__ = [
+    "OpenVINOBaseline",
+    "onnx_export",
+    "onnx_session",
+    "openvino_baselines",
+    "prebinarised",
+]
 
 
 def prebinarised(model: nn.Module) -> nn.Module:
@@ -72,3 +88,53 @@ def onnx_session(graph: bytes, threads: int) -> Callable[[np.ndarray], np.ndarra
     opts.inter_op_num_threads = 1
     session = ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
     return lambda xn: session.run(None, {"x": xn})[0]
+
+
+@dataclass(frozen=True)
+class OpenVINOBaseline:
+    """One OpenVINO engine of the benchmark: ``make(batch, threads)`` compiles it for that
+    batch (the 1-bit IR has static shapes) and returns a callable on NCHW float32 batches."""
+
+    name: str
+    make: Callable[[int, int], Callable[[np.ndarray], np.ndarray]]
+
+
+def openvino_baselines(
+    float_model: nn.Module, packed: PackedNetwork, size: int
+) -> tuple[list[OpenVINOBaseline], list[str]]:
+    """OpenVINO fp32 and bf16 of ``float_model`` (``ov.convert_model``; bf16 only where the CPU
+    lists it among its optimisation capabilities) and ``packed`` exported as a BinaryConvolution
+    IR (f32 epilogue), all with one stream, the latency hint and ``threads`` inference threads;
+    and why any of them is left out."""
+    try:
+        ov = require_openvino()
+    except OpenVINOMissing as e:
+        return [], [str(e)]
+    x = torch.zeros(1, packed.in_channels, size, size)
+    converted = ov.convert_model(float_model.eval(), example_input=x)
+    caps = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    version = ov.get_version().split("-")[0]
+
+    def float_engine(precision: str) -> Callable[[int, int], Callable[[np.ndarray], np.ndarray]]:
+        def make(batch: int, threads: int) -> Callable[[np.ndarray], np.ndarray]:
+            model = converted.clone()
+            model.reshape([batch, packed.in_channels, size, size])
+            compiled = compile_openvino(model, threads=threads, precision=precision)
+            return lambda xn: compiled(xn)[0]
+
+        return make
+
+    def binary(batch: int, threads: int) -> Callable[[np.ndarray], np.ndarray]:
+        compiled = compile_openvino(
+            build_openvino_model(packed, size, batch=batch), threads=threads
+        )
+        return lambda xn: compiled(xn)[0]
+
+    engines = [OpenVINOBaseline(f"OpenVINO {version} fp32", float_engine("f32"))]
+    skipped = []
+    if "BF16" in caps:
+        engines.append(OpenVINOBaseline(f"OpenVINO {version} bf16", float_engine("bf16")))
+    else:
+        skipped.append(f"OpenVINO bf16 skipped: this CPU's capabilities are {caps} (no BF16)")
+    engines.append(OpenVINOBaseline(f"OpenVINO {version} 1-bit IR", binary))
+    return engines, skipped
