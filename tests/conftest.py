@@ -1,8 +1,8 @@
 """Shared fixtures.
 
-Tests marked ``solo`` need solo-learn. Where it is absent they skip, saying how to install it;
-under CI (``CI=true``) they fail instead: CI installs solo-learn, so a missing one is a broken
-set-up that must not pass as skips.
+Tests marked ``solo`` need solo-learn, tests marked ``openvino`` need OpenVINO (an optional
+extra). Where one is absent its tests skip, saying how to install it; under CI (``CI=true``) they
+fail instead: CI installs both, so a missing one is a broken set-up that must not pass as skips.
 
 torch is imported only by the fixture that seeds it, and only where it is installed: the kernel
 tests (tests/test_kernels.py) also run where only numpy and Numba are (``tools/arm64-check``).
@@ -10,30 +10,54 @@ tests (tests/test_kernels.py) also run where only numpy and Numba are (``tools/a
 
 from __future__ import annotations
 
+import importlib.util
 import os
+from typing import NamedTuple
 
 import pytest
 
+from s2bnn_plugin.export.openvino import INSTALL_HINT as OPENVINO_HINT
 from s2bnn_plugin.solo_learn.locate import solo_available
-from s2bnn_plugin.solo_learn.pin import INSTALL_HINT
+from s2bnn_plugin.solo_learn.pin import INSTALL_HINT as SOLO_HINT
 
-SOLO = solo_available()
 IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+class Requirement(NamedTuple):
+    """What the tests carrying one marker need: its name, whether it is importable, its install."""
+
+    name: str
+    available: bool
+    install: str
+
+
+#: marker -> what its tests need
+REQUIREMENTS = {
+    "solo": Requirement("solo-learn", solo_available(), SOLO_HINT),
+    "openvino": Requirement(
+        "openvino", importlib.util.find_spec("openvino") is not None, OPENVINO_HINT
+    ),
+}
 
 
 def pytest_report_header(config):
     where = "fail (CI=true)" if IN_CI else "skip"
-    return f"solo-learn importable: {SOLO} (tests marked 'solo' {'run' if SOLO else where})"
+    return [
+        f"{need.name} importable: {need.available} "
+        f"(tests marked '{marker}' {'run' if need.available else where})"
+        for marker, need in REQUIREMENTS.items()
+    ]
 
 
 def pytest_runtest_setup(item):
     """Runs before the test's fixtures are set up (some of them import solo-learn)."""
-    if SOLO or item.get_closest_marker("solo") is None:
-        return
-    message = f"needs solo-learn. {INSTALL_HINT}"
-    if IN_CI:
-        pytest.fail(f"CI=true but solo-learn is not importable: {message}", pytrace=False)
-    pytest.skip(message)
+    for marker, need in REQUIREMENTS.items():
+        if need.available or item.get_closest_marker(marker) is None:
+            continue
+        message = f"needs {need.name}. {need.install}"
+        if IN_CI:
+            pytest.fail(f"CI=true but {need.name} is not importable: {message}", pytrace=False)
+        pytest.skip(message)
 
 
 @pytest.fixture(autouse=True)
