@@ -38,8 +38,9 @@ __all__ = [
 ]
 
 SUBDIR = "s2bnn_kernels"
-# what compiling the kernels that ReActNet-A runs took here, measured (CONTRIBUTING.md)
-FIRST_COMPILE = "about 30 seconds on 2 cores"
+# what compiling the kernels that ReActNet-A runs takes, measured (CONTRIBUTING.md; under
+# qemu-user, docs/cpu-engine.md, "aarch64")
+FIRST_COMPILE = "about 30 seconds on 2 x86-64 cores; minutes under emulation"
 HERE = Path(__file__).resolve().parent
 
 
