@@ -17,6 +17,7 @@ from s2bnn_plugin.demo.pipeline import StudentSpec
 from s2bnn_plugin.demo.report import calibration
 from s2bnn_plugin.demo.summary import (
     METRICS,
+    baseline_lines,
     cell,
     epochs_text,
     format_cell,
@@ -73,12 +74,8 @@ def _table(metric: str, summary: dict[str, Any], evaluation: dict[str, Any]) -> 
             f"| {row} | {ROWS[row].changes} | {format_cell(c['cell'])} | "
             f"{format_cell(c['vs_reference'], True)} | {seeds} |"
         )
-    if metric in ("knn", "linear"):
-        teacher = evaluation["teacher"][f"{metric}_top1"]
-        lines.append(f"| teacher | real-valued ResNet-18, SimCLR, PyTorch | {teacher:.2f} | | |")
-        raw = evaluation.get("raw_pixels", {}).get(f"{metric}_top1")
-        if raw is not None:
-            lines.append(f"| raw pixels | | {raw:.2f} | | |")
+    labels = ("teacher | real-valued ResNet-18, SimCLR, PyTorch", "raw pixels |")
+    lines += baseline_lines(evaluation, metric, labels, blanks=2)
     return [*lines, ""]
 
 

@@ -18,6 +18,7 @@ from s2bnn_plugin.demo.pipeline import StudentSpec
 from s2bnn_plugin.demo.report import calibration
 from s2bnn_plugin.demo.summary import (
     METRICS,
+    baseline_lines,
     cell,
     epochs_text,
     format_cell,
@@ -85,12 +86,8 @@ def _table(metric: str, summary: dict[str, Any], evaluation: dict[str, Any]) -> 
     lines.append(
         f"| distillation only (S2-BNN) | | {format_cell(summary['distill_only'][metric])} | | |"
     )
-    if metric in ("knn", "linear"):
-        teacher = evaluation["teacher"][f"{metric}_top1"]
-        lines.append(f"| teacher (real-valued ResNet-18, SimCLR, PyTorch) | {teacher:.2f} | | | |")
-        raw = evaluation.get("raw_pixels", {}).get(f"{metric}_top1")
-        if raw is not None:
-            lines.append(f"| raw pixels | {raw:.2f} | | | |")
+    labels = ("teacher (real-valued ResNet-18, SimCLR, PyTorch)", "raw pixels")
+    lines += baseline_lines(evaluation, metric, labels, blanks=3)
     return [*lines, ""]
 
 

@@ -17,6 +17,7 @@ __all__ = [
     "cell",
     "epochs_text",
     "format_cell",
+    "baseline_lines",
     "paired_difference",
     "recorded_loads",
     "stage_time_lines",
@@ -96,3 +97,20 @@ def stage_time_lines(timings: dict[str, float], loads: dict[str, float], cpus: i
         + ", ".join(f"{k} {v:.1f}" for k, v in loads.items()),
         "",
     ]
+
+
+def baseline_lines(
+    evaluation: dict[str, Any], metric: str, labels: tuple[str, str], blanks: int
+) -> list[str]:
+    """The teacher's and the raw-pixel probe's rows of a kNN or linear table (none for the
+    agreement metrics): ``| label | value |`` (``labels``: the teacher's, the raw pixels'; a
+    label may span several columns) followed by ``blanks`` empty cells."""
+    if metric not in ("knn", "linear"):
+        return []
+    rest = " |" * blanks
+    teacher_label, raw_label = labels
+    lines = [f"| {teacher_label} | {evaluation['teacher'][f'{metric}_top1']:.2f} |{rest}"]
+    raw = evaluation.get("raw_pixels", {}).get(f"{metric}_top1")
+    if raw is not None:
+        lines.append(f"| {raw_label} | {raw:.2f} |{rest}")
+    return lines
