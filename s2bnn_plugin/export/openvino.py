@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from s2bnn_plugin.errors import FileMissing, S2BNNError, UsageError
+from s2bnn_plugin.errors import FileMissing, S2BNNError, UsageError, require_whole
 from s2bnn_plugin.export import reference as ref
 from s2bnn_plugin.export.network import PackedNetwork, load
 
@@ -221,10 +221,13 @@ def check_expressible(spec: dict) -> None:
 
 def _input_shape(net: PackedNetwork, size: int | tuple[int, int], batch: int) -> list[int]:
     h, w = (size, size) if isinstance(size, int) else size
-    for flag, v in (("size", h), ("size", w), ("batch", batch)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise UsageError(f"{flag} must be a whole number >= 1, got {v!r}")
-    return [batch, net.in_channels, h, w]
+    for flag, v, what in (
+        ("size", h, "the input height"),
+        ("size", w, "the input width"),
+        ("batch", batch, "the input batch"),
+    ):
+        require_whole(flag, v, 1, what)
+    return [int(batch), net.in_channels, int(h), int(w)]
 
 
 def build_openvino_model(
