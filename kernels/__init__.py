@@ -4,7 +4,8 @@ Modules: :mod:`.simd` (LLVM intrinsics: popcount, 8 x int64, 16 x int32 and 16 x
 vector values, masked loads, raw pointers), :mod:`.bitpack` (sign packing, weight layouts),
 :mod:`.micro` (the micro-kernels and their blocks of output positions), :mod:`.border` (exact
 zero-padding corrections), :mod:`.epilogue` (the fused unit's float epilogue inside the
-micro-kernel, on its accumulator registers), :mod:`.bconv` (the binary convolution drivers:
+micro-kernel, on its accumulator registers), :mod:`.table` (a block's position table, the
+epilogues' per-position offsets), :mod:`.bconv` (the binary convolution drivers:
 exact accumulation, fused unit), :mod:`.realops` (stem convolution, pooling, projection
 shortcut), :mod:`.assembly` (does the compiled code use ``vpopcntq`` / ``vpopcntd``?).
 

@@ -33,7 +33,6 @@ from numba import njit, prange
 from .bitpack import LANES, NARROW_CHANNELS, pack_row, words_for
 from .border import border_block, border_block_direct, border_table, fix_position, interior
 from .epilogue import (
-    ROW,
     Epilogue,
     SliceParams,
     pools_output,
@@ -68,6 +67,17 @@ from .simd import (
     sign_mask16,
     store,
     store_u16,
+)
+from .table import (
+    AT_BITS,
+    AT_RES,
+    AT_RES_BELOW,
+    AT_RES_DIAG,
+    AT_RES_RIGHT,
+    AT_TAPS,
+    AT_Z,
+    ROW,
+    position_table,
 )
 
 __all__ = [
@@ -323,7 +333,7 @@ def _epilogue_sliced(acc, geo, ep, arrays, img, by, bx, count, pos):
     taken from the registers (one compare into a mask, 16 bits stored) rather than read back
     from the float map. Same float32 operations in the same order.
 
-    ``pos``: scratch, 8 int64 per position (float map offset, residual taps, packed offset).
+    ``pos``: the block's position table (:mod:`.table`).
     """
     cols, n, h, w, ho, wo, cg = geo.cols, geo.n, geo.h, geo.w, geo.ho, geo.wo, geo.cg
     groups, bpg, cout, pooled, ktot_f = geo.groups, geo.bpg, ep.cout, ep.pooled, ep.ktot
@@ -364,14 +374,14 @@ def _epilogue_sliced(acc, geo, ep, arrays, img, by, bx, count, pos):
         if p > 0:
             oy, ox = next_position(oy, ox, wo)
         r0, r1, r2, r3, taps = _residual_taps(img, hr, wr, cg, oy, ox, pooled)
-        q = p * 8
-        store(pos, q, ((img * ho + oy) * wo + ox) * cout)
-        store(pos, q + 1, r0)
-        store(pos, q + 2, r1)
-        store(pos, q + 3, r2)
-        store(pos, q + 4, r3)
-        store(pos, q + 5, taps)
-        store(pos, q + 6, (((img * hpo + oy + opad) * wpo + ox + opad) * owords) * 4)
+        q = ROW * p
+        store(pos, q + AT_Z, ((img * ho + oy) * wo + ox) * cout)
+        store(pos, q + AT_RES, r0)
+        store(pos, q + AT_RES_RIGHT, r1)
+        store(pos, q + AT_RES_BELOW, r2)
+        store(pos, q + AT_RES_DIAG, r3)
+        store(pos, q + AT_TAPS, taps)
+        store(pos, q + AT_BITS, (((img * hpo + oy + opad) * wpo + ox + opad) * owords) * 4)
     for g in range(groups):
         for c in range(0, cg, 16):
             co = g * cg + c
@@ -379,22 +389,23 @@ def _epilogue_sliced(acc, geo, ep, arrays, img, by, bx, count, pos):
             sp = slice_params(prm, thr, co, cout, t_sets, m2)
             a = g * bpg * LANES + c
             for p in range(count):
-                q = p * 8
+                q = ROW * p
                 pop = fload(acc, p * cols + a)
                 res_v = residual_vec(
-                    res, load(pos, q + 1), load(pos, q + 2), load(pos, q + 3), load(pos, q + 4),
-                    load(pos, q + 5), c, 16,
+                    res, load(pos, q + AT_RES), load(pos, q + AT_RES_RIGHT),
+                    load(pos, q + AT_RES_BELOW), load(pos, q + AT_RES_DIAG), load(pos, q + AT_TAPS),
+                    c, 16,
                 )  # fmt: skip
                 y = unit_value(pop, res_v, sp, ktot_v, m2)
-                fstore(z, load(pos, q) + co, y)
-                o16 = load(pos, q + 6) + co // 16
+                fstore(z, load(pos, q + AT_Z) + co, y)
+                o16 = load(pos, q + AT_BITS) + co // 16
                 if t_sets > 0:
                     store_u16(obits, o16, sign_mask16(y, sp.thr0))
                 if t_sets > 1:
                     store_u16(obits, o16 + tstride, sign_mask16(y, sp.thr1))
     if cout % 64 != 0:  # the last word's channels past cout stay clear
         for p in range(count):
-            o16 = load(pos, p * 8 + 6)
+            o16 = load(pos, ROW * p + AT_BITS)
             for t in range(t_sets):
                 for j in range((cout + 15) // 16, owords * 4):
                     store_u16(obits, o16 + t * tstride + j, 0)
@@ -484,7 +495,7 @@ def binary_conv_fused(
     for job in prange(n * geo.jobs_per_img):
         img, first, by, bx = _job_start(job, geo.jobs_per_img, blocks_per_job, positions, wo)
         acc = np.empty(positions * geo.cols, np.float32)
-        pos = np.empty(ROW * positions, np.int64)
+        pos = position_table(positions)
         ppos = address(pos)
         for blk in range(first, min(first + blocks_per_job, geo.nblocks)):
             count = min(positions, nq - blk * positions)

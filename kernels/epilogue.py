@@ -51,14 +51,9 @@ from .simd import (
     store,
     store_u32,
 )
+from .table import AT_BITS, AT_BORDER, AT_PARITY, AT_RES, AT_Z, ROW
 
 __all__ = [
-    "AT_BITS",
-    "AT_BORDER",
-    "AT_PARITY",
-    "AT_RES",
-    "AT_Z",
-    "ROW",
     "BlockContext",
     "Epilogue",
     "SliceParams",
@@ -69,14 +64,6 @@ __all__ = [
     "unit_block",
     "unit_value",
 ]
-
-# The position table of a block (``ppos``, int64): ``ROW`` entries per position, of which
-ROW = 8
-AT_Z = 0  # the float map offset (of the 2x2-averaged map with ``pool_out``)
-AT_RES = 1  # the residual offset (its 2x2 window's first pixel when pooled)
-AT_BITS = 2  # the packed-sign offset, in uint32 units
-AT_BORDER = 3  # the border table row (:func:`.border.border_class`) times the table's columns
-AT_PARITY = 4  # the output row's parity (with ``pool_out``: which half of a window it writes)
 
 
 class SliceParams(NamedTuple):
@@ -124,7 +111,7 @@ class Epilogue(NamedTuple):
 class BlockContext(NamedTuple):
     """What :func:`_y32` needs of one weight block of one block of positions."""
 
-    ppos: Any  # the position table (``ROW`` int64 per position; see ``AT_*``)
+    ppos: Any  # the position table (:mod:`.table`)
     pres: Any
     cg: int
     rw: int  # floats per row of the residual (pooled: of the input-sized map)
@@ -238,7 +225,7 @@ def _y32(pop0, pop1, P, E, p, co, c, kv, m2):
     lo, hi = P.lo, P.hi
     y0 = unit_value(pop0, res0, lo, kv, m2)
     y1 = unit_value(pop1, res1, hi, kv, m2)
-    o32 = load(E.ppos, q + AT_BITS) + co // 32
+    o32 = (load(E.ppos, q + AT_BITS) >> 1) + co // 32
     t_sets, pob = E.t_sets, E.pob
     if E.cout % 64 == 32 and co + 32 == E.cout:
         # the last word holds only these 32 channels: one 64-bit store also clears the rest
@@ -290,9 +277,9 @@ def _pair32(pa0, pa1, pb0, pb1, P, E, p, co, c, kv, m2, count):
 @njit(cache=True)
 def _unit_kernel_narrow(pbits, offsets, pwt, wofs, k, rowstride, pprm, pthr, co, c, ktot, E, count):
     """8 positions (top-left taps ``offsets``) x 32 channels of a layer with at most 32 input
-    channels, from the tap loop to the float map and the next layer's signs. Only the
-    parameters' pointers of the :class:`Epilogue`: a call per weight block, and every field
-    passed costs (all 16: the epilogue 5 % slower)."""
+    channels, from the tap loop to the float map and the next layer's signs. It takes only the
+    parameters' pointers of the :class:`Epilogue`, not all its fields: it is called once per
+    weight block, and each argument of a call is passed in a register or on the stack."""
     b0, b1, b2, b3, b4, b5, b6, b7 = offsets
     c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51, c60, c61, c70, c71 = taps_narrow(
         pbits, b0, b1, b2, b3, b4, b5, b6, b7, pwt, wofs, k, rowstride
@@ -372,7 +359,7 @@ class Offsets(NamedTuple):
 
     z: int  # the float map (of the 2x2-averaged map with ``pool_out``)
     res: int  # the residual (its 2x2 window's first pixel when pooled)
-    bits: int  # the packed signs, in uint32 units
+    bits: int  # the packed signs, in uint16 units
 
 
 @njit(cache=True, inline="always")
@@ -387,7 +374,7 @@ def _position_offsets(geo, ep, img, oy, ox):
         r = ((img * geo.h + 2 * oy) * geo.w + 2 * ox) * cg
     else:
         r = ((img * ho + oy) * wo + ox) * cg
-    o = ((img * ep.hpo + oy + ep.opad) * ep.wpo + ox + ep.opad) * ep.owords * 2
+    o = ((img * ep.hpo + oy + ep.opad) * ep.wpo + ox + ep.opad) * ep.owords * 4
     return Offsets(z=z, res=r, bits=o)
 
 
@@ -417,8 +404,8 @@ def _row_table(ppos, geo, ep, img, by, bx):
     """:func:`_any_positions` of a whole block within one row that sees no zero padding, the
     usual case, by constant steps from its first position; False, writing nothing, for a block
     that sees the padding (only one at a row's ends or in the first or last row can) or starts
-    at a 2x2 window's second column. (The general table's per-position arithmetic, timed alone,
-    took 27 ns a block of 8 positions; with it the 3x3 32->32 unit at 112 px ran 7 % slower.)"""
+    at a 2x2 window's second column. Constant steps keep the table's cost small beside the short
+    tap loops of the narrow layers, whose blocks hold 8 positions of only 32 input channels."""
     positions, stride = geo.positions, geo.stride
     if geo.k == 3:
         y0 = by * stride - 1
@@ -439,7 +426,7 @@ def _row_table(ppos, geo, ep, img, by, bx):
         # pool_out: two columns a pixel
         store(ppos, q + AT_Z, at.z + (p // 2 if pool_out else p) * ep.cout)
         store(ppos, q + AT_RES, at.res + p * rs)
-        store(ppos, q + AT_BITS, at.bits + p * ep.owords * 2)
+        store(ppos, q + AT_BITS, at.bits + p * ep.owords * 4)
         if pool_out:  # the row's parity: which half of the window's sum this row writes
             store(ppos, q + AT_PARITY, by % 2)
     return True
