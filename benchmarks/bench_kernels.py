@@ -27,6 +27,14 @@ runs taken alternately. The model has random weights: speed does not depend on t
   install 's2bnn-plugin[openvino]'``; skipped with the reason when absent); the last column is
   the ratio to the fastest of them, named.
 - File: the packed file against the fp32 state dict.
+- Kernel variants (``--variants``, part of the default run): every micro-kernel variant this CPU
+  runs (:mod:`s2bnn_plugin.kernels.variants`), per layer as binary MACs per cycle (the core
+  clock measured in the same run, :mod:`s2bnn_plugin.bench.clock`) against that instruction
+  set's bound (:mod:`s2bnn_plugin.bench.bounds`, derivation printed), and end to end against
+  OpenVINO's 1-bit IR in the same process. A variant below the CPU's best (AVX2 on an AVX-512
+  machine) also runs against OpenVINO capped to the same instruction set: ``--openvino-isa``
+  sets ``ONEDNN_MAX_CPU_ISA`` (which caps OpenVINO's BinaryConvolution, whose primitive the
+  table names) in a child process of this script.
 
 Prints markdown tables.
 """
@@ -35,11 +43,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 from functools import partial
 
 import numba
+import numpy as np
 import torch
+from s2bnn_plugin.kernels import VARIANTS, variants
 from s2bnn_plugin.kernels.assembly import popcount_report
 
 from s2bnn_plugin.backbones import create_backbone
@@ -47,8 +58,11 @@ from s2bnn_plugin.bench.baselines import (
     onnx_export,
     onnx_session,
     openvino_baselines,
+    openvino_binary,
     prebinarised,
 )
+from s2bnn_plugin.bench.bounds import bound
+from s2bnn_plugin.bench.clock import core_ghz
 from s2bnn_plugin.bench.machine import cpu_name
 from s2bnn_plugin.bench.profile import profile, unit_epilogues
 from s2bnn_plugin.bench.tables import (
@@ -57,15 +71,98 @@ from s2bnn_plugin.bench.tables import (
     markdown_table,
     profile_summary,
     profile_table,
+    variant_table,
 )
-from s2bnn_plugin.bench.timing import best_times, layer_timings, set_threads, thread_scaling
-from s2bnn_plugin.export import pack
+from s2bnn_plugin.bench.timing import (
+    best_times,
+    layer_timings,
+    set_threads,
+    thread_scaling,
+    variant_rates,
+)
+from s2bnn_plugin.export import PackedNetwork, pack
 from s2bnn_plugin.export.report import file_sizes
+
+# OpenVINO's instruction-set caps (ONEDNN_MAX_CPU_ISA values) matching each kernel variant
+OPENVINO_ISA = {"avx2": "AVX2", "avx512bw": "AVX512_CORE", "portable": "SSE41"}
 
 
 def _features(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return model(x)
+
+
+def _variants_section(args: argparse.Namespace, net: PackedNetwork) -> None:
+    """Every kernel variant this CPU runs: per layer against its bound, end to end against
+    OpenVINO's 1-bit IR (capped to the variant's instruction set in a child process where the
+    variant is not the CPU's best)."""
+    tgt = variants.target()
+    runnable = [v.name for v in VARIANTS.values() if not v.requires or v.requires in tgt.isa]
+    best = variants.best(tgt).name
+    ghz = core_ghz()
+    print(
+        f"### Kernel variants: {tgt.cpu} ({', '.join(sorted(tgt.isa)) or 'no SIMD popcount'})\n"
+        f"\nruns {', '.join(runnable)}; the default is {best}; core clock measured at "
+        f"{ghz:.2f} GHz (dependent integer additions, best of 7 rounds)\n"
+    )
+    bounds = {name: bound(name, tgt.cpu) for name in runnable}
+    rows = variant_rates(net, runnable, args.size, 1, args.repeats)
+    print(variant_table(rows, ghz, {n: b.macs_per_cycle if b else None for n, b in bounds.items()}))
+    print()
+    for name, b in bounds.items():
+        if b is not None:
+            print(f"- {name} bound {b.macs_per_cycle:.0f} MAC/cycle: {b.derivation}")
+    three = [r for r in rows if r.kernel == 3]
+    for name in runnable:
+        convs = sum(r.seconds[name] for r in rows)
+        rate = sum(r.macs for r in three) / sum(r.seconds[name] for r in three) / 1e9
+        line = f"\n{name}: 3x3 layers {rate:.0f} GMAC/s ({rate / ghz:.0f} MAC/cycle"
+        if bounds[name]:
+            line += f", {100 * rate / ghz / bounds[name].macs_per_cycle:.0f} % of the bound"
+        print(line + f"); every distinct layer once: {convs * 1e3:.2f} ms")
+    _variant_end_to_end(args, net, runnable, best)
+
+
+def _variant_end_to_end(
+    args: argparse.Namespace, net: PackedNetwork, runnable: list[str], best: str
+) -> None:
+    """Packed (each variant) against OpenVINO's 1-bit IR, 1 thread, in this process; then each
+    variant below the best against OpenVINO capped to its instruction set, in a child."""
+    engine, primitive = openvino_binary(net, args.size)
+    if engine is None:
+        print(f"\nOpenVINO comparison skipped: {primitive}")
+        return
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    cap = f", capped by ONEDNN_MAX_CPU_ISA={isa}" if isa else ""
+    print(f"\n#### End to end, {args.size} px, 1 thread: OpenVINO's BinaryConvolution runs "
+          f"{primitive}{cap}\n")  # fmt: skip
+    nets = {name: PackedNetwork(net.spec, net.arrays, kernels=name) for name in runnable}
+    set_threads(1)
+    cells = []
+    for batch in args.batch:
+        xn = np.random.default_rng(0).random((batch, net.in_channels, args.size, args.size))
+        xn = xn.astype(np.float32)
+        repeats = args.repeats if batch <= 8 else max(2, args.repeats // 2)
+        t_ov = best_times([partial(engine.make(batch, 1), xn)], repeats, burst=1)[0]
+        times = best_times([partial(n, xn) for n in nets.values()], repeats, burst=3)
+        for name, t in zip(nets, times):
+            cells.append([batch, name, f"{t_ov * 1e3:.1f}", f"{t * 1e3:.2f}",
+                          f"**{t_ov / t:.2f}x**"])  # fmt: skip
+    print(markdown_table(["batch", "packed variant", "OpenVINO 1-bit IR ms", "packed ms",
+                          "packed vs OpenVINO"], cells))  # fmt: skip
+    if isa:
+        return
+    for name in runnable:
+        if name == best or name not in OPENVINO_ISA:
+            continue
+        print(f"\n{name} against OpenVINO capped to {OPENVINO_ISA[name]} (a child process):")
+        env = dict(os.environ, ONEDNN_MAX_CPU_ISA=OPENVINO_ISA[name])
+        env["OV_CPU_MAX_ISA"] = OPENVINO_ISA[name]
+        cmd = [sys.executable, __file__, "--variants-only", "--only", name]
+        cmd += ["--size", str(args.size), "--repeats", str(args.repeats)]
+        cmd += ["--batch", *map(str, args.batch)]
+        sys.stdout.flush()
+        subprocess.run(cmd, env=env, check=False)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,12 +178,27 @@ def main(argv: list[str] | None = None) -> int:
         help="only each fused unit timed alone against its binary convolution (batch 1, best of "
         "30 bursts of 3 calls): the steadier figure for changes to the epilogue",
     )
+    p.add_argument(
+        "--variants-only",
+        action="store_true",
+        help="only the kernel-variants section (every variant this CPU runs, per layer against "
+        "its bound and end to end against OpenVINO's 1-bit IR)",
+    )
+    p.add_argument(
+        "--only",
+        metavar="VARIANT",
+        help="with --variants-only: end to end for this variant alone (no per-layer table)",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.repeats, args.batch = 2, [1, 8]
 
     model = create_backbone("reactnet_a").eval()
     net = pack(model)
+    if args.only:
+        print(f"CPU: {cpu_name()}; LLVM target {variants.target().cpu}")
+        _variant_end_to_end(args, net, [args.only], "")
+        return 0
     net(torch.zeros(1, 3, 32, 32).numpy())  # compile (or load the cache), start the threads
     report = popcount_report()
     print(
@@ -94,9 +206,10 @@ def main(argv: list[str] | None = None) -> int:
         f"({numba.threading_layer()} threading layer); torch {torch.__version__}"
     )
     print(
-        f"micro-kernel assembly: {report['vpopcntq_zmm']} vpopcntq and "
-        f"{report['vpopcntd_zmm']} vpopcntd (narrow layers) on zmm registers, "
-        f"{report['popcnt_scalar']} scalar popcnt"
+        f"kernel variant {report['variant']} ({VARIANTS[report['variant']].description}); "
+        f"wide micro-kernel assembly: {report['vpopcntq_zmm']} vpopcntq on zmm, "
+        f"{report['vpshufb']} vpshufb ({report['vpshufb_zmm']} on zmm), {report['vpsadbw']} "
+        f"vpsadbw; narrow: {report['vpopcntd_zmm']} vpopcntd on zmm"
     )
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
     print(f"load average before the run: {load} ({os.cpu_count()} CPUs)")
@@ -105,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"OMP_WAIT_POLICY={wait} (the README's figures use the default)")
     print()
 
+    if args.variants_only:
+        _variants_section(args, net)
+        return 0
     if args.epilogue:
         for threads in args.threads:
             set_threads(threads)
@@ -264,8 +380,9 @@ def main(argv: list[str] | None = None) -> int:
     packed, fp32 = file_sizes(net, model)
     print(
         f"\n### File\n\npacked {packed / 1e6:.2f} MB vs fp32 state dict {fp32 / 1e6:.2f} MB "
-        f"(1/{fp32 / packed:.1f})"
+        f"(1/{fp32 / packed:.1f})\n"
     )
+    _variants_section(args, net)
     return 0
 
 

@@ -35,6 +35,7 @@ from .cache import KernelCacheLocator as _KernelCacheLocator  # noqa: F401 (regi
 # isort: split
 from .bconv import (
     POSITIONS,
+    FusedOutput,
     binary_conv_acc,
     binary_conv_fused,
     binary_gemm,
@@ -44,6 +45,9 @@ from .bconv import (
 from .bitpack import (
     LANES,
     NARROW_CHANNELS,
+    BinaryWeights,
+    aligned,
+    binary_weights,
     kernel_weights,
     pack_signs,
     pack_weights,
@@ -51,16 +55,26 @@ from .bitpack import (
     words_for,
 )
 from .epilogue import pools_output
+from .micro import ConvShape
 from .realops import conv_nchw_bn, global_avgpool, maxpool3x3s2, projection_shortcut
 from .simd import popcount64
+from .variants import VARIANTS, KernelVariant
+from .variants import select as select_variant
 
 __all__ = [
     "LANES",
     "NARROW_CHANNELS",
     "POSITIONS",
+    "VARIANTS",
+    "BinaryWeights",
+    "ConvShape",
+    "FusedOutput",
+    "KernelVariant",
+    "aligned",
     "binary_conv_acc",
     "binary_conv_fused",
     "binary_gemm",
+    "binary_weights",
     "block_positions",
     "conv_nchw_bn",
     "global_avgpool",
@@ -72,6 +86,7 @@ __all__ = [
     "popcount64",
     "pools_output",
     "projection_shortcut",
+    "select_variant",
     "tap_sums",
     "words_for",
 ]

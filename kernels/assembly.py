@@ -1,58 +1,74 @@
 """What the compiled micro-kernel looks like on this machine (no cache: inspection needs a fresh
 compile, cached code has no assembly attached).
 
-Why: the speed of the binary layers rests on the vector popcount (``vpopcntq`` on zmm registers
-with AVX-512 VPOPCNTDQ); this reports whether the code Numba generated here actually uses it.
+Why: the speed of the binary layers rests on the tap loop's instructions -- the vector popcount
+(``vpopcntq`` on zmm registers with AVX-512 VPOPCNTDQ), the byte lookups (``vpshufb``) and their
+widening (``vpsadbw``) elsewhere -- and on the accumulators staying in registers; this reports
+what the code Numba generated here actually uses.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, typeof
 
 from .micro import micro_kernel, micro_kernel_narrow
 from .simd import address
+from .variants import KernelVariant
+from .variants import select as select_variant
 
 __all__ = ["micro_kernel_asm", "popcount_report"]
 
 
-def micro_kernel_asm(narrow: bool = False) -> str:
-    """Assembly of a binary-convolution micro-kernel (64-bit lanes, or with ``narrow`` the
-    32-bit one of layers with at most 32 input channels), compiled now for the current target."""
+def micro_kernel_asm(variant: KernelVariant | None = None, narrow: bool = False) -> str:
+    """Assembly of a binary-convolution micro-kernel of ``variant`` (default: the one this CPU
+    runs), with 64-bit lanes or, with ``narrow``, the 32-bit one of layers with at most 32 input
+    channels, compiled now for the current target without being run (so it also works for a
+    target this CPU cannot execute, ``NUMBA_CPU_NAME``). Sizes are run-time values (no loop is
+    unrolled away for them)."""
+    variant = variant or select_variant()
     kernel = micro_kernel_narrow if narrow else micro_kernel
     fresh = njit(cache=False)(kernel.py_func)
 
-    # One call on small buffers (a 1x1 tap, one word, the positions one word apart, popcounts
-    # to ``acc``): it compiles the kernel for these argument types, whatever the values.
+    # A caller compiled (not run) for these argument types compiles the kernel too.
     @njit(cache=False)
-    def call(bits, acc, out):
-        pb, pa, po = address(bits), address(acc), address(out)
+    def call(v, bits, acc, out, scr, sizes):
+        pb, pa, po, ps = address(bits), address(acc), address(out), address(scr)
+        k, words, rowstride = sizes[0], sizes[1], sizes[2]
         if narrow:
-            fresh(
-                bits=pb, b0=0, b1=1, b2=2, b3=3, b4=4, b5=5, b6=6, b7=7, wt=pb, wofs=0, k=1,
-                rowstride=1, acc=pa, out=po, direct=False, ktot=1, aofs=0, astride=32,
-            )  # fmt: skip
+            fresh(v, pb, 0, 1, 2, 3, 4, 5, 6, 7, pb, 0, k, rowstride, pa, po, False, 1, 0, 32, ps)
         else:
-            fresh(
-                bits=pb, b0=0, b1=1, b2=2, b3=3, wt=pb, wofs=0, k=1, rowstride=1, words=1,
-                acc=pa, out=po, direct=False, ktot=1, aofs=0, astride=32,
-            )  # fmt: skip
+            fresh(v, pb, 0, 1, 2, 3, pb, 0, k, rowstride, words, pa, po, False, 1, 0, 32, ps)
 
-    call(np.zeros(64, np.uint64), np.zeros(8 * 32, np.float32), np.zeros(8 * 32, np.int32))
+    args = (
+        variant, np.zeros(64, np.uint64), np.zeros(8 * 32, np.float32),
+        np.zeros(8 * 32, np.int32), np.zeros(256, np.int64), np.array([1, 1, 1], np.int64),
+    )  # fmt: skip
+    call.compile(tuple(typeof(a) for a in args))
     return "\n".join(fresh.inspect_asm().values())
 
 
-def popcount_report() -> dict[str, object]:
-    """Counts of the popcount instructions in the two micro-kernels and the target CPU name."""
+def _count(lines: list[str], op: str, reg: str = "") -> int:
+    return sum(1 for line in lines if line.startswith(op) and reg in line)
+
+
+def popcount_report(variant: KernelVariant | None = None) -> dict[str, object]:
+    """Counts of the popcount instructions in the two micro-kernels of ``variant`` (default:
+    the one this CPU runs), and the target CPU name."""
     import llvmlite.binding as llvm
     from numba.core import config
 
-    lines = [line.strip() for line in micro_kernel_asm().splitlines()]
-    narrow = [line.strip() for line in micro_kernel_asm(narrow=True).splitlines()]
+    variant = variant or select_variant()
+    lines = [line.strip() for line in micro_kernel_asm(variant).splitlines()]
+    narrow = [line.strip() for line in micro_kernel_asm(variant, narrow=True).splitlines()]
     return {
         "cpu": config.CPU_NAME or llvm.get_host_cpu_name(),
-        "vpopcntq": sum(1 for line in lines if line.startswith("vpopcntq")),
-        "vpopcntq_zmm": sum(1 for line in lines if line.startswith("vpopcntq") and "zmm" in line),
-        "vpopcntd_zmm": sum(1 for line in narrow if line.startswith("vpopcntd") and "zmm" in line),
-        "popcnt_scalar": sum(1 for line in lines + narrow if line.startswith("popcnt")),
+        "variant": variant.name,
+        "vpopcntq": _count(lines, "vpopcntq"),
+        "vpopcntq_zmm": _count(lines, "vpopcntq", "zmm"),
+        "vpopcntd_zmm": _count(narrow, "vpopcntd", "zmm"),
+        "vpshufb": _count(lines, "vpshufb"),
+        "vpshufb_zmm": _count(lines, "vpshufb", "zmm"),
+        "vpsadbw": _count(lines, "vpsadbw"),
+        "popcnt_scalar": _count(lines + narrow, "popcnt"),
     }

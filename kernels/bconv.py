@@ -44,6 +44,7 @@ from .epilogue import (
 )
 from .micro import (
     POSITIONS,
+    ConvShape,
     advance,
     block_microkernels,
     block_positions,
@@ -77,11 +78,12 @@ from .table import (
     AT_TAPS,
     AT_Z,
     ROW,
-    position_table,
+    block_scratch,
 )
 
 __all__ = [
     "POSITIONS",
+    "FusedOutput",
     "binary_conv_acc",
     "binary_conv_fused",
     "binary_gemm",
@@ -100,10 +102,26 @@ def _job_start(job, jobs_per_img, blocks_per_job, positions, wo):
     return img, first, (first * positions) // wo, (first * positions) % wo
 
 
+class FusedOutput(NamedTuple):
+    """What a fused unit (:func:`binary_conv_fused`) does after its binary convolution: its
+    parameters, residual and outputs (flat arrays unless said otherwise)."""
+
+    prm: Any  # (6, C) float32: weight scale, BatchNorm multiplier and offset, RPReLU (3 rows)
+    res: Any  # the residual, NHWC float32 with ``cg`` channels
+    pooled: bool  # the residual is the 2x2 average of an input-sized map
+    z: Any  # the output float map, NHWC float32 (its 2x2 average with ``pool_out``)
+    thr: Any  # (T, C) float32: the next layer's RSign shifts, one row per packed sign set
+    opad: int  # zero border of the packed output (the next kernel's padding)
+    obits: Any  # the next layer's packed signs, (T, n, ho + 2 opad, wo + 2 opad, words(C))
+    pool_out: bool  # write only the output map's 2x2 average (:func:`.epilogue.pools_output`)
+
+
 @njit(cache=True)
-def _check_conv(bits, n, h, w, cin, k, stride, wt, wsum, groups, cg, blocks_per_job):
+def _check_conv(bits, shape, weights, blocks_per_job):
     """Shapes and buffer sizes, checked once per call: the loops themselves have no bounds
     checks, so a wrong buffer must be refused here rather than read or written past."""
+    n, h, w, cin, k, stride, groups, cg = shape
+    wt, wsum, _ = weights
     if n < 1 or h < 1 or w < 1 or cin < 1 or cg < 1 or groups < 1 or blocks_per_job < 1:
         raise ValueError("binary conv: sizes must be positive")
     if k < 1 or k % 2 == 0 or stride < 1:
@@ -126,18 +144,20 @@ def _check_conv(bits, n, h, w, cin, k, stride, wt, wsum, groups, cg, blocks_per_
 
 
 @njit(cache=True, parallel=True)
-def binary_conv_acc(bits, n, h, w, cin, k, stride, wt, wsum, groups, cg, blocks_per_job, out):
+def binary_conv_acc(bits, shape, weights, blocks_per_job, out):
     """Exact integer accumulations ``sum(sign(a) * sign(w))`` of a binary convolution.
 
     ``bits``: flat (groups, n, h + 2p, w + 2p, words) packed input (p = k // 2, zero border);
-    ``wt``: :func:`.bitpack.kernel_weights` layout; ``wsum``: :func:`.bitpack.tap_sums`;
-    ``out``: int32 (n, ho, wo, groups * cg). ``blocks_per_job``: blocks of
-    :func:`.micro.positions_for` positions per parallel job.
+    ``shape``: the :class:`.micro.ConvShape`; ``weights``: the layer's
+    :class:`.bitpack.BinaryWeights`; ``out``: int32 (n, ho, wo, groups * cg).
+    ``blocks_per_job``: blocks of :func:`.micro.positions_for` positions per parallel job.
     """
-    _check_conv(bits, n, h, w, cin, k, stride, wt, wsum, groups, cg, blocks_per_job)
+    _check_conv(bits, shape, weights, blocks_per_job)
+    n, h, w, cin, k, stride, groups, cg = shape
+    wt, wsum, variant = weights
     if out.size != n * out_size(h, k, stride) * out_size(w, k, stride) * groups * cg:
         raise ValueError("binary_conv_acc: out has the wrong size")
-    geo = geometry(n, h, w, cin, k, stride, groups, cg, blocks_per_job)
+    geo = geometry(shape, blocks_per_job)
     ho, wo, pad, positions, cols = geo.ho, geo.wo, geo.pad, geo.positions, geo.cols
     nq = ho * wo
     ktot_f = np.float32(geo.ktot)  # float32 arithmetic on popcounts < 2**24 is exact
@@ -154,6 +174,8 @@ def binary_conv_acc(bits, n, h, w, cin, k, stride, wt, wsum, groups, cg, blocks_
         img, first, by, bx = _job_start(job, geo.jobs_per_img, blocks_per_job, positions, wo)
         acc = np.empty(positions * cols, np.float32)
         pacc = address(acc)
+        scr = block_scratch(positions)
+        pscr = address(scr)
         last = min(first + blocks_per_job, geo.nblocks)
         blk = first
         while blk < last:
@@ -168,7 +190,9 @@ def binary_conv_acc(bits, n, h, w, cin, k, stride, wt, wsum, groups, cg, blocks_
                 for _ in range(run):
                     offsets = (o0, o0 + step, o0 + 2 * step, o0 + 3 * step, o0 + 4 * step,
                                o0 + 5 * step, o0 + 6 * step, o0 + 7 * step)  # fmt: skip
-                    block_microkernels(geo, pbits, pwt, pacc, pout, True, dst, offsets, img)
+                    block_microkernels(
+                        variant, geo, pbits, pwt, pacc, pout, True, dst, offsets, img, pscr
+                    )
                     o0 += positions * step
                     dst += positions * cout
                 if pad > 0:  # only the run's ends can reach past the left or right edge
@@ -181,7 +205,7 @@ def binary_conv_acc(bits, n, h, w, cin, k, stride, wt, wsum, groups, cg, blocks_
             count = min(positions, nq - blk * positions)
             obase = ((img * ho + by) * wo + bx) * cout
             direct = direct_ok and count == positions
-            popcounts(geo, bits, wt, img, by, bx, count, acc, flat_out, direct, obase)
+            popcounts(variant, geo, bits, wt, img, by, bx, count, acc, flat_out, direct, obase, scr)
             edge = pad > 0 and not interior(by, bx, count, k, stride, h, w, wo)
             if direct:
                 if edge:
@@ -412,40 +436,23 @@ def _epilogue_sliced(acc, geo, ep, arrays, img, by, bx, count, pos):
 
 
 @njit(cache=True, parallel=True)
-def binary_conv_fused(
-    bits,
-    n,
-    h,
-    w,
-    cin,
-    k,
-    stride,
-    wt,
-    wsum,
-    groups,
-    cg,
-    prm,
-    res,
-    pooled,
-    z,
-    thr,
-    opad,
-    obits,
-    pool_out,
-    blocks_per_job,
-):
+def binary_conv_fused(bits, shape, weights, unit, blocks_per_job):
     """One residual binary unit in one pass: ``z = RPReLU(BN(scale * conv) + residual)``.
 
-    ``prm`` (6, C) per output channel: weight scale, BatchNorm multiplier and offset, RPReLU's
-    shift, slope, shift (``0, 1, 0`` is the identity); ``res``: flat NHWC
-    float32 with ``cg`` channels, added to every group, at the same position or (``pooled``)
-    2x2-average-pooled from a map of the input's size; ``z``: flat NHWC float32 output, or with
-    ``pool_out`` (where :func:`.epilogue.pools_output` allows it) its 2x2 average
-    (n, ho / 2, wo / 2, C), all a next unit with a pooled residual reads of it;
+    ``bits``, ``shape``, ``weights``, ``blocks_per_job``: as for :func:`binary_conv_acc`;
+    ``unit``: the :class:`FusedOutput` -- ``prm`` (6, C) per output channel: weight scale,
+    BatchNorm multiplier and offset, RPReLU's shift, slope, shift (``0, 1, 0`` is the identity);
+    ``res``: flat NHWC float32 with ``cg`` channels, added to every group, at the same position
+    or (``pooled``) 2x2-average-pooled from a map of the input's size; ``z``: flat NHWC float32
+    output, or with ``pool_out`` (where :func:`.epilogue.pools_output` allows it) its 2x2
+    average (n, ho / 2, wo / 2, C), all a next unit with a pooled residual reads of it;
     ``thr`` (T, C): the next layer's RSign shifts -- for each row, packed signs of ``z + thr``
     go to ``obits``, flat (T, n, ho + 2 opad, wo + 2 opad, words(C)) whose border stays zero.
     """
-    _check_conv(bits, n, h, w, cin, k, stride, wt, wsum, groups, cg, blocks_per_job)
+    _check_conv(bits, shape, weights, blocks_per_job)
+    n, h, w, cin, k, stride, groups, cg = shape
+    wt, wsum, variant = weights
+    prm, res, pooled, z, thr, opad, obits, pool_out = unit
     ho = out_size(h, k, stride)
     wo = out_size(w, k, stride)
     cout = groups * cg
@@ -466,7 +473,7 @@ def binary_conv_fused(
         raise ValueError("binary_conv_fused: thresholds of the wrong size")
     if obits.size < thr.shape[0] * n * (ho + 2 * opad) * (wo + 2 * opad) * words_for(cout):
         raise ValueError("binary_conv_fused: the packed output is too small")
-    geo = geometry(n, h, w, cin, k, stride, groups, cg, blocks_per_job)
+    geo = geometry(shape, blocks_per_job)
     positions = geo.positions
     nq = ho * wo
     t_sets = thr.shape[0]
@@ -495,15 +502,15 @@ def binary_conv_fused(
     for job in prange(n * geo.jobs_per_img):
         img, first, by, bx = _job_start(job, geo.jobs_per_img, blocks_per_job, positions, wo)
         acc = np.empty(positions * geo.cols, np.float32)
-        pos = position_table(positions)
+        pos = block_scratch(positions)
         ppos = address(pos)
         for blk in range(first, min(first + blocks_per_job, geo.nblocks)):
             count = min(positions, nq - blk * positions)
             if registers:
-                unit_block(geo, ep, pbits, pwt, img, by, bx, count, ppos)
+                unit_block(variant, geo, ep, pbits, pwt, img, by, bx, count, ppos)
                 by, bx = advance(by, bx, count, wo)
                 continue
-            popcounts(geo, bits, wt, img, by, bx, count, acc, no_out, False, 0)
+            popcounts(variant, geo, bits, wt, img, by, bx, count, acc, no_out, False, 0, pos)
             if geo.pad > 0 and not interior(by, bx, count, k, stride, h, w, wo):
                 border_block(acc, geo.cols, k, by, bx, count, stride, h, w, wo, table)
             if sliced:
@@ -514,13 +521,13 @@ def binary_conv_fused(
 
 
 @njit(cache=True)
-def binary_gemm(a, wt, cin, cout, blocks_per_job):
+def binary_gemm(a, weights, cin, cout, blocks_per_job):
     """Binary GEMM ``a (m, words) x W^T`` of +-1 matrices (a 1x1 convolution): int32 (m, cout).
 
-    ``wt``: :func:`.bitpack.kernel_weights` of a packed (cout, cin, 1, 1) weight.
+    ``weights``: the :class:`.bitpack.BinaryWeights` of a packed (cout, cin, 1, 1) weight.
     """
     m = a.shape[0]
     out = np.empty((1, m, 1, cout), np.int32)
-    wsum = np.zeros((1, 1), np.int64)
-    binary_conv_acc(a.ravel(), 1, m, 1, cin, 1, 1, wt, wsum, 1, cout, blocks_per_job, out)
+    shape = ConvShape(n=1, h=m, w=1, cin=cin, k=1, stride=1, groups=1, cg=cout)
+    binary_conv_acc(a.ravel(), shape, weights, blocks_per_job, out)
     return out.reshape(m, cout)

@@ -13,14 +13,21 @@ border of zero words for a 3x3 convolution (corrected for in :mod:`.border`).
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import numpy as np
 from numba import njit, prange
 
 from .simd import popcount64, sign_bits32, sign_bits64, sign_bits_partial
+from .variants import KernelVariant, select, wide_scheme
 
 __all__ = [
+    "GROUP",
     "LANES",
     "NARROW_CHANNELS",
+    "BinaryWeights",
+    "aligned",
+    "binary_weights",
     "kernel_weights",
     "pack_signs",
     "pack_weights",
@@ -29,7 +36,17 @@ __all__ = [
 ]
 
 LANES = 32  # output channels per weight block: four 8-lane vectors in the micro-kernel
+GROUP = 8  # output channels of one 8-lane vector (a pass of the grouped tap loops)
 NARROW_CHANNELS = 32  # at most this many input channels: 32-bit popcount lanes (kernel_weights)
+
+
+class BinaryWeights(NamedTuple):
+    """A binary layer's weights as the convolution kernels read them (:func:`binary_weights`),
+    with the kernel variant they are laid out for: the drivers run that variant's tap loop."""
+
+    wt: Any  # the variant's layout (:func:`kernel_weights`), 64-byte aligned
+    wsum: Any  # each tap's +-1 weight sum per output column (:func:`tap_sums`), (k * k, columns)
+    variant: Any  # the :class:`.variants.KernelVariant`
 
 
 @njit(cache=True)
@@ -111,15 +128,26 @@ def pack_weights(negative, groups):
     return out
 
 
-def kernel_weights(wt: np.ndarray, cin: int) -> np.ndarray:
-    """The layout the convolution kernels read: :func:`pack_weights`' own, except for at most
-    :data:`NARROW_CHANNELS` input channels, where each lane's word holds its bits in the low
-    half: those keep only the low 32 bits, as uint32 pairs in a uint64 array of half the length
-    (the kernels then popcount 16 lanes of 32 bits instead of 8 half-empty ones of 64).
+def kernel_weights(wt: np.ndarray, cin: int, k: int, variant: KernelVariant) -> np.ndarray:
+    """The layout the convolution kernels of ``variant`` read, from :func:`pack_weights`' own
+    (of a ``k`` x ``k`` kernel over ``cin`` input channels):
+
+    - at most :data:`NARROW_CHANNELS` input channels, where each lane's word holds its bits in
+      the low half: only the low 32 bits, as uint32 pairs in a uint64 array of half the length
+      (the kernels then count 16 lanes of 32 bits instead of 8 half-empty ones of 64);
+    - more, where the variant's tap loop for the layer works 8 channels at a time (byte counts
+      or carry-save adders, :func:`.variants.wide_scheme`): each 32-channel block as 4 groups of
+      8 channels, a group holding its words for every step (tap, word) in order, flat
+      ``(blocks, 4, k * k * words, 8)``;
+    - otherwise (lane popcounts) :func:`pack_weights`' layout itself.
     """
     wt = np.ascontiguousarray(wt, dtype=np.uint64).ravel()
     if cin > NARROW_CHANNELS:
-        return wt
+        if wide_scheme(variant, k, cin) == "vpopcnt":
+            return wt
+        steps = k * k * words_for(cin)
+        blocks = wt.reshape(-1, steps, LANES // GROUP, GROUP)
+        return np.ascontiguousarray(blocks.transpose(0, 2, 1, 3)).ravel()
     if np.any(wt >> np.uint64(NARROW_CHANNELS)):
         raise ValueError(
             f"kernel_weights: bits above channel 32 in a weight for {cin} input channels; "
@@ -144,3 +172,31 @@ def tap_sums(wt, blocks, kk, words, cin):
                     pc += popcount64(wt[((blk * kk + t) * words + w) * LANES + lane])
                 out[t, blk * LANES + lane] = cin - 2 * pc
     return out
+
+
+def aligned(a: np.ndarray, align: int = 64) -> np.ndarray:
+    """A C-contiguous copy of ``a`` whose data starts on an ``align``-byte boundary."""
+    raw = np.empty(a.nbytes + align, np.uint8)
+    start = (-raw.ctypes.data) % align
+    out = raw[start : start + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
+
+
+def binary_weights(
+    stored: np.ndarray,
+    cin: int,
+    k: int,
+    groups: int,
+    cg: int,
+    variant: KernelVariant | None = None,
+) -> BinaryWeights:
+    """The :class:`BinaryWeights` of a layer from :func:`pack_weights`' layout (as a packed file
+    stores it): ``groups`` groups of ``cg`` output channels over ``cin`` inputs, a ``k`` x ``k``
+    kernel, laid out for ``variant`` (default: :func:`.variants.select`)."""
+    variant = variant or select()
+    blocks = groups * ((cg + LANES - 1) // LANES)
+    stored = np.ascontiguousarray(stored, dtype=np.uint64).ravel()
+    wsum = tap_sums(stored, blocks, k * k, words_for(cin), cin)
+    wt = aligned(kernel_weights(stored, cin, k, variant))
+    return BinaryWeights(wt=wt, wsum=wsum, variant=variant)

@@ -5,12 +5,16 @@ files: after a change to ``simd.py`` alone, a cached ``bconv`` driver would go o
 intrinsics and give silently wrong results (a git pull into an editable install does exactly
 that). So the package registers its own cache locator (Numba's
 ``numba.core.caching.CacheImpl._locator_classes``) for the functions defined in this folder:
-their machine code goes to ``<root>/s2bnn_kernels/<digest>``, where ``<digest>`` is a SHA-256
-over the names and contents of every ``.py`` file here. Code compiled from other sources sits in
-another folder and is never loaded; nothing is ever deleted, and nothing is written inside the
-installed package (importing it is safe from many processes at once: DDP ranks, data-loader
-workers). ``<root>`` is ``NUMBA_CACHE_DIR`` when set, else the user-wide cache folder Numba
-itself would use (``~/.cache/numba`` on Linux), else the system's temporary folder.
+their machine code goes to ``<root>/s2bnn_kernels/<digest>/<target>``, where ``<digest>`` is a
+SHA-256 over the names and contents of every ``.py`` file here and ``<target>`` names the CPU and
+feature set Numba compiles for (:func:`.variants.target_key`). Code compiled from other sources,
+or for another CPU (a cache folder shared between machines, a copied home folder), sits in
+another folder and is never loaded -- Numba's own index also keys each entry by the target, so
+even code copied into this folder would not be loaded. Nothing is ever deleted, and nothing is
+written inside the installed package (importing it is safe from many processes at once: DDP
+ranks, data-loader workers). ``<root>`` is ``NUMBA_CACHE_DIR`` when set, else the user-wide
+cache folder Numba itself would use (``~/.cache/numba`` on Linux), else the system's temporary
+folder.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from pathlib import Path
 
 from numba.core import caching, config
 from numba.core.caching import _CacheLocator, _SourceFileBackedLocatorMixin
+
+from .variants import target_key
 
 # ``CacheImpl`` since Numba 0.61 or so, ``_CacheImpl`` before
 _CACHE_IMPL = getattr(caching, "CacheImpl", None) or caching._CacheImpl
@@ -68,9 +74,10 @@ def _roots() -> list[str]:
 
 
 def cache_dir(directory: Path = HERE, root: str | None = None) -> Path:
-    """The folder holding the machine code compiled from the sources in ``directory``."""
+    """The folder holding the machine code compiled from the sources in ``directory`` for the
+    target Numba compiles for (:func:`.variants.target_key`: CPU name and features)."""
     base = root if root is not None else _roots()[0]
-    return Path(base) / SUBDIR / _digest(Path(directory))[:32]
+    return Path(base) / SUBDIR / _digest(Path(directory))[:32] / target_key()
 
 
 def compiled_in(function: str = "bconv.binary_conv_fused", directory: Path = HERE) -> Path | None:
@@ -86,8 +93,9 @@ def compiled_in(function: str = "bconv.binary_conv_fused", directory: Path = HER
 
 def other_versions(directory: Path = HERE) -> list[Path]:
     """Cache folders compiled from other versions of the sources: never loaded again (see the
-    module), so safe to delete."""
-    current = {cache_dir(directory, root) for root in _roots()}
+    module), so safe to delete. (Folders of other CPUs under the current version stay: a cache
+    folder shared between machines serves each of them.)"""
+    current = {cache_dir(directory, root).parent for root in _roots()}
     found = []
     for root in _roots():
         parent = Path(root) / SUBDIR

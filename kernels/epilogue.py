@@ -31,8 +31,6 @@ from .micro import (
     block_positions,
     next_position,
     out_size,
-    taps_narrow,
-    taps_wide,
 )
 from .simd import (
     fadd,
@@ -52,6 +50,7 @@ from .simd import (
     store_u32,
 )
 from .table import AT_BITS, AT_BORDER, AT_PARITY, AT_RES, AT_Z, ROW
+from .taps import narrow, wide
 
 __all__ = [
     "BlockContext",
@@ -275,14 +274,16 @@ def _pair32(pa0, pa1, pb0, pb1, P, E, p, co, c, kv, m2, count):
 
 
 @njit(cache=True)
-def _unit_kernel_narrow(pbits, offsets, pwt, wofs, k, rowstride, pprm, pthr, co, c, ktot, E, count):
+def _unit_kernel_narrow(
+    variant, pbits, offsets, pwt, wofs, k, rowstride, pprm, pthr, co, c, ktot, E, count
+):
     """8 positions (top-left taps ``offsets``) x 32 channels of a layer with at most 32 input
     channels, from the tap loop to the float map and the next layer's signs. It takes only the
     parameters' pointers of the :class:`Epilogue`, not all its fields: it is called once per
     weight block, and each argument of a call is passed in a register or on the stack."""
     b0, b1, b2, b3, b4, b5, b6, b7 = offsets
-    c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51, c60, c61, c70, c71 = taps_narrow(
-        pbits, b0, b1, b2, b3, b4, b5, b6, b7, pwt, wofs, k, rowstride
+    c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51, c60, c61, c70, c71 = narrow(
+        variant, pbits, b0, b1, b2, b3, b4, b5, b6, b7, pwt, wofs, k, rowstride, E.ppos
     )
     m2 = fsplat(-2.0)
     kv = fsplat(ktot)
@@ -309,13 +310,13 @@ def _unit_kernel_narrow(pbits, offsets, pwt, wofs, k, rowstride, pprm, pthr, co,
 
 @njit(cache=True)
 def _unit_kernel_wide(
-    pbits, offsets, pwt, wofs, k, rowstride, words, pprm, pthr, co, c, ktot, E, count
+    variant, pbits, offsets, pwt, wofs, k, rowstride, words, pprm, pthr, co, c, ktot, E, count
 ):
     """:func:`_unit_kernel_narrow` for wider layers: 4 positions x 32 channels on 64-bit lanes
     (two 8-lane accumulators make one 16-channel float vector)."""
     b0, b1, b2, b3 = offsets
-    c00, c01, c02, c03, c10, c11, c12, c13, c20, c21, c22, c23, c30, c31, c32, c33 = taps_wide(
-        pbits, b0, b1, b2, b3, pwt, wofs, k, rowstride, words
+    c00, c01, c02, c03, c10, c11, c12, c13, c20, c21, c22, c23, c30, c31, c32, c33 = wide(
+        variant, pbits, b0, b1, b2, b3, pwt, wofs, k, rowstride, words, E.ppos
     )
     m2 = fsplat(-2.0)
     kv = fsplat(ktot)
@@ -433,13 +434,14 @@ def _row_table(ppos, geo, ep, img, by, bx):
 
 
 @njit(cache=True)
-def unit_block(geo, ep, pbits, pwt, img, by, bx, count, ppos):
+def unit_block(variant, geo, ep, pbits, pwt, img, by, bx, count, ppos):
     """One block of ``count`` positions from (by, bx) on (row-major; a block's unused
     positions repeat its last one: the same values written twice) of a fused unit, every group
     and weight block: tap loop and epilogue in one micro-kernel call each. ``geo``: the
     convolution's :class:`.micro.Geometry`; ``ep``: the unit's :class:`Epilogue`; ``ppos``: the
-    job's position table (``ROW * geo.positions`` int64). With ``ep.pool_out`` the float map is
-    the 2x2-averaged one (:func:`pools_output`)."""
+    job's scratch (:func:`.table.block_scratch`). With ``ep.pool_out`` the float map is
+    the 2x2-averaged one (:func:`pools_output`). ``variant``: the kernel variant
+    (:mod:`.variants`) whose tap loop runs."""
     kk = geo.k * geo.k
     positions = geo.positions
     offsets = block_offsets(geo, by, bx, count)
@@ -462,6 +464,7 @@ def unit_block(geo, ep, pbits, pwt, img, by, bx, count, ppos):
             )  # fmt: skip
             if geo.narrow:
                 _unit_kernel_narrow(
+                    variant,
                     pbits,
                     (base + o0, base + o1, base + o2, base + o3, base + o4, base + o5, base + o6,
                      base + o7),
@@ -470,7 +473,7 @@ def unit_block(geo, ep, pbits, pwt, img, by, bx, count, ppos):
                 )  # fmt: skip
             else:
                 _unit_kernel_wide(
-                    pbits, (base + o0, base + o1, base + o2, base + o3), pwt,
+                    variant, pbits, (base + o0, base + o1, base + o2, base + o3), pwt,
                     blk * kk * geo.words * LANES, geo.k, geo.rowstride, geo.words, ep.pprm,
                     ep.pthr, g * cg + j * LANES, j * LANES, ep.ktot, E, count,
                 )  # fmt: skip

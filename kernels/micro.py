@@ -1,14 +1,13 @@
 """Micro-kernels of the binary convolution and the blocks of output positions they work on.
 
 A block is a few output positions in row-major order (4, or 8 on narrow layers: at most 32 input
-channels) times 32 output channels; its popcounts stay in registers while the loop runs over
-taps and input words: each activation word is loaded once and reused for 32 output channels,
-each weight vector for every position of the block. Wide layers use 8 lanes of 64 bits
-(``vpopcntq``); narrow ones fill only the low half of each word and use 16 lanes of 32 bits
-(``vpopcntd``), twice the useful work per instruction. The micro-kernels take raw pointers
-(:func:`.simd.address`): no reference counting -- a runtime call that pushes every accumulator
-out of its register -- runs inside them. Results go to a float32 block buffer as popcounts, or
-straight from the registers to an int32 map as dot products ``K - 2 * popcount``.
+channels) times 32 output channels. Its tap loop (:mod:`.taps`, the kernel variant's scheme)
+returns the block's popcounts as 16 vectors: wide layers on 8 lanes of 64 bits, narrow ones, whose
+pixels fill only the low half of each word, on 16 lanes of 32 bits (twice the useful work per
+instruction). The micro-kernels take raw pointers (:func:`.simd.address`): no reference counting
+-- a runtime call that pushes every accumulator out of its register -- runs inside them. Results
+go to a float32 block buffer as popcounts, or straight from the registers to an int32 map as dot
+products ``K - 2 * popcount``.
 """
 
 from __future__ import annotations
@@ -20,21 +19,16 @@ from numba import njit
 from .bitpack import LANES, NARROW_CHANNELS, words_for
 from .simd import (
     address,
-    load_u64,
-    vload,
-    vload32,
     vstore32_dot,
     vstore32_f32,
     vstore_dot,
     vstore_f32,
-    vxor_popcount_add,
-    vxor_popcount_add32,
-    vzero,
-    vzero32,
 )
+from .taps import narrow, wide
 
 __all__ = [
     "POSITIONS",
+    "ConvShape",
     "Geometry",
     "advance",
     "block_offsets",
@@ -47,8 +41,6 @@ __all__ = [
     "out_size",
     "popcounts",
     "positions_for",
-    "taps_narrow",
-    "taps_wide",
 ]
 
 
@@ -72,6 +64,22 @@ def block_positions(cin):
     """Output positions per block (the unit of ``blocks_per_job``) of a convolution over ``cin``
     input channels."""
     return positions_for(cin <= NARROW_CHANNELS)
+
+
+class ConvShape(NamedTuple):
+    """A binary convolution's sizes, as the public kernels take them: ``n`` images of ``h`` x
+    ``w`` pixels with ``cin`` input channels, a ``k`` x ``k`` kernel (odd; zero padding
+    ``k // 2``) with ``stride``, and ``groups`` groups of ``cg`` output channels, each group
+    reading its own packed copy of all ``cin`` inputs."""
+
+    n: int
+    h: int
+    w: int
+    cin: int
+    k: int
+    stride: int
+    groups: int
+    cg: int
 
 
 class Geometry(NamedTuple):
@@ -104,8 +112,10 @@ class Geometry(NamedTuple):
 
 
 @njit(cache=True, inline="always")
-def geometry(n, h, w, cin, k, stride, groups, cg, blocks_per_job):
-    """The :class:`Geometry` of a convolution, ``blocks_per_job`` blocks per parallel job."""
+def geometry(shape, blocks_per_job):
+    """The :class:`Geometry` of a convolution (:class:`ConvShape`), ``blocks_per_job`` blocks
+    per parallel job."""
+    n, h, w, cin, k, stride, groups, cg = shape
     words = words_for(cin)
     pad = k // 2
     wp = w + 2 * pad
@@ -189,76 +199,20 @@ def block_offsets(geo, oy, ox, count):
     return o0, o1, o2, o3, o4, o5, o6, o7
 
 
-@njit(cache=True, inline="always")
-def taps_wide(bits, b0, b1, b2, b3, wt, wofs, k, rowstride, words):
-    """The 16 accumulators (4 positions x 4 vectors of 8 channels, position-major) of
-    popcount(a ^ w) summed over taps and words: the inner loop every wide micro-kernel shares.
-
-    ``b0..b3``: flat offsets of the 4 positions' top-left taps in ``bits``; ``wofs``: offset of
-    the weight block.
-    """
-    c00 = vzero()
-    c01 = vzero()
-    c02 = vzero()
-    c03 = vzero()
-    c10 = vzero()
-    c11 = vzero()
-    c12 = vzero()
-    c13 = vzero()
-    c20 = vzero()
-    c21 = vzero()
-    c22 = vzero()
-    c23 = vzero()
-    c30 = vzero()
-    c31 = vzero()
-    c32 = vzero()
-    c33 = vzero()
-    for ky in range(k):
-        for kx in range(k):
-            toff = ky * rowstride + kx * words
-            wtap = wofs + (ky * k + kx) * words * LANES
-            for w in range(words):
-                a0 = load_u64(bits, b0 + toff + w)
-                a1 = load_u64(bits, b1 + toff + w)
-                a2 = load_u64(bits, b2 + toff + w)
-                a3 = load_u64(bits, b3 + toff + w)
-                wi = wtap + w * LANES
-                v0 = vload(wt, wi)
-                v1 = vload(wt, wi + 8)
-                v2 = vload(wt, wi + 16)
-                v3 = vload(wt, wi + 24)
-                c00 = vxor_popcount_add(c00, a0, v0)
-                c01 = vxor_popcount_add(c01, a0, v1)
-                c02 = vxor_popcount_add(c02, a0, v2)
-                c03 = vxor_popcount_add(c03, a0, v3)
-                c10 = vxor_popcount_add(c10, a1, v0)
-                c11 = vxor_popcount_add(c11, a1, v1)
-                c12 = vxor_popcount_add(c12, a1, v2)
-                c13 = vxor_popcount_add(c13, a1, v3)
-                c20 = vxor_popcount_add(c20, a2, v0)
-                c21 = vxor_popcount_add(c21, a2, v1)
-                c22 = vxor_popcount_add(c22, a2, v2)
-                c23 = vxor_popcount_add(c23, a2, v3)
-                c30 = vxor_popcount_add(c30, a3, v0)
-                c31 = vxor_popcount_add(c31, a3, v1)
-                c32 = vxor_popcount_add(c32, a3, v2)
-                c33 = vxor_popcount_add(c33, a3, v3)
-    return (c00, c01, c02, c03, c10, c11, c12, c13, c20, c21, c22, c23, c30, c31, c32, c33)
-
-
 @njit(cache=True)
 def micro_kernel(
-    bits, b0, b1, b2, b3, wt, wofs, k, rowstride, words, acc, out, direct, ktot, aofs, astride
-):
+    variant, bits, b0, b1, b2, b3, wt, wofs, k, rowstride, words, acc, out, direct, ktot, aofs,
+    astride, scr,
+):  # fmt: skip
     """popcount(a ^ w) summed over taps and words for 4 positions x 32 channels
-    (:func:`taps_wide`).
+    (:func:`.taps.wide` of ``variant``; ``scr``: the job's scratch).
 
     Results of position ``p``, lane ``l`` go to ``[aofs + p * astride + l]`` of the float32
     ``acc`` as popcounts (exact: they stay far below 2**24), or with ``direct`` of the int32
     ``out`` as the dot products ``ktot - 2 * popcount``.
     """
-    c00, c01, c02, c03, c10, c11, c12, c13, c20, c21, c22, c23, c30, c31, c32, c33 = taps_wide(
-        bits, b0, b1, b2, b3, wt, wofs, k, rowstride, words
+    c00, c01, c02, c03, c10, c11, c12, c13, c20, c21, c22, c23, c30, c31, c32, c33 = wide(
+        variant, bits, b0, b1, b2, b3, wt, wofs, k, rowstride, words, scr
     )
     if direct:
         _store4(out, aofs, astride, ktot, c00, c01, c02, c03, c10, c11, c12, c13, c20, c21, c22,
@@ -310,73 +264,16 @@ def _store4(out, o, stride, ktot, c00, c01, c02, c03, c10, c11, c12, c13, c20, c
     vstore_dot(out, o + 24, c33, ktot)
 
 
-@njit(cache=True, inline="always")
-def taps_narrow(bits, b0, b1, b2, b3, b4, b5, b6, b7, wt, wofs, k, rowstride):
-    """:func:`taps_wide` for at most 32 input channels: 8 positions x 2 vectors of 16 channels
-    on 32-bit lanes (each pixel's word holds its bits in the low half), position-major.
-
-    ``wt``: the narrow layout of :func:`.bitpack.kernel_weights`, 32 uint32 per tap and block;
-    ``wofs`` counts uint32 elements.
-    """
-    c00 = vzero32()
-    c01 = vzero32()
-    c10 = vzero32()
-    c11 = vzero32()
-    c20 = vzero32()
-    c21 = vzero32()
-    c30 = vzero32()
-    c31 = vzero32()
-    c40 = vzero32()
-    c41 = vzero32()
-    c50 = vzero32()
-    c51 = vzero32()
-    c60 = vzero32()
-    c61 = vzero32()
-    c70 = vzero32()
-    c71 = vzero32()
-    for ky in range(k):
-        for kx in range(k):
-            toff = ky * rowstride + kx
-            wi = wofs + (ky * k + kx) * LANES
-            v0 = vload32(wt, wi)
-            v1 = vload32(wt, wi + 16)
-            a = load_u64(bits, b0 + toff)
-            c00 = vxor_popcount_add32(c00, a, v0)
-            c01 = vxor_popcount_add32(c01, a, v1)
-            a = load_u64(bits, b1 + toff)
-            c10 = vxor_popcount_add32(c10, a, v0)
-            c11 = vxor_popcount_add32(c11, a, v1)
-            a = load_u64(bits, b2 + toff)
-            c20 = vxor_popcount_add32(c20, a, v0)
-            c21 = vxor_popcount_add32(c21, a, v1)
-            a = load_u64(bits, b3 + toff)
-            c30 = vxor_popcount_add32(c30, a, v0)
-            c31 = vxor_popcount_add32(c31, a, v1)
-            a = load_u64(bits, b4 + toff)
-            c40 = vxor_popcount_add32(c40, a, v0)
-            c41 = vxor_popcount_add32(c41, a, v1)
-            a = load_u64(bits, b5 + toff)
-            c50 = vxor_popcount_add32(c50, a, v0)
-            c51 = vxor_popcount_add32(c51, a, v1)
-            a = load_u64(bits, b6 + toff)
-            c60 = vxor_popcount_add32(c60, a, v0)
-            c61 = vxor_popcount_add32(c61, a, v1)
-            a = load_u64(bits, b7 + toff)
-            c70 = vxor_popcount_add32(c70, a, v0)
-            c71 = vxor_popcount_add32(c71, a, v1)
-    return (c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51, c60, c61, c70, c71)
-
-
 @njit(cache=True)
 def micro_kernel_narrow(
-    bits, b0, b1, b2, b3, b4, b5, b6, b7, wt, wofs, k, rowstride, acc, out, direct, ktot, aofs,
-    astride,
+    variant, bits, b0, b1, b2, b3, b4, b5, b6, b7, wt, wofs, k, rowstride, acc, out, direct, ktot,
+    aofs, astride, scr,
 ):  # fmt: skip
     """:func:`micro_kernel` for at most 32 input channels: 8 positions x 32 channels
-    (:func:`taps_narrow`). Results as in :func:`micro_kernel`.
+    (:func:`.taps.narrow`). Results as in :func:`micro_kernel`.
     """
-    c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51, c60, c61, c70, c71 = taps_narrow(
-        bits, b0, b1, b2, b3, b4, b5, b6, b7, wt, wofs, k, rowstride
+    c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51, c60, c61, c70, c71 = narrow(
+        variant, bits, b0, b1, b2, b3, b4, b5, b6, b7, wt, wofs, k, rowstride, scr
     )
     if direct:
         o = aofs
@@ -431,11 +328,12 @@ def micro_kernel_narrow(
 
 
 @njit(cache=True, inline="always")
-def block_microkernels(geo, pbits, pwt, pacc, pout, direct, dst, offsets, img):
+def block_microkernels(variant, geo, pbits, pwt, pacc, pout, direct, dst, offsets, img, pscr):
     """One block: the micro-kernel for every weight block of every group. ``offsets``: the
     positions' top-left taps within an image plane (:func:`block_offsets`; the 4-position
     kernel reads the first four); results to ``dst + block * LANES`` of ``acc``/``out`` (raw
-    pointers, see :func:`.simd.address`: nothing is reference-counted in here)."""
+    pointers, see :func:`.simd.address`: nothing is reference-counted in here; ``pscr``: the
+    job's scratch, :func:`.table.block_scratch`)."""
     o0, o1, o2, o3, o4, o5, o6, o7 = offsets
     kk = geo.k * geo.k
     for g in range(geo.groups):
@@ -444,27 +342,27 @@ def block_microkernels(geo, pbits, pwt, pacc, pout, direct, dst, offsets, img):
             blk = g * geo.bpg + j
             if geo.narrow:
                 micro_kernel_narrow(
-                    pbits, base + o0, base + o1, base + o2, base + o3, base + o4, base + o5,
-                    base + o6, base + o7, pwt, blk * kk * LANES, geo.k, geo.rowstride, pacc, pout,
-                    direct, geo.ktot, dst + blk * LANES, geo.cols,
+                    variant, pbits, base + o0, base + o1, base + o2, base + o3, base + o4,
+                    base + o5, base + o6, base + o7, pwt, blk * kk * LANES, geo.k, geo.rowstride,
+                    pacc, pout, direct, geo.ktot, dst + blk * LANES, geo.cols, pscr,
                 )  # fmt: skip
             else:
                 micro_kernel(
-                    pbits, base + o0, base + o1, base + o2, base + o3, pwt,
+                    variant, pbits, base + o0, base + o1, base + o2, base + o3, pwt,
                     blk * kk * geo.words * LANES, geo.k, geo.rowstride, geo.words, pacc, pout,
-                    direct, geo.ktot, dst + blk * LANES, geo.cols,
+                    direct, geo.ktot, dst + blk * LANES, geo.cols, pscr,
                 )  # fmt: skip
 
 
 @njit(cache=True, inline="always")
-def popcounts(geo, bits, wt, img, oy, ox, count, acc, out, direct, obase):
+def popcounts(variant, geo, bits, wt, img, oy, ox, count, acc, out, direct, obase, scr):
     """Popcounts of ``count`` positions from (oy, ox) on (at most ``geo.positions``), for every
     weight block: into ``acc`` (positions, columns) or, with ``direct``, as dot products into
     the int32 ``out`` from ``obase`` on (then ``count`` must be a full block and the columns the
-    output channels).
+    output channels). ``scr``: the job's scratch (:func:`.table.block_scratch`).
     """
     offsets = block_offsets(geo, oy, ox, count)
     block_microkernels(
-        geo, address(bits), address(wt), address(acc), address(out), direct,
-        obase if direct else 0, offsets, img,
+        variant, geo, address(bits), address(wt), address(acc), address(out), direct,
+        obase if direct else 0, offsets, img, address(scr),
     )  # fmt: skip

@@ -100,7 +100,8 @@ def _flat(arr) -> bool:
 
 
 def _check_u64_array(arr) -> bool:
-    return _flat(arr) and arr.dtype == types.uint64
+    """A flat array (or pointer) of 64-bit integers, read as uint64 words."""
+    return _flat(arr) and arr.dtype in (types.uint64, types.int64)
 
 
 @intrinsic

@@ -1,10 +1,13 @@
-"""The per-job scratch of the fused binary convolution: a block's position table.
+"""The per-job scratch of the binary convolution drivers: a block's position table, then room
+for one micro-kernel call's popcounts.
 
 A block's epilogue needs, for each of its output positions, where the values go and where the
 residual comes from. The driver writes them once per block into this table and every weight block
 of the block reads them back: ``ROW`` int64 slots per position, at most :data:`MAX_POSITIONS`
 positions, one layout for both epilogues (from the micro-kernel's registers, :mod:`.epilogue`,
-and through the block buffer, :mod:`.bconv`); the slots are the ``AT_*`` names below.
+and through the block buffer, :mod:`.bconv`); the slots are the ``AT_*`` names below. From
+:data:`RESULTS` on, the tap loops that work in passes (:mod:`.taps`) leave a call's 16 result
+vectors before the epilogue reads them back.
 """
 
 from __future__ import annotations
@@ -23,8 +26,10 @@ __all__ = [
     "AT_TAPS",
     "AT_Z",
     "MAX_POSITIONS",
+    "RESULTS",
+    "RESULT_WORDS",
     "ROW",
-    "position_table",
+    "block_scratch",
 ]
 
 AT_Z = 0  # the float map offset (of the 2x2-averaged map with ``pool_out``)
@@ -38,12 +43,14 @@ AT_BORDER = 7  # the border table row (:func:`.border.border_class`) times the t
 AT_PARITY = 8  # the output row's parity (with ``pool_out``: which half of a window it writes)
 ROW = 9
 MAX_POSITIONS = 8  # output positions per block (:func:`.micro.positions_for`)
+RESULTS = ROW * MAX_POSITIONS  # where a micro-kernel call's popcounts go
+RESULT_WORDS = 128  # 16 vectors of 8 x 64 (or 16 x 32) bits
 
 
 @njit(cache=True)
-def position_table(positions):
-    """A table for a block of ``positions`` output positions (refused above
-    :data:`MAX_POSITIONS`: the epilogues index it without bounds checks)."""
+def block_scratch(positions):
+    """The scratch of a job whose blocks have ``positions`` output positions (refused above
+    :data:`MAX_POSITIONS`: the epilogues and tap loops index it without bounds checks)."""
     if positions < 1 or positions > MAX_POSITIONS:
-        raise ValueError("position_table: a block has 1 to 8 output positions")
-    return np.empty(ROW * positions, np.int64)
+        raise ValueError("block_scratch: a block has 1 to 8 output positions")
+    return np.empty(RESULTS + RESULT_WORDS, np.int64)

@@ -126,7 +126,7 @@ def _kernels() -> list[Check]:
     old = other_versions()
     if old:
         size = sum(f.stat().st_size for d in old for f in d.rglob("*") if f.is_file())
-        keep = cache_dir().name
+        keep = cache_dir().parent.name  # this version's folder (one subfolder per CPU)
         checks.append(
             Check(
                 "old kernels",

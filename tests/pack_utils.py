@@ -54,6 +54,8 @@ def assert_accumulations_exact(model: nn.Module, net: PackedNetwork, x: torch.Te
         wt = net.arrays[f"units.{i}.weight"]
         wsum = K.tap_sums(wt, g * ((cg + K.LANES - 1) // K.LANES), k * k, K.words_for(c), c)
         out = np.zeros(expected.shape, np.int32)
-        wk = K.kernel_weights(wt, c)
-        K.binary_conv_acc(bits, n, h, w, c, k, u["stride"], wk, wsum, g, cg, 1, out)
+        V = K.select_variant()
+        wk = K.kernel_weights(wt, c, k, V)
+        shape = K.ConvShape(n, h, w, c, k, u["stride"], g, cg)
+        K.binary_conv_acc(bits, shape, K.BinaryWeights(wk, wsum, V), 1, out)
         np.testing.assert_array_equal(out, expected, err_msg=u["name"])

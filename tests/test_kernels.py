@@ -30,6 +30,8 @@ from s2bnn_plugin.export import reference as ref
 from s2bnn_plugin.export.format import LANES as FORMAT_LANES
 
 FAST = settings(max_examples=12, deadline=None)
+V = K.select_variant()  # the kernel variant this CPU runs by default
+VPOPCNT = K.VARIANTS["avx512_vpopcntdq"]  # weights in pack_weights' own layout
 
 
 def _pack_input(x: np.ndarray, thr: np.ndarray, pad: int) -> np.ndarray:
@@ -210,6 +212,11 @@ def test_weight_layout_round_trip(cout, cin, k, groups, seed):
 )
 @FAST
 def test_binary_conv_acc_is_exact(n, h, w, cin, cout, k, stride, groups, seed):
+    _check_acc(n, h, w, cin, cout, k, stride, groups, seed, V)
+
+
+def _check_acc(n, h, w, cin, cout, k, stride, groups, seed, variant, blocks_per_job=2):
+    """binary_conv_acc of ``variant`` against the plain numpy convolution."""
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((groups, n, h, w, cin)).astype(np.float32)
     thr = (0.3 * rng.standard_normal((groups, cin))).astype(np.float32)
@@ -221,8 +228,14 @@ def test_binary_conv_acc_is_exact(n, h, w, cin, cout, k, stride, groups, seed):
     wsum = K.tap_sums(wt, groups * bpg, k * k, K.words_for(cin), cin)
     ho, wo = K.out_size(h, k, stride), K.out_size(w, k, stride)
     out = np.full((n, ho, wo, groups * cout), -(2**30), np.int32)
-    wk = K.kernel_weights(wt, cin)  # 32-bit lanes for cin <= 32
-    K.binary_conv_acc(bits, n, h, w, cin, k, stride, wk, wsum, groups, cout, 2, out)
+    wk = K.kernel_weights(wt, cin, k, V)  # 32-bit lanes for cin <= 32
+    K.binary_conv_acc(
+        bits,
+        K.ConvShape(n, h, w, cin, k, stride, groups, cout),
+        K.BinaryWeights(wk, wsum, V),
+        2,
+        out,
+    )
     np.testing.assert_array_equal(out, _reference_acc(x, thr, weight, k, stride))
 
 
@@ -241,13 +254,14 @@ def test_binary_conv_acc_every_small_shape(cin):
                 weight = rng.standard_normal((cout, cin, 3, 3)).astype(np.float32)
                 wt = K.pack_weights((weight < 0).astype(np.uint8), 1)
                 wsum = K.tap_sums(wt, (cout + K.LANES - 1) // K.LANES, 9, K.words_for(cin), cin)
-                wk = K.kernel_weights(wt, cin)
+                wk = K.kernel_weights(wt, cin, 3, V)
                 for stride in (1, 2):
                     expected = _reference_acc(x, thr, weight, 3, stride)
                     for blocks_per_job in (1, 64):
                         out = np.full(expected.shape, -(2**30), np.int32)
-                        K.binary_conv_acc(bits, 2, h, w, cin, 3, stride, wk, wsum, 1, cout,
-                                          blocks_per_job, out)  # fmt: skip
+                        shape = K.ConvShape(2, h, w, cin, 3, stride, 1, cout)
+                        weights = K.BinaryWeights(wk, wsum, V)
+                        K.binary_conv_acc(bits, shape, weights, blocks_per_job, out)
                         np.testing.assert_array_equal(out, expected, err_msg=f"{h}x{w}/{stride}")
 
 
@@ -266,7 +280,8 @@ def test_binary_gemm(m, cin, cout, seed):
         np.where(a, -1.0, 1.0).astype(np.float32)[None, None], np.zeros((1, cin), np.float32), 0
     )[0, 0, 0]
     wt = K.pack_weights(b[:, :, None, None].astype(np.uint8), 1)
-    got = K.binary_gemm(np.ascontiguousarray(a_words), K.kernel_weights(wt, cin), cin, cout, 1)
+    weights = K.binary_weights(wt, cin, 1, 1, cout, V)
+    got = K.binary_gemm(np.ascontiguousarray(a_words), weights, cin, cout, 1)
     expected = np.where(a, -1, 1) @ np.where(b, -1, 1).T
     np.testing.assert_array_equal(got, expected)
 
@@ -307,6 +322,12 @@ def test_fused_unit_matches_reference(n, h, w, cin, k, stride, groups, next_sets
     """Float output and next-layer bits of the fused kernel equal the numpy engine's exactly."""
     if stride == 2 and k == 1:
         k = 3
+    _check_fused_unit(n, h, w, cin, k, stride, groups, next_sets, opad, seed, V)
+
+
+def _check_fused_unit(n, h, w, cin, k, stride, groups, next_sets, opad, seed, variant):
+    """One fused unit of ``variant`` against the numpy engine (and its 2x2-averaged output where
+    the kernel can write that instead), bit for bit."""
     rng = np.random.default_rng(seed)
     cg = cin
     cout = groups * cg
@@ -343,28 +364,11 @@ def test_fused_unit_matches_reference(n, h, w, cin, k, stride, groups, next_sets
     obits = np.zeros((next_sets, n, ho + 2 * opad, wo + 2 * opad, K.words_for(cout)), np.uint64)
     obits[:, :, opad : opad + ho, opad : opad + wo] = np.uint64(2**64 - 1)
     obits = obits.ravel()
-    K.binary_conv_fused(
-        bits.ravel(),
-        n,
-        h,
-        w,
-        cin,
-        k,
-        stride,
-        K.kernel_weights(wt, cin),
-        wsum,
-        groups,
-        cg,
-        np.concatenate([affine, act]),
-        x.ravel(),
-        stride == 2,
-        z,
-        thr,
-        opad,
-        obits,
-        False,
-        1,
-    )
+    shape = K.ConvShape(n, h, w, cin, k, stride, groups, cg)
+    weights = K.BinaryWeights(K.kernel_weights(wt, cin, k, variant), wsum, variant)
+    prm = np.concatenate([affine, act])
+    unit = K.FusedOutput(prm, x.ravel(), stride == 2, z, thr, opad, obits, False)
+    K.binary_conv_fused(bits.ravel(), shape, weights, unit, 1)
     np.testing.assert_array_equal(z.reshape(y.shape), y)
     np.testing.assert_array_equal(obits, ref.pack_signs(y, thr, opad).ravel())
     if K.pools_output(cin, cg, k, stride, next_sets, stride == 2, h, w):
@@ -372,11 +376,72 @@ def test_fused_unit_matches_reference(n, h, w, cin, k, stride, groups, next_sets
         # pooled residual reads): that average, bit for bit, and the same signs
         zp = np.full(n * (ho // 2) * (wo // 2) * cout, np.nan, np.float32)
         obits[:] = 0
-        args = [bits.ravel(), n, h, w, cin, k, stride, K.kernel_weights(wt, cin), wsum, groups]
-        args += [cg, np.concatenate([affine, act]), x.ravel(), stride == 2, zp, thr, opad, obits]
-        K.binary_conv_fused(*args, True, 1)
+        pooled_unit = unit._replace(z=zp, pool_out=True)
+        K.binary_conv_fused(bits.ravel(), shape, weights, pooled_unit, 1)
         np.testing.assert_array_equal(zp.reshape(n, ho // 2, wo // 2, cout), ref._avgpool2(y))
         np.testing.assert_array_equal(obits, ref.pack_signs(y, thr, opad).ravel())
+
+
+# What each tap loop meets in a layer (n, h, w, cin, cout, k, stride, groups): long rows of
+# taps (carry-save adders in the AVX2 and AVX-512BW variants, with leftover words), short rows
+# (byte counts), rows of 125 words (fours widened mid-row after 31 carry-save groups; byte counts
+# every 31 steps), stride 2 with two groups and a partial weight block, at most 32 input
+# channels (32-bit lanes), one word a pixel.
+VARIANT_LAYERS = [
+    (1, 5, 9, 300, 64, 3, 1, 1),
+    (2, 4, 7, 130, 33, 3, 2, 2),
+    (1, 3, 4, 8000, 32, 1, 1, 1),
+    (1, 3, 3, 2100, 40, 3, 1, 1),
+    (2, 6, 6, 20, 40, 3, 1, 1),
+    (1, 5, 5, 64, 64, 1, 1, 1),
+]
+# fused units (n, h, w, cin, k, stride, groups, next_sets, opad): carry-save rows with the
+# epilogue in registers (plain and 2x2-pooled residual, pooled output), through the block buffer
+# (channels not a multiple of 16), and a narrow layer
+VARIANT_UNITS = [
+    (1, 6, 8, 256, 3, 1, 1, 2, 1),
+    (1, 8, 12, 256, 3, 2, 1, 1, 1),
+    (2, 3, 5, 200, 3, 1, 1, 1, 0),
+    (1, 5, 26, 32, 3, 1, 2, 2, 1),
+]
+
+
+@pytest.mark.parametrize("name", list(K.VARIANTS))
+def test_every_variant_is_exact(name):
+    """Every kernel variant's tap loops give the same integers as the numpy convolution, and its
+    fused units the numpy engine's floats and signs, bit for bit, on layers that take each of its
+    loops. Each variant's code is compiled for this CPU: a variant whose instruction set the CPU
+    lacks runs the same algorithm with the instructions LLVM substitutes (the native builds of
+    those: :func:`test_native_builds_of_other_variants`)."""
+    variant = K.VARIANTS[name]
+    for i, (n, h, w, cin, cout, k, stride, groups) in enumerate(VARIANT_LAYERS):
+        _check_acc(n, h, w, cin, cout, k, stride, groups, i, variant, blocks_per_job=1)
+    for i, unit in enumerate(VARIANT_UNITS):
+        _check_fused_unit(*unit, i, variant)
+
+
+def test_a_variant_the_cpu_cannot_run_is_refused():
+    """Forcing a variant names the CPU and what it can run, never compiles code it would stop
+    on; an unknown name lists the variants."""
+    from s2bnn_plugin.kernels.variants import UnsupportedVariant, select, target
+
+    tgt = target()
+    missing = [v for v in K.VARIANTS.values() if v.requires and v.requires not in tgt.isa]
+    for v in missing:
+        with pytest.raises(UnsupportedVariant, match=f"needs {v.requires}.*{tgt.cpu}"):
+            select(v.name)
+    assert select("portable").name == "portable"
+    with pytest.raises(UnsupportedVariant, match="no kernel variant 'avx3'.*portable"):
+        select("avx3")
+
+
+def test_the_environment_variable_forces_a_variant(monkeypatch):
+    from s2bnn_plugin.kernels.variants import ENV, best, select
+
+    monkeypatch.setenv(ENV, "portable")
+    assert select().name == "portable"
+    monkeypatch.delenv(ENV)
+    assert select() == best()
 
 
 @given(
@@ -423,26 +488,23 @@ def test_float_glue_matches_reference(n, h, w, cin, cout, k, stride, seed):
     np.testing.assert_array_equal(feats, ref.global_avgpool(m))
 
 
-def _has_vpopcntdq() -> bool:
-    """An x86-64 CPU with AVX-512 VPOPCNTDQ (not an emulated aarch64, which reads the host's
-    /proc/cpuinfo)."""
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return False
-    try:
-        with open("/proc/cpuinfo") as f:
-            return "avx512_vpopcntdq" in f.read()
-    except OSError:
-        return False
-
-
-@pytest.mark.skipif(not _has_vpopcntdq(), reason="CPU without AVX-512 VPOPCNTDQ")
-def test_micro_kernel_uses_vector_popcount():
+def test_the_default_variant_uses_its_instructions():
+    """The micro-kernel this CPU runs by default is built from its instruction set's popcount:
+    ``vpopcntq`` / ``vpopcntd`` on zmm with VPOPCNTDQ, byte lookups (``vpshufb``) on zmm with
+    AVX-512BW and on ymm with AVX2 -- not the emulation LLVM would substitute."""
     from s2bnn_plugin.kernels.assembly import popcount_report
 
     report = popcount_report()
-    assert report["vpopcntq_zmm"] >= 16, report  # 4 positions x 4 vectors of 8 x 64 bits
-    assert report["vpopcntd_zmm"] >= 16, report  # narrow: 8 positions x 2 vectors of 16 x 32
-    assert report["popcnt_scalar"] == 0, report
+    assert report["variant"] == V.name, report
+    if V.name == "avx512_vpopcntdq":
+        assert report["vpopcntq_zmm"] >= 16, report  # 4 positions x 4 vectors of 8 x 64 bits
+        assert report["vpopcntd_zmm"] >= 16, report  # narrow: 8 positions x 2 of 16 x 32
+        assert report["popcnt_scalar"] == 0, report
+    elif V.name == "avx512bw":
+        assert report["vpshufb_zmm"] > 0 and report["vpopcntq"] == 0, report
+    elif V.name == "avx2":
+        assert report["vpshufb"] > 0 and report["vpshufb_zmm"] == 0, report
+        assert report["vpsadbw"] > 0 and report["popcnt_scalar"] == 0, report
 
 
 @pytest.mark.skipif(
@@ -450,7 +512,8 @@ def test_micro_kernel_uses_vector_popcount():
     reason="NUMBA_CPU_NAME=generic here means any x86-64 CPU (on other CPUs it adds nothing)",
 )
 def test_portable_build_without_avx512():
-    """``NUMBA_CPU_NAME=generic`` (any x86-64) compiles and gives the same accumulations."""
+    """``NUMBA_CPU_NAME=generic`` (any x86-64) compiles the portable variant and gives the same
+    accumulations."""
     code = textwrap.dedent(
         """
         import numpy as np
@@ -465,7 +528,8 @@ def test_portable_build_without_avx512():
         wt = K.pack_weights(neg, 1)
         wsum = K.tap_sums(wt, 2, 9, 2, cin)
         out = np.zeros((n, 3, 4, cout), np.int32)
-        K.binary_conv_acc(bits, n, h, w, cin, k, s, wt, wsum, 1, cout, 1, out)
+        shape = K.ConvShape(n, h, w, cin, k, s, 1, cout)
+        K.binary_conv_acc(bits, shape, K.binary_weights(wt, cin, k, 1, cout), 1, out)
         np.save("out.npy", out)
         np.save("x.npy", x)
         np.save("neg.npy", neg)
@@ -476,7 +540,8 @@ def test_portable_build_without_avx512():
         wn = K.pack_weights(np.ascontiguousarray(neg[:, :20]), 1)
         sn = K.tap_sums(wn, 2, 9, 1, 20)
         outn = np.zeros((n, h, w, cout), np.int32)
-        K.binary_conv_acc(bn, n, h, w, 20, k, 1, K.kernel_weights(wn, 20), sn, 1, cout, 1, outn)
+        shape = K.ConvShape(n, h, w, 20, k, 1, 1, cout)
+        K.binary_conv_acc(bn, shape, K.binary_weights(wn, 20, k, 1, cout), 1, outn)
         np.save("out_narrow.npy", outn)
         print(popcount_report())
         """
@@ -489,6 +554,7 @@ def test_portable_build_without_avx512():
     )
     assert done.returncode == 0, done.stderr
     assert "'cpu': 'generic'" in done.stdout and "'vpopcntq': 0" in done.stdout, done.stdout
+    assert "'variant': 'portable'" in done.stdout and "'vpshufb': 0" in done.stdout, done.stdout
     assert "'vpopcntd_zmm': 0" in done.stdout, done.stdout
     out = np.load(os.path.join(tmp, "out.npy"))
     x = np.load(os.path.join(tmp, "x.npy"))[None]
@@ -501,31 +567,77 @@ def test_portable_build_without_avx512():
     np.testing.assert_array_equal(narrow, expected)
 
 
+NATIVE_BUILDS = [
+    ("haswell", "avx2"),
+    ("skylake-avx512", "avx512bw"),
+    ("icelake-server", "avx512_vpopcntdq"),
+]
+
+
+@pytest.mark.parametrize(("cpu", "name"), NATIVE_BUILDS)
+def test_native_builds_of_other_variants(cpu, name, tmp_path):
+    """A variant below this CPU's best, built for its own instruction set (``NUMBA_CPU_NAME`` with
+    the CPU's default features, e.g. AVX2 on an AVX-512 machine), is the one the kernels pick
+    there and gives the same integers as the numpy convolution on the variant layers."""
+    from s2bnn_plugin.kernels.variants import target
+
+    variant = K.VARIANTS[name]
+    if variant.requires not in target().isa:
+        pytest.skip(f"this CPU cannot execute {name} code ({target().cpu})")
+    if name == V.name:
+        pytest.skip(f"{name} is this CPU's own build, tested by every other test here")
+    code = f"""
+        import sys
+        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        from s2bnn_plugin import kernels as K
+        import test_kernels as T
+        assert K.select_variant().name == {name!r}, K.select_variant()
+        for i, layer in enumerate(T.VARIANT_LAYERS):
+            T._check_acc(*layer, i, K.select_variant(), blocks_per_job=1)
+        T._check_fused_unit(*T.VARIANT_UNITS[0], 0, K.select_variant())
+        print("exact")
+        """
+    env = dict(os.environ, NUMBA_CPU_NAME=cpu, NUMBA_CPU_FEATURES="")
+    assert _run(code, env, tmp_path).split() == ["exact"]
+
+
 def test_kernels_refuse_buffers_of_the_wrong_size():
     """The loops have no bounds checks; every public kernel checks its buffers first."""
     bits = np.zeros(2 * 7 * 7, np.uint64)
     wt = K.pack_weights(np.zeros((32, 64, 3, 3), np.uint8), 1)
     wsum = K.tap_sums(wt, 1, 9, 1, 64)
     out = np.zeros((2, 5, 5, 32), np.int32)
-    K.binary_conv_acc(bits, 2, 5, 5, 64, 3, 1, wt, wsum, 1, 32, 1, out)  # fits
+    K.binary_conv_acc(
+        bits, K.ConvShape(2, 5, 5, 64, 3, 1, 1, 32), K.BinaryWeights(wt, wsum, V), 1, out
+    )  # fits
     with pytest.raises(ValueError, match="packed input"):
-        K.binary_conv_acc(bits, 3, 5, 5, 64, 3, 1, wt, wsum, 1, 32, 1, out)
+        K.binary_conv_acc(
+            bits, K.ConvShape(3, 5, 5, 64, 3, 1, 1, 32), K.BinaryWeights(wt, wsum, V), 1, out
+        )
     with pytest.raises(ValueError, match="packed weights"):
-        K.binary_conv_acc(bits, 2, 5, 5, 64, 3, 1, wt[:-1], wsum, 1, 32, 1, out)
+        K.binary_conv_acc(
+            bits, K.ConvShape(2, 5, 5, 64, 3, 1, 1, 32), K.BinaryWeights(wt[:-1], wsum, V), 1, out
+        )
     with pytest.raises(ValueError, match="out"):
-        K.binary_conv_acc(bits, 2, 5, 5, 64, 3, 1, wt, wsum, 1, 32, 1, out[:1])
+        K.binary_conv_acc(
+            bits, K.ConvShape(2, 5, 5, 64, 3, 1, 1, 32), K.BinaryWeights(wt, wsum, V), 1, out[:1]
+        )
     prm = np.zeros((6, 32), np.float32)
     res = np.zeros(2 * 5 * 5 * 32, np.float32)
     z = np.zeros(2 * 5 * 5 * 32, np.float32)
     thr = np.zeros((1, 32), np.float32)
     obits = np.zeros(2 * 7 * 7, np.uint64)
-    args = [bits, 2, 5, 5, 64, 3, 1, wt, wsum, 1, 32, prm, res, False, z, thr, 1, obits, False, 1]
+    shape = K.ConvShape(2, 5, 5, 64, 3, 1, 1, 32)
+    weights = K.BinaryWeights(wt, wsum, V)
+    unit = K.FusedOutput(prm, res, False, z, thr, 1, obits, False)
+    K.binary_conv_fused(bits, shape, weights, unit, 1)  # fits
     with pytest.raises(ValueError, match="residual"):
-        K.binary_conv_fused(*args[:12], res[:-1], *args[13:])
+        K.binary_conv_fused(bits, shape, weights, unit._replace(res=res[:-1]), 1)
     with pytest.raises(ValueError, match="packed output"):
-        K.binary_conv_fused(*args[:17], obits[:-1], False, 1)
+        K.binary_conv_fused(bits, shape, weights, unit._replace(obits=obits[:-1]), 1)
     with pytest.raises(ValueError, match="pool_out needs"):  # 5 x 5: odd, no whole windows
-        K.binary_conv_fused(*args[:14], z[: 2 * 2 * 2 * 32], *args[15:18], True, 1)
+        pooled = unit._replace(z=z[: 2 * 2 * 2 * 32], pool_out=True)
+        K.binary_conv_fused(bits, shape, weights, pooled, 1)
     with pytest.raises(ValueError, match="wrong size"):
         K.pack_signs(z, 2, 5, 5, 31, thr, 0, obits)
 
@@ -534,19 +646,23 @@ def test_narrow_layers_need_the_32_bit_weight_layout():
     """At most 32 input channels: the kernels read kernel_weights' layout, and say so."""
     wt = K.pack_weights(np.ones((32, 32, 3, 3), np.uint8), 1)
     wide = K.pack_weights(np.ones((32, 64, 3, 3), np.uint8), 1)
-    np.testing.assert_array_equal(K.kernel_weights(wide, 64), wide)  # unchanged above 32
-    narrow = K.kernel_weights(wt, 32)
+    np.testing.assert_array_equal(K.kernel_weights(wide, 64, 3, VPOPCNT), wide)  # unchanged
+    narrow = K.kernel_weights(wt, 32, 3, V)
     assert narrow.dtype == np.uint64 and narrow.size * 2 == wt.size
     np.testing.assert_array_equal(narrow.view(np.uint32), wt.astype(np.uint32))
     bits = np.zeros(7 * 7, np.uint64)
     wsum = K.tap_sums(wt, 1, 9, 1, 32)
     out = np.zeros((1, 5, 5, 32), np.int32)
     with pytest.raises(ValueError, match="kernel_weights"):
-        K.binary_conv_acc(bits, 1, 5, 5, 32, 3, 1, wt, wsum, 1, 32, 1, out)
-    K.binary_conv_acc(bits, 1, 5, 5, 32, 3, 1, narrow, wsum, 1, 32, 1, out)
+        K.binary_conv_acc(
+            bits, K.ConvShape(1, 5, 5, 32, 3, 1, 1, 32), K.BinaryWeights(wt, wsum, V), 1, out
+        )
+    K.binary_conv_acc(
+        bits, K.ConvShape(1, 5, 5, 32, 3, 1, 1, 32), K.BinaryWeights(narrow, wsum, V), 1, out
+    )
     assert out[0, 2, 2, 0] == -9 * 32  # all-+1 input, all--1 weights, interior position
     with pytest.raises(ValueError, match="bits above channel 32"):
-        K.kernel_weights(K.pack_weights(np.ones((32, 40, 1, 1), np.uint8), 1), 32)
+        K.kernel_weights(K.pack_weights(np.ones((32, 40, 1, 1), np.uint8), 1), 32, 1, V)
 
 
 def _run(code: str, env: dict, cwd) -> str:
@@ -592,8 +708,8 @@ def test_a_cache_compiled_from_other_kernel_sources_is_never_used(tmp_path):
     assert old in simd.read_text()
     simd.write_text(simd.read_text().replace(old, new))  # only the inlined helper's file
     assert _run(code, env, tmp_path).split() == ["56"]  # recompiled: 64 - 2 * (3 + 1)
-    folders = list((tmp_path / "numba" / "s2bnn_kernels").iterdir())
-    assert len(folders) == 2 and all(any(f.glob("bitpack.tap_sums*.nbi")) for f in folders)
+    folders = list((tmp_path / "numba" / "s2bnn_kernels").iterdir())  # one per version
+    assert len(folders) == 2 and all(any(f.glob("*/bitpack.tap_sums*.nbi")) for f in folders)
     # what `s2bnn doctor` reports: compiled here or not, and the other version's folder
     report = """
         import sys
@@ -604,7 +720,7 @@ def test_a_cache_compiled_from_other_kernel_sources_is_never_used(tmp_path):
         """
     here, old = _run(report, env, tmp_path).splitlines()
     assert here.split() == ["True", "None"]
-    assert old.split() == [f.name for f in folders if f.name != cache_dir(copy).name]
+    assert old.split() == [f.name for f in folders if f.name != cache_dir(copy).parent.name]
 
 
 def test_importing_the_kernels_writes_nothing_in_the_package(tmp_path):
@@ -615,6 +731,7 @@ def test_importing_the_kernels_writes_nothing_in_the_package(tmp_path):
 
     import s2bnn_plugin.kernels as pkg
     from s2bnn_plugin.kernels.cache import SUBDIR, source_digest
+    from s2bnn_plugin.kernels.variants import target_key
 
     here = Path(pkg.__file__).parent
 
@@ -633,7 +750,7 @@ def test_importing_the_kernels_writes_nothing_in_the_package(tmp_path):
         """
     base = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
     base.pop("NUMBA_CACHE_DIR", None)
-    folder = Path(SUBDIR) / source_digest(here)[:32]
+    folder = Path(SUBDIR) / source_digest(here)[:32] / target_key()
     for env, root in [
         (dict(base, NUMBA_CACHE_DIR=str(tmp_path / "custom")), tmp_path / "custom"),
         (dict(base, XDG_CACHE_HOME=str(tmp_path / "xdg")), tmp_path / "xdg" / "numba"),

@@ -168,8 +168,9 @@ def test_doctor_says_whether_the_kernels_are_compiled_and_its_fix_removes_only_o
     from s2bnn_plugin import doctor
 
     monkeypatch.setattr(cache, "_roots", lambda: [str(tmp_path / "my cache")])  # a space
-    current = cache.cache_dir()
-    for folder in (current, current.parent / ("0" * 32), current.parent / ("f" * 32)):
+    current = cache.cache_dir()  # <root>/s2bnn_kernels/<version>/<cpu>
+    version = current.parent
+    for folder in (current, version.parent / ("0" * 32) / "cpu", version.parent / ("f" * 32)):
         folder.mkdir(parents=True)
         (folder / "bitpack.tap_sums-131.py311.1.nbc").write_bytes(b"x" * 2**20)
     (kernels, old) = doctor._kernels()
@@ -178,7 +179,7 @@ def test_doctor_says_whether_the_kernels_are_compiled_and_its_fix_removes_only_o
     assert (old.name, old.ok, old.required) == ("old kernels", False, False)
     assert "2 MB in 2 folders" in old.found
     subprocess.run(["bash", "-c", old.fix], check=True)
-    assert [p.name for p in current.parent.iterdir()] == [current.name]
+    assert [p.name for p in version.parent.iterdir()] == [version.name]
     (current / "bconv.binary_conv_fused-300.py311.nbi").write_bytes(b"")
     (kernels,) = doctor._kernels()
     assert kernels.ok and str(current) in kernels.found

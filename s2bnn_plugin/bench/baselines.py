@@ -18,6 +18,7 @@ from s2bnn_plugin.export.openvino import (
     build_openvino_model,
     compile_openvino,
     require_openvino,
+    runtime_layer_types,
 )
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "onnx_export",
     "onnx_session",
     "openvino_baselines",
+    "openvino_binary",
     "prebinarised",
 ]
 
@@ -97,6 +99,28 @@ class OpenVINOBaseline:
 
     name: str
     make: Callable[[int, int], Callable[[np.ndarray], np.ndarray]]
+
+
+def openvino_binary(packed: PackedNetwork, size: int) -> tuple[OpenVINOBaseline | None, str]:
+    """``packed`` exported as a BinaryConvolution IR and run by OpenVINO (one stream, the latency
+    hint), and the primitive OpenVINO picked for its binary convolutions on this CPU (its
+    instruction set, e.g. ``jit_avx2_u1``: ``ONEDNN_MAX_CPU_ISA`` caps it); or None and why not."""
+    try:
+        require_openvino()
+    except OpenVINOMissing as e:
+        return None, str(e)
+
+    def binary(batch: int, threads: int) -> Callable[[np.ndarray], np.ndarray]:
+        compiled = compile_openvino(
+            build_openvino_model(packed, size, batch=batch), threads=threads
+        )
+        return lambda xn: compiled(xn)[0]
+
+    compiled = compile_openvino(build_openvino_model(packed, size, batch=1), threads=1)
+    primitives = sorted(
+        {prim for _, kind, prim in runtime_layer_types(compiled) if kind == "BinaryConvolution"}
+    )
+    return OpenVINOBaseline("OpenVINO 1-bit IR", binary), ", ".join(primitives)
 
 
 def openvino_baselines(

@@ -149,7 +149,7 @@ def profile(
         conv = px = None
         if call.binary is not None:
             conv = conv_t[j] * scale
-            px = call.binary.h
+            px = call.binary.shape.h
             j += 1
         stages.append(Stage(call.name, t * scale, conv, px))
     return Profile(batch, threads, stages, best_net, best_convs, best_calls)

@@ -6,9 +6,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from s2bnn_plugin.bench.profile import Profile
-from s2bnn_plugin.bench.timing import LayerTiming
+from s2bnn_plugin.bench.timing import LayerTiming, VariantRates
 
-__all__ = ["epilogue_table", "layer_table", "markdown_table", "profile_summary", "profile_table"]
+__all__ = [
+    "epilogue_table",
+    "layer_table",
+    "markdown_table",
+    "profile_summary",
+    "profile_table",
+    "variant_table",
+]
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -56,6 +63,28 @@ def layer_table(rows: Sequence[LayerTiming]) -> str:
         ]
         for r in rows
     ]
+    return markdown_table(headers, cells)
+
+
+def variant_table(rows: Sequence[VariantRates], ghz: float, bounds: dict[str, float | None]) -> str:
+    """Per layer and kernel variant: binary GMAC/s, binary MACs per cycle at ``ghz``, and the
+    share of the variant's bound (``bounds``: MACs per cycle, None where none is known)."""
+    names = list(rows[0].seconds) if rows else []
+    headers = ["layer", "input px", "threads"]
+    for name in names:
+        headers += [f"{name} GMAC/s", f"{name} MAC/cycle"]
+        if bounds.get(name):
+            headers.append(f"{name} % of bound")
+    cells = []
+    for r in rows:
+        cell = [f"{r.kernel}x{r.kernel}/{r.stride} {r.in_channels}->{r.out_channels}", r.size]
+        cell.append(r.threads)
+        for name in names:
+            rate = r.macs / r.seconds[name] / 1e9 / r.threads
+            cell += [f"{rate * r.threads:.0f}", f"{rate / ghz:.0f}"]
+            if bounds.get(name):
+                cell.append(f"{100 * rate / ghz / bounds[name]:.0f} %")
+        cells.append(cell)
     return markdown_table(headers, cells)
 
 

@@ -23,12 +23,14 @@ __all__ = [
     "LayerTiming",
     "Scaling",
     "Timing",
+    "VariantRates",
     "best_times",
     "compare",
     "end_to_end",
     "layer_timings",
     "set_threads",
     "thread_scaling",
+    "variant_rates",
 ]
 
 
@@ -161,22 +163,22 @@ def layer_timings(
         if b is None:
             continue
         u = net.spec["units"][call.unit]
-        n, h, w, k, s = b.n, b.h, b.w, b.kernel, b.stride
+        n, h, w, cin, k, s = b.shape[:6]
         cout = b.out_channels
-        key = (k, s, b.in_channels, cout, h, w, b.pool_out)
+        key = (k, s, cin, cout, h, w, b.unit.pool_out)
         if key in seen:
             continue
         seen.add(key)
         for prev in calls[:i]:  # this unit's inputs as the network leaves them (maps share
             prev.fn(*prev.args)  # two buffers: later units overwrite earlier inputs)
-        res = b.residual if u["residual"] != "projection" else None
-        if res is not None and res.size == n * h * w * b.in_channels:
+        res = b.unit.res if u["residual"] != "projection" else None
+        if res is not None and res.size == n * h * w * cin:
             xin = torch.from_numpy(res.reshape(n, h, w, -1).copy()).permute(0, 3, 1, 2)
         else:
-            xin = torch.randn(n, b.in_channels, h, w)
+            xin = torch.randn(n, cin, h, w)
         xin = xin.contiguous()
         xcl = xin.contiguous(memory_format=torch.channels_last)
-        weight = torch.randn(cout, b.in_channels, k, k)
+        weight = torch.randn(cout, cin, k, k)
         wcl = weight.contiguous(memory_format=torch.channels_last)
         acc = np.empty(b.out_shape, np.int32)
         t_nchw, t_cl, t_conv, t_unit = best_times(
@@ -189,13 +191,13 @@ def layer_timings(
             repeats,
         )
         _, ho, wo, _ = b.out_shape
-        macs = n * ho * wo * cout * b.in_channels * k * k
+        macs = n * ho * wo * cout * cin * k * k
         rows.append(
             LayerTiming(
                 name=call.name,
                 kernel=k,
                 stride=s,
-                in_channels=b.in_channels,
+                in_channels=cin,
                 out_channels=cout,
                 size=h,
                 macs=macs,
@@ -204,8 +206,66 @@ def layer_timings(
                 torch_cl_s=t_cl,
                 conv_s=t_conv,
                 packed_s=t_unit,
-                pooled_output=b.pool_out,
+                pooled_output=b.unit.pool_out,
             )
+        )
+    return rows
+
+
+@dataclass
+class VariantRates:
+    """One distinct binary layer's convolution alone (:func:`binary_conv_acc`) under each kernel
+    variant: seconds per call by variant name."""
+
+    kernel: int
+    stride: int
+    in_channels: int
+    out_channels: int
+    size: int
+    macs: int
+    threads: int
+    seconds: dict[str, float]
+
+
+def variant_rates(
+    net: PackedNetwork, variants: Sequence[str], size: int, threads: int, repeats: int = 5
+) -> list[VariantRates]:
+    """Each distinct binary layer of ``net`` at ``size`` px, batch 1, its binary convolution
+    alone under every kernel variant named (weights laid out for each, the same input), timed
+    alternately by :func:`best_times` (bursts of 3)."""
+    from s2bnn_plugin.kernels import VARIANTS, binary_conv_acc, binary_weights
+
+    set_threads(threads)
+    x = np.random.default_rng(0).standard_normal((1, net.in_channels, size, size))
+    calls, _ = net.kernel_calls(x.astype(np.float32))
+    for call in calls:  # every unit's input as the network leaves it
+        call.fn(*call.args)
+    rows, seen = [], set()
+    for call in calls:
+        b = call.binary
+        if b is None or tuple(b.shape) in seen:
+            continue
+        seen.add(tuple(b.shape))
+        n, h, w, cin, k, s, groups, cg = b.shape
+        stored = net.arrays[f"units.{call.unit}.weight"]
+        acc = np.empty(b.out_shape, np.int32)
+        fns = []
+        for name in variants:
+            weights = binary_weights(stored, cin, k, groups, cg, VARIANTS[name])
+            fns.append(partial(binary_conv_acc, b.bits, b.shape, weights, b.blocks_per_job, acc))
+        times = best_times(fns, repeats)
+        _, ho, wo, cout = b.out_shape
+        rows.append(
+            VariantRates(
+                kernel=k,
+                stride=s,
+                in_channels=cin,
+                out_channels=cout,
+                size=h,
+                macs=n * ho * wo * cout * cin * k * k,
+                threads=threads,
+                seconds=dict(zip(variants, times)),
+            )  # fmt: skip
         )
     return rows
 

@@ -32,10 +32,18 @@ from typing import Any
 
 import numpy as np
 
+from s2bnn_plugin.errors import S2BNNError
 from s2bnn_plugin.export import reference as ref
 from s2bnn_plugin.export.format import check_arrays, read_packed, validate, write_packed
 
-__all__ = ["KernelCall", "PackedNetwork", "UnitCall", "load"]
+__all__ = [
+    "KernelCall",
+    "KernelVariantError",
+    "PackedNetwork",
+    "UnitCall",
+    "kernel_variant",
+    "load",
+]
 
 NETWORK_ENGINES = ("numba", "numpy")
 CACHE_BYTES = 6 << 20  # float maps of one pass of images should fit well inside L2 + L3
@@ -59,13 +67,20 @@ def _announce_compilation() -> None:
         )
 
 
-def _aligned(a: np.ndarray, align: int = 64) -> np.ndarray:
-    """A C-contiguous copy of ``a`` whose data starts on an ``align``-byte boundary."""
-    raw = np.empty(a.nbytes + align, np.uint8)
-    start = (-raw.ctypes.data) % align
-    out = raw[start : start + a.nbytes].view(a.dtype).reshape(a.shape)
-    out[...] = a
-    return out
+class KernelVariantError(S2BNNError, ValueError):
+    """A kernel variant that this CPU cannot run, or no such variant."""
+
+
+def kernel_variant(name: str | None = None) -> Any:
+    """The kernel variant a packed network runs (:mod:`s2bnn_plugin.kernels.variants`): the one
+    called ``name``, else the one ``S2BNN_KERNELS`` names, else the fastest this CPU runs. A
+    variant the CPU cannot run is refused here, before anything is compiled."""
+    from s2bnn_plugin.kernels import variants
+
+    try:
+        return variants.select(name)
+    except variants.UnsupportedVariant as e:
+        raise KernelVariantError(str(e)) from None
 
 
 def _identity_activation(channels: int) -> np.ndarray:
@@ -89,53 +104,31 @@ class UnitCall:
     alone: exact int32 accumulations), which the benchmark times beside it."""
 
     bits: np.ndarray  # packed input signs (groups, n, h + 2 pad, w + 2 pad, words)
-    n: int
-    h: int
-    w: int
-    in_channels: int
-    kernel: int
-    stride: int
-    weight: np.ndarray  # kernels.kernel_weights layout
-    wsum: np.ndarray  # kernels.tap_sums
-    groups: int
-    group_channels: int
-    params: np.ndarray  # (6, C): weight scale, BatchNorm multiplier and offset, RPReLU
-    residual: np.ndarray  # flat NHWC float32, group_channels channels
-    pooled: bool  # the unit averages the residual's 2x2 windows itself
-    out: np.ndarray  # the output float map (its 2x2 average with pool_out)
-    thresholds: np.ndarray  # (T, C): the next layer's RSign shifts
-    out_pad: int  # zero border of the packed output (the next kernel's padding)
-    out_bits: np.ndarray  # the next layer's packed signs
-    pool_out: bool  # writes only the output map's 2x2 average
+    shape: Any  # kernels.ConvShape
+    weights: Any  # kernels.BinaryWeights
+    unit: Any  # kernels.FusedOutput: parameters, residual, outputs
     blocks_per_job: int  # blocks of output positions per parallel job
 
     @property
     def out_channels(self) -> int:
-        return self.groups * self.group_channels
+        return self.shape.groups * self.shape.cg
 
     @property
     def out_shape(self) -> tuple[int, int, int, int]:
         """(n, ho, wo, C) of the convolution's output (padding ``kernel // 2``)."""
-        k, s, pad = self.kernel, self.stride, self.kernel // 2
-        ho, wo = (self.h + 2 * pad - k) // s + 1, (self.w + 2 * pad - k) // s + 1
-        return self.n, ho, wo, self.out_channels
+        n, h, w, _, k, s = self.shape[:6]
+        pad = k // 2
+        ho, wo = (h + 2 * pad - k) // s + 1, (w + 2 * pad - k) // s + 1
+        return n, ho, wo, self.out_channels
 
     def fused_args(self) -> tuple:
         """The arguments of ``binary_conv_fused``, in its order."""
-        return (
-            self.bits, self.n, self.h, self.w, self.in_channels, self.kernel, self.stride,
-            self.weight, self.wsum, self.groups, self.group_channels, self.params, self.residual,
-            self.pooled, self.out, self.thresholds, self.out_pad, self.out_bits, self.pool_out,
-            self.blocks_per_job,
-        )  # fmt: skip
+        return (self.bits, self.shape, self.weights, self.unit, self.blocks_per_job)
 
     def conv_args(self, out: np.ndarray) -> tuple:
         """The arguments of ``binary_conv_acc`` over the same input and weights, writing its
         int32 accumulations (:attr:`out_shape`, flat or not) to ``out``."""
-        return (
-            self.bits, self.n, self.h, self.w, self.in_channels, self.kernel, self.stride,
-            self.weight, self.wsum, self.groups, self.group_channels, self.blocks_per_job, out,
-        )  # fmt: skip
+        return (self.bits, self.shape, self.weights, self.blocks_per_job, out)
 
 
 @dataclass
@@ -156,8 +149,7 @@ class _Unit:
 
     spec: dict
     prefix: str
-    weight: np.ndarray
-    wsum: np.ndarray
+    weights: Any  # kernels.BinaryWeights
     params: np.ndarray  # (6, C): affine rows then RPReLU rows, as the fused kernel reads them
     thr_next: np.ndarray  # the next unit's RSign shifts (T, C); T = 0 for the last unit
     pad_next: int
@@ -172,9 +164,12 @@ class _Unit:
 class PackedNetwork:
     """A packed ``reactnet_a`` / ``reactnet18``: ``net(x)`` -> features; ``save``; ``load``."""
 
-    def __init__(self, spec: dict, arrays: dict[str, np.ndarray]) -> None:
+    def __init__(
+        self, spec: dict, arrays: dict[str, np.ndarray], *, kernels: str | None = None
+    ) -> None:
         validate(spec)
         check_arrays(spec, arrays)
+        self.variant = kernel_variant(kernels)
         self.spec = spec
         self.arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
         self._lock = threading.Lock()
@@ -182,11 +177,12 @@ class PackedNetwork:
         self._units: list[_Unit] | None = None
 
     def __getstate__(self) -> dict:
-        """Picklable (e.g. for worker processes): only the specification and the arrays."""
-        return {"spec": self.spec, "arrays": self.arrays}
+        """Picklable (e.g. for worker processes): the specification, the arrays and the name of
+        the kernel variant (each process checks its own CPU runs it)."""
+        return {"spec": self.spec, "arrays": self.arrays, "kernels": self.variant.name}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["spec"], state["arrays"])
+        self.__init__(state["spec"], state["arrays"], kernels=state.get("kernels"))
 
     # -- description -----------------------------------------------------------------------
     @property
@@ -287,7 +283,7 @@ class PackedNetwork:
     # -- numba engine ----------------------------------------------------------------------
     def _runtime_units(self) -> list[_Unit]:
         if self._units is None:
-            from s2bnn_plugin.kernels import LANES, kernel_weights, tap_sums
+            from s2bnn_plugin.kernels import LANES, binary_weights
 
             if LANES != ref.LANES:
                 raise RuntimeError("kernels and file format disagree on the block width")
@@ -296,18 +292,14 @@ class PackedNetwork:
             for i, u in enumerate(specs):
                 p = f"units.{i}."
                 k, cin, g, cg = u["kernel"], u["in_channels"], u["groups"], u["group_channels"]
-                blocks = g * ((cg + LANES - 1) // LANES)
-                stored = self.arrays[p + "weight"]
-                wsum = tap_sums(stored, blocks, k * k, (cin + 63) // 64, cin)
-                weight = _aligned(kernel_weights(stored, cin))
+                weights = binary_weights(self.arrays[p + "weight"], cin, k, g, cg, self.variant)
                 cout = g * cg
                 nxt = specs[i + 1] if i + 1 < len(specs) else None
                 units.append(
                     _Unit(
                         spec=u,
                         prefix=p,
-                        weight=weight,
-                        wsum=wsum,
+                        weights=weights,
                         params=np.concatenate(
                             [
                                 self.arrays[p + "affine"],
@@ -371,6 +363,8 @@ class PackedNetwork:
         return max(numba.get_num_threads(), CACHE_BYTES // max(1, largest))
 
     def _buffers(self, n: int, h: int, w: int) -> dict:
+        from s2bnn_plugin.kernels import aligned
+
         key = (n, h, w)
         if key in self._workspaces:
             return self._workspaces[key]
@@ -391,7 +385,7 @@ class PackedNetwork:
             n * (hh // 2) * (ww // 2) * c if pool else n * hh * ww * c
             for (hh, ww, c), pool in zip(shapes, pooled)
         ]
-        pair = [_aligned(np.empty(max(sizes[j::2]), np.float32)) for j in range(2)]
+        pair = [aligned(np.empty(max(sizes[j::2]), np.float32)) for j in range(2)]
         buf["maps"] = [pair[i % 2][:size] for i, size in enumerate(sizes)]
         bits = []
         for i, u in enumerate(specs):
@@ -472,26 +466,19 @@ class PackedNetwork:
                 res = buf["proj"][i]
                 args = (maps[i], n, hh, ww, c, s["stride"] == 2, u.proj_weight, u.proj_affine, res)
                 calls.append(KernelCall(f"{s['name']}.shortcut", K.projection_shortcut, args))
+            shape = K.ConvShape(
+                n=n, h=hh, w=ww, cin=c, k=s["kernel"], stride=s["stride"], groups=s["groups"],
+                cg=s["group_channels"],
+            )  # fmt: skip
+            fused = K.FusedOutput(
+                prm=u.params, res=res, pooled=pooled, z=maps[i + 1], thr=u.thr_next,
+                opad=u.pad_next, obits=bits[i + 1], pool_out=pool_out[i],
+            )  # fmt: skip
             unit = UnitCall(
                 bits=bits[i],
-                n=n,
-                h=hh,
-                w=ww,
-                in_channels=c,
-                kernel=s["kernel"],
-                stride=s["stride"],
-                weight=u.weight,
-                wsum=u.wsum,
-                groups=s["groups"],
-                group_channels=s["group_channels"],
-                params=u.params,
-                residual=res,
-                pooled=pooled,
-                out=maps[i + 1],
-                thresholds=u.thr_next,
-                out_pad=u.pad_next,
-                out_bits=bits[i + 1],
-                pool_out=pool_out[i],
+                shape=shape,
+                weights=u.weights,
+                unit=fused,
                 blocks_per_job=self._blocks_per_job(n, ho * wo, c),
             )
             calls.append(
@@ -555,7 +542,8 @@ class PackedNetwork:
         return ref.global_avgpool(cur), trace
 
 
-def load(path: str | os.PathLike) -> PackedNetwork:
-    """Read a file written by :meth:`PackedNetwork.save` (validated; see ``format``)."""
+def load(path: str | os.PathLike, *, kernels: str | None = None) -> PackedNetwork:
+    """Read a file written by :meth:`PackedNetwork.save` (validated; see ``format``); ``kernels``
+    forces a kernel variant (:func:`kernel_variant`)."""
     spec, arrays = read_packed(path)
-    return PackedNetwork(spec, arrays)
+    return PackedNetwork(spec, arrays, kernels=kernels)
