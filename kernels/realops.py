@@ -12,7 +12,7 @@ import numpy as np
 from numba import njit, prange
 
 from .bconv import out_size
-from .simd import fadd, fload, fload_n, fmul, fsplat, fstore_n, load
+from .simd import fadd, fload, fload_n, fmul, fsplat, fstore, fstore_n, load
 
 __all__ = ["conv_nchw_bn", "maxpool3x3s2", "projection_shortcut", "global_avgpool"]
 
@@ -99,15 +99,22 @@ def _stem_block8(x, xbase, h, w, iy0, ix0, stride, wt, k, cout, c0, cin, count):
 
 
 @njit(cache=True, inline="always")
+def _bn16(a, aff, cout, c, n, out, o):
+    """``a * aff[0] + aff[1]`` of ``n`` (<= 16) channels from ``c``, stored at ``out[o:]``:
+    plain vector loads and stores for 16 channels (masked ones, slow on AMD's cores, only for
+    a partial last slice)."""
+    if n == 16:
+        fstore(out, o, fadd(fmul(a, fload(aff, c)), fload(aff, cout + c)))
+    else:
+        fstore_n(out, o, fadd(fmul(a, fload_n(aff, c, n)), fload_n(aff, cout + c, n)), n)
+
+
+@njit(cache=True, inline="always")
 def _stem_store(a0, a1, aff, cout, c0, count, out, obase):
     """BatchNorm ``y * aff[0] + aff[1]`` of one position's ``count`` channels, stored."""
-    n0 = min(16, count)
-    y0 = fadd(fmul(a0, fload_n(aff, c0, n0)), fload_n(aff, cout + c0, n0))
-    fstore_n(out, obase + c0, y0, n0)
+    _bn16(a0, aff, cout, c0, min(16, count), out, obase + c0)
     if count > 16:
-        n1 = count - 16
-        y1 = fadd(fmul(a1, fload_n(aff, c0 + 16, n1)), fload_n(aff, cout + c0 + 16, n1))
-        fstore_n(out, obase + c0 + 16, y1, n1)
+        _bn16(a1, aff, cout, c0 + 16, count - 16, out, obase + c0 + 16)
 
 
 @njit(cache=True, parallel=True)

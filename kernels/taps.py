@@ -449,14 +449,11 @@ def _wide(variant, bits, b0, b1, b2, b3, wt, wofs, k, rowstride, words, scr):
 
         return bytes_only
     # the rule of .variants.wide_scheme, which also chose the weights' layout
-    carrysave_from, lanes_upto = v.carrysave_from, v.lanes_upto
+    carrysave_from = v.carrysave_from
     if v.streams == 2:
 
         def carrysave2(variant, bits, b0, b1, b2, b3, wt, wofs, k, rowstride, words, scr):
-            row = k * words
-            if row <= lanes_upto:
-                return _wide_vpopcnt(bits, b0, b1, b2, b3, wt, wofs, k, rowstride, words)
-            if row < carrysave_from:
+            if k * words < carrysave_from:
                 _bytes_passes(bits, b0, b1, b2, b3, wt, wofs, k, rowstride, words, scr)
             else:
                 _carrysave_passes2(bits, b0, b1, b2, b3, wt, wofs, k, rowstride, words, scr)
@@ -465,10 +462,7 @@ def _wide(variant, bits, b0, b1, b2, b3, wt, wofs, k, rowstride, words, scr):
         return carrysave2
 
     def carrysave1(variant, bits, b0, b1, b2, b3, wt, wofs, k, rowstride, words, scr):
-        row = k * words
-        if row <= lanes_upto:
-            return _wide_vpopcnt(bits, b0, b1, b2, b3, wt, wofs, k, rowstride, words)
-        if row < carrysave_from:
+        if k * words < carrysave_from:
             _bytes_passes(bits, b0, b1, b2, b3, wt, wofs, k, rowstride, words, scr)
         else:
             _carrysave_passes1(bits, b0, b1, b2, b3, wt, wofs, k, rowstride, words, scr)

@@ -21,9 +21,8 @@ portable           anything else                         byte popcounts, summed 
 A layer's scheme also depends on how long a row of its taps is (``k * words`` input words,
 :func:`wide_scheme`): carry-save adders pay off over long dot products only, so the carry-save
 variants take the byte-count loop (4 positions a pass, bytes summed for up to 31 steps before
-they are widened) below ``carrysave_from`` words, and the lane-popcount loop (16 accumulators,
-no pass to set up) for rows of at most ``lanes_upto`` words (the 1x1 layers of up to 256
-channels). Layers of at most 32 input channels use 32-bit lanes: ``vpopcntd`` with VPOPCNTDQ,
+they are widened) below ``carrysave_from`` words. Layers of at most 32 input channels use 32-bit
+lanes: ``vpopcntd`` with VPOPCNTDQ,
 byte counts otherwise. Every variant gives the same integers, bit for bit (they are exact
 counts).
 
@@ -84,7 +83,6 @@ class KernelVariant:
     narrow: str  # at most 32 input channels: "vpopcnt" or "bytes"
     streams: int  # positions per carry-save pass (1: 16 ymm registers; 2: 32 zmm registers)
     carrysave_from: int  # carry-save when a row of taps has at least this many words
-    lanes_upto: int  # the lane-popcount loop for rows of at most this many words
     description: str
 
 
@@ -94,7 +92,7 @@ def wide_scheme(variant: KernelVariant, k: int, cin: int) -> str:
     dispatch (:func:`.taps.wide`) applies the same rule; the weights' layout follows it
     (:func:`.bitpack.kernel_weights`)."""
     row = k * ((cin + 63) // 64)
-    if variant.wide == "vpopcnt" or row <= variant.lanes_upto:
+    if variant.wide == "vpopcnt":
         return "vpopcnt"
     if variant.wide == "carrysave" and row >= variant.carrysave_from:
         return "carrysave"
@@ -105,23 +103,23 @@ VARIANTS: dict[str, KernelVariant] = {
     v.name: v
     for v in (
         KernelVariant(
-            "avx512_vpopcntdq", "avx512vpopcntdq", "vpopcnt", "vpopcnt", 1, 0, 0,
+            "avx512_vpopcntdq", "avx512vpopcntdq", "vpopcnt", "vpopcnt", 1, 0,
             "AVX-512 VPOPCNTDQ: vpopcntq on zmm, 4 positions x 32 channels in registers",
         ),
         KernelVariant(
-            "avx512bw", "avx512bw", "carrysave", "bytes", 2, 12, 4,
+            "avx512bw", "avx512bw", "carrysave", "bytes", 2, 12,
             "AVX-512BW: carry-save adders and byte popcounts on zmm",
         ),
         KernelVariant(
-            "avx2", "avx2", "carrysave", "bytes", 1, 12, 4,
+            "avx2", "avx2", "carrysave", "bytes", 1, 12,
             "AVX2: carry-save adders and byte popcounts on ymm",
         ),
         KernelVariant(
-            "neon", "neon", "bytes", "bytes", 1, 0, 0,
+            "neon", "neon", "bytes", "bytes", 1, 0,
             "NEON: byte popcounts (cnt) summed in bytes",
         ),
         KernelVariant(
-            "portable", "", "bytes", "bytes", 1, 0, 0,
+            "portable", "", "bytes", "bytes", 1, 0,
             "any CPU: byte popcounts summed in bytes",
         ),
     )
