@@ -59,8 +59,8 @@ from s2bnn_plugin.bench.tables import (
     profile_table,
 )
 from s2bnn_plugin.bench.timing import best_times, layer_timings, set_threads, thread_scaling
-from s2bnn_plugin.export import pack
-from s2bnn_plugin.export.report import file_sizes
+from s2bnn_plugin.packing import pack
+from s2bnn_plugin.packing.report import file_sizes
 
 
 def _features(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -9,8 +9,8 @@ from torch import nn
 
 from s2bnn_plugin import kernels as K
 from s2bnn_plugin.backbones.blocks import ResidualBinaryConv
-from s2bnn_plugin.export import PackedNetwork
 from s2bnn_plugin.nn import binary_sign
+from s2bnn_plugin.runtime import PackedNetwork
 
 
 def assert_accumulations_exact(model: nn.Module, net: PackedNetwork, x: torch.Tensor) -> None:

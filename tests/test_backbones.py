@@ -156,7 +156,7 @@ def test_compile_setting_is_checked_and_keeps_the_models_keys_and_config():
     import copy
     import dataclasses
 
-    from s2bnn_plugin.export import pack
+    from s2bnn_plugin.packing import pack
 
     with pytest.raises(TypeError, match="compile must be true or false, got 'yes'"):
         reactnet_a(compile="yes")

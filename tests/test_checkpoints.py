@@ -15,8 +15,8 @@ from s2bnn_plugin.backbones import BackboneError, UnknownBackbone, create_backbo
 from s2bnn_plugin.checkpoints import CheckpointError, load_backbone, require_backbone
 from s2bnn_plugin.cli import main
 from s2bnn_plugin.errors import S2BNNError
-from s2bnn_plugin.export import pack
-from s2bnn_plugin.export.format import PackedFormatError, read_packed, write_packed
+from s2bnn_plugin.packing import float_twin, pack
+from s2bnn_plugin.runtime.format import PackedFormatError, read_packed, write_packed
 
 KWARGS = {"cifar": True, "width_mult": 0.125}
 QUICK_CHECK = ["--size", "16", "--batch", "1", "--repeats", "1", "--no-progress"]
@@ -125,9 +125,9 @@ def test_check_of_a_file_whose_backbone_cannot_be_rebuilt_is_one_line(
 
 
 def _twin(path: Path) -> torch.nn.Module:
-    from s2bnn_plugin.export import load
+    from s2bnn_plugin.runtime import load
 
-    return load(path).to_torch()
+    return float_twin(load(path))
 
 
 def test_require_backbone_refuses_another_network():

@@ -28,16 +28,15 @@ from torch import nn
 from s2bnn_plugin import kernels as K
 from s2bnn_plugin.backbones import create_backbone
 from s2bnn_plugin.cli import main
-from s2bnn_plugin.export import (
+from s2bnn_plugin.packing import PackError, float_twin, pack
+from s2bnn_plugin.runtime import (
     FORMAT_VERSION,
     PackedFormatError,
     PackedNetwork,
-    PackError,
     load,
-    pack,
 )
-from s2bnn_plugin.export import network as network_module
-from s2bnn_plugin.export.format import SPEC_KEY, write_packed
+from s2bnn_plugin.runtime import network as network_module
+from s2bnn_plugin.runtime.format import SPEC_KEY, write_packed
 
 CASES = {
     "a_cifar": ("reactnet_a", {"width_mult": 0.25, "cifar": True}, 32),
@@ -142,7 +141,7 @@ def test_the_first_run_says_it_compiles_the_kernels(packed_cases, monkeypatch, c
 
 def test_float_twin(packed_cases):
     _, net, size = packed_cases["a_odd"]
-    twin = net.to_torch()
+    twin = float_twin(net)
     x = _images(2, size)
     with torch.no_grad():
         expected = twin(x).numpy()
@@ -174,7 +173,7 @@ def test_pickle(packed_cases):
 
 
 def test_packed_file_is_at_most_a_twentieth(tmp_path):
-    from s2bnn_plugin.export.report import file_sizes
+    from s2bnn_plugin.packing.report import file_sizes
 
     model = create_backbone("reactnet_a").eval()
     packed, fp32 = file_sizes(pack(model), model)
@@ -556,8 +555,8 @@ def test_check_fails_on_another_students_weights(tmp_path, capsys):
     """The packed file of one student checked against another's checkpoint exits 2, naming the
     measured values, the bounds and the flags; its own checkpoint passes; the flags move the
     bounds."""
-    from s2bnn_plugin.bench.commands import check
-    from s2bnn_plugin.export.commands import AgreementError
+    from s2bnn_plugin.check.agreement import AgreementError
+    from s2bnn_plugin.check.commands import check
 
     name, kwargs, _ = CASES["a_cifar"]
     mine, other = trained_like(name, kwargs, seed=0), trained_like(name, kwargs, seed=1)
@@ -584,7 +583,7 @@ def test_check_fails_on_another_students_weights(tmp_path, capsys):
 
 def test_pack_writes_nothing_when_the_packed_network_disagrees(tmp_path, monkeypatch, capsys):
     """A packer that returned another network (a packing bug) is caught by pack's own check."""
-    from s2bnn_plugin.export import packer as packer_module
+    from s2bnn_plugin.packing import packer as packer_module
 
     name, kwargs, _ = CASES["a_cifar"]
     ckpt = _solo_run(tmp_path, trained_like(name, kwargs, seed=0), name, kwargs)

@@ -26,8 +26,8 @@ from hypothesis import strategies as st
 from numba import njit
 
 from s2bnn_plugin import kernels as K
-from s2bnn_plugin.export import reference as ref
-from s2bnn_plugin.export.format import LANES as FORMAT_LANES
+from s2bnn_plugin.runtime import reference as ref
+from s2bnn_plugin.runtime.format import LANES as FORMAT_LANES
 
 FAST = settings(max_examples=12, deadline=None)
 

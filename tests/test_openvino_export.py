@@ -19,9 +19,10 @@ from test_pack_rules import TinyReActNet, randomised
 
 from s2bnn_plugin import cli
 from s2bnn_plugin.backbones import BackboneConfig
-from s2bnn_plugin.export import PackedFormatError, PackedNetwork, pack
-from s2bnn_plugin.export import openvino as ovx
-from s2bnn_plugin.export.format import write_packed
+from s2bnn_plugin.exporters import openvino as ovx
+from s2bnn_plugin.packing import pack
+from s2bnn_plugin.runtime import PackedFormatError, PackedNetwork
+from s2bnn_plugin.runtime.format import write_packed
 
 pytestmark = pytest.mark.openvino  # skipped without openvino; fails under CI=true (conftest.py)
 

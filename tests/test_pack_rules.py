@@ -27,9 +27,10 @@ from s2bnn_plugin.backbones.base import scaled_width
 from s2bnn_plugin.backbones.blocks import ResidualBinaryConv
 from s2bnn_plugin.backbones.reactnet import ReActNetBlock
 from s2bnn_plugin.backbones.reactnet18 import ReActResBlock
-from s2bnn_plugin.export import PackedNetwork, PackError, load, pack
-from s2bnn_plugin.export.packer import PACK_RULES, pack_rule
 from s2bnn_plugin.nn import RPReLU
+from s2bnn_plugin.packing import PackError, float_twin, pack
+from s2bnn_plugin.packing.packer import PACK_RULES, pack_rule
+from s2bnn_plugin.runtime import PackedNetwork, load
 
 # ------------------------------------------------------------------------- byte compatibility
 
@@ -229,13 +230,13 @@ def test_a_backbone_built_from_the_plugins_blocks_packs_by_their_rules(registere
 def test_the_float_twin_of_a_user_backbone_is_rebuilt_by_the_same_rules(
     registered, tmp_path, capsys
 ):
-    """``to_torch`` (and so ``s2bnn check FILE``) finds each unit's RPReLU by walking the rebuilt
+    """``float_twin`` (and so ``s2bnn check FILE``) finds each unit's RPReLU by walking the rebuilt
     backbone with the pack rules, not by the built-in blocks' names."""
     from s2bnn_plugin.cli import main
 
     model = randomised(create_backbone("tiny_reactnet", width_mult=0.5))
     path = pack(model).save(tmp_path / "tiny.s2bnn")
-    twin = load(path).to_torch()
+    twin = float_twin(load(path))
     x = _images(2, 16)
     with torch.no_grad():
         expected, got = model(x), twin(x)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from s2bnn_plugin.export import PackedNetwork
+from s2bnn_plugin.runtime import PackedNetwork
 
 __all__ = [
     "LayerTiming",

@@ -9,28 +9,17 @@ computes what the packed network computes, up to float summation order.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
-
-import numpy as np
 import torch
 from torch import nn
 
 from s2bnn_plugin.backbones import create_backbone
-from s2bnn_plugin.export import reference as ref
-from s2bnn_plugin.export import rules as _rules  # noqa: F401  (registers the built-in rules)
-from s2bnn_plugin.export.format import PackedFormatError
-from s2bnn_plugin.export.walker import PackError, walk_model
+from s2bnn_plugin.packing import rules as _rules  # noqa: F401  (registers the built-in rules)
+from s2bnn_plugin.packing.walker import PackError, walk_model
+from s2bnn_plugin.runtime import PackedNetwork
+from s2bnn_plugin.runtime import reference as ref
+from s2bnn_plugin.runtime.format import PackedFormatError
 
-__all__ = ["Packed", "unpack"]
-
-
-class Packed(Protocol):
-    """What :func:`unpack` reads of a packed network: its specification and arrays (a
-    :class:`~s2bnn_plugin.export.PackedNetwork` has both). A protocol, so that this module does
-    not import ``network.py``, which imports it (``PackedNetwork.to_torch``)."""
-
-    spec: dict[str, Any]
-    arrays: dict[str, np.ndarray]
+__all__ = ["float_twin"]
 
 
 def _set_bn(bn: nn.BatchNorm2d, mul: torch.Tensor, add: torch.Tensor) -> None:
@@ -47,7 +36,7 @@ def _set_rprelu(act: nn.Module, params: torch.Tensor) -> None:
     act.shift_out.bias.copy_(params[2])
 
 
-def unpack(net: Packed) -> nn.Module:
+def float_twin(net: PackedNetwork) -> nn.Module:
     """Rebuild the backbone named in the file and load the packed values into it (eval mode)."""
     spec, a = net.spec, {k: torch.from_numpy(v.copy()) for k, v in net.arrays.items()}
     name, kwargs = spec["backbone"]["name"], spec["backbone"]["kwargs"]
@@ -72,11 +61,11 @@ def unpack(net: Packed) -> nn.Module:
 
 def _load_values(
     model: nn.Module,
-    net: Packed,
+    net: PackedNetwork,
     a: dict[str, torch.Tensor],
     activations: list[nn.Module | None],
 ) -> None:
-    """Copy the file's values into the rebuilt ``model`` (see :func:`unpack`)."""
+    """Copy the file's values into the rebuilt ``model`` (see :func:`float_twin`)."""
     spec = net.spec
     modules = dict(model.named_modules())
     with torch.no_grad():

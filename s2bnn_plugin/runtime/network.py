@@ -32,8 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from s2bnn_plugin.export import reference as ref
-from s2bnn_plugin.export.format import check_arrays, read_packed, validate, write_packed
+from s2bnn_plugin.runtime import reference as ref
+from s2bnn_plugin.runtime.format import check_arrays, read_packed, validate, write_packed
 
 __all__ = ["KernelCall", "PackedNetwork", "UnitCall", "load"]
 
@@ -237,7 +237,7 @@ class PackedNetwork:
 
     # -- file ------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
-        """Write one self-describing file (see :mod:`s2bnn_plugin.export.format`)."""
+        """Write one self-describing file (see :mod:`s2bnn_plugin.runtime.format`)."""
         return write_packed(path, self.spec, self.arrays)
 
     # -- inference -------------------------------------------------------------------------
@@ -518,12 +518,6 @@ class PackedNetwork:
         for call in calls:
             call.fn(*call.args)
         return out
-
-    def to_torch(self):
-        """The float PyTorch twin of this packed network (see :mod:`.unpack`)."""
-        from s2bnn_plugin.export.unpack import unpack
-
-        return unpack(self)
 
     # -- numpy engine ----------------------------------------------------------------------
     def _forward_numpy(self, x: np.ndarray) -> np.ndarray:

@@ -48,8 +48,8 @@ from typing import Any
 import numpy as np
 
 from s2bnn_plugin.errors import FileMissing, S2BNNError, UsageError, require_whole
-from s2bnn_plugin.export import reference as ref
-from s2bnn_plugin.export.network import PackedNetwork, load
+from s2bnn_plugin.runtime import reference as ref
+from s2bnn_plugin.runtime.network import PackedNetwork, load
 
 __all__ = [
     "INSTALL_HINT",

@@ -2,7 +2,7 @@
 
 The packer knows no model class. It walks the backbone along its forward order and hands each
 module to the *pack rule* registered for the module's type (:func:`pack_rule`, the built-in rules
-are in :mod:`s2bnn_plugin.export.rules`): a container's rule walks its children in the order its
+are in :mod:`s2bnn_plugin.packing.rules`): a container's rule walks its children in the order its
 ``forward`` runs them, a layer's rule adds its part of the packed network through the
 :class:`Packer` (the stem, a binary unit, the activation after it, the global pool). Rules are
 looked up by exact type, because a subclass may compute something else; a module whose type has
@@ -29,10 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from s2bnn_plugin.export import rules as _rules  # noqa: F401  (registers the built-in rules)
-from s2bnn_plugin.export.format import FORMAT, FORMAT_VERSION
-from s2bnn_plugin.export.network import PackedNetwork
-from s2bnn_plugin.export.walker import (
+from s2bnn_plugin.packing import rules as _rules  # noqa: F401  (registers the built-in rules)
+from s2bnn_plugin.packing.walker import (
     PACK_RULES,
     Packer,
     PackError,
@@ -41,6 +39,8 @@ from s2bnn_plugin.export.walker import (
     pack_rule,
     walk_model,
 )
+from s2bnn_plugin.runtime.format import FORMAT, FORMAT_VERSION
+from s2bnn_plugin.runtime.network import PackedNetwork
 
 __all__ = [
     "PACK_RULES",

@@ -1,7 +1,7 @@
 """The machinery of packing by rules: the registry of pack rules (:func:`pack_rule`) and the
 :class:`Packer`, the walk's state that rules add the stem, binary units, activations and the
 global pool to. The built-in rules are in :mod:`.rules`;
-:func:`s2bnn_plugin.export.packer.pack_model` runs the walk. (Kept apart from both so that the
+:func:`s2bnn_plugin.packing.packer.pack_model` runs the walk. (Kept apart from both so that the
 rules and the driver import it, not each other.)
 """
 

@@ -2,7 +2,7 @@
 
 Containers (a :class:`~s2bnn_plugin.backbones.BinaryBackbone`, ``nn.Sequential``, the ReActNet
 blocks) walk their children in the order their ``forward`` runs them; layers add their part of
-the packed chain (:class:`~s2bnn_plugin.export.walker.Packer`): the stem (``Conv2d``,
+the packed chain (:class:`~s2bnn_plugin.packing.walker.Packer`): the stem (``Conv2d``,
 ``BatchNorm2d``, an optional ``MaxPool2d``), binary units (:class:`ResidualBinaryConv`, or a
 ReActNet-A block's concatenated 1x1 convolutions), the ``RPReLU`` after a unit, the global
 average pool. A new block type needs a rule here or in the code that defines it (see
@@ -22,8 +22,8 @@ from s2bnn_plugin.backbones.base import BinaryBackbone
 from s2bnn_plugin.backbones.blocks import ResidualBinaryConv, Shortcut
 from s2bnn_plugin.backbones.reactnet import ReActNetBlock
 from s2bnn_plugin.backbones.reactnet18 import ReActResBlock
-from s2bnn_plugin.export.walker import Packer, pack_rule
 from s2bnn_plugin.nn import QuantConv2d, RPReLU, RSign, ScaledSign
+from s2bnn_plugin.packing.walker import Packer, pack_rule
 
 __all__ = [
     "pack_backbone",
