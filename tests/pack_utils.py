@@ -26,10 +26,10 @@ def assert_accumulations_exact(model: nn.Module, net: PackedNetwork, x: torch.Te
     for h in hooks:
         h.remove()
     modules = dict(model.named_modules())
-    for i, u in enumerate(net.spec["units"]):
-        m = modules[u["name"]]
+    for u in net.model.units:
+        m = modules[u.name]
         grouped = isinstance(m, nn.ModuleList)  # ReActNet-A's 1x1: a list of 1 or 2 units
-        names = [f"{u['name']}.{j}" for j in range(len(m))] if grouped else [u["name"]]
+        names = [f"{u.name}.{j}" for j in range(len(m))] if grouped else [u.name]
         xin = inputs[names[0]]
         expected = []
         for name in names:
@@ -40,20 +40,20 @@ def assert_accumulations_exact(model: nn.Module, net: PackedNetwork, x: torch.Te
             )
         expected = torch.cat(expected, 1).permute(0, 2, 3, 1).numpy().astype(np.int64)
         n, c, _, _ = xin.shape
-        k, g, cg = u["kernel"], u["groups"], u["group_channels"]
+        k, g, cg = u.kernel, u.groups, u.group_channels
         pad = k // 2
         h, w = xin.shape[2:]
         per = n * (h + 2 * pad) * (w + 2 * pad) * K.words_for(c)
         bits = np.zeros(g * per, np.uint64)
         xn = np.ascontiguousarray(xin.permute(0, 2, 3, 1).numpy()).ravel()
-        rsign = net.arrays[f"units.{i}.rsign"]
+        rsign = u.rsign
         for j in range(g):
             part = np.zeros(per, np.uint64)
             K.pack_signs(xn, n, h, w, c, np.ascontiguousarray(rsign[j : j + 1]), pad, part)
             bits[j * per : (j + 1) * per] = part
-        wt = net.arrays[f"units.{i}.weight"]
+        wt = u.weight
         wsum = K.tap_sums(wt, g * ((cg + K.LANES - 1) // K.LANES), k * k, K.words_for(c), c)
         out = np.zeros(expected.shape, np.int32)
         wk = K.kernel_weights(wt, c)
-        K.binary_conv_acc(bits, n, h, w, c, k, u["stride"], wk, wsum, g, cg, 1, out)
-        np.testing.assert_array_equal(out, expected, err_msg=u["name"])
+        K.binary_conv_acc(bits, n, h, w, c, k, u.stride, wk, wsum, g, cg, 1, out)
+        np.testing.assert_array_equal(out, expected, err_msg=u.name)

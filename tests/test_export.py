@@ -36,7 +36,7 @@ from s2bnn_plugin.runtime import (
     load,
 )
 from s2bnn_plugin.runtime import network as network_module
-from s2bnn_plugin.runtime.format import SPEC_KEY, write_packed
+from s2bnn_plugin.runtime.format import SPEC_KEY, spec_of, write_packed
 
 CASES = {
     "a_cifar": ("reactnet_a", {"width_mult": 0.25, "cifar": True}, 32),
@@ -44,6 +44,16 @@ CASES = {
     "r18": ("reactnet18", {"width_mult": 0.25}, 37),
     "r18_cifar": ("reactnet18", {"width_mult": 0.2, "cifar": True}, 15),
 }
+
+
+def spec_dict(net: PackedNetwork) -> dict:
+    """The network's specification, as its file holds it."""
+    return spec_of(net.model)
+
+
+def arrays_dict(net: PackedNetwork) -> dict[str, np.ndarray]:
+    """The network's arrays by their names in its file."""
+    return net.model.named_arrays()
 
 
 def trained_like(name: str, kwargs: dict, seed: int = 0) -> nn.Module:
@@ -156,9 +166,9 @@ def test_save_load_round_trip(packed_cases, tmp_path):
         spec = json.loads(z[SPEC_KEY].tobytes())
     assert spec["format_version"] == FORMAT_VERSION and spec["backbone"]["name"] == "reactnet18"
     again = load(path)
-    assert again.spec == net.spec and set(again.arrays) == set(net.arrays)
-    for k, v in net.arrays.items():
-        np.testing.assert_array_equal(again.arrays[k], v)
+    assert spec_dict(again) == spec_dict(net) and set(arrays_dict(again)) == set(arrays_dict(net))
+    for k, v in arrays_dict(net).items():
+        np.testing.assert_array_equal(arrays_dict(again)[k], v)
     x = _images(2, size).numpy()
     np.testing.assert_array_equal(again(x), net(x))
     assert again.num_features == net.num_features and again.backbone_kwargs == net.backbone_kwargs
@@ -188,8 +198,8 @@ def saved(packed_cases, tmp_path_factory):
 
 
 def _same(net: PackedNetwork, reference: PackedNetwork) -> bool:
-    return net.spec == reference.spec and all(
-        np.array_equal(net.arrays[k], v) for k, v in reference.arrays.items()
+    return spec_dict(net) == spec_dict(reference) and all(
+        np.array_equal(arrays_dict(net)[k], v) for k, v in arrays_dict(reference).items()
     )
 
 
@@ -219,42 +229,42 @@ def test_corrupted_file_fails_or_is_unharmed(saved, packed_cases, tmp_path_facto
 
 
 def _rewrite(net: PackedNetwork, path, spec=None, arrays=None):
-    write_packed(path, spec or net.spec, arrays or net.arrays)
+    write_packed(path, spec or spec_dict(net), arrays or arrays_dict(net))
     return path
 
 
 def test_newer_version_and_invalid_contents(packed_cases, tmp_path):
     net = packed_cases["a_cifar"][1]
-    newer = dict(net.spec, format_version=FORMAT_VERSION + 1)
+    newer = dict(spec_dict(net), format_version=FORMAT_VERSION + 1)
     with pytest.raises(PackedFormatError, match="newer s2bnn-plugin"):
         load(_rewrite(net, tmp_path / "newer.s2bnn", spec=newer))
     with pytest.raises(PackedFormatError, match="not an s2bnn packed network"):
-        load(_rewrite(net, tmp_path / "other.s2bnn", spec=dict(net.spec, format="x")))
-    arrays = dict(net.arrays)
+        load(_rewrite(net, tmp_path / "other.s2bnn", spec=dict(spec_dict(net), format="x")))
+    arrays = dict(arrays_dict(net))
     del arrays["units.3.affine"]
     with pytest.raises(PackedFormatError, match="missing.*units.3.affine"):
         load(_rewrite(net, tmp_path / "missing.s2bnn", arrays=arrays))
-    arrays = dict(net.arrays, **{"units.0.rsign": net.arrays["units.0.rsign"][:, :-1]})
+    arrays = dict(arrays_dict(net), **{"units.0.rsign": arrays_dict(net)["units.0.rsign"][:, :-1]})
     with pytest.raises(PackedFormatError, match="units.0.rsign"):
         load(_rewrite(net, tmp_path / "shape.s2bnn", arrays=arrays))
     for bad in (np.nan, np.inf):  # the kernels compare against -thr: finite shifts only
-        rsign = net.arrays["units.2.rsign"].copy()
+        rsign = arrays_dict(net)["units.2.rsign"].copy()
         rsign[0, 1] = bad
-        arrays = dict(net.arrays, **{"units.2.rsign": rsign})
+        arrays = dict(arrays_dict(net), **{"units.2.rsign": rsign})
         with pytest.raises(PackedFormatError, match="units.2.rsign.*NaN or infinity"):
             load(_rewrite(net, tmp_path / "nonfinite.s2bnn", arrays=arrays))
-    arrays = dict(net.arrays, extra=np.zeros(3))
+    arrays = dict(arrays_dict(net), extra=np.zeros(3))
     with pytest.raises(PackedFormatError, match="unexpected"):
         load(_rewrite(net, tmp_path / "extra.s2bnn", arrays=arrays))
-    weight = net.arrays["units.0.weight"].copy()
+    weight = arrays_dict(net)["units.0.weight"].copy()
     weight[:] = np.uint64(2**64 - 1)  # 8 input channels: bits past them must be zero
-    arrays = dict(net.arrays, **{"units.0.weight": weight})
+    arrays = dict(arrays_dict(net), **{"units.0.weight": weight})
     with pytest.raises(PackedFormatError, match="past in_channels"):
         load(_rewrite(net, tmp_path / "bits.s2bnn", arrays=arrays))
-    units = [dict(u) for u in net.spec["units"]]
+    units = [dict(u) for u in spec_dict(net)["units"]]
     units[1]["in_channels"] += 1
     with pytest.raises(PackedFormatError, match="in_channels"):
-        load(_rewrite(net, tmp_path / "chain.s2bnn", spec=dict(net.spec, units=units)))
+        load(_rewrite(net, tmp_path / "chain.s2bnn", spec=dict(spec_dict(net), units=units)))
     (tmp_path / "text.s2bnn").write_text("hello")
     with pytest.raises(PackedFormatError, match="not a readable"):
         load(tmp_path / "text.s2bnn")
@@ -409,11 +419,11 @@ def test_bench_command(capsys):
 def test_spec_fields_are_integers_not_floats_or_bools(packed_cases, tmp_path, field, value):
     """``3.0 == 3`` and ``True == 1`` in Python: the file check compares types, not values."""
     net = packed_cases["a_cifar"][1]
-    units = [dict(u) for u in net.spec["units"]]
+    units = [dict(u) for u in spec_dict(net)["units"]]
     # a unit where the value is the same number, of another JSON type
     i = next(j for j, u in enumerate(units) if field == "name" or u[field] == value)
     units[i][field] = value
-    path = _rewrite(net, tmp_path / "typed.s2bnn", spec=dict(net.spec, units=units))
+    path = _rewrite(net, tmp_path / "typed.s2bnn", spec=dict(spec_dict(net), units=units))
     with pytest.raises(PackedFormatError, match=rf"unit {i}.*'{field}' must be .*got {value!r}"):
         load(path)
 
@@ -467,10 +477,13 @@ def test_a_member_is_read_only_up_to_what_its_header_says(packed_cases, tmp_path
     """An .npy header that declares another shape than the specification's: refused before the
     data is read; the right arrays with any other dtype too."""
     net = packed_cases["a_cifar"][1]
-    arrays = dict(net.arrays, **{"units.2.affine": net.arrays["units.2.affine"].astype(np.float64)})
+    arrays = dict(
+        arrays_dict(net),
+        **{"units.2.affine": arrays_dict(net)["units.2.affine"].astype(np.float64)},
+    )
     with pytest.raises(PackedFormatError, match=r"'units\.2\.affine'.*float32.*float64"):
         load(_rewrite(net, tmp_path / "dtype.s2bnn", arrays=arrays))
-    arrays = dict(net.arrays, **{"stem.affine": np.zeros((2, 1000), np.float32)})
+    arrays = dict(arrays_dict(net), **{"stem.affine": np.zeros((2, 1000), np.float32)})
     with pytest.raises(PackedFormatError, match=r"'stem\.affine.npy' declares \d+ bytes, more"):
         load(_rewrite(net, tmp_path / "shape.s2bnn", arrays=arrays))
 

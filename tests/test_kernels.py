@@ -27,7 +27,8 @@ from numba import njit
 
 from s2bnn_plugin import kernels as K
 from s2bnn_plugin.runtime import reference as ref
-from s2bnn_plugin.runtime.format import LANES as FORMAT_LANES
+from s2bnn_plugin.runtime.units.binary_conv import LANES as FORMAT_LANES
+from s2bnn_plugin.runtime.units.binary_conv import BinaryConv, Residual
 
 FAST = settings(max_examples=12, deadline=None)
 
@@ -321,18 +322,21 @@ def test_fused_unit_matches_reference(n, h, w, cin, k, stride, groups, next_sets
         [rng.standard_normal(cout), rng.uniform(-0.5, 1, cout), rng.standard_normal(cout)]
     ).astype(np.float32)
     thr = rng.standard_normal((next_sets, cout)).astype(np.float32)
-    residual = "avgpool" if stride == 2 else "identity"
-    unit = {
-        "kernel": k,
-        "stride": stride,
-        "in_channels": cin,
-        "groups": groups,
-        "group_channels": cg,
-        "residual": residual,
-        "activation": True,
-    }
-    arrays = {"u.weight": wt, "u.affine": affine, "u.activation": act}
-    acc, y = ref.binary_unit(bits, unit, arrays, "u.", x)
+    unit = BinaryConv(
+        name="u",
+        in_channels=cin,
+        kernel=k,
+        stride=stride,
+        groups=groups,
+        group_channels=cg,
+        residual=Residual.AVGPOOL if stride == 2 else Residual.IDENTITY,
+        has_activation=True,
+        weight=wt,
+        rsign=rsign,
+        affine=affine,
+        activation=act,
+    )
+    _, acc, y = unit.reference(x)
 
     bpg = (cg + K.LANES - 1) // K.LANES
     wsum = K.tap_sums(wt, groups * bpg, k * k, K.words_for(cin), cin)
@@ -375,7 +379,7 @@ def test_fused_unit_matches_reference(n, h, w, cin, k, stride, groups, next_sets
         args = [bits.ravel(), n, h, w, cin, k, stride, K.kernel_weights(wt, cin), wsum, groups]
         args += [cg, np.concatenate([affine, act]), x.ravel(), stride == 2, zp, thr, opad, obits]
         K.binary_conv_fused(*args, True, 1)
-        np.testing.assert_array_equal(zp.reshape(n, ho // 2, wo // 2, cout), ref._avgpool2(y))
+        np.testing.assert_array_equal(zp.reshape(n, ho // 2, wo // 2, cout), ref.avgpool2(y))
         np.testing.assert_array_equal(obits, ref.pack_signs(y, thr, opad).ravel())
 
 

@@ -31,6 +31,7 @@ from s2bnn_plugin.nn import RPReLU
 from s2bnn_plugin.packing import PackError, float_twin, pack
 from s2bnn_plugin.packing.packer import PACK_RULES, pack_rule
 from s2bnn_plugin.runtime import PackedNetwork, load
+from s2bnn_plugin.runtime.format import spec_of
 
 # ------------------------------------------------------------------------- byte compatibility
 
@@ -58,8 +59,8 @@ def dyadic_model(name: str, kwargs: dict, seed: int = 0) -> nn.Module:
 def exact_digest(net: PackedNetwork) -> str:
     """SHA-256 of the spec JSON (as the file writes it), of every array's name, dtype and shape,
     and of the bytes of every array that holds no computed float (bit-packed weights)."""
-    h = hashlib.sha256(json.dumps(net.spec, sort_keys=True).encode())
-    for name, a in net.arrays.items():
+    h = hashlib.sha256(json.dumps(spec_of(net.model), sort_keys=True).encode())
+    for name, a in net.model.named_arrays().items():
         h.update(f"{name}|{a.dtype.str}|{a.shape}".encode())
         if a.dtype.kind != "f":
             h.update(np.ascontiguousarray(a).tobytes())
@@ -100,7 +101,7 @@ def test_builtin_backbones_pack_to_the_same_spec_and_arrays_as_before(name, kwar
     net = pack(dyadic_model(name, json.loads(kwargs)))
     assert exact_digest(net) == GOLDEN[name, kwargs]
     with np.load(GOLDEN_FLOATS, allow_pickle=False) as golden:
-        floats = {k: a for k, a in net.arrays.items() if a.dtype.kind == "f"}
+        floats = {k: a for k, a in net.model.named_arrays().items() if a.dtype.kind == "f"}
         assert floats, "the packed network holds float arrays (scales, folded BatchNorms)"
         for array, a in floats.items():
             np.testing.assert_allclose(
@@ -114,7 +115,7 @@ def write_golden() -> None:
     for name, kwargs in GOLDEN:
         net = pack(dyadic_model(name, json.loads(kwargs)))
         print(f"{(name, kwargs)!r}: {exact_digest(net)!r},")
-        for array, a in net.arrays.items():
+        for array, a in net.model.named_arrays().items():
             if a.dtype.kind == "f":
                 arrays[golden_key(name, kwargs, array)] = a
     GOLDEN_FLOATS.parent.mkdir(exist_ok=True)
@@ -192,7 +193,8 @@ def _images(n: int, size: int, seed: int = 1) -> torch.Tensor:
 def assert_packs_saves_loads_and_matches(model: nn.Module, tmp_path, size: int) -> PackedNetwork:
     net = pack(model)
     loaded = load(net.save(tmp_path / "tiny.s2bnn"))
-    assert loaded.spec == net.spec and list(loaded.arrays) == list(net.arrays)
+    assert spec_of(loaded.model) == spec_of(net.model)
+    assert list(loaded.model.named_arrays()) == list(net.model.named_arrays())
     assert loaded.backbone == "tiny_reactnet"
     assert loaded.backbone_kwargs == dataclasses.asdict(model.config)
     x = _images(3, size)
@@ -210,12 +212,12 @@ def assert_packs_saves_loads_and_matches(model: nn.Module, tmp_path, size: int) 
 def test_a_backbone_built_from_the_plugins_blocks_packs_by_their_rules(registered, tmp_path):
     model = randomised(create_backbone("tiny_reactnet", width_mult=0.5))
     net = assert_packs_saves_loads_and_matches(model, tmp_path, size=19)
-    assert net.spec["stem"] == {
+    assert spec_of(net.model)["stem"] == {
         "kernel": 3, "stride": 1, "padding": 1, "out_channels": 6, "maxpool": True, "name": "stem"
     }  # fmt: skip
     units = [
         (u["name"], u["kernel"], u["stride"], u["groups"], u["residual"], u["activation"])
-        for u in net.spec["units"]
+        for u in spec_of(net.model)["units"]
     ]
     assert units == [
         ("blocks.0.conv3x3", 3, 2, 1, "avgpool", True),
@@ -322,7 +324,7 @@ def test_a_new_block_packs_once_it_has_a_rule():
             pack_rule(WrappedUnit)(lambda packer, block, path: None)
     finally:
         PACK_RULES.pop(WrappedUnit)
-    assert net.spec["units"][4]["name"] == "blocks.2.unit"
+    assert net.model.units[4].name == "blocks.2.unit"
     x = _images(2, 17)
     assert_accumulations_exact(model, net, x)
     with torch.no_grad():

@@ -15,7 +15,7 @@ import numpy as np
 
 from s2bnn_plugin.bench.timing import best_times, set_threads
 from s2bnn_plugin.runtime import PackedNetwork
-from s2bnn_plugin.runtime.network import KernelCall
+from s2bnn_plugin.runtime.calls import KernelCall
 
 __all__ = ["Profile", "Stage", "profile", "unit_epilogues"]
 

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from s2bnn_plugin.runtime import PackedNetwork
+from s2bnn_plugin.runtime.units.binary_conv import Residual
 
 __all__ = [
     "LayerTiming",
@@ -160,7 +161,7 @@ def layer_timings(
         b = call.binary
         if b is None:
             continue
-        u = net.spec["units"][call.unit]
+        unit = net.model.units[call.unit]
         n, h, w, k, s = b.n, b.h, b.w, b.kernel, b.stride
         cout = b.out_channels
         key = (k, s, b.in_channels, cout, h, w, b.pool_out)
@@ -169,7 +170,7 @@ def layer_timings(
         seen.add(key)
         for prev in calls[:i]:  # this unit's inputs as the network leaves them (maps share
             prev.fn(*prev.args)  # two buffers: later units overwrite earlier inputs)
-        res = b.residual if u["residual"] != "projection" else None
+        res = b.residual if unit.residual is not Residual.PROJECTION else None
         if res is not None and res.size == n * h * w * b.in_channels:
             xin = torch.from_numpy(res.reshape(n, h, w, -1).copy()).permute(0, 3, 1, 2)
         else:

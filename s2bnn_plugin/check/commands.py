@@ -167,7 +167,7 @@ def pack_checkpoint(
 
     packed, fp32 = file_sizes(net, model)
     print(f"{name}({json.dumps(kwargs)}) -> {out}")
-    print(f"  {len(net.spec['units'])} binary units, {net.num_features}-d features")
+    print(f"  {len(net.model.units)} binary units, {net.num_features}-d features")
     print(
         f"  size: {packed / 1e6:.3f} MB packed vs {fp32 / 1e6:.3f} MB fp32 state dict "
         f"(1/{fp32 / packed:.1f})"

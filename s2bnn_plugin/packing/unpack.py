@@ -9,6 +9,9 @@ computes what the packed network computes, up to float summation order.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
+import numpy as np
 import torch
 from torch import nn
 
@@ -16,8 +19,8 @@ from s2bnn_plugin.backbones import create_backbone
 from s2bnn_plugin.packing import rules as _rules  # noqa: F401  (registers the built-in rules)
 from s2bnn_plugin.packing.walker import PackError, walk_model
 from s2bnn_plugin.runtime import PackedNetwork
-from s2bnn_plugin.runtime import reference as ref
-from s2bnn_plugin.runtime.format import PackedFormatError
+from s2bnn_plugin.runtime.model import BatchNormValues, PackedModel, Unit, UnpackedUnit
+from s2bnn_plugin.runtime.spec import PackedFormatError
 
 __all__ = ["float_twin"]
 
@@ -30,16 +33,23 @@ def _set_bn(bn: nn.BatchNorm2d, mul: torch.Tensor, add: torch.Tensor) -> None:
     bn.bias.copy_(add)
 
 
-def _set_rprelu(act: nn.Module, params: torch.Tensor) -> None:
-    act.shift_in.bias.copy_(params[0])
-    act.prelu.weight.copy_(params[1].expand_as(act.prelu.weight))
-    act.shift_out.bias.copy_(params[2])
+def _load(module: nn.Module, values: Mapping[str, np.ndarray | BatchNormValues]) -> None:
+    """Copy ``values`` (by name relative to ``module``, as a unit kind's ``unpack`` gives them)
+    into ``module``'s parameters and buffers, or its BatchNorms."""
+    for name, value in values.items():
+        if isinstance(value, BatchNormValues):
+            bn = module.get_submodule(name)
+            _set_bn(bn, torch.from_numpy(value.mul.copy()), torch.from_numpy(value.add.copy()))
+            continue
+        owner, _, leaf = name.rpartition(".")
+        target = getattr(module.get_submodule(owner), leaf)
+        target.copy_(torch.from_numpy(np.array(value)).expand_as(target))
 
 
 def float_twin(net: PackedNetwork) -> nn.Module:
     """Rebuild the backbone named in the file and load the packed values into it (eval mode)."""
-    spec, a = net.spec, {k: torch.from_numpy(v.copy()) for k, v in net.arrays.items()}
-    name, kwargs = spec["backbone"]["name"], spec["backbone"]["kwargs"]
+    packed = net.model
+    name, kwargs = packed.backbone.name, packed.backbone.kwargs
     try:
         model = create_backbone(name, **kwargs)
     except (KeyError, TypeError, ValueError) as e:
@@ -48,9 +58,9 @@ def float_twin(net: PackedNetwork) -> nn.Module:
             "backbone or settings this version of s2bnn-plugin does not have (written by "
             "another version, or edited); pack the checkpoint again with this version"
         ) from e
-    activations = _activations(model.eval(), spec["units"])
+    activations = _activations(model.eval(), packed.units)
     try:
-        _load_values(model, net, a, activations)
+        _load_values(model, packed, activations)
     except RuntimeError as e:  # a tensor of another shape: spec and rebuilt backbone disagree
         raise PackedFormatError(
             f"file and backbone disagree: the file's arrays do not fit {name}({kwargs}) "
@@ -60,57 +70,46 @@ def float_twin(net: PackedNetwork) -> nn.Module:
 
 
 def _load_values(
-    model: nn.Module,
-    net: PackedNetwork,
-    a: dict[str, torch.Tensor],
-    activations: list[nn.Module | None],
+    model: nn.Module, packed: PackedModel, activations: list[nn.Module | None]
 ) -> None:
     """Copy the file's values into the rebuilt ``model`` (see :func:`float_twin`)."""
-    spec = net.spec
     modules = dict(model.named_modules())
+    stem = packed.stem
     with torch.no_grad():
-        stem = model.stem
-        stem[0].weight.copy_(a["stem.weight"].permute(3, 0, 1, 2))
-        if stem[0].bias is not None:  # the packer folded it into the affine below
-            stem[0].bias.zero_()
-        _set_bn(stem[1], a["stem.affine"][0], a["stem.affine"][1])
-        for i, u in enumerate(spec["units"]):
-            p = f"units.{i}."
-            convs = _unit_modules(modules, u["name"], u["groups"])
-            signs = ref.unpack_weights(
-                net.arrays[p + "weight"],
-                u["kernel"],
-                u["in_channels"],
-                u["groups"],
-                u["group_channels"],
-            )
-            signs = torch.from_numpy(signs).float()
-            cg = u["group_channels"]
-            for g, unit in enumerate(convs):
-                sl = slice(g * cg, (g + 1) * cg)
-                scale = a[p + "affine"][0, sl]
-                unit.conv.weight.copy_(signs[sl] * scale[:, None, None, None])
-                unit.conv.input_quantizer.shift.bias.copy_(a[p + "rsign"][g])
-                _set_bn(unit.bn, a[p + "affine"][1, sl], a[p + "affine"][2, sl])
-                if u["residual"] == "projection":
-                    unit.shortcut.proj.weight.copy_(a[p + "proj_weight"].t()[:, :, None, None])
-                    pa = a[p + "proj_affine"]
-                    _set_bn(unit.shortcut.bn, pa[0], pa[1])
-            if u["activation"]:
-                _set_rprelu(activations[i], a[p + "activation"])
+        conv = model.stem[0]
+        conv.weight.copy_(torch.from_numpy(stem.weight.copy()).permute(3, 0, 1, 2))
+        if conv.bias is not None:  # the packer folded it into the affine below
+            conv.bias.zero_()
+        affine = torch.from_numpy(stem.affine.copy())
+        _set_bn(model.stem[1], affine[0], affine[1])
+        for unit, activation in zip(packed.units, activations):
+            values = unit.unpack()
+            for module, group in zip(_unit_modules(modules, unit.name, values), values.groups):
+                _load(module, group)
+            if values.activation is not None:
+                if activation is None:
+                    raise PackedFormatError(
+                        f"file and backbone disagree: unit {unit.name!r} has an activation in "
+                        "the file, none in the rebuilt backbone"
+                    )
+                _load(activation, values.activation)
 
 
-def _unit_modules(modules: dict[str, nn.Module], name: str, groups: int) -> list[nn.Module]:
+def _unit_modules(
+    modules: dict[str, nn.Module], name: str, values: UnpackedUnit
+) -> list[nn.Module]:
+    """The rebuilt backbone's modules that read unit ``name``'s input, one per group."""
     m = modules.get(name)
     if m is None:
         raise PackedFormatError(f"the backbone has no layer {name!r} (file and backbone disagree)")
     units = list(m) if isinstance(m, nn.ModuleList) else [m]
+    groups = len(values.groups)
     if len(units) != groups:
         raise PackedFormatError(f"layer {name!r}: {len(units)} convolutions, the file has {groups}")
     return units
 
 
-def _activations(model: nn.Module, units: list[dict]) -> list[nn.Module | None]:
+def _activations(model: nn.Module, units: Sequence[Unit]) -> list[nn.Module | None]:
     """Per unit of the file, the RPReLU module after it in ``model``: found by walking the
     rebuilt backbone with the same pack rules that wrote the file, so any layout they can pack
     can be unpacked."""
@@ -120,10 +119,10 @@ def _activations(model: nn.Module, units: list[dict]) -> list[nn.Module | None]:
         raise PackedFormatError(
             f"the file's backbone cannot be rebuilt by the pack rules: {e}"
         ) from e
-    names = [u["name"] for u in walked.units]
-    if names != [u["name"] for u in units]:
+    names = [u.name for u in walked.units]
+    if names != [u.name for u in units]:
         raise PackedFormatError(
-            f"file and backbone disagree: the file has units {[u['name'] for u in units]}, the "
+            f"file and backbone disagree: the file has units {[u.name for u in units]}, the "
             f"rebuilt backbone {names}"
         )
     modules = dict(model.named_modules())
