@@ -275,6 +275,30 @@ def test_newer_version_and_invalid_contents(packed_cases, tmp_path):
         load(tmp_path / "none.s2bnn")
 
 
+def test_every_unit_names_its_kind_and_an_unknown_kind_is_refused(packed_cases, tmp_path):
+    """Format version 2: each unit's ``kind`` picks the module that reads it; a kind this version
+    does not know (a newer plugin's), or none, is refused naming the unit and the kinds it reads."""
+    net = packed_cases["a_cifar"][1]
+    spec = spec_dict(net)
+    assert spec["format_version"] == FORMAT_VERSION == 2
+    assert [u["kind"] for u in spec["units"]] == ["binary_conv"] * len(net.model.units)
+    units = [dict(u) for u in spec["units"]]
+    units[3]["kind"] = "ternary_conv"
+    path = _rewrite(net, tmp_path / "kind.s2bnn", spec=dict(spec, units=units))
+    with pytest.raises(
+        PackedFormatError,
+        match=r"unit 3 \(blocks\.1\.conv1x1\): unknown unit kind 'ternary_conv'; this version "
+        r"of s2bnn-plugin reads \['binary_conv'\] .*upgrade s2bnn-plugin",
+    ):
+        load(path)
+    del units[3]["kind"]
+    path = _rewrite(net, tmp_path / "no_kind.s2bnn", spec=dict(spec, units=units))
+    with pytest.raises(
+        PackedFormatError, match=r"unit 3 \(blocks\.1\.conv1x1\): unknown unit kind None"
+    ):
+        load(path)
+
+
 def test_bad_input_is_refused_before_compiled_code(packed_cases, monkeypatch):
     _, net, size = packed_cases["a_cifar"]
 

@@ -7,13 +7,16 @@ parse it. Layout:
 - ``__spec__.npy``: the specification, UTF-8 JSON bytes (uint8). Keys: ``format``
   (``"s2bnn-packed"``), ``format_version``, ``backbone`` (``name``, ``kwargs``), ``in_channels``,
   ``num_features``, ``stem`` (``kernel``, ``stride``, ``padding``, ``out_channels``,
-  ``maxpool``, ``name``) and ``units``: one object per binary unit, read by its unit kind
-  (:mod:`s2bnn_plugin.runtime.units`; the residual binary convolution:
-  :mod:`~s2bnn_plugin.runtime.units.binary_conv`).
+  ``maxpool``, ``name``) and ``units``: one object per binary unit, its ``kind`` (a registered
+  unit kind, :mod:`s2bnn_plugin.runtime.units`; ``"binary_conv"``, the residual binary
+  convolution: :mod:`~s2bnn_plugin.runtime.units.binary_conv`) and the fields its kind reads.
 - ``stem.weight`` (cin, k, k, cout) float32, ``stem.affine`` (2, cout): BatchNorm ``y * a + b``.
 - per binary unit ``i``: its arrays ``units.i.<name>``, as its kind declares them (a binary
   convolution: ``weight``, ``rsign``, ``affine``, ``activation``, ``proj_weight``,
   ``proj_affine``).
+
+Versions: 2 (written) gives every unit its ``kind``; 1 (still read) has no ``kind``, every unit
+is a binary convolution, and is otherwise the same.
 
 This module is the only code that sees the specification as JSON: :func:`parse_spec` turns it
 into the typed layout (:class:`~s2bnn_plugin.runtime.model.NetworkLayout`), checking every
@@ -65,7 +68,8 @@ __all__ = [
 ]
 
 FORMAT = "s2bnn-packed"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+KINDS_SINCE = 2  # the first format version whose units name their kind
 SPEC_KEY = "__spec__"
 MAX_SPEC_BYTES = 1 << 20  # the JSON of ReActNet-A (26 units) is 4.4 kB
 MAX_ARRAY_BYTES = 1 << 30  # all arrays a specification may imply (1 GiB)
@@ -119,7 +123,8 @@ def parse_spec(spec: Any) -> NetworkLayout:
             f"unit {i}: 'name' must be a string (the layer's path), got {entry.get('name')!r}",
         )
         where = f"unit {i} ({entry['name']})"
-        unit = unit_kind(DEFAULT_KIND).parse(entry, where)
+        kind = entry.get("kind") if version >= KINDS_SINCE else DEFAULT_KIND
+        unit = unit_kind(kind, where).parse(entry, where)
         need(
             unit.in_channels == channels,
             f"{where}: in_channels {unit.in_channels} != previous output {channels}",
@@ -154,7 +159,7 @@ def spec_of(layout: NetworkLayout) -> dict[str, Any]:
             "maxpool": stem.maxpool,
             "name": stem.name,
         },
-        "units": [unit.to_entry() for unit in layout.units],
+        "units": [{"kind": unit.kind, **unit.to_entry()} for unit in layout.units],
     }
 
 

@@ -28,12 +28,14 @@ def register_unit_kind(unit: type[Unit]) -> type[Unit]:
     return unit
 
 
-def unit_kind(name: str) -> type[Unit]:
-    """The unit class of the unit kind ``name``; :class:`PackedFormatError` if unknown."""
-    kind = UNIT_KINDS.get(name)
+def unit_kind(name: object, where: str) -> type[Unit]:
+    """The unit class of the unit kind ``name`` (a specification's ``kind``, read at
+    ``where``); :class:`PackedFormatError` if it names none."""
+    kind = UNIT_KINDS.get(name) if isinstance(name, str) else None
     if kind is None:
         raise PackedFormatError(
-            f"unknown unit kind {name!r}; this version of s2bnn-plugin knows {sorted(UNIT_KINDS)}"
+            f"{where}: unknown unit kind {name!r}; this version of s2bnn-plugin reads "
+            f"{sorted(UNIT_KINDS)} (a file written by a newer version? upgrade s2bnn-plugin)"
         )
     return kind
 
@@ -41,4 +43,4 @@ def unit_kind(name: str) -> type[Unit]:
 register_unit_kind(BinaryConv)
 
 DEFAULT_KIND = BinaryConv.kind
-"""The kind of every unit of a packed file: the format's units are binary convolutions."""
+"""The kind of every unit of a format-version-1 file (whose units do not name their kind)."""
