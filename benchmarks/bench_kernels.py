@@ -80,8 +80,9 @@ from s2bnn_plugin.bench.timing import (
     thread_scaling,
     variant_rates,
 )
-from s2bnn_plugin.export import PackedNetwork, pack
-from s2bnn_plugin.export.report import file_sizes
+from s2bnn_plugin.packing import pack
+from s2bnn_plugin.packing.report import file_sizes
+from s2bnn_plugin.runtime import PackedNetwork
 
 # OpenVINO's instruction-set caps (ONEDNN_MAX_CPU_ISA values) matching each kernel variant
 OPENVINO_ISA = {"avx2": "AVX2", "avx512bw": "AVX512_CORE", "portable": "SSE41"}
@@ -136,7 +137,7 @@ def _variant_end_to_end(
     cap = f", capped by ONEDNN_MAX_CPU_ISA={isa}" if isa else ""
     print(f"\n#### End to end, {args.size} px, 1 thread: OpenVINO's BinaryConvolution runs "
           f"{primitive}{cap}\n")  # fmt: skip
-    nets = {name: PackedNetwork(net.spec, net.arrays, kernels=name) for name in runnable}
+    nets = {name: PackedNetwork(net.model, kernels=name) for name in runnable}
     set_threads(1)
     cells = []
     for batch in args.batch:

@@ -2,7 +2,7 @@
 
 Each sub-command has one ``_add_<name>`` function that builds its parser and one ``_cmd_<name>``
 function that only turns the parsed arguments into a call
-(:mod:`s2bnn_plugin.export.commands`, :mod:`s2bnn_plugin.bench.commands`,
+(:mod:`s2bnn_plugin.check.commands`, :mod:`s2bnn_plugin.bench.commands`,
 :mod:`s2bnn_plugin.evaluation.command`, :mod:`s2bnn_plugin.solo_learn.install`,
 :mod:`s2bnn_plugin.doctor`, ...); the heavy imports (torch, numba and its kernels, solo-learn)
 happen inside the command that needs them, so
@@ -114,7 +114,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_pack(args: argparse.Namespace) -> int:
-    from s2bnn_plugin.export.commands import pack_checkpoint, parse_kwargs
+    from s2bnn_plugin.arguments import parse_kwargs
+    from s2bnn_plugin.check.commands import pack_checkpoint
 
     pack_checkpoint(
         args.checkpoint,
@@ -131,7 +132,7 @@ def _cmd_pack(args: argparse.Namespace) -> int:
 
 
 def _cmd_export_openvino(args: argparse.Namespace) -> int:
-    from s2bnn_plugin.export.openvino import export_openvino_command
+    from s2bnn_plugin.exporters.openvino import export_openvino_command
 
     export_openvino_command(
         args.file, args.output, size=args.size, batch=args.batch, force=args.force
@@ -140,8 +141,8 @@ def _cmd_export_openvino(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from s2bnn_plugin.bench.commands import check
-    from s2bnn_plugin.export.commands import parse_kwargs
+    from s2bnn_plugin.arguments import parse_kwargs
+    from s2bnn_plugin.check.commands import check
 
     check(
         args.file,
@@ -407,7 +408,7 @@ def _add_no_progress(p: argparse.ArgumentParser) -> None:
 
 def _add_agreement_bounds(p: argparse.ArgumentParser) -> None:
     """``--min-cosine`` and ``--max-flipped``: when the packed features count as the model's."""
-    from s2bnn_plugin.export.commands import MAX_FLIPPED, MIN_COSINE
+    from s2bnn_plugin.check.agreement import MAX_FLIPPED, MIN_COSINE
 
     p.add_argument(
         "--min-cosine",

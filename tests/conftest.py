@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import pytest
 
-from s2bnn_plugin.export.openvino import INSTALL_HINT as OPENVINO_HINT
+from s2bnn_plugin.exporters.openvino import INSTALL_HINT as OPENVINO_HINT
 from s2bnn_plugin.solo_learn.locate import solo_available
 from s2bnn_plugin.solo_learn.pin import INSTALL_HINT as SOLO_HINT
 

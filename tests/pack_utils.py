@@ -9,8 +9,8 @@ from torch import nn
 
 from s2bnn_plugin import kernels as K
 from s2bnn_plugin.backbones.blocks import ResidualBinaryConv
-from s2bnn_plugin.export import PackedNetwork
 from s2bnn_plugin.nn import binary_sign
+from s2bnn_plugin.runtime import PackedNetwork
 
 
 def assert_accumulations_exact(model: nn.Module, net: PackedNetwork, x: torch.Tensor) -> None:
@@ -26,10 +26,10 @@ def assert_accumulations_exact(model: nn.Module, net: PackedNetwork, x: torch.Te
     for h in hooks:
         h.remove()
     modules = dict(model.named_modules())
-    for i, u in enumerate(net.spec["units"]):
-        m = modules[u["name"]]
+    for u in net.model.units:
+        m = modules[u.name]
         grouped = isinstance(m, nn.ModuleList)  # ReActNet-A's 1x1: a list of 1 or 2 units
-        names = [f"{u['name']}.{j}" for j in range(len(m))] if grouped else [u["name"]]
+        names = [f"{u.name}.{j}" for j in range(len(m))] if grouped else [u.name]
         xin = inputs[names[0]]
         expected = []
         for name in names:
@@ -40,22 +40,22 @@ def assert_accumulations_exact(model: nn.Module, net: PackedNetwork, x: torch.Te
             )
         expected = torch.cat(expected, 1).permute(0, 2, 3, 1).numpy().astype(np.int64)
         n, c, _, _ = xin.shape
-        k, g, cg = u["kernel"], u["groups"], u["group_channels"]
+        k, g, cg = u.kernel, u.groups, u.group_channels
         pad = k // 2
         h, w = xin.shape[2:]
         per = n * (h + 2 * pad) * (w + 2 * pad) * K.words_for(c)
         bits = np.zeros(g * per, np.uint64)
         xn = np.ascontiguousarray(xin.permute(0, 2, 3, 1).numpy()).ravel()
-        rsign = net.arrays[f"units.{i}.rsign"]
+        rsign = u.rsign
         for j in range(g):
             part = np.zeros(per, np.uint64)
             K.pack_signs(xn, n, h, w, c, np.ascontiguousarray(rsign[j : j + 1]), pad, part)
             bits[j * per : (j + 1) * per] = part
-        wt = net.arrays[f"units.{i}.weight"]
+        wt = u.weight
         wsum = K.tap_sums(wt, g * ((cg + K.LANES - 1) // K.LANES), k * k, K.words_for(c), c)
         out = np.zeros(expected.shape, np.int32)
         V = K.select_variant()
         wk = K.kernel_weights(wt, c, k, V)
-        shape = K.ConvShape(n, h, w, c, k, u["stride"], g, cg)
+        shape = K.ConvShape(n, h, w, c, k, u.stride, g, cg)
         K.binary_conv_acc(bits, shape, K.BinaryWeights(wk, wsum, V), 1, out)
-        np.testing.assert_array_equal(out, expected, err_msg=u["name"])
+        np.testing.assert_array_equal(out, expected, err_msg=u.name)

@@ -21,7 +21,7 @@ from test_pack_rules import TinyReActNet, randomised
 
 from s2bnn_plugin.backbones import create_backbone
 from s2bnn_plugin.backbones.base import BackboneConfig
-from s2bnn_plugin.export import pack
+from s2bnn_plugin.packing import pack
 
 
 class Case(NamedTuple):

@@ -3,7 +3,7 @@
 Usage: ``python runtime_probe.py CASES_DIR [--out DIR]``. ``CASES_DIR`` holds what
 :func:`runtime_cases.write_cases` wrote on the machine that packed the files: ``cases.json``
 and, per case, the packed file, its input batch and the features the Numba engine computed
-there. For every case this runs ``export.load(file)(x)`` with the Numba engine and with the
+there. For every case this runs ``runtime.load(file)(x)`` with the Numba engine and with the
 numpy reference engine and compares both with the stored features (as raw float32 bits:
 ``-0.0`` differs from ``0.0``, NaN must be the same NaN). It prints one line per case and the
 machine (``platform.machine()``), and exits 1 on any difference, 2 on bad input.
@@ -74,7 +74,7 @@ def run_cases(folder: Path, out: Path | None) -> int:
     """Compare every case in ``folder``; return the number of cases that differ."""
     import numpy as np
 
-    from s2bnn_plugin import export
+    from s2bnn_plugin import runtime
 
     manifest = json.loads((folder / MANIFEST).read_text())
     keys = ("file", "input", "features")
@@ -91,7 +91,7 @@ def run_cases(folder: Path, out: Path | None) -> int:
     print(header)
     differ = 0
     for case in manifest["cases"]:
-        net = export.load(folder / case["file"])
+        net = runtime.load(folder / case["file"])
         x = np.load(folder / case["input"], allow_pickle=False)
         stored = np.load(folder / case["features"], allow_pickle=False)
         got = {"numba": net(x), "numpy": net(x, engine="numpy")}

@@ -156,7 +156,7 @@ def test_compile_setting_is_checked_and_keeps_the_models_keys_and_config():
     import copy
     import dataclasses
 
-    from s2bnn_plugin.export import pack
+    from s2bnn_plugin.packing import pack
 
     with pytest.raises(TypeError, match="compile must be true or false, got 'yes'"):
         reactnet_a(compile="yes")
@@ -175,8 +175,8 @@ def test_compile_setting_is_checked_and_keeps_the_models_keys_and_config():
         assert copy.deepcopy(compiled).compile_features
         compiled.load_state_dict(eager.state_dict())
         packed, packed_eager = pack(compiled.eval()), pack(eager.eval())
-        assert packed.spec["backbone"] == packed_eager.spec["backbone"]
-        assert packed.spec["backbone"]["kwargs"] == dataclasses.asdict(eager.config)
+        assert packed.model.backbone == packed_eager.model.backbone
+        assert packed.model.backbone.kwargs == dataclasses.asdict(eager.config)
 
 
 def test_compiled_backbone_trains_as_one_graph_without_recompiling():

@@ -15,8 +15,8 @@ from s2bnn_plugin.backbones import BackboneError, UnknownBackbone, create_backbo
 from s2bnn_plugin.checkpoints import CheckpointError, load_backbone, require_backbone
 from s2bnn_plugin.cli import main
 from s2bnn_plugin.errors import S2BNNError
-from s2bnn_plugin.export import pack
-from s2bnn_plugin.export.format import PackedFormatError, read_packed, write_packed
+from s2bnn_plugin.packing import float_twin, pack
+from s2bnn_plugin.runtime.format import PackedFormatError, read_packed, spec_of, write_packed
 
 KWARGS = {"cifar": True, "width_mult": 0.125}
 QUICK_CHECK = ["--size", "16", "--batch", "1", "--repeats", "1", "--no-progress"]
@@ -98,7 +98,8 @@ def test_backbone_kwargs_option_that_cannot_build_is_one_line(tmp_path, capsys):
 
 def _edited(packed: Path, tmp_path: Path, name: str, **changes) -> Path:
     """The packed file with its spec's backbone name or kwargs changed (arrays untouched)."""
-    spec, arrays = read_packed(packed)
+    model = read_packed(packed)
+    spec, arrays = spec_of(model), model.named_arrays()
     spec["backbone"] = {"name": name, "kwargs": {**spec["backbone"]["kwargs"], **changes}}
     return write_packed(tmp_path / "edited.s2bnn", spec, arrays)
 
@@ -125,9 +126,9 @@ def test_check_of_a_file_whose_backbone_cannot_be_rebuilt_is_one_line(
 
 
 def _twin(path: Path) -> torch.nn.Module:
-    from s2bnn_plugin.export import load
+    from s2bnn_plugin.runtime import load
 
-    return load(path).to_torch()
+    return float_twin(load(path))
 
 
 def test_require_backbone_refuses_another_network():

@@ -28,16 +28,15 @@ from torch import nn
 from s2bnn_plugin import kernels as K
 from s2bnn_plugin.backbones import create_backbone
 from s2bnn_plugin.cli import main
-from s2bnn_plugin.export import (
+from s2bnn_plugin.packing import PackError, float_twin, pack
+from s2bnn_plugin.runtime import (
     FORMAT_VERSION,
     PackedFormatError,
     PackedNetwork,
-    PackError,
     load,
-    pack,
 )
-from s2bnn_plugin.export import network as network_module
-from s2bnn_plugin.export.format import SPEC_KEY, write_packed
+from s2bnn_plugin.runtime import network as network_module
+from s2bnn_plugin.runtime.format import SPEC_KEY, spec_of, write_packed
 
 CASES = {
     "a_cifar": ("reactnet_a", {"width_mult": 0.25, "cifar": True}, 32),
@@ -45,6 +44,16 @@ CASES = {
     "r18": ("reactnet18", {"width_mult": 0.25}, 37),
     "r18_cifar": ("reactnet18", {"width_mult": 0.2, "cifar": True}, 15),
 }
+
+
+def spec_dict(net: PackedNetwork) -> dict:
+    """The network's specification, as its file holds it."""
+    return spec_of(net.model)
+
+
+def arrays_dict(net: PackedNetwork) -> dict[str, np.ndarray]:
+    """The network's arrays by their names in its file."""
+    return net.model.named_arrays()
 
 
 def trained_like(name: str, kwargs: dict, seed: int = 0) -> nn.Module:
@@ -142,7 +151,7 @@ def test_the_first_run_says_it_compiles_the_kernels(packed_cases, monkeypatch, c
 
 def test_float_twin(packed_cases):
     _, net, size = packed_cases["a_odd"]
-    twin = net.to_torch()
+    twin = float_twin(net)
     x = _images(2, size)
     with torch.no_grad():
         expected = twin(x).numpy()
@@ -157,9 +166,9 @@ def test_save_load_round_trip(packed_cases, tmp_path):
         spec = json.loads(z[SPEC_KEY].tobytes())
     assert spec["format_version"] == FORMAT_VERSION and spec["backbone"]["name"] == "reactnet18"
     again = load(path)
-    assert again.spec == net.spec and set(again.arrays) == set(net.arrays)
-    for k, v in net.arrays.items():
-        np.testing.assert_array_equal(again.arrays[k], v)
+    assert spec_dict(again) == spec_dict(net) and set(arrays_dict(again)) == set(arrays_dict(net))
+    for k, v in arrays_dict(net).items():
+        np.testing.assert_array_equal(arrays_dict(again)[k], v)
     x = _images(2, size).numpy()
     np.testing.assert_array_equal(again(x), net(x))
     assert again.num_features == net.num_features and again.backbone_kwargs == net.backbone_kwargs
@@ -174,7 +183,7 @@ def test_pickle(packed_cases):
 
 
 def test_packed_file_is_at_most_a_twentieth(tmp_path):
-    from s2bnn_plugin.export.report import file_sizes
+    from s2bnn_plugin.packing.report import file_sizes
 
     model = create_backbone("reactnet_a").eval()
     packed, fp32 = file_sizes(pack(model), model)
@@ -189,8 +198,8 @@ def saved(packed_cases, tmp_path_factory):
 
 
 def _same(net: PackedNetwork, reference: PackedNetwork) -> bool:
-    return net.spec == reference.spec and all(
-        np.array_equal(net.arrays[k], v) for k, v in reference.arrays.items()
+    return spec_dict(net) == spec_dict(reference) and all(
+        np.array_equal(arrays_dict(net)[k], v) for k, v in arrays_dict(reference).items()
     )
 
 
@@ -220,42 +229,42 @@ def test_corrupted_file_fails_or_is_unharmed(saved, packed_cases, tmp_path_facto
 
 
 def _rewrite(net: PackedNetwork, path, spec=None, arrays=None):
-    write_packed(path, spec or net.spec, arrays or net.arrays)
+    write_packed(path, spec or spec_dict(net), arrays or arrays_dict(net))
     return path
 
 
 def test_newer_version_and_invalid_contents(packed_cases, tmp_path):
     net = packed_cases["a_cifar"][1]
-    newer = dict(net.spec, format_version=FORMAT_VERSION + 1)
+    newer = dict(spec_dict(net), format_version=FORMAT_VERSION + 1)
     with pytest.raises(PackedFormatError, match="newer s2bnn-plugin"):
         load(_rewrite(net, tmp_path / "newer.s2bnn", spec=newer))
     with pytest.raises(PackedFormatError, match="not an s2bnn packed network"):
-        load(_rewrite(net, tmp_path / "other.s2bnn", spec=dict(net.spec, format="x")))
-    arrays = dict(net.arrays)
+        load(_rewrite(net, tmp_path / "other.s2bnn", spec=dict(spec_dict(net), format="x")))
+    arrays = dict(arrays_dict(net))
     del arrays["units.3.affine"]
     with pytest.raises(PackedFormatError, match="missing.*units.3.affine"):
         load(_rewrite(net, tmp_path / "missing.s2bnn", arrays=arrays))
-    arrays = dict(net.arrays, **{"units.0.rsign": net.arrays["units.0.rsign"][:, :-1]})
+    arrays = dict(arrays_dict(net), **{"units.0.rsign": arrays_dict(net)["units.0.rsign"][:, :-1]})
     with pytest.raises(PackedFormatError, match="units.0.rsign"):
         load(_rewrite(net, tmp_path / "shape.s2bnn", arrays=arrays))
     for bad in (np.nan, np.inf):  # the kernels compare against -thr: finite shifts only
-        rsign = net.arrays["units.2.rsign"].copy()
+        rsign = arrays_dict(net)["units.2.rsign"].copy()
         rsign[0, 1] = bad
-        arrays = dict(net.arrays, **{"units.2.rsign": rsign})
+        arrays = dict(arrays_dict(net), **{"units.2.rsign": rsign})
         with pytest.raises(PackedFormatError, match="units.2.rsign.*NaN or infinity"):
             load(_rewrite(net, tmp_path / "nonfinite.s2bnn", arrays=arrays))
-    arrays = dict(net.arrays, extra=np.zeros(3))
+    arrays = dict(arrays_dict(net), extra=np.zeros(3))
     with pytest.raises(PackedFormatError, match="unexpected"):
         load(_rewrite(net, tmp_path / "extra.s2bnn", arrays=arrays))
-    weight = net.arrays["units.0.weight"].copy()
+    weight = arrays_dict(net)["units.0.weight"].copy()
     weight[:] = np.uint64(2**64 - 1)  # 8 input channels: bits past them must be zero
-    arrays = dict(net.arrays, **{"units.0.weight": weight})
+    arrays = dict(arrays_dict(net), **{"units.0.weight": weight})
     with pytest.raises(PackedFormatError, match="past in_channels"):
         load(_rewrite(net, tmp_path / "bits.s2bnn", arrays=arrays))
-    units = [dict(u) for u in net.spec["units"]]
+    units = [dict(u) for u in spec_dict(net)["units"]]
     units[1]["in_channels"] += 1
     with pytest.raises(PackedFormatError, match="in_channels"):
-        load(_rewrite(net, tmp_path / "chain.s2bnn", spec=dict(net.spec, units=units)))
+        load(_rewrite(net, tmp_path / "chain.s2bnn", spec=dict(spec_dict(net), units=units)))
     (tmp_path / "text.s2bnn").write_text("hello")
     with pytest.raises(PackedFormatError, match="not a readable"):
         load(tmp_path / "text.s2bnn")
@@ -264,6 +273,30 @@ def test_newer_version_and_invalid_contents(packed_cases, tmp_path):
         load(tmp_path / "array.npy")
     with pytest.raises(FileNotFoundError):
         load(tmp_path / "none.s2bnn")
+
+
+def test_every_unit_names_its_kind_and_an_unknown_kind_is_refused(packed_cases, tmp_path):
+    """Format version 2: each unit's ``kind`` picks the module that reads it; a kind this version
+    does not know (a newer plugin's), or none, is refused naming the unit and the kinds it reads."""
+    net = packed_cases["a_cifar"][1]
+    spec = spec_dict(net)
+    assert spec["format_version"] == FORMAT_VERSION == 2
+    assert [u["kind"] for u in spec["units"]] == ["binary_conv"] * len(net.model.units)
+    units = [dict(u) for u in spec["units"]]
+    units[3]["kind"] = "ternary_conv"
+    path = _rewrite(net, tmp_path / "kind.s2bnn", spec=dict(spec, units=units))
+    with pytest.raises(
+        PackedFormatError,
+        match=r"unit 3 \(blocks\.1\.conv1x1\): unknown unit kind 'ternary_conv'; this version "
+        r"of s2bnn-plugin reads \['binary_conv'\] .*upgrade s2bnn-plugin",
+    ):
+        load(path)
+    del units[3]["kind"]
+    path = _rewrite(net, tmp_path / "no_kind.s2bnn", spec=dict(spec, units=units))
+    with pytest.raises(
+        PackedFormatError, match=r"unit 3 \(blocks\.1\.conv1x1\): unknown unit kind None"
+    ):
+        load(path)
 
 
 def test_bad_input_is_refused_before_compiled_code(packed_cases, monkeypatch):
@@ -410,11 +443,11 @@ def test_bench_command(capsys):
 def test_spec_fields_are_integers_not_floats_or_bools(packed_cases, tmp_path, field, value):
     """``3.0 == 3`` and ``True == 1`` in Python: the file check compares types, not values."""
     net = packed_cases["a_cifar"][1]
-    units = [dict(u) for u in net.spec["units"]]
+    units = [dict(u) for u in spec_dict(net)["units"]]
     # a unit where the value is the same number, of another JSON type
     i = next(j for j, u in enumerate(units) if field == "name" or u[field] == value)
     units[i][field] = value
-    path = _rewrite(net, tmp_path / "typed.s2bnn", spec=dict(net.spec, units=units))
+    path = _rewrite(net, tmp_path / "typed.s2bnn", spec=dict(spec_dict(net), units=units))
     with pytest.raises(PackedFormatError, match=rf"unit {i}.*'{field}' must be .*got {value!r}"):
         load(path)
 
@@ -468,10 +501,13 @@ def test_a_member_is_read_only_up_to_what_its_header_says(packed_cases, tmp_path
     """An .npy header that declares another shape than the specification's: refused before the
     data is read; the right arrays with any other dtype too."""
     net = packed_cases["a_cifar"][1]
-    arrays = dict(net.arrays, **{"units.2.affine": net.arrays["units.2.affine"].astype(np.float64)})
+    arrays = dict(
+        arrays_dict(net),
+        **{"units.2.affine": arrays_dict(net)["units.2.affine"].astype(np.float64)},
+    )
     with pytest.raises(PackedFormatError, match=r"'units\.2\.affine'.*float32.*float64"):
         load(_rewrite(net, tmp_path / "dtype.s2bnn", arrays=arrays))
-    arrays = dict(net.arrays, **{"stem.affine": np.zeros((2, 1000), np.float32)})
+    arrays = dict(arrays_dict(net), **{"stem.affine": np.zeros((2, 1000), np.float32)})
     with pytest.raises(PackedFormatError, match=r"'stem\.affine.npy' declares \d+ bytes, more"):
         load(_rewrite(net, tmp_path / "shape.s2bnn", arrays=arrays))
 
@@ -556,8 +592,8 @@ def test_check_fails_on_another_students_weights(tmp_path, capsys):
     """The packed file of one student checked against another's checkpoint exits 2, naming the
     measured values, the bounds and the flags; its own checkpoint passes; the flags move the
     bounds."""
-    from s2bnn_plugin.bench.commands import check
-    from s2bnn_plugin.export.commands import AgreementError
+    from s2bnn_plugin.check.agreement import AgreementError
+    from s2bnn_plugin.check.commands import check
 
     name, kwargs, _ = CASES["a_cifar"]
     mine, other = trained_like(name, kwargs, seed=0), trained_like(name, kwargs, seed=1)
@@ -584,7 +620,7 @@ def test_check_fails_on_another_students_weights(tmp_path, capsys):
 
 def test_pack_writes_nothing_when_the_packed_network_disagrees(tmp_path, monkeypatch, capsys):
     """A packer that returned another network (a packing bug) is caught by pack's own check."""
-    from s2bnn_plugin.export import packer as packer_module
+    from s2bnn_plugin.packing import packer as packer_module
 
     name, kwargs, _ = CASES["a_cifar"]
     ckpt = _solo_run(tmp_path, trained_like(name, kwargs, seed=0), name, kwargs)

@@ -26,8 +26,9 @@ from hypothesis import strategies as st
 from numba import njit
 
 from s2bnn_plugin import kernels as K
-from s2bnn_plugin.export import reference as ref
-from s2bnn_plugin.export.format import LANES as FORMAT_LANES
+from s2bnn_plugin.runtime import reference as ref
+from s2bnn_plugin.runtime.units.binary_conv import LANES as FORMAT_LANES
+from s2bnn_plugin.runtime.units.binary_conv import BinaryConv, Residual
 
 FAST = settings(max_examples=12, deadline=None)
 V = K.select_variant()  # the kernel variant this CPU runs by default
@@ -342,18 +343,21 @@ def _check_fused_unit(n, h, w, cin, k, stride, groups, next_sets, opad, seed, va
         [rng.standard_normal(cout), rng.uniform(-0.5, 1, cout), rng.standard_normal(cout)]
     ).astype(np.float32)
     thr = rng.standard_normal((next_sets, cout)).astype(np.float32)
-    residual = "avgpool" if stride == 2 else "identity"
-    unit = {
-        "kernel": k,
-        "stride": stride,
-        "in_channels": cin,
-        "groups": groups,
-        "group_channels": cg,
-        "residual": residual,
-        "activation": True,
-    }
-    arrays = {"u.weight": wt, "u.affine": affine, "u.activation": act}
-    acc, y = ref.binary_unit(bits, unit, arrays, "u.", x)
+    unit = BinaryConv(
+        name="u",
+        in_channels=cin,
+        kernel=k,
+        stride=stride,
+        groups=groups,
+        group_channels=cg,
+        residual=Residual.AVGPOOL if stride == 2 else Residual.IDENTITY,
+        has_activation=True,
+        weight=wt,
+        rsign=rsign,
+        affine=affine,
+        activation=act,
+    )
+    _, acc, y = unit.reference(x)
 
     bpg = (cg + K.LANES - 1) // K.LANES
     wsum = K.tap_sums(wt, groups * bpg, k * k, K.words_for(cin), cin)
@@ -378,7 +382,7 @@ def _check_fused_unit(n, h, w, cin, k, stride, groups, next_sets, opad, seed, va
         obits[:] = 0
         pooled_unit = unit._replace(z=zp, pool_out=True)
         K.binary_conv_fused(bits.ravel(), shape, weights, pooled_unit, 1)
-        np.testing.assert_array_equal(zp.reshape(n, ho // 2, wo // 2, cout), ref._avgpool2(y))
+        np.testing.assert_array_equal(zp.reshape(n, ho // 2, wo // 2, cout), ref.avgpool2(y))
         np.testing.assert_array_equal(obits, ref.pack_signs(y, thr, opad).ravel())
 
 

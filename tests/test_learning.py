@@ -264,11 +264,11 @@ def test_packed_engine_on_the_trained_student(distilled, data):
     its own bank of the 400 training images) agree with PyTorch's on >= 99.5 % of the 600
     held-out images; images whose features show a flipped sign bit (per-image relative
     difference above float rounding) are counted, reported and bounded."""
-    from s2bnn_plugin import export
     from s2bnn_plugin.evaluation.knn import knn_agreement, knn_classify
+    from s2bnn_plugin.packing import pack
 
     backbone = distilled["model"].backbone.eval()
-    net = export.pack(backbone)
+    net = pack(backbone)
     (train_x, train_y), (val_x, val_y) = data["train"], data["val"]
     with torch.no_grad():
         torch_train, torch_val = backbone(train_x).numpy(), backbone(val_x).numpy()

@@ -155,7 +155,7 @@ def test_all_problems_are_named_at_once(solo, teacher):
 @pytest.fixture(scope="module")
 def packed(tmp_path_factory) -> Path:
     from s2bnn_plugin.backbones import create_backbone
-    from s2bnn_plugin.export import pack
+    from s2bnn_plugin.packing import pack
 
     model = create_backbone("reactnet18", cifar=True, width_mult=0.125).eval()
     return pack(model).save(tmp_path_factory.mktemp("packed") / "student.s2bnn")

@@ -9,6 +9,7 @@ an image's features by 1e-4 or more.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import numpy as np
@@ -19,9 +20,11 @@ from test_pack_rules import TinyReActNet, randomised
 
 from s2bnn_plugin import cli
 from s2bnn_plugin.backbones import BackboneConfig
-from s2bnn_plugin.export import PackedFormatError, PackedNetwork, pack
-from s2bnn_plugin.export import openvino as ovx
-from s2bnn_plugin.export.format import write_packed
+from s2bnn_plugin.exporters import openvino as ovx
+from s2bnn_plugin.packing import pack
+from s2bnn_plugin.runtime import PackedFormatError, PackedNetwork
+from s2bnn_plugin.runtime.format import spec_of, write_packed
+from s2bnn_plugin.runtime.units.binary_conv import BinaryConv
 
 pytestmark = pytest.mark.openvino  # skipped without openvino; fails under CI=true (conftest.py)
 
@@ -60,7 +63,7 @@ def _relative(got: np.ndarray, expected: np.ndarray) -> np.ndarray:
 
 
 def _binary_convs(net: PackedNetwork) -> int:
-    return sum(u["groups"] for u in net.spec["units"])
+    return sum(u.groups for u in net.model.units)
 
 
 @pytest.mark.parametrize("key", [*CASES, "tiny_odd"])
@@ -109,14 +112,16 @@ def test_sign_of_zero_is_plus_one(nets):
     """Every input of unit 0 lands exactly on its threshold (x + shift == 0, some shifts 0): the
     packed engine reads +1 there, and so must the IR."""
     base, size = nets["a_cifar"]
-    arrays = {k: v.copy() for k, v in base.arrays.items()}
-    shift = arrays["units.0.rsign"][0]
+    stem, first = base.model.stem, base.model.units[0]
+    rsign, affine = first.rsign.copy(), stem.affine.copy()
+    shift = rsign[0]
     shift[::3] = 0
-    arrays["stem.weight"][:] = 0
-    arrays["stem.affine"][1] = -shift
-    net = PackedNetwork(base.spec, arrays)
+    affine[1] = -shift
+    stem = dataclasses.replace(stem, weight=np.zeros_like(stem.weight), affine=affine)
+    units = (dataclasses.replace(first, rsign=rsign), *base.model.units[1:])
+    net = PackedNetwork(dataclasses.replace(base.model, stem=stem, units=units))
     _, trace = net.trace_numpy(_images(1, size))
-    assert not trace[0]["bits"].any()  # every sign +1 (a set bit is -1)
+    assert not trace[0].bits.any()  # every sign +1 (a set bit is -1)
     compiled = ovx.compile_openvino(ovx.build_openvino_model(net, size, batch=2), threads=1)
     x = _images(2, size)
     assert _relative(compiled(x)[0], net(x)).max() < TOLERANCE
@@ -124,9 +129,9 @@ def test_sign_of_zero_is_plus_one(nets):
 
 def test_a_unit_kind_the_exporter_lacks_is_refused_by_name(nets, tmp_path, monkeypatch):
     net, size = nets["a_cifar"]
-    monkeypatch.delitem(ovx.UNIT_BUILDERS, "avgpool")
+    monkeypatch.delattr(BinaryConv, "build_openvino")
     with pytest.raises(
-        ovx.OpenVINOExportError, match=r"unit 2 \(blocks\.1\.conv3x3\) is of kind 'avgpool'"
+        ovx.OpenVINOExportError, match=r"unit 0 \(blocks\.0\.conv3x3\) is of kind 'binary_conv'"
     ):
         ovx.export_openvino(net, tmp_path / "a.xml", size=size)
     assert list(tmp_path.iterdir()) == []
@@ -141,7 +146,8 @@ def test_widths_binaryconvolution_miscounts_are_refused_by_name(tmp_path):
 
 def test_a_file_of_a_newer_format_is_refused_before_anything_is_written(nets, tmp_path, capsys):
     net, _ = nets["a_cifar"]
-    write_packed(tmp_path / "new.s2bnn", {**net.spec, "format_version": 99}, net.arrays)
+    spec = {**spec_of(net.model), "format_version": 99}
+    write_packed(tmp_path / "new.s2bnn", spec, net.model.named_arrays())
     with pytest.raises(PackedFormatError, match="format version 99"):
         ovx.export_openvino(tmp_path / "new.s2bnn", tmp_path / "new.xml")
     assert (

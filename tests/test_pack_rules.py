@@ -27,9 +27,11 @@ from s2bnn_plugin.backbones.base import scaled_width
 from s2bnn_plugin.backbones.blocks import ResidualBinaryConv
 from s2bnn_plugin.backbones.reactnet import ReActNetBlock
 from s2bnn_plugin.backbones.reactnet18 import ReActResBlock
-from s2bnn_plugin.export import PackedNetwork, PackError, load, pack
-from s2bnn_plugin.export.packer import PACK_RULES, pack_rule
 from s2bnn_plugin.nn import RPReLU
+from s2bnn_plugin.packing import PackError, float_twin, pack
+from s2bnn_plugin.packing.packer import PACK_RULES, pack_rule
+from s2bnn_plugin.runtime import PackedNetwork, load
+from s2bnn_plugin.runtime.format import SPEC_KEY, spec_of, write_packed
 
 # ------------------------------------------------------------------------- byte compatibility
 
@@ -41,8 +43,12 @@ def dyadic_model(name: str, kwargs: dict, seed: int = 0) -> nn.Module:
     ``mean |w|``, folded BatchNorms) do not depend on the CPU's vector width: their digests below
     are the same on every machine.
     """
+    return dyadic_values(create_backbone(name, **kwargs), seed)
+
+
+def dyadic_values(model: nn.Module, seed: int = 0) -> nn.Module:
+    """``model`` with the values :func:`dyadic_model` describes (eval mode)."""
     g = torch.Generator().manual_seed(seed)
-    model = create_backbone(name, **kwargs)
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(torch.randint(-16, 17, p.shape, generator=g).float() / 16)
@@ -54,11 +60,18 @@ def dyadic_model(name: str, kwargs: dict, seed: int = 0) -> nn.Module:
     return model.eval()
 
 
+def version_1(spec: dict) -> dict:
+    """A specification as format version 1 wrote it: the same, without the units' ``kind``."""
+    units = [{k: v for k, v in u.items() if k != "kind"} for u in spec["units"]]
+    return {**spec, "format_version": 1, "units": units}
+
+
 def exact_digest(net: PackedNetwork) -> str:
-    """SHA-256 of the spec JSON (as the file writes it), of every array's name, dtype and shape,
-    and of the bytes of every array that holds no computed float (bit-packed weights)."""
-    h = hashlib.sha256(json.dumps(net.spec, sort_keys=True).encode())
-    for name, a in net.arrays.items():
+    """SHA-256 of the spec JSON (as a file of format version 1 holds it: the digests below were
+    pinned then), of every array's name, dtype and shape, and of the bytes of every array that
+    holds no computed float (bit-packed weights)."""
+    h = hashlib.sha256(json.dumps(version_1(spec_of(net.model)), sort_keys=True).encode())
+    for name, a in net.model.named_arrays().items():
         h.update(f"{name}|{a.dtype.str}|{a.shape}".encode())
         if a.dtype.kind != "f":
             h.update(np.ascontiguousarray(a).tobytes())
@@ -72,7 +85,8 @@ def exact_digest(net: PackedNetwork) -> str:
 # on different CPUs' vector code; a change of the format's contents (a dropped eps, a swapped
 # row, a new scale) moves them by far more. Regenerate both only for a deliberate format change:
 # ``python tests/test_pack_rules.py --write-golden``.
-GOLDEN_FLOATS = Path(__file__).parent / "data" / "packed_golden.npz"
+DATA = Path(__file__).parent / "data"
+GOLDEN_FLOATS = DATA / "packed_golden.npz"
 FLOAT_TOLERANCE = {"rtol": 1e-6, "atol": 1e-6}
 GOLDEN = {
     ("reactnet_a", '{"width_mult": 0.25, "cifar": true}'): (
@@ -98,13 +112,61 @@ def golden_key(name: str, kwargs: str, array: str) -> str:
 def test_builtin_backbones_pack_to_the_same_spec_and_arrays_as_before(name, kwargs):
     net = pack(dyadic_model(name, json.loads(kwargs)))
     assert exact_digest(net) == GOLDEN[name, kwargs]
+    spec = spec_of(net.model)  # format version 2: the same, every unit naming its kind
+    assert spec["format_version"] == 2 and {u["kind"] for u in spec["units"]} == {"binary_conv"}
     with np.load(GOLDEN_FLOATS, allow_pickle=False) as golden:
-        floats = {k: a for k, a in net.arrays.items() if a.dtype.kind == "f"}
+        floats = {k: a for k, a in net.model.named_arrays().items() if a.dtype.kind == "f"}
         assert floats, "the packed network holds float arrays (scales, folded BatchNorms)"
         for array, a in floats.items():
             np.testing.assert_allclose(
                 a, golden[golden_key(name, kwargs, array)], **FLOAT_TOLERANCE, err_msg=array
             )
+
+
+@pytest.mark.parametrize("name,kwargs", list(GOLDEN))
+def test_a_version_1_file_of_the_golden_networks_reads_as_the_same_model(name, kwargs, tmp_path):
+    """The golden float arrays and the integer arrays, under a version-1 specification (no unit
+    kinds): read into the same typed model as the network packed now, arrays unchanged."""
+    net = pack(dyadic_model(name, json.loads(kwargs)))
+    with np.load(GOLDEN_FLOATS, allow_pickle=False) as golden:
+        arrays = {
+            k: golden[golden_key(name, kwargs, k)] if a.dtype.kind == "f" else a
+            for k, a in net.model.named_arrays().items()
+        }
+    path = write_packed(tmp_path / "v1.s2bnn", version_1(spec_of(net.model)), arrays)
+    loaded = load(path)
+    assert spec_of(loaded.model) == spec_of(net.model)
+    got = loaded.model.named_arrays()
+    assert list(got) == list(arrays)
+    for k, a in arrays.items():
+        np.testing.assert_array_equal(got[k], a, err_msg=k)
+
+
+def test_a_version_1_file_written_before_unit_kinds_still_reads(tmp_path):
+    """tests/data/packed_v1_tiny.s2bnn: TinyReActNet (every residual kind, two groups, a max
+    pool, a unit without RPReLU) with dyadic values, packed and saved by the plugin at format
+    version 1. It loads into the model packed now, computes the features it computed then (bit
+    for bit: ``.features.npy``, on a fixed input), and saved again, is a version-2 file."""
+    old = DATA / "packed_v1_tiny.s2bnn"
+    with np.load(old, allow_pickle=False) as z:
+        raw = json.loads(z[SPEC_KEY].tobytes())
+    assert raw["format_version"] == 1 and all("kind" not in u for u in raw["units"])
+    net = load(old)
+    model = dyadic_values(TinyReActNet(BackboneConfig.from_kwargs("tiny", {"width_mult": 0.5})))
+    now = pack(model)
+    assert spec_of(net.model) == spec_of(now.model)
+    for (k, a), (k2, b) in zip(net.model.named_arrays().items(), now.model.named_arrays().items()):
+        assert k == k2 and a.dtype == b.dtype and a.shape == b.shape
+        np.testing.assert_allclose(a, b, **FLOAT_TOLERANCE, err_msg=k)
+    x = np.random.default_rng(0).standard_normal((2, 3, 19, 17)).astype(np.float32)
+    expected = np.load(DATA / "packed_v1_tiny.features.npy")
+    np.testing.assert_array_equal(net(x).view(np.uint32), expected.view(np.uint32))
+    np.testing.assert_array_equal(net(x, engine="numpy").view(np.uint32), expected.view(np.uint32))
+    again = load(net.save(tmp_path / "v2.s2bnn"))
+    with np.load(tmp_path / "v2.s2bnn", allow_pickle=False) as z:
+        raw = json.loads(z[SPEC_KEY].tobytes())
+    assert raw["format_version"] == 2 and all(u["kind"] == "binary_conv" for u in raw["units"])
+    np.testing.assert_array_equal(again(x), net(x))
 
 
 def write_golden() -> None:
@@ -113,7 +175,7 @@ def write_golden() -> None:
     for name, kwargs in GOLDEN:
         net = pack(dyadic_model(name, json.loads(kwargs)))
         print(f"{(name, kwargs)!r}: {exact_digest(net)!r},")
-        for array, a in net.arrays.items():
+        for array, a in net.model.named_arrays().items():
             if a.dtype.kind == "f":
                 arrays[golden_key(name, kwargs, array)] = a
     GOLDEN_FLOATS.parent.mkdir(exist_ok=True)
@@ -191,7 +253,8 @@ def _images(n: int, size: int, seed: int = 1) -> torch.Tensor:
 def assert_packs_saves_loads_and_matches(model: nn.Module, tmp_path, size: int) -> PackedNetwork:
     net = pack(model)
     loaded = load(net.save(tmp_path / "tiny.s2bnn"))
-    assert loaded.spec == net.spec and list(loaded.arrays) == list(net.arrays)
+    assert spec_of(loaded.model) == spec_of(net.model)
+    assert list(loaded.model.named_arrays()) == list(net.model.named_arrays())
     assert loaded.backbone == "tiny_reactnet"
     assert loaded.backbone_kwargs == dataclasses.asdict(model.config)
     x = _images(3, size)
@@ -209,12 +272,12 @@ def assert_packs_saves_loads_and_matches(model: nn.Module, tmp_path, size: int) 
 def test_a_backbone_built_from_the_plugins_blocks_packs_by_their_rules(registered, tmp_path):
     model = randomised(create_backbone("tiny_reactnet", width_mult=0.5))
     net = assert_packs_saves_loads_and_matches(model, tmp_path, size=19)
-    assert net.spec["stem"] == {
+    assert spec_of(net.model)["stem"] == {
         "kernel": 3, "stride": 1, "padding": 1, "out_channels": 6, "maxpool": True, "name": "stem"
     }  # fmt: skip
     units = [
         (u["name"], u["kernel"], u["stride"], u["groups"], u["residual"], u["activation"])
-        for u in net.spec["units"]
+        for u in spec_of(net.model)["units"]
     ]
     assert units == [
         ("blocks.0.conv3x3", 3, 2, 1, "avgpool", True),
@@ -229,13 +292,13 @@ def test_a_backbone_built_from_the_plugins_blocks_packs_by_their_rules(registere
 def test_the_float_twin_of_a_user_backbone_is_rebuilt_by_the_same_rules(
     registered, tmp_path, capsys
 ):
-    """``to_torch`` (and so ``s2bnn check FILE``) finds each unit's RPReLU by walking the rebuilt
+    """``float_twin`` (and so ``s2bnn check FILE``) finds each unit's RPReLU by walking the rebuilt
     backbone with the pack rules, not by the built-in blocks' names."""
     from s2bnn_plugin.cli import main
 
     model = randomised(create_backbone("tiny_reactnet", width_mult=0.5))
     path = pack(model).save(tmp_path / "tiny.s2bnn")
-    twin = load(path).to_torch()
+    twin = float_twin(load(path))
     x = _images(2, 16)
     with torch.no_grad():
         expected, got = model(x), twin(x)
@@ -321,7 +384,7 @@ def test_a_new_block_packs_once_it_has_a_rule():
             pack_rule(WrappedUnit)(lambda packer, block, path: None)
     finally:
         PACK_RULES.pop(WrappedUnit)
-    assert net.spec["units"][4]["name"] == "blocks.2.unit"
+    assert net.model.units[4].name == "blocks.2.unit"
     x = _images(2, 17)
     assert_accumulations_exact(model, net, x)
     with torch.no_grad():

@@ -199,7 +199,7 @@ def test_the_commands_print_the_plugins_notices_above_a_progress_bar(monkeypatch
     def command(args):
         with tqdm(total=2, desc="bench", file=sys.stderr) as bar:
             bar.update(1)
-            logging.getLogger("s2bnn_plugin.export.network").warning("compiling the kernels")
+            logging.getLogger("s2bnn_plugin.runtime.network").warning("compiling the kernels")
             bar.update(1)
         return 0
 

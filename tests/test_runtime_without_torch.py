@@ -1,4 +1,4 @@
-"""The packed runtime needs only numpy and Numba: ``export.load(f)(x)`` imports no torch.
+"""The packed runtime needs only numpy and Numba: ``runtime.load(f)(x)`` imports no torch.
 
 Files packed here (full install) are run by ``runtime_probe.py`` in another process: with this
 Python, where torch is installed but any import of it fails the run, and with the Python of a

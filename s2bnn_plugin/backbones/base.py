@@ -131,7 +131,7 @@ class BinaryBackbone(nn.Module):
 
     Subclasses build ``stem`` (real), ``blocks`` (binary) and set ``num_features``; the head is the
     global average ``pool``. ``forward`` is ``pool(blocks(stem(x)))``: the packer
-    (:mod:`s2bnn_plugin.export`) walks these three in that order with the rule of each module's
+    (:mod:`s2bnn_plugin.packing`) walks these three in that order with the rule of each module's
     type, so a subclass that keeps this ``forward`` and builds its stem and blocks from modules
     that have pack rules packs without further code. ``name`` is the name its factory is
     registered under; a packed file records it (with ``config``) to rebuild the model.

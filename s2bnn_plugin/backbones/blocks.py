@@ -2,7 +2,7 @@
 
 Every binary convolution in these backbones sits in a :class:`ResidualBinaryConv`,
 ``y = BN(conv(RSign(x))) + shortcut(x)``, followed somewhere by an RPReLU. Keeping this one shape
-is what lets :mod:`s2bnn_plugin.export` pack any of them with one set of rules.
+is what lets :mod:`s2bnn_plugin.packing` pack any of them with one set of rules.
 """
 
 from __future__ import annotations

@@ -5,6 +5,6 @@ Modules: :mod:`.timing` (best-of timings taken alternately, end to end, per laye
 scaling), :mod:`.profile` (every compiled call of the forward pass, each fused unit beside its
 binary convolution alone), :mod:`.baselines` (the model with its weights binarised once, ONNX
 Runtime), :mod:`.tables` (markdown), :mod:`.machine` (the CPU a run was on), :mod:`.commands`
-(``s2bnn check``, ``s2bnn bench``).
-The runtime (:mod:`s2bnn_plugin.export`) does not import this package.
+(``s2bnn bench``).
+The runtime (:mod:`s2bnn_plugin.runtime`) does not import this package.
 """

@@ -12,14 +12,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from s2bnn_plugin.export import PackedNetwork
-from s2bnn_plugin.export.openvino import (
+from s2bnn_plugin.exporters.openvino import (
     OpenVINOMissing,
     build_openvino_model,
     compile_openvino,
     require_openvino,
     runtime_layer_types,
 )
+from s2bnn_plugin.runtime import PackedNetwork
 
 __all__ = [
     "OpenVINOBaseline",

@@ -14,8 +14,8 @@ from functools import partial
 import numpy as np
 
 from s2bnn_plugin.bench.timing import best_times, set_threads
-from s2bnn_plugin.export import PackedNetwork
-from s2bnn_plugin.export.network import KernelCall
+from s2bnn_plugin.runtime import PackedNetwork
+from s2bnn_plugin.runtime.calls import KernelCall
 
 __all__ = ["Profile", "Stage", "profile", "unit_epilogues"]
 

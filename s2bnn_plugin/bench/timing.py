@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from s2bnn_plugin.export import PackedNetwork
+from s2bnn_plugin.runtime import PackedNetwork
+from s2bnn_plugin.runtime.units.binary_conv import Residual
 
 __all__ = [
     "LayerTiming",
@@ -162,7 +163,7 @@ def layer_timings(
         b = call.binary
         if b is None:
             continue
-        u = net.spec["units"][call.unit]
+        unit = net.model.units[call.unit]
         n, h, w, cin, k, s = b.shape[:6]
         cout = b.out_channels
         key = (k, s, cin, cout, h, w, b.unit.pool_out)
@@ -171,7 +172,7 @@ def layer_timings(
         seen.add(key)
         for prev in calls[:i]:  # this unit's inputs as the network leaves them (maps share
             prev.fn(*prev.args)  # two buffers: later units overwrite earlier inputs)
-        res = b.unit.res if u["residual"] != "projection" else None
+        res = b.unit.res if unit.residual is not Residual.PROJECTION else None
         if res is not None and res.size == n * h * w * cin:
             xin = torch.from_numpy(res.reshape(n, h, w, -1).copy()).permute(0, 3, 1, 2)
         else:
@@ -247,7 +248,7 @@ def variant_rates(
             continue
         seen.add(tuple(b.shape))
         n, h, w, cin, k, s, groups, cg = b.shape
-        stored = net.arrays[f"units.{call.unit}.weight"]
+        stored = net.model.units[call.unit].weight
         acc = np.empty(b.out_shape, np.int32)
         fns = []
         for name in variants:

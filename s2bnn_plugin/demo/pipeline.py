@@ -552,9 +552,9 @@ def stage_eval(
                     return m(torch.from_numpy(x)).float().numpy()
 
         else:
-            from s2bnn_plugin import export
+            from s2bnn_plugin.packing import pack
 
-            extractor = export.pack(module)
+            extractor = pack(module)
             engine_name = "packed (bit-packed XNOR-popcount, Numba)"
         start = time.perf_counter()
         tf = extract_features(extractor, train_x, cfg.eval_batch_size, True, f"{name}: train")

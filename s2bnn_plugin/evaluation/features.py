@@ -1,7 +1,7 @@
 """Feature extraction through any "feature extractor": a callable mapping a float32 NCHW numpy
 batch to (N, D) numpy features.
 
-That protocol is all the evaluation needs, so the packed CPU engine (``s2bnn_plugin.export``'s
+That protocol is all the evaluation needs, so the packed CPU engine (``s2bnn_plugin.runtime``'s
 ``PackedNetwork``) and a PyTorch module (through :class:`TorchExtractor`) are measured by the
 same code on the same arrays, and their results are directly comparable.
 """

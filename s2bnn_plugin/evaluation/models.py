@@ -6,14 +6,14 @@ rebuilt from those, the ``backbone.`` weights are loaded with ``strict=True`` (s
 ``main_linear`` loads with ``strict=False``, which silently skips misnamed weights), and
 checkpoints are read with ``weights_only=True`` (no pickled code runs).
 
-The packed engine lives in ``s2bnn_plugin.export``, imported only when it is asked for.
+The packed engine lives in ``s2bnn_plugin.runtime`` (packing a checkpoint in memory in
+``s2bnn_plugin.packing``), imported only when it is asked for.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 from torch import nn
 
@@ -46,15 +46,29 @@ def load_solo_backbone(ckpt: str | os.PathLike[str]) -> nn.Module:
     return load_backbone(ckpt)[0]
 
 
-def _export() -> Any:
+def _load_packed(path: Path) -> FeatureExtractor:
+    """:func:`s2bnn_plugin.runtime.load`, imported when called."""
     try:
-        import s2bnn_plugin.export as export
+        from s2bnn_plugin.runtime import load
     except ImportError as e:
-        raise S2BNNError(
-            f"the packed engine needs s2bnn_plugin.export and its Numba kernels ({e}); use "
-            "--engine torch with a solo-learn checkpoint meanwhile"
-        ) from e
-    return export
+        raise _no_packed_engine(e) from e
+    return load(path)
+
+
+def _pack(module: nn.Module) -> FeatureExtractor:
+    """:func:`s2bnn_plugin.packing.pack`, imported when called."""
+    try:
+        from s2bnn_plugin.packing import pack
+    except ImportError as e:
+        raise _no_packed_engine(e) from e
+    return pack(module)
+
+
+def _no_packed_engine(e: ImportError) -> S2BNNError:
+    return S2BNNError(
+        f"the packed engine needs s2bnn_plugin.runtime and its Numba kernels ({e}); use "
+        "--engine torch with a solo-learn checkpoint meanwhile"
+    )
 
 
 def load_engines(
@@ -78,15 +92,15 @@ def load_engines(
                 f"{path} is a packed network (no float weights): the torch engine needs the "
                 f"solo-learn checkpoint ({'/'.join(CHECKPOINT_SUFFIXES)}) it was packed from"
             )
-        return {"packed": _export().load(path)}, []
+        return {"packed": _load_packed(path)}, []
     module = load_solo_backbone(path)
     engines: dict[str, FeatureExtractor] = {"torch": TorchExtractor(module)}
     notes: list[str] = []
     if engine in ("packed", "both"):
-        engines["packed"] = _export().pack(module)
+        engines["packed"] = _pack(module)
     elif engine == "auto":
         try:
-            engines["packed"] = _export().pack(module)
+            engines["packed"] = _pack(module)
         except (RuntimeError, ValueError, TypeError) as e:  # not packable, or no kernels
             notes.append(f"torch engine only: {e}")
     if engine == "packed":

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from torch import nn
 
-    from s2bnn_plugin.export.network import PackedNetwork
+    from s2bnn_plugin.runtime.network import PackedNetwork
 
 __all__ = ["file_sizes"]
 

@@ -1,40 +1,28 @@
-"""``s2bnn pack``: a typed function the command line only parses arguments for, and what it
-shares with ``s2bnn check`` and ``s2bnn bench`` (:mod:`s2bnn_plugin.bench.commands`, which time
-the network): the numeric argument checks, the feature agreement and its bounds.
+"""The agreement of a packed network with its float model, and its bounds: what ``s2bnn check``
+and ``s2bnn pack`` (:mod:`s2bnn_plugin.check.commands`) measure before they pass a packed file.
 
-Each prints its report; user errors (missing or unreadable files, a model that cannot be packed,
-an existing output) are raised as :class:`~s2bnn_plugin.errors.S2BNNError` subclasses.
+:func:`agreement` compares the features of both on a random batch; :func:`require_agreement`
+raises :class:`AgreementError` when they differ beyond ``min_cosine`` / ``max_flipped``.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from s2bnn_plugin.errors import S2BNNError, UsageError
+from s2bnn_plugin.arguments import float_arg
+from s2bnn_plugin.errors import S2BNNError
 
 __all__ = [
-    "BATCH_RANGE",
     "MAX_FLIPPED",
-    "MAX_WIDTH_MULT",
     "MIN_COSINE",
-    "REPEATS_RANGE",
-    "SIZE_RANGE",
     "Agreement",
     "AgreementError",
     "agreement",
     "bounds_args",
-    "float_arg",
-    "int_arg",
-    "pack_checkpoint",
-    "parse_kwargs",
     "require_agreement",
-    "threads_arg",
 ]
 
 MIN_COSINE = 0.9
@@ -54,56 +42,9 @@ FLIP_RELATIVE = 1e-4
 """A per-image relative difference above float rounding (~1e-6): a sign bit came out
 differently somewhere in that image."""
 
-SIZE_RANGE = (1, 2048)
-BATCH_RANGE = (1, 1024)
-REPEATS_RANGE = (1, 1000)
-MAX_WIDTH_MULT = 4.0
-
 
 class AgreementError(S2BNNError, ValueError):
     """The packed network's features differ from the float model's beyond the bound."""
-
-
-def parse_kwargs(text: str | None) -> dict[str, Any] | None:
-    """``--backbone-kwargs`` (a JSON object) as a dict."""
-    if text is None:
-        return None
-    try:
-        value = json.loads(text)
-    except ValueError as e:
-        raise UsageError(f"--backbone-kwargs is not JSON ({e}): {text!r}") from e
-    if not isinstance(value, dict):
-        raise UsageError(f"--backbone-kwargs must be a JSON object, got {text!r}")
-    return value
-
-
-# ---------------------------------------------------------------------------------- arguments
-
-
-def int_arg(flag: str, value: object, lo: int, hi: int, why: str = "") -> int:
-    """``value`` as an int in ``[lo, hi]``, or a :class:`UsageError` naming ``flag``."""
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise UsageError(f"{flag} must be an integer in [{lo}, {hi}]{why}, got {value!r}")
-    return value
-
-
-def threads_arg(value: object) -> int:
-    """A ``--threads`` value: a positive int no larger than Numba's thread pool."""
-    import numba
-
-    most = numba.config.NUMBA_NUM_THREADS
-    return int_arg("--threads", value, 1, most, f" (this machine's {most} CPU threads)")
-
-
-def float_arg(flag: str, value: object, lo: float, hi: float, *, open_low: bool = False) -> float:
-    """``value`` as a float in ``[lo, hi]`` (``(lo, hi]`` with ``open_low``), or a
-    :class:`UsageError` naming ``flag``."""
-    ok = not isinstance(value, bool) and isinstance(value, int | float)
-    ok = ok and (lo < value if open_low else lo <= value) and value <= hi
-    if not ok:
-        low = "(" if open_low else "["
-        raise UsageError(f"{flag} must be a number in {low}{lo}, {hi}], got {value!r}")
-    return float(value)
 
 
 def bounds_args(min_cosine: object, max_flipped: object) -> tuple[float, float]:
@@ -203,68 +144,3 @@ def require_agreement(
             "threshold moves an image's cosine similarity by less than 0.01); are these the "
             "same weights?"
         )
-
-
-def pack_checkpoint(
-    checkpoint: str | os.PathLike[str],
-    output: str | os.PathLike[str],
-    *,
-    force: bool = False,
-    backbone: str | None = None,
-    backbone_kwargs: dict[str, Any] | None = None,
-    check_size: int = 64,
-    min_cosine: float = MIN_COSINE,
-    max_flipped: float = MAX_FLIPPED,
-    progress: bool = True,
-) -> Agreement:
-    """``s2bnn pack CKPT -o FILE``: load, pack, check against the float model, save.
-
-    Nothing is written when the model cannot be packed (including NaN or infinite weights or
-    statistics) or when the packed network's features on 2 random images disagree with the
-    float model's beyond ``min_cosine`` / ``max_flipped`` (see ``bench.commands.check``):
-    :class:`AgreementError`. Returns the agreement figures."""
-    check_size = int_arg("--check-size", check_size, *SIZE_RANGE)
-    min_cosine, max_flipped = bounds_args(min_cosine, max_flipped)
-    from tqdm.auto import tqdm
-
-    from s2bnn_plugin.checkpoints import load_backbone
-    from s2bnn_plugin.export.packer import pack_model
-
-    out = Path(output)
-    if out.exists() and not force:
-        raise UsageError(f"{out} exists; pass --force to overwrite it")
-    if not out.parent.is_dir():
-        raise UsageError(f"output folder {out.parent} does not exist")
-    with tqdm(total=3, desc="pack", disable=not progress) as bar:
-        bar.set_postfix_str("loading checkpoint")
-        model, name, kwargs = load_backbone(checkpoint, backbone, backbone_kwargs)
-        bar.update()
-        bar.set_postfix_str("packing")
-        net = pack_model(model, progress=progress)
-        bar.update()
-        bar.set_postfix_str("checking against the float model")
-        agree = agreement(model, net, check_size, 2)
-        bar.update()
-    require_agreement(
-        agree,
-        f"the packed network ({check_size} px, 2 random images; nothing written)",
-        f"the float model of {checkpoint}",
-        min_cosine,
-        max_flipped,
-    )
-    net.save(out)
-    from s2bnn_plugin.export.report import file_sizes
-
-    packed, fp32 = file_sizes(net, model)
-    print(f"{name}({json.dumps(kwargs)}) -> {out}")
-    print(f"  {len(net.spec['units'])} binary units, {net.num_features}-d features")
-    print(
-        f"  size: {packed / 1e6:.3f} MB packed vs {fp32 / 1e6:.3f} MB fp32 state dict "
-        f"(1/{fp32 / packed:.1f})"
-    )
-    print(
-        f"  features vs the float model ({check_size} px, 2 images): max |diff| "
-        f"{agree.max_abs:.2e} (feature scale {agree.feature_scale:.2e}), lowest cosine "
-        f"similarity {agree.min_cosine:.6f}"
-    )
-    return agree

@@ -2,7 +2,7 @@
 
 The packer knows no model class. It walks the backbone along its forward order and hands each
 module to the *pack rule* registered for the module's type (:func:`pack_rule`, the built-in rules
-are in :mod:`s2bnn_plugin.export.rules`): a container's rule walks its children in the order its
+are in :mod:`s2bnn_plugin.packing.rules`): a container's rule walks its children in the order its
 ``forward`` runs them, a layer's rule adds its part of the packed network through the
 :class:`Packer` (the stem, a binary unit, the activation after it, the global pool). Rules are
 looked up by exact type, because a subclass may compute something else; a module whose type has
@@ -29,10 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from s2bnn_plugin.export import rules as _rules  # noqa: F401  (registers the built-in rules)
-from s2bnn_plugin.export.format import FORMAT, FORMAT_VERSION
-from s2bnn_plugin.export.network import PackedNetwork
-from s2bnn_plugin.export.walker import (
+from s2bnn_plugin.packing import rules as _rules  # noqa: F401  (registers the built-in rules)
+from s2bnn_plugin.packing.walker import (
     PACK_RULES,
     Packer,
     PackError,
@@ -41,6 +39,9 @@ from s2bnn_plugin.export.walker import (
     pack_rule,
     walk_model,
 )
+from s2bnn_plugin.runtime.format import check_model
+from s2bnn_plugin.runtime.model import PackedModel
+from s2bnn_plugin.runtime.network import PackedNetwork
 
 __all__ = [
     "PACK_RULES",
@@ -81,25 +82,23 @@ def pack_model(model: nn.Module, *, progress: bool = False) -> PackedNetwork:
             "pool and name the backbone (Packer.backbone)"
         )
     packer.leftovers()
-    _refuse_non_finite(model, packer)
+    packed = PackedModel(
+        backbone=packer.backbone,
+        in_channels=packer.in_channels,
+        num_features=int(model.num_features),
+        stem=packer.stem,
+        units=tuple(packer.units),
+    )
+    _refuse_non_finite(model, packed)
     if int(model.num_features) != packer.channels:
         raise PackError(
             f"cannot pack a {type(model).__name__}: num_features is {model.num_features}, its "
             f"last layer has {packer.channels} channels"
         )
-    spec = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "backbone": packer.backbone,
-        "in_channels": packer.in_channels,
-        "num_features": int(model.num_features),
-        "stem": packer.stem,
-        "units": packer.units,
-    }
-    return PackedNetwork(spec, packer.arrays)
+    return PackedNetwork(check_model(packed))
 
 
-def _refuse_non_finite(model: nn.Module, packer: Packer) -> None:
+def _refuse_non_finite(model: nn.Module, packed: PackedModel) -> None:
     """NaN or infinity in a floating-point parameter or buffer of the model (every module is
     part of the packed network once :meth:`Packer.leftovers` passed), then in the folded arrays
     (a finite but negative BatchNorm variance folds to NaN): refused by module path and name."""
@@ -113,13 +112,8 @@ def _refuse_non_finite(model: nn.Module, packer: Packer) -> None:
                     f"({bad} of {t.numel()} values; tensor {name!r}); the model is broken (a "
                     "diverged run or a damaged checkpoint): use an earlier checkpoint or retrain"
                 )
-    for key, a in packer.arrays.items():
+    for layer, key, a in packed.layers():
         if a.dtype.kind == "f" and not np.isfinite(a).all():
-            part, _, rest = key.partition(".")
-            if part == "units":
-                layer = packer.units[int(rest.partition(".")[0])]["name"]
-            else:
-                layer = packer.stem["name"]
             raise PackError(
                 f"cannot pack {layer!r}: its values fold to NaN or infinity in the packed array "
                 f"{key!r} (a negative BatchNorm running_var, or values too large for float32); "

@@ -2,7 +2,7 @@
 
 Containers (a :class:`~s2bnn_plugin.backbones.BinaryBackbone`, ``nn.Sequential``, the ReActNet
 blocks) walk their children in the order their ``forward`` runs them; layers add their part of
-the packed chain (:class:`~s2bnn_plugin.export.walker.Packer`): the stem (``Conv2d``,
+the packed chain (:class:`~s2bnn_plugin.packing.walker.Packer`): the stem (``Conv2d``,
 ``BatchNorm2d``, an optional ``MaxPool2d``), binary units (:class:`ResidualBinaryConv`, or a
 ReActNet-A block's concatenated 1x1 convolutions), the ``RPReLU`` after a unit, the global
 average pool. A new block type needs a rule here or in the code that defines it (see
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -22,10 +23,14 @@ from s2bnn_plugin.backbones.base import BinaryBackbone
 from s2bnn_plugin.backbones.blocks import ResidualBinaryConv, Shortcut
 from s2bnn_plugin.backbones.reactnet import ReActNetBlock
 from s2bnn_plugin.backbones.reactnet18 import ReActResBlock
-from s2bnn_plugin.export.walker import Packer, pack_rule
 from s2bnn_plugin.nn import QuantConv2d, RPReLU, RSign, ScaledSign
+from s2bnn_plugin.packing.walker import Packer, pack_rule
+from s2bnn_plugin.runtime.model import BackboneRef, Stem
+from s2bnn_plugin.runtime.units.binary_conv import BinaryConv, Residual
 
 __all__ = [
+    "ShortcutPart",
+    "UnitPart",
     "pack_backbone",
     "pack_binary_unit",
     "pack_global_pool",
@@ -59,7 +64,7 @@ def pack_backbone(packer: Packer, model: BinaryBackbone, path: str) -> None:
             f"{type(model).__name__}.name is empty: set it to the name its factory is registered "
             "under (register_backbone), which the packed file records",
         )
-    packer.backbone = {"name": model.name, "kwargs": dataclasses.asdict(model.config)}
+    packer.backbone = BackboneRef(model.name, dataclasses.asdict(model.config))
     packer.walk_children(model, path, ("stem", "blocks", "pool"))
 
 
@@ -152,35 +157,59 @@ def pack_stem_batchnorm(packer: Packer, bn: nn.BatchNorm2d, path: str) -> None:
     mul, add = fold_batchnorm(packer, bn, path)
     if conv.bias is not None:  # (conv + b) * mul + add
         add = conv.bias.detach().float() * mul + add
-    spec = {
-        "kernel": conv.kernel_size[0],
-        "stride": conv.stride[0],
-        "padding": conv.padding[0],
-        "out_channels": conv.out_channels,
-        "maxpool": False,
-        "name": packer.path(conv).rpartition(".")[0] or packer.path(conv),
-    }
-    weight = _f32(conv.weight.permute(1, 2, 3, 0))
-    packer.set_stem(spec, weight, _f32(torch.stack([mul, add])), conv.in_channels)
+    stem = Stem(
+        kernel=conv.kernel_size[0],
+        stride=conv.stride[0],
+        padding=conv.padding[0],
+        out_channels=conv.out_channels,
+        maxpool=False,
+        name=packer.path(conv).rpartition(".")[0] or packer.path(conv),
+        weight=_f32(conv.weight.permute(1, 2, 3, 0)),
+        affine=_f32(torch.stack([mul, add])),
+    )
+    packer.set_stem(stem, conv.in_channels)
     packer.stem_conv = None
 
 
 @pack_rule(nn.MaxPool2d)
 def pack_stem_maxpool(packer: Packer, mp: nn.MaxPool2d, path: str) -> None:
     """ResNet's 3x3 stride-2 max pool, directly after the stem."""
-    if packer.stem is None or packer.has_units or packer.stem["maxpool"]:
+    if packer.stem is None or packer.has_units or packer.stem.maxpool:
         packer.fail(path, "a MaxPool2d must directly follow the stem's BatchNorm2d")
     settings = (mp.kernel_size, mp.stride, mp.padding, mp.dilation, mp.ceil_mode)
     if settings not in ((3, 2, 1, 1, False), ((3, 3), (2, 2), (1, 1), (1, 1), False)):
         packer.fail(path, "only MaxPool2d(3, 2, padding=1)")
-    packer.stem["maxpool"] = True
+    packer.add_maxpool(path)
 
 
 # ---------------------------------------------------------------------------------- binary units
 
 
-def _shortcut(packer: Packer, sc: Shortcut, path: str, stride: int):
-    """(residual kind, projection arrays) of a unit's real-valued shortcut."""
+class ShortcutPart(NamedTuple):
+    """A unit's real-valued shortcut: its residual kind and a projection's arrays."""
+
+    residual: Residual
+    proj_weight: np.ndarray | None = None  # (cin, cout)
+    proj_affine: np.ndarray | None = None  # (2, cout): the folded BatchNorm
+
+
+class UnitPart(NamedTuple):
+    """What the packed format needs of one :class:`ResidualBinaryConv` (before units that read
+    the same input are merged into groups)."""
+
+    name: str
+    kernel: int
+    stride: int
+    in_channels: int
+    out_channels: int
+    negative: torch.Tensor  # (cout, cin, k, k) bool: the weight's sign is -1
+    rsign: torch.Tensor  # (cin,) the input's threshold shift
+    affine: torch.Tensor  # (3, cout): weight scale, folded BatchNorm
+    shortcut: ShortcutPart
+
+
+def _shortcut(packer: Packer, sc: Shortcut, path: str, stride: int) -> ShortcutPart:
+    """The residual kind and projection arrays of a unit's real-valued shortcut."""
     packer.expect(sc, Shortcut, path)
     packer.visit(sc)
     if sc.pool is not None:
@@ -203,23 +232,22 @@ def _shortcut(packer: Packer, sc: Shortcut, path: str, stride: int):
     elif stride != 1:
         packer.fail(path, f"a stride-{stride} unit needs a pooled shortcut")
     if sc.proj is None:
-        return ("avgpool" if sc.pool is not None else "identity"), {}
+        return ShortcutPart(Residual.AVGPOOL if sc.pool is not None else Residual.IDENTITY)
     packer.expect(sc.proj, nn.Conv2d, f"{path}.proj")
     check_conv(packer, sc.proj, f"{path}.proj", (1,), (1,))
     packer.visit(sc.proj)
     mul, add = fold_batchnorm(packer, sc.bn, f"{path}.bn")
     if sc.proj.bias is not None:
         add = sc.proj.bias.detach().float() * mul + add
-    arrays = {
-        "proj_weight": _f32(sc.proj.weight[:, :, 0, 0].t()),
-        "proj_affine": _f32(torch.stack([mul, add])),
-    }
-    return "projection", arrays
+    return ShortcutPart(
+        Residual.PROJECTION,
+        proj_weight=_f32(sc.proj.weight[:, :, 0, 0].t()),
+        proj_affine=_f32(torch.stack([mul, add])),
+    )
 
 
-def binary_unit_part(packer: Packer, unit: nn.Module, path: str) -> dict:
-    """What the packed format needs of one :class:`ResidualBinaryConv` (before units that read
-    the same input are merged into groups)."""
+def binary_unit_part(packer: Packer, unit: nn.Module, path: str) -> UnitPart:
+    """What the packed format needs of one :class:`ResidualBinaryConv`."""
     packer.expect(unit, ResidualBinaryConv, path)
     conv, cpath = unit.conv, f"{path}.conv"
     packer.expect(conv, QuantConv2d, cpath)
@@ -244,19 +272,17 @@ def binary_unit_part(packer: Packer, unit: nn.Module, path: str) -> dict:
     weight = conv.weight.detach().float()
     scale = ScaledSign.scale(weight).flatten()
     mul, add = fold_batchnorm(packer, unit.bn, f"{path}.bn")
-    residual, proj = _shortcut(packer, unit.shortcut, f"{path}.shortcut", conv.stride[0])
-    return {
-        "name": path,
-        "kernel": k,
-        "stride": conv.stride[0],
-        "in_channels": conv.in_channels,
-        "out_channels": conv.out_channels,
-        "residual": residual,
-        "negative": ~(weight >= 0),  # binary_sign: +1 where w >= 0 (NaN gives -1)
-        "rsign": rsign.shift.bias.detach().float(),
-        "affine": torch.stack([scale, mul, add]),
-        "proj": proj,
-    }
+    return UnitPart(
+        name=path,
+        kernel=k,
+        stride=conv.stride[0],
+        in_channels=conv.in_channels,
+        out_channels=conv.out_channels,
+        negative=~(weight >= 0),  # binary_sign: +1 where w >= 0 (NaN gives -1)
+        rsign=rsign.shift.bias.detach().float(),
+        affine=torch.stack([scale, mul, add]),
+        shortcut=_shortcut(packer, unit.shortcut, f"{path}.shortcut", conv.stride[0]),
+    )
 
 
 def _add_units(packer: Packer, units: list[nn.Module], paths: list[str], name: str) -> None:
@@ -265,28 +291,29 @@ def _add_units(packer: Packer, units: list[nn.Module], paths: list[str], name: s
 
     parts = [binary_unit_part(packer, u, p) for u, p in zip(units, paths, strict=True)]
     first = parts[0]
+    shape = (first.kernel, first.stride, first.in_channels, first.out_channels)
+    projection = Residual.PROJECTION
     for p in parts[1:]:
-        same = all(p[key] == first[key] for key in ("kernel", "stride", "in_channels"))
-        same = same and p["out_channels"] == first["out_channels"]
-        if not same or p["residual"] == "projection" or first["residual"] == "projection":
-            packer.fail(p["name"], "concatenated units must match")
-    groups, cg = len(parts), first["out_channels"]
-    negative = torch.cat([p["negative"] for p in parts]).to(torch.uint8).numpy()
-    arrays = {
-        "weight": pack_weights(np.ascontiguousarray(negative), groups),
-        "rsign": _f32(torch.stack([p["rsign"] for p in parts])),
-        "affine": _f32(torch.cat([p["affine"] for p in parts], dim=1)),
-    }
-    spec = {
-        "name": name,
-        "kernel": first["kernel"],
-        "stride": first["stride"],
-        "in_channels": first["in_channels"],
-        "groups": groups,
-        "group_channels": cg,
-        "residual": first["residual"],
-    }
-    packer.add_unit(spec, arrays, first["proj"])
+        same = (p.kernel, p.stride, p.in_channels, p.out_channels) == shape
+        if not same or projection in (p.shortcut.residual, first.shortcut.residual):
+            packer.fail(p.name, "concatenated units must match")
+    negative = torch.cat([p.negative for p in parts]).to(torch.uint8).numpy()
+    unit = BinaryConv(
+        name=name,
+        in_channels=first.in_channels,
+        kernel=first.kernel,
+        stride=first.stride,
+        groups=len(parts),
+        group_channels=first.out_channels,
+        residual=first.shortcut.residual,
+        has_activation=False,
+        weight=pack_weights(np.ascontiguousarray(negative), len(parts)),
+        rsign=_f32(torch.stack([p.rsign for p in parts])),
+        affine=_f32(torch.cat([p.affine for p in parts], dim=1)),
+        proj_weight=first.shortcut.proj_weight,
+        proj_affine=first.shortcut.proj_affine,
+    )
+    packer.add_unit(unit)
 
 
 @pack_rule(ResidualBinaryConv)

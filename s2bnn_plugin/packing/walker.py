@@ -1,7 +1,7 @@
 """The machinery of packing by rules: the registry of pack rules (:func:`pack_rule`) and the
 :class:`Packer`, the walk's state that rules add the stem, binary units, activations and the
 global pool to. The built-in rules are in :mod:`.rules`;
-:func:`s2bnn_plugin.export.packer.pack_model` runs the walk. (Kept apart from both so that the
+:func:`s2bnn_plugin.packing.packer.pack_model` runs the walk. (Kept apart from both so that the
 rules and the driver import it, not each other.)
 """
 
@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from s2bnn_plugin.errors import S2BNNError
+from s2bnn_plugin.runtime.model import BackboneRef, Stem, Unit
 
 __all__ = [
     "PACK_RULES",
@@ -93,11 +94,10 @@ def _rule_names() -> str:
 
 @dataclasses.dataclass
 class _OpenUnit:
-    """A binary unit whose activation may still follow (its arrays wait to keep file order)."""
+    """A binary unit whose activation may still follow."""
 
-    spec: dict
-    arrays: dict[str, np.ndarray]
-    proj: dict[str, np.ndarray]
+    unit: Unit
+    activation: np.ndarray | None = None
     activation_path: str | None = None
 
 
@@ -115,15 +115,14 @@ class Packer:
         self.progress = progress
         self.names = {id(m): n for n, m in model.named_modules()}
         self.seen: set[int] = set()
-        self.arrays: dict[str, np.ndarray] = {}
-        self.units: list[dict] = []
+        self.units: list[Unit] = []
         #: per unit, the path of the RPReLU after it (None: none); the float twin uses it
         self.activation_paths: list[str | None] = []
-        self.stem: dict | None = None
+        self.stem: Stem | None = None
         self.stem_conv: nn.Conv2d | None = None  # a stem convolution waiting for its BatchNorm
         self.in_channels: int | None = None
         self.channels: int | None = None  # channels of the map at this point of the walk
-        self.backbone: dict | None = None  # {"name", "kwargs"}, set by the backbone's rule
+        self.backbone: BackboneRef | None = None  # set by the backbone's rule
         self.pooled = False
         self._open: _OpenUnit | None = None
         self._bar = None
@@ -184,32 +183,30 @@ class Packer:
             self.walk(child, self.child_path(path, name))
 
     # -- the packed chain --------------------------------------------------------------------
-    def set_stem(
-        self, spec: dict, weight: np.ndarray, affine: np.ndarray, in_channels: int
-    ) -> None:
+    def set_stem(self, stem: Stem, in_channels: int) -> None:
         """The real stem: convolution + BatchNorm, first in the chain."""
         if self.stem is not None or self.has_units:
-            self.fail(spec["name"], "the packed format has one real convolution, the stem, first")
-        self.stem = spec
+            self.fail(stem.name, "the packed format has one real convolution, the stem, first")
+        self.stem = stem
         self.in_channels = in_channels
-        self.channels = spec["out_channels"]
-        self.arrays["stem.weight"] = weight
-        self.arrays["stem.affine"] = affine
+        self.channels = stem.out_channels
 
-    def add_unit(
-        self, spec: dict, arrays: dict[str, np.ndarray], proj: dict[str, np.ndarray]
-    ) -> None:
-        """A binary unit: ``spec`` as the format defines it (``activation`` is set later),
-        ``arrays`` its weight, rsign and affine, ``proj`` its projection shortcut's arrays."""
-        name = spec["name"]
+    def add_maxpool(self, path: str) -> None:
+        """ResNet's 3x3 stride-2 max pool, directly after the stem."""
+        if self.stem is None or self.has_units or self.stem.maxpool:
+            self.fail(path, "a MaxPool2d must directly follow the stem's BatchNorm2d")
+        self.stem = dataclasses.replace(self.stem, maxpool=True)
+
+    def add_unit(self, unit: Unit) -> None:
+        """A binary unit (its activation, if any, follows through :meth:`add_activation`)."""
         if self.stem is None:
-            self.fail(name, "a binary unit before the stem (Conv2d + BatchNorm2d)")
-        if spec["in_channels"] != self.channels:
-            cin = spec["in_channels"]
-            self.fail(name, f"it reads {cin} channels, its input has {self.channels}")
+            self.fail(unit.name, "a binary unit before the stem (Conv2d + BatchNorm2d)")
+        if unit.in_channels != self.channels:
+            cin = unit.in_channels
+            self.fail(unit.name, f"it reads {cin} channels, its input has {self.channels}")
         self._close()
-        self._open = _OpenUnit(dict(spec, activation=False), arrays, proj)
-        self.channels = spec["groups"] * spec["group_channels"]
+        self._open = _OpenUnit(unit)
+        self.channels = unit.out_channels
 
     @property
     def has_units(self) -> bool:
@@ -218,14 +215,18 @@ class Packer:
     @property
     def awaits_activation(self) -> bool:
         """True right after a binary unit (its activation may follow)."""
-        return self._open is not None and not self._open.spec["activation"]
+        open_unit = self._open
+        return (
+            open_unit is not None
+            and open_unit.activation is None
+            and open_unit.unit.accepts_activation
+        )
 
     def add_activation(self, params: np.ndarray, path: str) -> None:
         """RPReLU parameters (3, C) of the unit just added."""
         if not self.awaits_activation:
             self.fail(path, "an RPReLU must directly follow a binary unit (ResidualBinaryConv)")
-        self._open.spec["activation"] = True
-        self._open.arrays["activation"] = params
+        self._open.activation = params
         self._open.activation_path = path
 
     def add_global_pool(self, path: str) -> None:
@@ -238,10 +239,10 @@ class Packer:
     def _close(self) -> None:
         if self._open is None:
             return
-        i = len(self.units)
-        for key, value in (*self._open.arrays.items(), *self._open.proj.items()):
-            self.arrays[f"units.{i}.{key}"] = value
-        self.units.append(self._open.spec)
+        unit = self._open.unit
+        if self._open.activation is not None:
+            unit = unit.with_activation(self._open.activation)
+        self.units.append(unit)
         self.activation_paths.append(self._open.activation_path)
         self._open = None
 

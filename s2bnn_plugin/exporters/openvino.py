@@ -1,8 +1,10 @@
 """A packed network as an OpenVINO IR whose binary convolutions are native ``BinaryConvolution``s.
 
 ``export_openvino(packed, "student.xml", size=224)`` writes ``student.xml`` and ``student.bin``
-(``s2bnn export-openvino``). The graph is built from the packed file's specification and arrays
-with OpenVINO's opset API (no PyTorch), one builder per unit kind (:data:`UNIT_BUILDERS`):
+(``s2bnn export-openvino``). The graph is built from the typed model of the packed network with
+OpenVINO's opset API (no PyTorch): the stem and the global pool here, each unit by its kind's
+``build_openvino`` (given this module's :class:`Graph`; the residual binary convolution's is in
+:mod:`s2bnn_plugin.runtime.units.binary_conv`):
 
 - every binary convolution: ``FakeQuantize(levels=2)`` with the unit's RSign shifts as thresholds,
   output 0/1, feeding a ``BinaryConvolution`` (opset1, ``xnor-popcount``, ``pad_value=0``) with
@@ -48,14 +50,18 @@ from typing import Any
 import numpy as np
 
 from s2bnn_plugin.errors import FileMissing, S2BNNError, UsageError, require_whole
-from s2bnn_plugin.export import reference as ref
-from s2bnn_plugin.export.network import PackedNetwork, load
+from s2bnn_plugin.exporters.base import Exporter, ExportError
+from s2bnn_plugin.runtime.format import FORMAT_VERSION
+from s2bnn_plugin.runtime.model import Unit
+from s2bnn_plugin.runtime.network import PackedNetwork, load
 
 __all__ = [
+    "EXPORTER",
     "INSTALL_HINT",
-    "UNIT_BUILDERS",
+    "Graph",
     "OpenVINOExport",
     "OpenVINOExportError",
+    "OpenVINOExporter",
     "OpenVINOMissing",
     "OpenVINONetwork",
     "build_openvino_model",
@@ -71,14 +77,13 @@ INSTALL_HINT = "pip install 's2bnn-plugin[openvino]' (or: pip install openvino)"
 INPUT_NAME = "x"
 OUTPUT_NAME = "features"
 RT_KEY = "s2bnn"  # the model's rt_info section: input_shape, backbone, format_version
-CHANNEL_MULTIPLE = 8  # BinaryConvolution's jit kernel counts correctly only for these
 
 
 class OpenVINOMissing(S2BNNError, ImportError):
     """OpenVINO is not installed (an optional extra)."""
 
 
-class OpenVINOExportError(S2BNNError, ValueError):
+class OpenVINOExportError(ExportError):
     """A packed network, or an input, that the OpenVINO IR cannot express or was not built for."""
 
 
@@ -98,13 +103,13 @@ def require_openvino() -> Any:
 
 
 @dataclass
-class _Graph:
-    """What the unit builders share: the opset, the network's arrays, the current float map."""
+class Graph:
+    """What the unit builders share: the opset, the current float map (N, C, H, W) the next
+    unit reads, and constant helpers (see :class:`~s2bnn_plugin.runtime.model.OpenVINOGraph`)."""
 
     ops: Any
     ov: Any
-    arrays: dict[str, np.ndarray]
-    cur: Any  # the float map (N, C, H, W) the next unit reads
+    cur: Any
 
     def per_channel(self, values: np.ndarray) -> Any:
         """A (1, C, 1, 1) float32 constant that broadcasts over N, H, W."""
@@ -121,102 +126,27 @@ class _Graph:
         tensor = self.ov.Tensor(packed, self.ov.Shape(list(signs.shape)), self.ov.Type.u1)
         return self.ov.op.Constant(tensor, shared_memory=False)  # a copy: ``packed`` goes away
 
-
-def _sign_threshold(shift: np.ndarray) -> np.ndarray:
-    """The FakeQuantize threshold ``t`` with ``x > t`` exactly when ``x + shift >= 0``."""
-    return np.nextafter(-shift.astype(np.float32), np.float32(-np.inf))
-
-
-def _avgpool2(g: _Graph, x: Any, name: str) -> Any:
-    """2x2 / 2 average, ceil mode, windows cut by the border averaging what they hold."""
-    return g.ops.avg_pool(x, [2, 2], [0, 0], [0, 0], [2, 2], True, "ceil", name=name)
+    def avgpool2(self, x: Any, name: str) -> Any:
+        """2x2 / 2 average, ceil mode, windows cut by the border averaging what they hold."""
+        return self.ops.avg_pool(x, [2, 2], [0, 0], [0, 0], [2, 2], True, "ceil", name=name)
 
 
-def _binary_part(g: _Graph, unit: dict, prefix: str, residual: Any) -> Any:
-    """Signs, binary convolution(s) and the float epilogue of one unit, on ``g.cur``."""
-    ops, a = g.ops, g.arrays
-    k, stride, cin = unit["kernel"], unit["stride"], unit["in_channels"]
-    groups, cg, name = unit["groups"], unit["group_channels"], unit["name"]
-    pad = k // 2
-    signs = ref.unpack_weights(a[prefix + "weight"], k, cin, groups, cg)
-    rsign, aff = a[prefix + "rsign"], a[prefix + "affine"]
-    act = a.get(prefix + "activation")
-    outs = []
-    for j in range(groups):
-        t = g.per_channel(_sign_threshold(rsign[j]))
-        zero, one = ops.constant(np.float32(0)), ops.constant(np.float32(1))
-        fq = ops.fake_quantize(g.cur, t, t, zero, one, 2, name=f"{name}/sign.{j}")
-        conv = ops.binary_convolution(
-            fq,
-            g.bits(signs[j * cg : (j + 1) * cg]),
-            [stride, stride],
-            [pad, pad],
-            [pad, pad],
-            [1, 1],
-            "xnor-popcount",
-            0.0,
-            name=f"{name}/binary_conv.{j}",
-        )
-        c = slice(j * cg, (j + 1) * cg)
-        y = ops.multiply(conv, g.per_channel(aff[0, c]))
-        y = g.affine(y, aff[1, c], aff[2, c], f"{name}/bn.{j}")
-        y = ops.add(y, residual, name=f"{name}/residual.{j}")
-        if act is not None:
-            y = ops.add(y, g.per_channel(act[0, c]))
-            y = ops.prelu(y, ops.constant(np.ascontiguousarray(act[1, c], np.float32)))
-            y = ops.add(y, g.per_channel(act[2, c]), name=f"{name}/rprelu.{j}")
-        outs.append(y)
-    return outs[0] if groups == 1 else ops.concat(outs, 1, name=f"{name}/concat")
+class OpenVINOExporter(Exporter):
+    """The OpenVINO IR target: a unit kind is built by its class's ``build_openvino(graph)``
+    and refused where its ``openvino_refusal()`` says why it would not run exactly."""
+
+    name = "OpenVINO"
+    error = OpenVINOExportError
+
+    def unit_builder(self, kind: type[Unit]) -> Callable[..., Any] | None:
+        return getattr(kind, "build_openvino", None)
+
+    def unit_refusal(self, unit: Unit) -> str | None:
+        refusal = getattr(unit, "openvino_refusal", None)
+        return refusal() if refusal is not None else None
 
 
-def _identity_unit(g: _Graph, unit: dict, prefix: str) -> Any:
-    return _binary_part(g, unit, prefix, g.cur)
-
-
-def _avgpool_unit(g: _Graph, unit: dict, prefix: str) -> Any:
-    return _binary_part(g, unit, prefix, _avgpool2(g, g.cur, f"{unit['name']}/residual_pool"))
-
-
-def _projection_unit(g: _Graph, unit: dict, prefix: str) -> Any:
-    name, a = unit["name"], g.arrays
-    x = _avgpool2(g, g.cur, f"{name}/shortcut_pool") if unit["stride"] == 2 else g.cur
-    w = np.ascontiguousarray(a[prefix + "proj_weight"].T[:, :, None, None], np.float32)
-    conv = g.ops.convolution(x, g.ops.constant(w), [1, 1], [0, 0], [0, 0], [1, 1])
-    pa = a[prefix + "proj_affine"]
-    return _binary_part(g, unit, prefix, g.affine(conv, pa[0], pa[1], f"{name}/shortcut"))
-
-
-UnitBuilder = Callable[[_Graph, dict, str], Any]
-
-UNIT_BUILDERS: dict[str, UnitBuilder] = {
-    "identity": _identity_unit,
-    "avgpool": _avgpool_unit,
-    "projection": _projection_unit,
-}
-"""The graph builder of each kind of binary unit (its residual path), by the specification's
-``residual`` name: a new kind of unit is one entry here."""
-
-
-def _unit_kind(unit: dict) -> str:
-    return unit["residual"]
-
-
-def check_expressible(spec: dict) -> None:
-    """Refuse, naming the layer, a network this exporter cannot express exactly."""
-    for i, unit in enumerate(spec["units"]):
-        kind = _unit_kind(unit)
-        if kind not in UNIT_BUILDERS:
-            raise OpenVINOExportError(
-                f"unit {i} ({unit['name']}) is of kind {kind!r}, which the OpenVINO export does "
-                f"not know (it builds {sorted(UNIT_BUILDERS)}); nothing written"
-            )
-        if unit["in_channels"] % CHANNEL_MULTIPLE:
-            raise OpenVINOExportError(
-                f"unit {i} ({unit['name']}) has {unit['in_channels']} input channels; OpenVINO's "
-                f"BinaryConvolution computes wrong sums unless they are a multiple of "
-                f"{CHANNEL_MULTIPLE} (choose a width_mult that gives such widths, e.g. 0.25, "
-                "0.5 or 1 for reactnet_a and reactnet18); nothing written"
-            )
+EXPORTER = OpenVINOExporter()
 
 
 def _input_shape(net: PackedNetwork, size: int | tuple[int, int], batch: int) -> list[int]:
@@ -239,29 +169,29 @@ def build_openvino_model(
     import openvino.opset13 as ops
 
     shape = _input_shape(net, size, batch)
-    spec, a = net.spec, net.arrays
-    check_expressible(spec)
+    model = net.model
+    EXPORTER.check_expressible(model)
     x = ops.parameter(shape, ov.Type.f32, name=INPUT_NAME)
-    stem = spec["stem"]
-    s, p = stem["stride"], stem["padding"]
-    sw = np.ascontiguousarray(a["stem.weight"].transpose(3, 0, 1, 2), np.float32)
-    g = _Graph(ops=ops, ov=ov, arrays=a, cur=None)
+    stem = model.stem
+    s, p = stem.stride, stem.padding
+    sw = np.ascontiguousarray(stem.weight.transpose(3, 0, 1, 2), np.float32)
+    g = Graph(ops=ops, ov=ov, cur=None)
     cur = ops.convolution(x, ops.constant(sw), [s, s], [p, p], [p, p], [1, 1])
-    cur = g.affine(cur, a["stem.affine"][0], a["stem.affine"][1], "stem")
-    if stem["maxpool"]:
+    cur = g.affine(cur, stem.affine[0], stem.affine[1], "stem")
+    if stem.maxpool:
         cur = ops.max_pool(cur, [2, 2], [1, 1], [1, 1], [1, 1], [3, 3], name="stem/maxpool")
         cur = cur.output(0)
-    for i, unit in enumerate(spec["units"]):
+    for unit in model.units:
         g.cur = cur
-        cur = UNIT_BUILDERS[_unit_kind(unit)](g, unit, f"units.{i}.")
+        cur = EXPORTER.unit_builder(type(unit))(unit, g)
     axes = ops.constant(np.array([2, 3], np.int64))
     feats = ops.reduce_mean(cur, axes, False, name=OUTPUT_NAME)
     feats.output(0).get_tensor().set_names({OUTPUT_NAME})
-    model = ov.Model([feats.output(0)], [x], f"s2bnn-{net.backbone}")
-    model.set_rt_info(",".join(map(str, shape)), [RT_KEY, "input_shape"])
-    model.set_rt_info(net.backbone, [RT_KEY, "backbone"])
-    model.set_rt_info(str(spec["format_version"]), [RT_KEY, "format_version"])
-    return model
+    ir = ov.Model([feats.output(0)], [x], f"s2bnn-{net.backbone}")
+    ir.set_rt_info(",".join(map(str, shape)), [RT_KEY, "input_shape"])
+    ir.set_rt_info(net.backbone, [RT_KEY, "backbone"])
+    ir.set_rt_info(str(FORMAT_VERSION), [RT_KEY, "format_version"])
+    return ir
 
 
 # ---------------------------------------------------------------------------------- writing

@@ -1,7 +1,8 @@
 """The packed network's operations in plain numpy: no compiled code, slow, easy to read.
 
 Why keep it: it runs a packed file where Numba is unavailable, and it is an independent
-implementation of the packed semantics to test the kernels against. Integer accumulations are
+implementation of the packed semantics to test the kernels against. Each unit kind composes its
+reference from these (``Unit.reference``). Integer accumulations are
 exact (float64 matrix products of +-1 values); every float operation is the same float32
 operation, in the same order, as in the kernels, so both engines give the same sign bits.
 """
@@ -12,7 +13,8 @@ import numpy as np
 
 __all__ = [
     "LANES",
-    "binary_unit",
+    "avgpool2",
+    "binary_conv",
     "conv_nchw_bn",
     "global_avgpool",
     "maxpool3x3s2",
@@ -22,7 +24,7 @@ __all__ = [
     "unpack_weights",
 ]
 
-LANES = 32
+LANES = 32  # output channels per weight block (must equal s2bnn_plugin.kernels.LANES: tested)
 
 
 def _out(size: int, k: int, stride: int, pad: int) -> int:
@@ -95,7 +97,7 @@ def maxpool3x3s2(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def _avgpool2(x: np.ndarray) -> np.ndarray:
+def avgpool2(x: np.ndarray) -> np.ndarray:
     """2x2 / 2 average pool, ceil mode, padding not counted: ((a + b) + c) + d, then divide."""
     n, h, w, c = x.shape
     ho, wo = (h + 1) // 2, (w + 1) // 2
@@ -114,26 +116,28 @@ def _avgpool2(x: np.ndarray) -> np.ndarray:
 def projection_shortcut(x: np.ndarray, pool: bool, wt: np.ndarray, aff: np.ndarray):
     """[2x2 avg pool,] 1x1 conv summed in channel order, BatchNorm."""
     if pool:
-        x = _avgpool2(x)
+        x = avgpool2(x)
     acc = np.zeros((*x.shape[:3], wt.shape[1]), np.float32)
     for c in range(x.shape[3]):
         acc = acc + x[..., c : c + 1] * wt[c]
     return acc * aff[0] + aff[1]
 
 
-def binary_unit(bits, spec: dict, arrays: dict, prefix: str, residual: np.ndarray):
-    """One packed unit: exact +-1 convolution(s), then the float transform of the kernels.
+def binary_conv(
+    bits: np.ndarray, weights: np.ndarray, kernel: int, stride: int, in_channels: int
+) -> np.ndarray:
+    """Exact +-1 convolution(s) with zero padding ``kernel // 2``: int64 (N, Ho, Wo, C).
 
-    ``bits``: (groups, N, H + 2p, W + 2p, words); ``residual``: NHWC float32 map (already
-    projected for a projection shortcut).
+    ``bits``: (groups, N, H + 2p, W + 2p, words), one set of packed signs per group;
+    ``weights``: +-1 (groups * cg, cin, k, k) (:func:`unpack_weights`); group ``g`` convolves
+    its own signs with its ``cg`` output channels.
     """
-    k, stride, cin = spec["kernel"], spec["stride"], spec["in_channels"]
-    groups, cg = spec["groups"], spec["group_channels"]
-    pad = k // 2
-    weights = unpack_weights(arrays[prefix + "weight"], k, cin, groups, cg)
+    k, pad = kernel, kernel // 2
+    groups = bits.shape[0]
+    cg = weights.shape[0] // groups
     accs = []
     for g in range(groups):
-        x = unpack_signs(bits[g], cin)
+        x = unpack_signs(bits[g], in_channels)
         n, hp, wp, _ = x.shape
         h, w = hp - 2 * pad, wp - 2 * pad
         x[:, :pad] = 0
@@ -148,19 +152,7 @@ def binary_unit(bits, spec: dict, arrays: dict, prefix: str, residual: np.ndarra
                 tap = x[:, ky : ky + stride * ho : stride, kx : kx + stride * wo : stride]
                 acc += tap @ wg[:, :, ky, kx].T
         accs.append(acc)
-    acc = np.concatenate(accs, axis=-1).astype(np.int64)
-    aff = arrays[prefix + "affine"]
-    y = acc.astype(np.float32) * aff[0]
-    y = y * aff[1] + aff[2]
-    if spec["residual"] == "avgpool":
-        residual = _avgpool2(residual)
-    y = y + np.concatenate([residual] * groups, axis=-1)
-    if spec["activation"]:
-        act = arrays[prefix + "activation"]
-        y = y + act[0]
-        y = np.where(y > 0, y, y * act[1])
-        y = y + act[2]
-    return acc, y
+    return np.concatenate(accs, axis=-1).astype(np.int64)
 
 
 def global_avgpool(x: np.ndarray) -> np.ndarray:
