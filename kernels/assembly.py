@@ -17,7 +17,7 @@ from .simd import address
 from .variants import KernelVariant
 from .variants import select as select_variant
 
-__all__ = ["micro_kernel_asm", "popcount_report"]
+__all__ = ["micro_kernel_asm", "micro_kernel_llvm", "popcount_report"]
 
 
 def micro_kernel_asm(variant: KernelVariant | None = None, narrow: bool = False) -> str:
@@ -26,6 +26,17 @@ def micro_kernel_asm(variant: KernelVariant | None = None, narrow: bool = False)
     channels, compiled now for the current target without being run (so it also works for a
     target this CPU cannot execute, ``NUMBA_CPU_NAME``). Sizes are run-time values (no loop is
     unrolled away for them)."""
+    return "\n".join(_compiled(variant, narrow).inspect_asm().values())
+
+
+def micro_kernel_llvm(variant: KernelVariant | None = None, narrow: bool = False) -> str:
+    """The optimised LLVM IR of the same micro-kernel (:func:`micro_kernel_asm`), for tools that
+    compile it for another target (``tools/neon_estimate.py``)."""
+    return "\n".join(_compiled(variant, narrow).inspect_llvm().values())
+
+
+def _compiled(variant: KernelVariant | None, narrow: bool):
+    """A fresh, uncached dispatcher of the micro-kernel, compiled for ``variant``."""
     variant = variant or select_variant()
     kernel = micro_kernel_narrow if narrow else micro_kernel
     fresh = njit(cache=False)(kernel.py_func)
@@ -45,7 +56,7 @@ def micro_kernel_asm(variant: KernelVariant | None = None, narrow: bool = False)
         np.zeros(8 * 32, np.int32), np.zeros(256, np.int64), np.array([1, 1, 1], np.int64),
     )  # fmt: skip
     call.compile(tuple(typeof(a) for a in args))
-    return "\n".join(fresh.inspect_asm().values())
+    return fresh
 
 
 def _count(lines: list[str], op: str, reg: str = "") -> int:
