@@ -32,9 +32,9 @@ runs taken alternately. The model has random weights: speed does not depend on t
   clock measured in the same run, :mod:`s2bnn_plugin.bench.clock`) against that instruction
   set's bound (:mod:`s2bnn_plugin.bench.bounds`, derivation printed), and end to end against
   OpenVINO's 1-bit IR in the same process. A variant below the CPU's best (AVX2 on an AVX-512
-  machine) also runs against OpenVINO capped to the same instruction set: ``--openvino-isa``
-  sets ``ONEDNN_MAX_CPU_ISA`` (which caps OpenVINO's BinaryConvolution, whose primitive the
-  table names) in a child process of this script.
+  machine) also runs against OpenVINO at the same instruction set, in a child process of this
+  script: ``ONEDNN_MAX_CPU_ISA`` caps OpenVINO's BinaryConvolution (the table names the
+  primitive it ran) and ``NUMBA_CPU_NAME`` compiles the kernels for a CPU of that set alone.
 
 Prints markdown tables.
 """
@@ -84,8 +84,13 @@ from s2bnn_plugin.packing import pack
 from s2bnn_plugin.packing.report import file_sizes
 from s2bnn_plugin.runtime import PackedNetwork
 
-# OpenVINO's instruction-set caps (ONEDNN_MAX_CPU_ISA values) matching each kernel variant
-OPENVINO_ISA = {"avx2": "AVX2", "avx512bw": "AVX512_CORE", "portable": "SSE41"}
+# A variant below the CPU's best against OpenVINO at the same instruction set: OpenVINO capped by
+# ONEDNN_MAX_CPU_ISA, the kernels compiled for an LLVM CPU of that instruction set alone
+CAPPED = {
+    "avx2": ("AVX2", "haswell"),
+    "avx512bw": ("AVX512_CORE", "skylake-avx512"),
+    "portable": ("SSE41", "x86-64-v2"),
+}
 
 
 def _features(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -154,11 +159,12 @@ def _variant_end_to_end(
     if isa:
         return
     for name in runnable:
-        if name == best or name not in OPENVINO_ISA:
+        if name == best or name not in CAPPED:
             continue
-        print(f"\n{name} against OpenVINO capped to {OPENVINO_ISA[name]} (a child process):")
-        env = dict(os.environ, ONEDNN_MAX_CPU_ISA=OPENVINO_ISA[name])
-        env["OV_CPU_MAX_ISA"] = OPENVINO_ISA[name]
+        isa, cpu = CAPPED[name]
+        print(f"\n{name}, compiled for {cpu}, against OpenVINO capped to {isa} (a child process):")
+        env = dict(os.environ, ONEDNN_MAX_CPU_ISA=isa, OV_CPU_MAX_ISA=isa)
+        env.update(NUMBA_CPU_NAME=cpu, NUMBA_CPU_FEATURES="")
         cmd = [sys.executable, __file__, "--variants-only", "--only", name]
         cmd += ["--size", str(args.size), "--repeats", str(args.repeats)]
         cmd += ["--batch", *map(str, args.batch)]
@@ -197,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     model = create_backbone("reactnet_a").eval()
     net = pack(model)
     if args.only:
-        print(f"CPU: {cpu_name()}; LLVM target {variants.target().cpu}")
+        print(f"CPU: {cpu_name()}; kernels compiled for {variants.target().cpu}")
         _variant_end_to_end(args, net, [args.only], "")
         return 0
     net(torch.zeros(1, 3, 32, 32).numpy())  # compile (or load the cache), start the threads

@@ -18,6 +18,7 @@ import platform
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -725,6 +726,36 @@ def test_a_cache_compiled_from_other_kernel_sources_is_never_used(tmp_path):
     here, old = _run(report, env, tmp_path).splitlines()
     assert here.split() == ["True", "None"]
     assert old.split() == [f.name for f in folders if f.name != cache_dir(copy).parent.name]
+
+
+def test_machine_code_compiled_for_another_cpu_is_never_loaded(tmp_path):
+    """One cache folder shared by two machines (here: two compile targets, the portable one and
+    this CPU): each compiles and keeps its own machine code in a folder named for its CPU and
+    features, and code of the other target, even copied into its folder, is not loaded
+    (Numba's index keys each entry by the target too)."""
+    import shutil
+
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba"), PYTHONDONTWRITEBYTECODE="1")
+    portable = dict(env, NUMBA_CPU_NAME="generic", NUMBA_CPU_FEATURES="")
+    code = """
+        import numpy as np
+        from s2bnn_plugin import kernels as K
+        from s2bnn_plugin.kernels.cache import cache_dir
+        wt = np.zeros(32, np.uint64)
+        wt[0] = 0b1011
+        print(K.tap_sums(wt, 1, 1, 1, 64)[0, 0], sum(K.tap_sums.stats.cache_hits.values()),
+              cache_dir())
+        """
+    first = _run(code, portable, tmp_path).split()
+    assert first[:2] == ["58", "0"]  # compiled
+    assert _run(code, portable, tmp_path).split()[:2] == ["58", "1"]  # loaded from its folder
+    here = _run(code, env, tmp_path).split()
+    assert here[:2] == ["58", "0"]  # this CPU compiles its own: not the portable code
+    assert here[2] != first[2] and Path(here[2]).parent == Path(first[2]).parent
+    # the portable target's files copied over this CPU's: still not loaded here
+    for f in Path(first[2]).glob("bitpack.tap_sums*"):
+        shutil.copy2(f, Path(here[2]) / f.name)
+    assert _run(code, env, tmp_path).split()[:2] == ["58", "0"]
 
 
 def test_importing_the_kernels_writes_nothing_in_the_package(tmp_path):
