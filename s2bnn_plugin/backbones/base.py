@@ -23,6 +23,7 @@ from torch import nn
 
 from s2bnn_plugin.errors import S2BNNError
 from s2bnn_plugin.nn import QUANTIZERS, Quantizer, get_quantizer
+from s2bnn_plugin.validate import Range, is_number
 
 __all__ = [
     "COMPILE_KWARG",
@@ -38,6 +39,9 @@ __all__ = [
 COMPILE_KWARG = "compile"
 """The keyword argument (``backbone.kwargs.compile``) that runs the features through
 ``torch.compile``; it is not part of :class:`BackboneConfig` (packed files do not record it)."""
+
+#: ``width_mult``: any finite positive multiplier of the channel counts
+WIDTH_MULTS = Range(0, open_low=True)
 
 
 class BackboneError(S2BNNError, ValueError):
@@ -88,11 +92,11 @@ class BackboneConfig:
                 raise BackboneArgumentError(
                     f"{backbone}(): {flag} must be true or false, got {getattr(self, flag)!r}"
                 )
-        if isinstance(self.width_mult, bool) or not isinstance(self.width_mult, int | float):
+        if not is_number(self.width_mult):
             raise BackboneArgumentError(
                 f"{backbone}(): width_mult must be a number, got {self.width_mult!r}"
             )
-        if not 0 < self.width_mult < float("inf"):
+        if not WIDTH_MULTS.admits(self.width_mult):
             raise BackboneError(
                 f"{backbone}(): width_mult must be > 0 and finite (1.0 is the paper's width), "
                 f"got {self.width_mult}"

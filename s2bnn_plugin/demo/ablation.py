@@ -48,6 +48,7 @@ from s2bnn_plugin.demo.pipeline import (
     print_line,
     run_pipeline,
 )
+from s2bnn_plugin.validate import Range
 
 __all__ = [
     "DEFAULT_ROWS",
@@ -112,7 +113,7 @@ def check_ablation(cfg: AblationConfig) -> None:
             raise AblationError(
                 f"--rows: unknown row {row!r}{_nearest(row, list(ROWS))}; rows: {available}"
             )
-    if isinstance(cfg.seeds, bool) or not isinstance(cfg.seeds, int) or cfg.seeds < 2:
+    if not Range(2, whole=True).admits(cfg.seeds):
         raise AblationError(
             f"--seeds {cfg.seeds}: the differences to the reference are paired by seed and "
             "their spread needs at least 2 seeds; use --seeds 2 (or more)"

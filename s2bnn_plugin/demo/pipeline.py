@@ -37,7 +37,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from s2bnn_plugin.data import DEMO_TRAIN_PER_CLASS, DEMO_VAL_PER_CLASS
-from s2bnn_plugin.errors import S2BNNError, require_positive, require_whole
+from s2bnn_plugin.errors import S2BNNError
+from s2bnn_plugin.validate import require_positive, require_whole
 
 __all__ = [
     "STUDENTS",

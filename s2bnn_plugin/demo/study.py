@@ -37,6 +37,7 @@ from s2bnn_plugin.demo.pipeline import (
     print_line,
     run_pipeline,
 )
+from s2bnn_plugin.validate import Range
 
 __all__ = [
     "DEFAULT_METHODS",
@@ -167,7 +168,7 @@ def check_methods(cfg: StudyConfig) -> None:
     """Refuse unknown, unsupported or repeated method names, listing the available ones."""
     if not cfg.methods:
         raise StudyError(f"no methods given; available: {', '.join(available_methods())}")
-    if cfg.seeds < 1:
+    if not Range(1, whole=True).admits(cfg.seeds):
         raise StudyError(f"--seeds must be at least 1 (got {cfg.seeds})")
     repeated = sorted({m for m in cfg.methods if cfg.methods.count(m) > 1})
     if repeated:

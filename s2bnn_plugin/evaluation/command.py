@@ -7,18 +7,21 @@ A typed function the command line only parses arguments for; user errors are rai
 from __future__ import annotations
 
 import json
-import numbers
 import os
 from pathlib import Path
 from typing import Any
 
 from s2bnn_plugin.data import load_image_folder, resolve_dataset
-from s2bnn_plugin.errors import FileMissing, UsageError, require_positive, require_whole
+from s2bnn_plugin.errors import FileMissing, UsageError
 from s2bnn_plugin.evaluation.evaluate import evaluate, evaluate_raw_pixels
 from s2bnn_plugin.evaluation.knn import prediction_agreement
 from s2bnn_plugin.evaluation.models import EVAL_ENGINES, load_engines
+from s2bnn_plugin.validate import Range, require_positive, require_whole
 
-__all__ = ["check_eval_options", "check_output_file", "evaluate_model"]
+__all__ = ["CROP_RATIOS", "check_eval_options", "check_output_file", "evaluate_model"]
+
+#: ``--crop-ratio``: the share of the resized image that the centre crop keeps
+CROP_RATIOS = Range(0, 1, open_low=True)
 
 
 def check_output_file(path: str | os.PathLike[str], option: str) -> None:
@@ -53,11 +56,10 @@ def check_eval_options(
     if engine not in EVAL_ENGINES:
         raise UsageError(f"--engine must be one of {', '.join(EVAL_ENGINES)}, got {engine!r}")
     require_whole("--size", size, 1, "the image size in pixels")
-    ok = not isinstance(crop_ratio, bool) and isinstance(crop_ratio, numbers.Real)
-    if not ok or not 0 < crop_ratio <= 1:
+    if not CROP_RATIOS.admits(crop_ratio):
         raise UsageError(
-            f"--crop-ratio must be in (0, 1] (1 keeps the whole image; 0.875 is solo-learn's "
-            f"224/256), got {crop_ratio!r}"
+            f"--crop-ratio must be in {CROP_RATIOS.interval()} (1 keeps the whole image; 0.875 "
+            f"is solo-learn's 224/256), got {crop_ratio!r}"
         )
     require_whole("--batch-size", batch_size, 1, "images per forward pass")
     require_whole("--k", k, 1, "the number of neighbours that vote")

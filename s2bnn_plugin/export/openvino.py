@@ -47,9 +47,10 @@ from typing import Any
 
 import numpy as np
 
-from s2bnn_plugin.errors import FileMissing, S2BNNError, UsageError, require_whole
+from s2bnn_plugin.errors import FileMissing, S2BNNError, UsageError
 from s2bnn_plugin.export import reference as ref
 from s2bnn_plugin.export.network import PackedNetwork, load
+from s2bnn_plugin.validate import require_whole
 
 __all__ = [
     "INSTALL_HINT",

@@ -23,7 +23,6 @@ import ast
 import difflib
 import functools
 import inspect
-import math
 import re
 import textwrap
 import zipfile
@@ -34,6 +33,7 @@ from typing import Any
 from s2bnn_plugin.errors import S2BNNError
 from s2bnn_plugin.solo_learn.locate import require_solo
 from s2bnn_plugin.teachers import FORMATS, OUTPUTS
+from s2bnn_plugin.validate import Range
 
 __all__ = [
     "BURN_KEYS",
@@ -347,13 +347,11 @@ def _nearest(word: str, choices: Collection[str]) -> str:
 
 
 def _is_number(value: Any, low: float, inclusive: bool) -> bool:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        return False
-    return value >= low if inclusive else value > low
+    return Range(low, open_low=not inclusive).admits(value)
 
 
 def _is_int(value: Any, low: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+    return Range(low, whole=True).admits(value)
 
 
 def _show(value: Any) -> str:
