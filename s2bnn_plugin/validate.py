@@ -7,7 +7,9 @@ integral type (``2.0`` is refused where a count is meant, as the command line's 
 would). :func:`require` raises the caller's :class:`~s2bnn_plugin.errors.S2BNNError` subclass
 with a one-line message naming the option, what it must be and the value given;
 :meth:`Range.admits` answers without raising, for checks that collect every problem before
-reporting them.
+reporting them. A :class:`Setting` is one row of a table of settings: a key, its default, the
+values it accepts (numbers of a range, or names) and what it means, from which a table's
+defaults, its checks and its documentation all come.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from typing import TypeVar
 from s2bnn_plugin.errors import S2BNNError, UsageError
 
 __all__ = [
+    "NO_DEFAULT",
     "Range",
+    "Setting",
     "is_number",
     "require",
     "require_positive",
@@ -105,3 +109,71 @@ def require_positive(
     """Raise ``error`` naming ``name`` unless ``value`` is a finite real number > 0; ``what``
     says what the setting is."""
     require(name, value, Range(0, open_low=True), f" ({what})", error)
+
+
+class _NoDefault:
+    """The default of a setting that has none to fill in (see :attr:`Setting.shown_default`)."""
+
+    def __repr__(self) -> str:
+        return "NO_DEFAULT"
+
+
+NO_DEFAULT = _NoDefault()
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One row of a settings table: a key, its default, the values it accepts and what it means.
+
+    The values accepted are ``numbers`` (a :class:`Range`), ``choices`` (names), or, with
+    neither, anything (a check elsewhere knows more: a file, a method name); ``null`` admits
+    ``None`` too. :meth:`words` says what the setting must be: ``accepted`` when given, else
+    words derived from the range or the choices. ``hint`` (why, or what the values mean) follows
+    them in a refusal. ``shown_default`` says in words what happens without a value where the
+    default is :data:`NO_DEFAULT` (required, set by the code, or taken from elsewhere).
+    """
+
+    key: str
+    default: object
+    doc: str
+    numbers: Range | None = None
+    choices: tuple[str, ...] | None = None
+    null: bool = False
+    accepted: str = ""
+    hint: str = ""
+    shown_default: str = ""
+
+    def admits(self, value: object) -> bool:
+        if value is None:
+            return self.null
+        if self.choices is not None:
+            return value in self.choices
+        if self.numbers is not None:
+            return self.numbers.admits(value)
+        return True
+
+    def words(self) -> str:
+        """What a value must be: ``> 0``, ``a number in [0, 1]``, ``an int >= 1 or null``,
+        ``one of ['kl', 'burn']``."""
+        if self.accepted:
+            return self.accepted
+        if self.choices is not None:
+            words = f"one of {list(self.choices)}"
+        elif self.numbers is None:
+            words = "any value"
+        elif self.numbers.whole:
+            words = f"an int {self.numbers.interval()}"
+        elif self.numbers.low is not None and self.numbers.high is not None:
+            words = self.numbers.describe()
+        else:
+            words = self.numbers.interval()  # the hint says "a number"
+        return f"{words} or null" if self.null else words
+
+    def problem(self, path: str, value: object) -> str | None:
+        """``None`` when ``value`` is accepted, else the refusal: ``{path} must be {words}
+        ({hint}), got {value}``."""
+        if self.admits(value):
+            return None
+        hint = f" ({self.hint})" if self.hint else ""
+        shown = repr(value) if isinstance(value, str) else str(value)
+        return f"{path} must be {self.words()}{hint}, got {shown}"

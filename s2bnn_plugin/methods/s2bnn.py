@@ -54,14 +54,17 @@ from s2bnn_plugin.methods.distillation import (
 )
 from s2bnn_plugin.methods.schedule import LINEAR, LinearDecay, linear_decay, s2bnn_linear_problems
 from s2bnn_plugin.methods.settings import (
+    SETTINGS,
     MethodConfigError,
     check_method_kwargs,
     objective_class,
     objective_names,
+    reads,
 )
 from s2bnn_plugin.methods.ssl_defaults import ssl_defaults
 from s2bnn_plugin.solo_learn.resume import file_sha256
 from s2bnn_plugin.teachers import load_teacher
+from s2bnn_plugin.validate import NO_DEFAULT
 
 __all__ = ["S2BNN", "mixed_class", "objective_names"]
 
@@ -95,33 +98,11 @@ class _TakeMomentumClassLoss(BaseMomentumMethod):
 class S2BNN(BaseMethod):
     """Guided distribution calibration of a binary student by a frozen real teacher.
 
-    method_kwargs:
-        teacher.ckpt (str, required): the teacher checkpoint (formats: see s2bnn_plugin.teachers).
-        teacher.format (str): auto | solo | moco | torchvision. Default auto.
-        teacher.output (str): projector (the prediction, default) | backbone (features).
-        teacher.stem_padding (int): padding of a 3x3 (CIFAR) stem in a bare state dict, which
-            the weights do not record. Default null: 1, with a warning (solo-learn's own CIFAR
-            ResNets use 2; their .ckpt + args.json needs nothing).
-        temperature (float > 0): distillation temperature. Default 0.2 (the paper's).
-        distill_weight (float >= 0): weight of the distillation loss. Default 1.0.
-        head_hidden_dim (int >= 1 | None): hidden size of the student's distillation head.
-            Default null: the backbone's feature width (``features_dim``), as S2-BNN's code
-            (``dim_mlp = fc.in_features``: 1024 for ReActNet-A).
-        loss (str): kl (S2-BNN's, default) | burn (BURN's feature similarity + KL mix; see
-            :mod:`s2bnn_plugin.methods.distillation`).
-        burn_lambda_start, burn_lambda_end (floats in [0, 1], loss=burn only): BURN's weight of
-            the KL term at the first and the last optimiser step (half cosine between).
-            Default 0.1 and 0.3 (BURN's configs).
-        distill_crops (str): all (default: every large crop is distilled) | first (the first
-            crop only, fed to teacher and student alike, as S2-BNN's distillation-only code).
-        ssl_method (str): none (distillation only, the paper's best) or a solo-learn method name.
-        ssl_weight (float >= 0): weight of that objective's loss. Default 1.0.
-        ssl_kwargs (dict): the objective's own method_kwargs (defaults: solo-learn's CIFAR recipe).
-        student_init (str | None): a step-1 checkpoint (.ckpt) whose weights initialise this
-            student.
-
-    Any other key, a key under ssl_kwargs that the objective does not read, and a value out of
-    these ranges are refused (:func:`s2bnn_plugin.methods.settings.check_method_kwargs`).
+    ``method_kwargs``: every key, its default, the values it accepts and what it means are the
+    rows of :data:`s2bnn_plugin.methods.settings.SETTINGS` (docs/training.md shows them as a
+    table). ``teacher.ckpt`` is required; any other key, a key under ``ssl_kwargs`` that the
+    mixed objective does not read, and a value out of range are refused
+    (:func:`s2bnn_plugin.methods.settings.check_method_kwargs`).
     """
 
     def __new__(cls, cfg: omegaconf.DictConfig | None = None, *args: Any, **kwargs: Any) -> S2BNN:
@@ -194,20 +175,13 @@ class S2BNN(BaseMethod):
                 f"method_kwargs.teacher.ckpt={ckpt} is not a file; give the path of the teacher "
                 "checkpoint (relative paths are relative to the directory you launch from)"
             )
-        mk.teacher.format = omegaconf_select(cfg, "method_kwargs.teacher.format", "auto")
-        mk.teacher.output = omegaconf_select(cfg, "method_kwargs.teacher.output", "projector")
-        mk.teacher.stem_padding = omegaconf_select(cfg, "method_kwargs.teacher.stem_padding", None)
-        mk.temperature = omegaconf_select(cfg, "method_kwargs.temperature", 0.2)
-        mk.distill_weight = omegaconf_select(cfg, "method_kwargs.distill_weight", 1.0)
-        mk.head_hidden_dim = omegaconf_select(cfg, "method_kwargs.head_hidden_dim", None)
-        mk.loss = omegaconf_select(cfg, "method_kwargs.loss", "kl")
-        if mk.loss == "burn":  # BURN's configs: lambda from 0.1 to 0.3
-            mk.burn_lambda_start = omegaconf_select(cfg, "method_kwargs.burn_lambda_start", 0.1)
-            mk.burn_lambda_end = omegaconf_select(cfg, "method_kwargs.burn_lambda_end", 0.3)
-        mk.distill_crops = omegaconf_select(cfg, "method_kwargs.distill_crops", "all")
-        mk.ssl_method = str(omegaconf_select(cfg, "method_kwargs.ssl_method", "none")).lower()
-        mk.ssl_weight = omegaconf_select(cfg, "method_kwargs.ssl_weight", 1.0)
-        mk.student_init = omegaconf_select(cfg, "method_kwargs.student_init", None)
+        # the table's defaults, in its order (a loss's own settings once the loss is known)
+        for setting in SETTINGS:
+            if setting.default is not NO_DEFAULT and reads(setting, mk):
+                *parents, key = setting.key.split(".")
+                node = functools.reduce(getattr, parents, mk)
+                node[key] = omegaconf_select(cfg, f"method_kwargs.{setting.key}", setting.default)
+        mk.ssl_method = str(mk.ssl_method).lower()
         if mk.student_init and not Path(str(mk.student_init)).expanduser().is_file():
             raise FileNotFoundError(
                 f"method_kwargs.student_init={mk.student_init} is not a file; give the step-1 "
