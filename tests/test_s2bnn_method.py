@@ -738,8 +738,8 @@ def test_burn_lambda_moves_with_the_trainers_steps(methods, teacher_ckpt):
     cfg = s2bnn_cfg(teacher_ckpt, "none", loss="burn", burn_lambda_start=0.0, burn_lambda_end=1.0)
     model = methods["s2bnn"](cfg)
     seen = []
-    original = model._burn_lambda
-    model._burn_lambda = lambda: seen.append(original()) or seen[-1]
+    original = model.distill_loss.kl_weight
+    model.distill_loss.kl_weight = lambda progress: seen.append(original(progress)) or seen[-1]
     fit(model, cfg, steps=4)
     # steps 0..3 of 4: (1 - cos(pi * k / 4)) / 2
     assert seen == pytest.approx([(1 - math.cos(math.pi * k / 4)) / 2 for k in range(4)])

@@ -45,13 +45,8 @@ from solo.utils.momentum import initialize_momentum_params
 
 from s2bnn_plugin.checkpoints import UnreadableWeights, load_weights
 from s2bnn_plugin.methods import rng_state
-from s2bnn_plugin.methods.distillation import (
-    DistillationHead,
-    burn_lambda,
-    burn_loss,
-    calibration_stats,
-    distillation_loss,
-)
+from s2bnn_plugin.methods.distillation import DistillationHead, calibration_stats
+from s2bnn_plugin.methods.losses import LOSSES, DistillLoss, Progress
 from s2bnn_plugin.methods.schedule import LINEAR, LinearDecay, linear_decay, s2bnn_linear_problems
 from s2bnn_plugin.methods.settings import (
     SETTINGS,
@@ -135,12 +130,8 @@ class S2BNN(BaseMethod):
         self.distill_weight: float = float(mk.distill_weight)
         self.ssl_method: str = str(mk.ssl_method)
         self.ssl_weight: float = float(mk.ssl_weight) if self.ssl_method != "none" else 0.0
-        self.distill_loss_name: str = str(mk.loss)
-        self.burn_lambda_range: tuple[float, float] = (
-            (float(mk.burn_lambda_start), float(mk.burn_lambda_end))
-            if self.distill_loss_name == "burn"
-            else (0.0, 0.0)
-        )
+        # a plain object (not a sub-module): it holds settings, no weights
+        self.distill_loss: DistillLoss = LOSSES[str(mk.loss)](self.distill_temperature, mk)
         self.distill_crops: str = str(mk.distill_crops)
 
         teacher = load_teacher(
@@ -270,7 +261,7 @@ class S2BNN(BaseMethod):
         crops = [crops] if isinstance(crops, torch.Tensor) else crops
         # the teacher sees the large crops only (multi-crop's small crops train the objective)
         large = list(crops[: self.num_large_crops])[: len(terms["feats"])]
-        pairs = distill_pairs(len(large), self.distill_crops, self.distill_loss_name)
+        pairs = self.distill_loss.pairs(len(large), self.distill_crops)
         targets: dict[int, torch.Tensor] = {}
         predictions: dict[int, torch.Tensor] = {}
         for i, j in pairs:
@@ -281,20 +272,10 @@ class S2BNN(BaseMethod):
                 targets[j] = self.teacher(x)
             if i not in predictions:
                 predictions[i] = self.distill_head(terms["feats"][i])
-        burn = self.distill_loss_name == "burn"
-        lam = self._burn_lambda() if burn else 0.0
-        distill, features, kls, stats = [], [], [], []
-        for i, j in pairs:
-            prediction, target = predictions[i], targets[j]
-            if burn:
-                parts = burn_loss(prediction, target, lam, self.distill_temperature)
-                distill.append(parts.loss)
-                features.append(parts.feature)
-                kls.append(parts.kl)
-            else:
-                distill.append(distillation_loss(prediction, target, self.distill_temperature))
-            stats.append(calibration_stats(prediction, target, self.distill_temperature))
-        distill_loss = sum(distill) / len(distill)
+        matched = [(predictions[i], targets[j]) for i, j in pairs]
+        distill = self.distill_loss(matched, self._progress)
+        stats = [calibration_stats(s, t, self.distill_temperature) for s, t in matched]
+        distill_loss = distill.loss
         loss = class_loss + self.distill_weight * distill_loss
         if self.ssl_method != "none":
             loss = loss + self.ssl_weight * ssl_loss
@@ -302,16 +283,8 @@ class S2BNN(BaseMethod):
             loss = loss + momentum_class_loss
 
         n = len(stats)
-        if burn:
-            self.log_dict(
-                {
-                    "train_burn_feature_loss": sum(features) / n,
-                    "train_burn_kl_loss": sum(kls) / n,
-                    "train_burn_lambda": torch.tensor(lam, device=loss.device),
-                },
-                on_epoch=True,
-                sync_dist=True,
-            )
+        if distill.logged:  # the loss's own terms
+            self.log_dict(distill.logged, on_epoch=True, sync_dist=True)
         self.log_dict(
             {
                 "train_loss": loss,
@@ -326,13 +299,12 @@ class S2BNN(BaseMethod):
         )
         return loss
 
-    def _burn_lambda(self) -> float:
-        """BURN's KL weight at this optimiser step (the start value outside a Trainer)."""
-        start, end = self.burn_lambda_range
+    def _progress(self) -> Progress | None:
+        """Where training is (``None`` outside a Trainer), for a loss that changes over it."""
         trainer = self._trainer
         if trainer is None:
-            return start
-        return burn_lambda(trainer.global_step, int(trainer.estimated_stepping_batches), start, end)
+            return None
+        return Progress(trainer.global_step, int(trainer.estimated_stepping_batches))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Add every rank's random states (see the module docstring) and, for momentum
@@ -419,20 +391,6 @@ class S2BNN(BaseMethod):
         self.load_state_dict(loadable, strict=False)
         for online, momentum in getattr(self, "momentum_pairs", []):
             initialize_momentum_params(online, momentum)
-
-
-def distill_pairs(n_crops: int, distill_crops: str, loss: str) -> list[tuple[int, int]]:
-    """(student crop, teacher crop) pairs distilled in a batch of ``n_crops`` large crops.
-
-    ``first``: the first crop, seen by both (S2-BNN's distillation-only code). ``all``: each
-    crop against itself for ``kl``; across views for ``burn`` as BURN does (crop i against the
-    teacher's crop i + 1, cyclically: (0, 1) and (1, 0) for two crops), the same crop when
-    there is only one."""
-    if distill_crops == "first" or n_crops == 1:
-        return [(0, 0)]
-    if loss == "burn":
-        return [(i, (i + 1) % n_crops) for i in range(n_crops)]
-    return [(i, i) for i in range(n_crops)]
 
 
 def _crop_size(cfg: omegaconf.DictConfig) -> int:

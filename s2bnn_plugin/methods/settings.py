@@ -37,16 +37,15 @@ from pathlib import Path
 from typing import Any
 
 from s2bnn_plugin.errors import S2BNNError
+from s2bnn_plugin.methods.losses import LOSSES
 from s2bnn_plugin.solo_learn.locate import require_solo
 from s2bnn_plugin.teachers import FORMATS, OUTPUTS, STEM_PADDINGS
 from s2bnn_plugin.validate import NO_DEFAULT, Range, Setting
 
 __all__ = [
-    "BURN_KEYS",
-    "BURN_SETTINGS",
     "DISTILL_CROPS",
     "KEYS",
-    "LOSSES",
+    "LOSS_KEYS",
     "SETTINGS",
     "TEACHER_KEYS",
     "MethodConfigError",
@@ -59,8 +58,6 @@ __all__ = [
     "reads",
 ]
 
-#: ``method_kwargs.loss``: S2-BNN's KL distillation, or BURN's feature similarity + KL mix
-LOSSES = ("kl", "burn")
 #: ``method_kwargs.distill_crops``: every large crop, or the first only (S2-BNN's code)
 DISTILL_CROPS = ("all", "first")
 
@@ -104,13 +101,13 @@ _TEACHER_SETTINGS = (
         shown_default="set by the method",
     ),
 )
-#: ``method_kwargs.loss``: which registered loss distils
+#: ``method_kwargs.loss``: which registered loss (:mod:`~s2bnn_plugin.methods.losses`) distils
 _LOSS = Setting(
     "loss",
     "kl",
     "S2-BNN's KL calibration, or BURN's mix (\"BURN's loss\")",
-    choices=LOSSES,
-    hint="kl: S2-BNN's; burn: BURN's feature similarity + KL mix",
+    choices=tuple(LOSSES),
+    hint="; ".join(f"{name}: {loss.summary}" for name, loss in LOSSES.items()),
 )
 _DISTILL_SETTINGS = (
     Setting(
@@ -136,24 +133,6 @@ _DISTILL_SETTINGS = (
         hint="null: the backbone's feature width, as S2-BNN's code",
     ),
     _LOSS,
-)
-#: the settings that only ``loss=burn`` reads (its weight schedule, BURN's configs' values)
-_BURN_HINT = "the weight of BURN's KL term; 1 - it weighs the feature similarity term"
-BURN_SETTINGS = (
-    Setting(
-        "burn_lambda_start",
-        0.1,
-        "BURN's KL weight at the first optimiser step",
-        numbers=Range(0, 1),
-        hint=_BURN_HINT,
-    ),
-    Setting(
-        "burn_lambda_end",
-        0.3,
-        "BURN's KL weight at the last optimiser step",
-        numbers=Range(0, 1),
-        hint=_BURN_HINT,
-    ),
 )
 _MIXING_SETTINGS = (
     Setting(
@@ -194,10 +173,11 @@ _MIXING_SETTINGS = (
     ),
 )
 #: every setting of ``method=s2bnn``, keys relative to ``method_kwargs``, in the docs' order
+#: (each registered loss's own settings after ``loss``)
 SETTINGS: tuple[Setting, ...] = (
     *_TEACHER_SETTINGS,
     *_DISTILL_SETTINGS,
-    *BURN_SETTINGS,
+    *(setting for loss in LOSSES.values() for setting in loss.settings),
     *_MIXING_SETTINGS,
 )
 #: every key of ``method_kwargs`` that ``method=s2bnn`` reads
@@ -205,8 +185,8 @@ KEYS = tuple(dict.fromkeys(s.key.partition(".")[0] for s in SETTINGS))
 #: every key of ``method_kwargs.teacher``; ``sha256`` is the teacher file's digest, which the
 #: method itself records (args.json keeps it, so a resume with another teacher is refused)
 TEACHER_KEYS = tuple(s.key.partition(".")[2] for s in _TEACHER_SETTINGS)
-#: the keys that only ``loss=burn`` reads (its weight schedule)
-BURN_KEYS = tuple(s.key for s in BURN_SETTINGS)
+#: the keys that one registered loss alone reads -> that loss's name
+LOSS_KEYS = {s.key: name for name, loss in LOSSES.items() for s in loss.settings}
 NOT_OBJECTIVES = {"base", "linear", "s2bnn"}
 MISSING = "???"
 
@@ -369,19 +349,19 @@ def _value_problems(
 
 
 def _range_problems(mk: Mapping[str, Any]) -> list[str]:
-    loss = mk.get("loss", "kl")
+    loss = mk.get("loss", _LOSS.default)
     out = _value_problems(mk, _DISTILL_SETTINGS)
-    if loss not in LOSSES:  # already refused: which loss reads what is unknown
-        return out + _value_problems(mk, _MIXING_SETTINGS)
-    given = [s for s in BURN_SETTINGS if mk.get(s.key) is not None]
-    if loss == "burn":
-        out += _value_problems(mk, tuple(given))
-    else:
-        out += [
-            f"method_kwargs.{s.key} is set (BURN's weight schedule), but loss={loss} does not "
-            "read it: set method_kwargs.loss=burn, or remove it"
-            for s in given
-        ]
+    if _LOSS.admits(loss):  # else refused above: which loss reads what is unknown
+        for name, cls in LOSSES.items():
+            given = tuple(s for s in cls.settings if mk.get(s.key) is not None)
+            if name == loss:
+                out += _value_problems(mk, given)
+                continue
+            out += [
+                f"method_kwargs.{s.key} is set ({cls.settings_are}), but loss={loss} does not "
+                f"read it: set method_kwargs.loss={name}, or remove it"
+                for s in given
+            ]
     return out + _value_problems(mk, _MIXING_SETTINGS)
 
 
@@ -438,9 +418,10 @@ def _looks_packed(path: Path) -> bool:
 
 
 def reads(setting: Setting, method_kwargs: Mapping[str, Any]) -> bool:
-    """Whether ``method=s2bnn`` with these ``method_kwargs`` reads ``setting``: BURN's own
-    settings only with ``loss=burn`` (the loss is looked up for those alone)."""
-    return setting not in BURN_SETTINGS or method_kwargs.get("loss", _LOSS.default) == "burn"
+    """Whether ``method=s2bnn`` with these ``method_kwargs`` reads ``setting``: a loss's own
+    settings only with that loss (the loss is looked up for those alone)."""
+    owner = LOSS_KEYS.get(setting.key)
+    return owner is None or method_kwargs.get("loss", _LOSS.default) == owner
 
 
 # ------------------------------------------------------------------------------ the docs' table
@@ -478,8 +459,8 @@ def _accepted_words(setting: Setting) -> str:
         words = f"{noun} {'in ' if two_sided else ''}{interval}"
         if setting.null:
             words += ", or null"
-    if not reads(setting, {}):
-        words += "; `loss=burn` only"
+    if setting.key in LOSS_KEYS:
+        words += f"; `loss={LOSS_KEYS[setting.key]}` only"
     return words
 
 
