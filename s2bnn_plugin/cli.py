@@ -90,11 +90,9 @@ def _per_class(value: str) -> int | None:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     """Features of a model on a dataset's train and val splits, then kNN and a linear probe."""
-    from s2bnn_plugin.evaluation.command import evaluate_model
+    from s2bnn_plugin.evaluation.command import EvalOptions, evaluate_model
 
-    evaluate_model(
-        args.model,
-        args.data,
+    options = EvalOptions(
         engine=args.engine,
         size=args.size,
         crop_ratio=args.crop_ratio,
@@ -110,6 +108,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         json_path=args.json,
         progress=not args.no_progress,
     )
+    evaluate_model(args.model, args.data, options)
     return 0
 
 
