@@ -73,8 +73,15 @@ class BackboneConfig:
 
     @classmethod
     def from_kwargs(cls, backbone: str, kwargs: dict[str, Any]) -> BackboneConfig:
-        # ``compile`` is read by the factory (build_backbone), not a field of the config
-        kwargs = {k: v for k, v in kwargs.items() if k != COMPILE_KWARG}
+        """The config of a factory's keyword arguments, checked. ``compile`` is not a field
+        (it says how the model runs, not what it is) and is refused here rather than dropped:
+        a factory builds its model with :func:`build_backbone`, which honours it."""
+        if COMPILE_KWARG in kwargs:
+            raise BackboneArgumentError(
+                f"{backbone}(): {COMPILE_KWARG} sets how the model runs, which the config does "
+                "not hold: build the model with build_backbone(cls, kwargs) (see CONTRIBUTING, "
+                "'Adding a backbone'), which honours it"
+            )
         accepted = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(kwargs) - set(accepted))
         if unknown:
@@ -184,9 +191,11 @@ class BinaryBackbone(nn.Module):
 Backbone = TypeVar("Backbone", bound=BinaryBackbone)
 
 
-def build_backbone(cls: type[Backbone], name: str, kwargs: dict[str, Any]) -> Backbone:
+def build_backbone(cls: type[Backbone], kwargs: dict[str, Any]) -> Backbone:
     """``cls`` built from a factory's keyword arguments: :class:`BackboneConfig`'s fields and
-    ``compile`` (true or false, default false), all checked before the model is built."""
+    ``compile`` (true or false, default false), all checked before the model is built. Every
+    factory builds its model this way (``cls.name`` names it in the messages)."""
+    name = cls.name
     kwargs = dict(kwargs)
     compile_features = kwargs.pop(COMPILE_KWARG, False)
     if not isinstance(compile_features, bool):
