@@ -584,8 +584,8 @@ def _add_ablation(sub: _Subparsers) -> None:
         "epoch, the first crop shared); every other row changes only what it names, and its "
         "differences are paired by seed. Evaluates them with the packed CPU engine and writes "
         "ablation.md, ablation.json and ablation.png into --out. Run it again to resume: "
-        "finished stages are skipped. The defaults (6 rows, 2 seeds: 14 trainings) took 50 "
-        "minutes on 2 busy CPU cores (docs/demo-and-study.md); it prints an estimate first.",
+        "finished stages are skipped. The defaults (6 rows, 2 seeds: 14 trainings) take about "
+        "50 minutes on 2 busy CPU cores (docs/demo-and-study.md); it prints an estimate first.",
     )
     p.add_argument(
         "--out", default="s2bnn-ablation", help="ablation folder (default ./s2bnn-ablation)"

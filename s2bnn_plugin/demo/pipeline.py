@@ -7,18 +7,19 @@ never retrains, hence never overwrites, a finished checkpoint):
 2. ``teacher``: a real-valued self-supervised teacher (solo-learn SimCLR on solo-learn's ResNet-18);
 3. ``contrastive``, ``distill``, ``mixed``: three binary students with the same budget: SimCLR
    alone, S2-BNN distillation alone, SimCLR + distillation;
-4. ``eval-<model>``: kNN and linear probe on the held-out split (students on the packed CPU engine,
-   the teacher in PyTorch, plus a raw-pixel probe), with kNN class distributions kept for the
-   calibration analysis;
+4. ``eval``: kNN and linear probe on the held-out split (students on the packed CPU engine, the
+   teacher in PyTorch, plus a raw-pixel probe; each model's results kept as it finishes), with
+   kNN class distributions kept for the calibration analysis;
 5. ``report``: results.md / results.json and the PNG plots.
 
 All training runs through solo-learn's own ``main_pretrain.py`` in a subprocess with the plugin's
 configs plus overrides; an interrupted training resumes from its last epoch checkpoint through
 solo-learn's auto-resume.
 
-The stages are generic over a list of :class:`StudentSpec` (:func:`run_pipeline`): the demo is one
-fixed list of three students (:func:`demo_students`), ``s2bnn study`` builds a longer one
-(:mod:`s2bnn_plugin.demo.study`).
+The stages are generic over a list of :class:`StudentSpec` (:func:`run_pipeline`), numbered by
+one list (:func:`stage_list`). Students are made from tables of :class:`StudentRecipe`: the demo's
+three are :data:`STUDENTS` (:func:`demo_students`); ``s2bnn study`` and ``s2bnn ablation`` build
+longer lists from theirs (:mod:`s2bnn_plugin.demo.study`, :mod:`s2bnn_plugin.demo.ablation_rows`).
 """
 
 from __future__ import annotations
