@@ -12,17 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from s2bnn_plugin.data import load_image_folder, resolve_dataset
+from s2bnn_plugin.data import CROP_RATIOS, load_image_folder, resolve_dataset
 from s2bnn_plugin.errors import FileMissing, UsageError
 from s2bnn_plugin.evaluation.evaluate import evaluate, evaluate_raw_pixels
 from s2bnn_plugin.evaluation.knn import prediction_agreement
 from s2bnn_plugin.evaluation.models import EVAL_ENGINES, load_engines
-from s2bnn_plugin.validate import Range, require_positive, require_whole
+from s2bnn_plugin.validate import require_positive, require_whole
 
-__all__ = ["CROP_RATIOS", "EvalOptions", "check_output_file", "evaluate_model"]
-
-#: ``--crop-ratio``: the share of the resized image that the centre crop keeps
-CROP_RATIOS = Range(0, 1, open_low=True)
+__all__ = ["EvalOptions", "check_output_file", "evaluate_model"]
 
 
 def check_output_file(path: str | os.PathLike[str], option: str) -> None:
