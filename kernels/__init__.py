@@ -26,7 +26,7 @@ blocks of 32 output channels, flat ``(blocks, k * k, words, 32)`` as stored, and
 read them after :func:`kernel_weights` (which keeps only the low 32 bits per lane when there are
 at most 32 input channels). The inner loops have no bounds checks; each public kernel checks
 its buffer sizes first and raises ``ValueError``. The safe, validated entry point is
-:class:`s2bnn_plugin.export.PackedNetwork`.
+:class:`s2bnn_plugin.runtime.PackedNetwork`.
 """
 
 # First: Numba picks a function's cache locator when ``@njit(cache=True)`` decorates it.
