@@ -16,7 +16,7 @@ from s2bnn_plugin.data import load_image_folder, resolve_dataset
 from s2bnn_plugin.errors import FileMissing, UsageError, require_positive, require_whole
 from s2bnn_plugin.evaluation.evaluate import evaluate, evaluate_raw_pixels
 from s2bnn_plugin.evaluation.knn import prediction_agreement
-from s2bnn_plugin.evaluation.models import EVAL_ENGINES, load_engines
+from s2bnn_plugin.evaluation.models import EVAL_ENGINES, load_engines, require_engine_memory
 
 __all__ = ["check_eval_options", "check_output_file", "evaluate_model"]
 
@@ -117,6 +117,7 @@ def evaluate_model(
     )
     # the model first: a checkpoint that cannot be loaded fails before the data is prepared
     engines, notes = load_engines(model, engine)
+    require_engine_memory(engines, batch_size, size)
     for note in notes:
         print(f"note: {note}")
     splits = resolve_dataset(

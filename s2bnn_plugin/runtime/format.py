@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from s2bnn_plugin.errors import FileMissing
+from s2bnn_plugin.memory import MemoryLimitError, require_memory
 from s2bnn_plugin.runtime.model import BackboneRef, NetworkLayout, PackedModel, StemLayout
 from s2bnn_plugin.runtime.spec import (
     MAX_CHANNELS,
@@ -289,6 +290,9 @@ def _read_zip(zf: zipfile.ZipFile) -> tuple[NetworkLayout, dict[str, np.ndarray]
         f"the specification implies {total} bytes of arrays, more than this version reads "
         f"({MAX_ARRAY_BYTES})",
     )
+    require_memory(
+        total + layout.prepared_bytes, "its arrays (as read, and in the kernels' layouts)"
+    )
     present: dict[str, zipfile.ZipInfo] = {}
     extra: list[str] = []
     for name, info in members.items():
@@ -330,6 +334,8 @@ def read_packed(path: str | os.PathLike) -> PackedModel:
             layout, arrays = _read_zip(zf)
     except PackedFormatError as e:
         raise PackedFormatError(f"{path}: {e}") from None
+    except MemoryLimitError as e:
+        raise MemoryLimitError(f"{path}: {e}") from None
     except Exception as e:  # zip, npy-header, CRC, JSON and unicode errors: all "unreadable"
         raise PackedFormatError(
             f"{path}: not a readable s2bnn packed network (truncated or corrupted?): "
