@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import zipfile
 
@@ -672,3 +673,44 @@ def test_numeric_arguments_are_checked_before_any_work(args, named, monkeypatch,
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and named in err, err
+
+
+# ---------------------------------------------------------------------------------- non-finite
+
+
+def _projection_unit(net: PackedNetwork) -> int:
+    return next(i for i, u in enumerate(spec_dict(net)["units"]) if u["residual"] == "projection")
+
+
+@pytest.mark.parametrize(
+    ("case", "array"),
+    [
+        ("a_cifar", "units.15.affine"),
+        ("a_cifar", "units.3.activation"),
+        ("a_cifar", "stem.weight"),
+        ("a_cifar", "stem.affine"),
+        ("r18", "proj_weight"),
+        ("r18", "proj_affine"),
+    ],
+)
+def test_nan_or_infinity_in_any_packed_float_array_is_refused_at_load(
+    packed_cases, tmp_path, capsys, case, array
+):
+    """Not only the thresholds: NaN or infinity in any float array of a file is refused when it
+    is read, naming the array, its layer and the fix (``eval`` died with a 7-frame ValueError)."""
+    net = packed_cases[case][1]
+    if array.startswith("proj"):
+        array = f"units.{_projection_unit(net)}.{array}"
+    for bad in (np.nan, -np.inf):
+        values = arrays_dict(net)[array].copy()
+        values.reshape(-1)[3] = bad
+        path = _rewrite(
+            net, tmp_path / "bad.s2bnn", arrays=dict(arrays_dict(net), **{array: values})
+        )
+        with pytest.raises(
+            PackedFormatError, match=rf"'{re.escape(array)}' \(layer .+\) holds NaN"
+        ):
+            load(path)
+    assert main(["eval", "--model", str(path), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and array in err and "pack it again" in err, err

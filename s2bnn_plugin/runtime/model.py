@@ -450,8 +450,8 @@ class PackedModel(NetworkLayout):
     @classmethod
     def from_arrays(cls, layout: NetworkLayout, arrays: Mapping[str, np.ndarray]) -> PackedModel:
         """``layout`` with ``arrays`` (by their names in a file), every name, dtype and shape
-        checked against :meth:`NetworkLayout.array_specs`, and each unit's contents by its kind;
-        raises :class:`PackedFormatError`."""
+        checked against :meth:`NetworkLayout.array_specs`, each unit's contents by its kind, and
+        every float array for NaN and infinity; raises :class:`PackedFormatError`."""
         expected = layout.array_specs()
         missing = sorted(set(expected) - set(arrays))
         extra = sorted(set(arrays) - set(expected))
@@ -472,6 +472,13 @@ class PackedModel(NetworkLayout):
             stem=stem,
             units=tuple(units),
         )
+        for layer, name, a in model.layers():
+            need(
+                a.dtype.kind != "f" or bool(np.isfinite(a).all()),
+                f"array {name!r} (layer {layer}) holds NaN or infinity: the network it packs "
+                "computes NaN; pack it again from a model without NaN or infinity in its weights "
+                "and statistics (an earlier checkpoint, or a retrained model)",
+            )
         return model
 
     def named_arrays(self) -> dict[str, np.ndarray]:
