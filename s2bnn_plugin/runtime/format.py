@@ -75,6 +75,7 @@ SPEC_KEY = "__spec__"
 MAX_SPEC_BYTES = 1 << 20  # the JSON of ReActNet-A (26 units) is 4.4 kB
 MAX_ARRAY_BYTES = 1 << 30  # all arrays a specification may imply (1 GiB)
 MAX_HEADER_BYTES = 4096  # an .npy header (numpy writes 128 bytes for these arrays)
+DEFLATE_MOST = 1032  # deflate's largest expansion: at most this many bytes out per byte in
 
 
 def _parse_stem(stem: Any) -> StemLayout:
@@ -224,6 +225,18 @@ def _check_declared_size(info: zipfile.ZipInfo, nbytes: int) -> None:
         info.compress_size <= packed_most,
         f"member {name!r} declares {info.compress_size} compressed bytes for {info.file_size} "
         "bytes of data (corrupted or tampered file?)",
+    )
+    # what its data holds, before an array of the declared size is allocated for it
+    need(
+        info.compress_type != zipfile.ZIP_STORED or info.compress_size == info.file_size,
+        f"member {name!r} holds {info.compress_size} bytes and declares {info.file_size} "
+        "(truncated or tampered file?)",
+    )
+    need(
+        info.compress_type != zipfile.ZIP_DEFLATED
+        or info.file_size <= DEFLATE_MOST * info.compress_size + 1024,
+        f"member {name!r} declares {info.file_size} bytes in {info.compress_size} compressed "
+        "bytes, more than deflate can hold (truncated or tampered file?)",
     )
 
 
