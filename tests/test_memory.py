@@ -139,7 +139,7 @@ def test_the_refusal_takes_little_time_and_memory(small, tmp_path):
     rc, seconds, peak = done.stdout.split()
     assert rc == "2" and "more than the limit" in done.stderr, done.stderr
     assert float(seconds) < 1.0, seconds
-    assert int(peak) < 1_500_000_000, peak  # torch imported; the file asks for 463 GB
+    assert int(peak) < 1_000_000_000, peak  # torch imported; the file asks for 463 GB
 
 
 def test_a_file_whose_arrays_exceed_the_limit_is_refused_before_they_are_read(small, monkeypatch):
