@@ -1,7 +1,7 @@
 """The numeric options that ``s2bnn pack``, ``check`` and ``bench`` share: their ranges and
-checks, and ``--backbone-kwargs``. Each check raises a one-line
-:class:`~s2bnn_plugin.errors.UsageError` naming the flag, the range and the value, before any
-work starts."""
+checks (through the package's one numeric check, :mod:`s2bnn_plugin.validate`), and
+``--backbone-kwargs``. Each check raises a one-line :class:`~s2bnn_plugin.errors.UsageError`
+naming the flag, the range and the value, before any work starts."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import json
 from typing import Any
 
 from s2bnn_plugin.errors import UsageError
+from s2bnn_plugin.validate import Range, require
 
 __all__ = [
     "BATCH_RANGE",
@@ -42,9 +43,7 @@ def parse_kwargs(text: str | None) -> dict[str, Any] | None:
 
 def int_arg(flag: str, value: object, lo: int, hi: int, why: str = "") -> int:
     """``value`` as an int in ``[lo, hi]``, or a :class:`UsageError` naming ``flag``."""
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise UsageError(f"{flag} must be an integer in [{lo}, {hi}]{why}, got {value!r}")
-    return value
+    return int(require(flag, value, Range(lo, hi, whole=True), why))
 
 
 def threads_arg(value: object) -> int:
@@ -58,9 +57,4 @@ def threads_arg(value: object) -> int:
 def float_arg(flag: str, value: object, lo: float, hi: float, *, open_low: bool = False) -> float:
     """``value`` as a float in ``[lo, hi]`` (``(lo, hi]`` with ``open_low``), or a
     :class:`UsageError` naming ``flag``."""
-    ok = not isinstance(value, bool) and isinstance(value, int | float)
-    ok = ok and (lo < value if open_low else lo <= value) and value <= hi
-    if not ok:
-        low = "(" if open_low else "["
-        raise UsageError(f"{flag} must be a number in {low}{lo}, {hi}], got {value!r}")
-    return float(value)
+    return float(require(flag, value, Range(lo, hi, open_low=open_low)))

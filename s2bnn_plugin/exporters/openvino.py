@@ -49,11 +49,12 @@ from typing import Any
 
 import numpy as np
 
-from s2bnn_plugin.errors import FileMissing, S2BNNError, UsageError, require_whole
+from s2bnn_plugin.errors import FileMissing, S2BNNError, UsageError
 from s2bnn_plugin.exporters.base import Exporter, ExportError
 from s2bnn_plugin.runtime.format import FORMAT_VERSION
 from s2bnn_plugin.runtime.model import Unit
 from s2bnn_plugin.runtime.network import PackedNetwork, load
+from s2bnn_plugin.validate import require_whole
 
 __all__ = [
     "EXPORTER",
