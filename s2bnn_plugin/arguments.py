@@ -1,7 +1,7 @@
 """The numeric options that ``s2bnn pack``, ``check`` and ``bench`` share: their ranges and
-checks, and ``--backbone-kwargs``. Each check raises a one-line
-:class:`~s2bnn_plugin.errors.UsageError` naming the flag, the range and the value, before any
-work starts."""
+checks (through the package's one numeric check, :mod:`s2bnn_plugin.validate`), and
+``--backbone-kwargs``. Each check raises a one-line :class:`~s2bnn_plugin.errors.UsageError`
+naming the flag, the range and the value, before any work starts."""
 
 from __future__ import annotations
 

@@ -21,8 +21,15 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from s2bnn_plugin.backbones import BackboneError, BinaryBackbone, create_backbone, list_backbones
+from s2bnn_plugin.backbones import (
+    BackboneError,
+    BinaryBackbone,
+    backbone_bytes,
+    create_backbone,
+    list_backbones,
+)
 from s2bnn_plugin.errors import S2BNNError
+from s2bnn_plugin.memory import require_memory
 from s2bnn_plugin.solo_learn.locate import SoloLearnNotFound
 from s2bnn_plugin.solo_learn.registry import solo_backbones
 
@@ -165,6 +172,8 @@ def _build(
     where, fix = source
     if name in list_backbones():
         try:
+            cost = backbone_bytes(name, **kwargs)
+            require_memory(cost, f"{where}: the backbone {name}({kwargs})")
             return create_backbone(name, **kwargs)
         except BackboneError as e:
             raise CheckpointError(f"{where}: {e}; {fix}") from e

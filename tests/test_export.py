@@ -12,9 +12,12 @@ the same float32 operations in the same order, must match the kernels bit for bi
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import stat
+import struct
 import zipfile
 
 import numpy as np
@@ -36,7 +39,7 @@ from s2bnn_plugin.runtime import (
     load,
 )
 from s2bnn_plugin.runtime import network as network_module
-from s2bnn_plugin.runtime.format import SPEC_KEY, spec_of, write_packed
+from s2bnn_plugin.runtime.format import SPEC_KEY, parse_spec, spec_of, write_packed
 
 CASES = {
     "a_cifar": ("reactnet_a", {"width_mult": 0.25, "cifar": True}, 32),
@@ -672,3 +675,244 @@ def test_numeric_arguments_are_checked_before_any_work(args, named, monkeypatch,
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and named in err, err
+
+
+# ---------------------------------------------------------------------------------- non-finite
+
+
+def _projection_unit(net: PackedNetwork) -> int:
+    return next(i for i, u in enumerate(spec_dict(net)["units"]) if u["residual"] == "projection")
+
+
+@pytest.mark.parametrize(
+    ("case", "array"),
+    [
+        ("a_cifar", "units.15.affine"),
+        ("a_cifar", "units.3.activation"),
+        ("a_cifar", "stem.weight"),
+        ("a_cifar", "stem.affine"),
+        ("r18", "proj_weight"),
+        ("r18", "proj_affine"),
+    ],
+)
+def test_nan_or_infinity_in_any_packed_float_array_is_refused_at_load(
+    packed_cases, tmp_path, capsys, case, array
+):
+    """Not only the thresholds: NaN or infinity in any float array of a file is refused when it
+    is read, naming the array, its layer and the fix (``eval`` died with a 7-frame ValueError)."""
+    net = packed_cases[case][1]
+    if array.startswith("proj"):
+        array = f"units.{_projection_unit(net)}.{array}"
+    for bad in (np.nan, -np.inf):
+        values = arrays_dict(net)[array].copy()
+        values.reshape(-1)[3] = bad
+        path = _rewrite(
+            net, tmp_path / "bad.s2bnn", arrays=dict(arrays_dict(net), **{array: values})
+        )
+        with pytest.raises(
+            PackedFormatError, match=rf"'{re.escape(array)}' \(layer .+\) holds NaN"
+        ):
+            load(path)
+    assert main(["eval", "--model", str(path), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and array in err and "pack it again" in err, err
+
+
+# ---------------------------------------------------------------------------------- bounded reads
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _spec_member(spec: dict) -> bytes:
+    return _npy(np.frombuffer(json.dumps(spec).encode(), np.uint8))
+
+
+def _zip(path, members: dict[str, bytes], deflated: tuple[str, ...] = ()):
+    """A zip of ``members`` as given (stored, or deflated for those named), no zip64 fields."""
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data, zipfile.ZIP_DEFLATED if name in deflated else zipfile.ZIP_STORED)
+    return path
+
+
+def _declare(path, member: str, *, file_size: int | None = None, compress_size: int | None = None):
+    """Change the sizes the zip's central directory declares for ``member`` (what a tampered
+    file could say; the member's bytes stay as they are)."""
+    data = bytearray(path.read_bytes())
+    at = data.find(b"PK\x01\x02")
+    while at >= 0:
+        name_len, extra_len, comment_len = struct.unpack_from("<HHH", data, at + 28)
+        if data[at + 46 : at + 46 + name_len].decode() == member:
+            if compress_size is not None:
+                struct.pack_into("<I", data, at + 20, compress_size)
+            if file_size is not None:
+                struct.pack_into("<I", data, at + 24, file_size)
+            path.write_bytes(bytes(data))
+            return path
+        at = data.find(b"PK\x01\x02", at + 46 + name_len + extra_len + comment_len)
+    raise AssertionError(f"no member {member}")
+
+
+def _peak_of_load(path) -> tuple[Exception, int]:
+    """The error ``load(path)`` raises and the peak memory (tracemalloc) it took."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(PackedFormatError) as info:
+            load(path)
+        return info.value, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def _wide_spec(channels: int) -> dict:
+    """A valid specification of one binary 3x3 unit ``channels`` wide (its weight bits alone:
+    ``channels**2 * 9 / 8`` bytes, padded)."""
+    return {
+        "format": "s2bnn-packed",
+        "format_version": FORMAT_VERSION,
+        "backbone": {"name": "reactnet_a", "kwargs": {}},
+        "in_channels": 3,
+        "num_features": channels,
+        "stem": {"kernel": 3, "stride": 1, "padding": 1, "out_channels": channels,
+                 "maxpool": False, "name": "stem"},
+        "units": [{"kind": "binary_conv", "name": "wide", "kernel": 3, "stride": 1,
+                   "in_channels": channels, "groups": 1, "group_channels": channels,
+                   "residual": "identity", "activation": False}],
+    }  # fmt: skip
+
+
+def _wide_members(channels: int, weight_bytes: int | None = None) -> dict[str, bytes]:
+    """The members of :func:`_wide_spec`'s file; the weight member's ``.npy`` header declares
+    the whole weight, its data holds ``weight_bytes`` (all of it when ``None``)."""
+    specs = parse_spec(_wide_spec(channels)).array_specs()
+    members = {"__spec__.npy": _spec_member(_wide_spec(channels))}
+    for name, (shape, dtype) in specs.items():
+        if name == "units.0.weight" and weight_bytes is not None:
+            header = io.BytesIO()
+            descr = np.lib.format.dtype_to_descr(dtype)
+            fields = {"descr": descr, "fortran_order": False, "shape": shape}
+            np.lib.format.write_array_header_1_0(header, fields)
+            members[name + ".npy"] = header.getvalue() + bytes(weight_bytes)
+        else:
+            members[name + ".npy"] = _npy(np.zeros(shape, dtype))
+    return members
+
+
+def test_a_specification_over_1_mib_is_refused_unread(packed_cases, tmp_path):
+    net = packed_cases["a_cifar"][1]
+    spec = spec_dict(net)
+    spec["backbone"] = {**spec["backbone"], "kwargs": {"note": "x" * (2 << 20)}}
+    members = {"__spec__.npy": _spec_member(spec)}
+    members.update({f"{k}.npy": _npy(v) for k, v in arrays_dict(net).items()})
+    path = _zip(tmp_path / "spec.s2bnn", members, deflated=("__spec__.npy",))
+    assert path.stat().st_size < 1 << 20
+    error, peak = _peak_of_load(path)
+    said = r"the specification member declares 21\d{5} bytes, more than 1048576"
+    assert re.search(said, str(error)), error
+    assert peak < 1 << 20, peak
+
+
+def test_a_specification_implying_over_1_gib_of_arrays_is_refused_unread(tmp_path):
+    """65,536 channels: one unit's weight bits alone are 4.8 GB. Refused from the
+    specification, before any array member is looked at (there are none here)."""
+    path = _zip(tmp_path / "wide.s2bnn", {"__spec__.npy": _spec_member(_wide_spec(65536))})
+    error, peak = _peak_of_load(path)
+    assert re.search(
+        r"implies 4\d{9} bytes of arrays, more than this version reads \(1073741824", str(error)
+    ), error
+    assert peak < 1 << 20, peak
+
+
+def test_a_member_declaring_more_than_its_array_needs_is_refused_unread(packed_cases, tmp_path):
+    """Right header, then 8 MB more (deflated to a few kB): refused from the zip directory; and
+    a member whose directory declares a compressed size its data could not need."""
+    net = packed_cases["a_cifar"][1]
+    members = {"__spec__.npy": _spec_member(spec_dict(net))}
+    members.update({f"{k}.npy": _npy(v) for k, v in arrays_dict(net).items()})
+    padded = dict(members, **{"units.0.affine.npy": members["units.0.affine.npy"] + bytes(8 << 20)})
+    path = _zip(tmp_path / "long.s2bnn", padded, deflated=("units.0.affine.npy",))
+    error, peak = _peak_of_load(path)
+    assert re.search(
+        r"'units\.0\.affine\.npy' declares 83\d{5} bytes, more than the \d+ its", str(error)
+    )
+    assert peak < 1 << 20, peak
+    path = _zip(tmp_path / "compressed.s2bnn", members)
+    size = len(members["units.0.affine.npy"])
+    _declare(path, "units.0.affine.npy", compress_size=size + (4 << 20))
+    error, _ = _peak_of_load(path)
+    assert f"declares {size + (4 << 20)} compressed bytes for {size} bytes of data" in str(error)
+
+
+@pytest.mark.parametrize("how", ["fewer", "stored", "deflated"])
+def test_a_short_member_is_refused_before_its_array_is_allocated(tmp_path, monkeypatch, how):
+    """A unit 16,384 channels wide (its weight: 302 MB, within the format's bounds) whose weight
+    member holds 1 kB: its ``.npy`` header and the zip directory disagree (``fewer``), or the
+    directory declares the whole size for 1 kB of stored or deflated data (a truncated member).
+    Each is refused before the 302 MB array is allocated."""
+    monkeypatch.setenv("S2BNN_MEMORY_LIMIT", "4G")
+    members = _wide_members(16384, weight_bytes=1024)
+    member = "units.0.weight.npy"
+    deflated = (member,) if how == "deflated" else ()
+    path = _zip(tmp_path / "short.s2bnn", members, deflated=deflated)
+    full = 128 + parse_spec(_wide_spec(16384)).array_specs()["units.0.weight"].nbytes
+    if how != "fewer":
+        _declare(path, member, file_size=full)
+    error, peak = _peak_of_load(path)
+    said = {
+        "fewer": f"member '{member}' declares {128 + 1024} bytes, its .npy header {full}",
+        "stored": f"member '{member}' holds {128 + 1024} bytes and declares {full}",
+        "deflated": f"member '{member}' declares {full} bytes in",
+    }[how]
+    assert said in str(error), error
+    assert peak < 16 << 20, peak
+
+
+def test_a_member_whose_data_ends_early_is_refused(packed_cases, tmp_path):
+    """Deflated data a little shorter than its directory and header declare (within what deflate
+    could hold): the read stops where the data ends, naming the member."""
+    net = packed_cases["a_cifar"][1]
+    members = {"__spec__.npy": _spec_member(spec_dict(net))}
+    members.update({f"{k}.npy": _npy(v) for k, v in arrays_dict(net).items()})
+    member = "units.4.weight.npy"
+    full = len(members[member])
+    members[member] = members[member][: full - 512]
+    path = _zip(tmp_path / "ends.s2bnn", members, deflated=(member,))
+    _declare(path, member, file_size=full)
+    error, _ = _peak_of_load(path)
+    assert f"member '{member}' ends early (truncated file?)" in str(error), error
+
+
+# ---------------------------------------------------------------------------------- check
+
+
+@pytest.mark.parametrize("error", ["threshold", "scale"])
+def test_check_fails_on_one_unit_packed_wrong_at_its_defaults(
+    packed_cases, tmp_path, capsys, error
+):
+    """An otherwise correct packed file with one unit's thresholds shifted by 0.1 or its weight
+    scales 10 % off (a subtle packing bug) fails ``s2bnn check --ckpt`` at its default size,
+    batch and bounds, with one line; the correct file passes the same check."""
+    name, kwargs, _ = CASES["a_cifar"]
+    model = trained_like(name, kwargs)
+    ckpt = _solo_run(tmp_path, model, name, kwargs)
+    net = pack(model)
+    good = net.save(tmp_path / "good.s2bnn")
+    arrays = dict(arrays_dict(net))
+    if error == "threshold":
+        arrays["units.9.rsign"] = arrays["units.9.rsign"] + np.float32(0.1)
+    else:
+        affine = arrays["units.9.affine"].copy()
+        affine[0] *= np.float32(1.1)
+        arrays["units.9.affine"] = affine
+    bad = _rewrite(net, tmp_path / "bad.s2bnn", arrays=arrays)
+    assert main(["check", str(good), "--ckpt", str(ckpt), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["check", str(bad), "--ckpt", str(ckpt), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "disagrees with the float model of" in err, err

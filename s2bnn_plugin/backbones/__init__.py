@@ -11,9 +11,11 @@ with :func:`register_backbone` that returns ``build_backbone(cls, kwargs)`` (whi
 from __future__ import annotations
 
 import difflib
+import itertools
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import nn
 
 from s2bnn_plugin.backbones.base import (
@@ -25,6 +27,7 @@ from s2bnn_plugin.backbones.base import (
 )
 from s2bnn_plugin.backbones.reactnet import ReActNetA
 from s2bnn_plugin.backbones.reactnet18 import ReActNet18
+from s2bnn_plugin.errors import S2BNNError
 
 __all__ = [
     "BACKBONES",
@@ -35,6 +38,7 @@ __all__ = [
     "ReActNet18",
     "ReActNetA",
     "UnknownBackbone",
+    "backbone_bytes",
     "build_backbone",
     "create_backbone",
     "list_backbones",
@@ -89,3 +93,22 @@ def create_backbone(name: str, **kwargs: Any) -> nn.Module:
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise UnknownBackbone(f"unknown backbone {name!r}{hint}; available: {list_backbones()}")
     return BACKBONES[name](**kwargs)
+
+
+def backbone_bytes(name: str, **kwargs: Any) -> int:
+    """Bytes of the parameters and buffers ``create_backbone(name, **kwargs)`` would allocate,
+    counted on PyTorch's meta device (nothing is allocated): what to check before building a
+    model from keyword arguments a file gave. Raises :class:`BackboneError` as
+    :func:`create_backbone` does, and for sizes too large to build at all."""
+    try:
+        with torch.device("meta"):
+            model = create_backbone(name, **kwargs)
+    except S2BNNError:
+        raise
+    except (RuntimeError, TypeError, ValueError, OverflowError) as e:  # sizes past int64
+        reason = str(e).splitlines()[0]
+        raise BackboneError(
+            f"{name}({kwargs}) cannot be built: its layers would be too large ({reason})"
+        ) from e
+    tensors = itertools.chain(model.parameters(), model.buffers())
+    return sum(t.numel() * t.element_size() for t in tensors)

@@ -17,6 +17,7 @@ from s2bnn_plugin.arguments import (
     threads_arg,
 )
 from s2bnn_plugin.errors import UsageError
+from s2bnn_plugin.memory import require_memory
 
 __all__ = ["bench"]
 
@@ -42,15 +43,21 @@ def bench(
     repeats = int_arg("--repeats", repeats, *REPEATS_RANGE)
     from tqdm.auto import tqdm
 
-    from s2bnn_plugin.backbones import create_backbone
+    from s2bnn_plugin.backbones import backbone_bytes, create_backbone
     from s2bnn_plugin.bench.tables import layer_table, markdown_table
-    from s2bnn_plugin.bench.timing import end_to_end, layer_timings
+    from s2bnn_plugin.bench.timing import comparison_bytes, end_to_end, layer_timings
     from s2bnn_plugin.packing.packer import pack_model
     from s2bnn_plugin.packing.report import file_sizes
 
     # an unknown name or a bad setting: a BackboneError (S2BNNError), its message as it is
+    cost = backbone_bytes(backbone, width_mult=width_mult)
+    require_memory(cost, f"--width-mult {width_mult}: the backbone {backbone}")
     model = create_backbone(backbone, width_mult=width_mult).eval()
     net = pack_model(model)
+    require_memory(
+        comparison_bytes(net, size, max(batches)),
+        f"timing --batch {max(batches)} images of --size {size} px",
+    )
     jobs = [(b, t) for t in threads for b in batches]
     rows = []
     for batch, n_threads in tqdm(jobs, desc="bench", disable=not progress):

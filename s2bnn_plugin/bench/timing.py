@@ -26,6 +26,7 @@ __all__ = [
     "Timing",
     "VariantRates",
     "best_times",
+    "comparison_bytes",
     "compare",
     "end_to_end",
     "layer_timings",
@@ -117,6 +118,16 @@ class LayerTiming:
     def unit_speedup(self) -> float:
         """Whole fused unit vs ``F.conv2d`` NCHW alone (the float side does less work)."""
         return self.torch_s / self.packed_s
+
+
+def comparison_bytes(net: PackedNetwork, size: int, batch: int) -> int:
+    """What running the float model and the packed network on the same random batch takes
+    (:func:`end_to_end`, and ``s2bnn check``'s agreement): the input, the float model's forward
+    (estimated from the packed network's maps) and the packed engine's buffers."""
+    model = net.model
+    batch_input = 4 * batch * model.in_channels * size * size
+    float_forward = model.float_forward_bytes(batch, size, size)
+    return batch_input + float_forward + net.memory_needed(batch, size, size)
 
 
 def end_to_end(

@@ -31,6 +31,7 @@ from s2bnn_plugin.check.agreement import (
     require_agreement,
 )
 from s2bnn_plugin.errors import UsageError
+from s2bnn_plugin.memory import require_memory
 
 __all__ = ["check", "pack_checkpoint"]
 
@@ -66,13 +67,17 @@ def check(
     from tqdm.auto import tqdm
 
     from s2bnn_plugin.bench.tables import markdown_table
-    from s2bnn_plugin.bench.timing import end_to_end
+    from s2bnn_plugin.bench.timing import comparison_bytes, end_to_end
     from s2bnn_plugin.checkpoints import load_backbone, require_backbone
     from s2bnn_plugin.packing import float_twin
     from s2bnn_plugin.packing.report import file_sizes
     from s2bnn_plugin.runtime import load
 
     net = load(file)
+    require_memory(
+        comparison_bytes(net, size, batch),
+        f"checking {file} on --batch {batch} random images of --size {size} px",
+    )
     if ckpt:
         model, _, _ = load_backbone(ckpt, backbone, backbone_kwargs)
         require_backbone(model, ckpt, net.backbone, net.backbone_kwargs)
@@ -137,6 +142,7 @@ def pack_checkpoint(
     min_cosine, max_flipped = bounds_args(min_cosine, max_flipped)
     from tqdm.auto import tqdm
 
+    from s2bnn_plugin.bench.timing import comparison_bytes
     from s2bnn_plugin.checkpoints import load_backbone
     from s2bnn_plugin.packing.packer import pack_model
 
@@ -152,6 +158,10 @@ def pack_checkpoint(
         bar.set_postfix_str("packing")
         net = pack_model(model, progress=progress)
         bar.update()
+        require_memory(
+            comparison_bytes(net, check_size, 2),
+            f"checking the packed network on 2 random images of --check-size {check_size} px",
+        )
         bar.set_postfix_str("checking against the float model")
         agree = agreement(model, net, check_size, 2)
         bar.update()

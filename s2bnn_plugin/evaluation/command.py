@@ -16,7 +16,7 @@ from s2bnn_plugin.data import CROP_RATIOS, load_image_folder, resolve_dataset
 from s2bnn_plugin.errors import FileMissing, UsageError
 from s2bnn_plugin.evaluation.evaluate import evaluate, evaluate_raw_pixels
 from s2bnn_plugin.evaluation.knn import prediction_agreement
-from s2bnn_plugin.evaluation.models import EVAL_ENGINES, load_engines
+from s2bnn_plugin.evaluation.models import EVAL_ENGINES, load_engines, require_engine_memory
 from s2bnn_plugin.validate import require_positive, require_whole
 
 __all__ = ["EvalOptions", "check_output_file", "evaluate_model"]
@@ -107,6 +107,7 @@ def evaluate_model(
     opts.check()
     # the model first: a checkpoint that cannot be loaded fails before the data is prepared
     engines, notes = load_engines(model, opts.engine)
+    require_engine_memory(engines, opts.batch_size, opts.size)
     for note in notes:
         print(f"note: {note}")
     splits = resolve_dataset(

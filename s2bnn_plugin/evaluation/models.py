@@ -19,6 +19,7 @@ from torch import nn
 
 from s2bnn_plugin.errors import FileMissing, S2BNNError, UsageError
 from s2bnn_plugin.evaluation.features import FeatureExtractor, TorchExtractor
+from s2bnn_plugin.memory import require_memory
 
 __all__ = [
     "CHECKPOINT_SUFFIXES",
@@ -26,6 +27,7 @@ __all__ = [
     "is_checkpoint",
     "load_engines",
     "load_solo_backbone",
+    "require_engine_memory",
 ]
 
 #: Files read as solo-learn checkpoints; anything else is taken for a packed network file.
@@ -106,3 +108,20 @@ def load_engines(
     if engine == "packed":
         del engines["torch"]
     return engines, notes
+
+
+def require_engine_memory(engines: dict[str, FeatureExtractor], batch: int, size: int) -> None:
+    """Refuse (:class:`~s2bnn_plugin.memory.MemoryLimitError`) a batch the engines cannot hold:
+    the packed engine's buffers for ``batch`` images of ``size`` px, and a PyTorch engine's
+    forward when the packed network (its maps) is there to estimate it."""
+    packed = engines.get("packed")
+    if packed is None:
+        return
+    from s2bnn_plugin.runtime import PackedNetwork
+
+    if not isinstance(packed, PackedNetwork):
+        return
+    cost = 4 * batch * packed.in_channels * size * size + packed.memory_needed(batch, size, size)
+    if "torch" in engines:
+        cost += packed.model.float_forward_bytes(batch, size, size)
+    require_memory(cost, f"features of --batch-size {batch} images of --size {size} px")

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from s2bnn_plugin.backbones import create_backbone
+from s2bnn_plugin.backbones import backbone_bytes, create_backbone
+from s2bnn_plugin.memory import require_memory
 from s2bnn_plugin.packing import rules as _rules  # noqa: F401  (registers the built-in rules)
 from s2bnn_plugin.packing.walker import PackError, walk_model
 from s2bnn_plugin.runtime import PackedNetwork
@@ -51,6 +52,8 @@ def float_twin(net: PackedNetwork) -> nn.Module:
     packed = net.model
     name, kwargs = packed.backbone.name, packed.backbone.kwargs
     try:
+        cost = backbone_bytes(name, **kwargs)
+        require_memory(cost, f"the float twin of the file's backbone {name}({kwargs})")
         model = create_backbone(name, **kwargs)
     except (KeyError, TypeError, ValueError) as e:
         raise PackedFormatError(

@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from s2bnn_plugin.errors import FileMissing
+from s2bnn_plugin.memory import MemoryLimitError, require_memory
 from s2bnn_plugin.runtime.model import BackboneRef, NetworkLayout, PackedModel, StemLayout
 from s2bnn_plugin.runtime.spec import (
     MAX_CHANNELS,
@@ -74,6 +75,7 @@ SPEC_KEY = "__spec__"
 MAX_SPEC_BYTES = 1 << 20  # the JSON of ReActNet-A (26 units) is 4.4 kB
 MAX_ARRAY_BYTES = 1 << 30  # all arrays a specification may imply (1 GiB)
 MAX_HEADER_BYTES = 4096  # an .npy header (numpy writes 128 bytes for these arrays)
+DEFLATE_MOST = 1032  # deflate's largest expansion: at most this many bytes out per byte in
 
 
 def _parse_stem(stem: Any) -> StemLayout:
@@ -224,6 +226,18 @@ def _check_declared_size(info: zipfile.ZipInfo, nbytes: int) -> None:
         f"member {name!r} declares {info.compress_size} compressed bytes for {info.file_size} "
         "bytes of data (corrupted or tampered file?)",
     )
+    # what its data holds, before an array of the declared size is allocated for it
+    need(
+        info.compress_type != zipfile.ZIP_STORED or info.compress_size == info.file_size,
+        f"member {name!r} holds {info.compress_size} bytes and declares {info.file_size} "
+        "(truncated or tampered file?)",
+    )
+    need(
+        info.compress_type != zipfile.ZIP_DEFLATED
+        or info.file_size <= DEFLATE_MOST * info.compress_size + 1024,
+        f"member {name!r} declares {info.file_size} bytes in {info.compress_size} compressed "
+        "bytes, more than deflate can hold (truncated or tampered file?)",
+    )
 
 
 def _read_member(
@@ -289,6 +303,9 @@ def _read_zip(zf: zipfile.ZipFile) -> tuple[NetworkLayout, dict[str, np.ndarray]
         f"the specification implies {total} bytes of arrays, more than this version reads "
         f"({MAX_ARRAY_BYTES})",
     )
+    require_memory(
+        total + layout.prepared_bytes, "its arrays (as read, and in the kernels' layouts)"
+    )
     present: dict[str, zipfile.ZipInfo] = {}
     extra: list[str] = []
     for name, info in members.items():
@@ -330,6 +347,8 @@ def read_packed(path: str | os.PathLike) -> PackedModel:
             layout, arrays = _read_zip(zf)
     except PackedFormatError as e:
         raise PackedFormatError(f"{path}: {e}") from None
+    except MemoryLimitError as e:
+        raise MemoryLimitError(f"{path}: {e}") from None
     except Exception as e:  # zip, npy-header, CRC, JSON and unicode errors: all "unreadable"
         raise PackedFormatError(
             f"{path}: not a readable s2bnn packed network (truncated or corrupted?): "

@@ -57,6 +57,12 @@ __all__ = [
 
 F32 = np.dtype(np.float32)
 
+FLOAT_FORWARD_MAPS = 8
+"""A float PyTorch model computing a packed network's maps holds, during one forward pass
+without gradients, at most about this many of its largest map at once (measured: 2.6 to 6.1 for
+reactnet_a and reactnet18 at 224-896 px, batch 4-32; the stem convolution's output counted
+before its max pool)."""
+
 
 def words(channels: int) -> int:
     """uint64 words holding one bit per channel."""
@@ -268,6 +274,10 @@ class UnitLayout(ABC):
         """Floats of scratch the unit needs for ``n`` images of ``h`` x ``w`` input."""
         return 0
 
+    def prepared_bytes(self) -> int:
+        """Bytes of its arrays in the kernels' layouts (what :meth:`Unit.prepare` makes)."""
+        return sum(spec.nbytes for spec in self.array_specs().values())
+
     def input_bits_words(self, n: int, h: int, w: int) -> int:
         """uint64 words of its packed input signs for ``n`` images of ``h`` x ``w``."""
         p = self.input_pad
@@ -375,6 +385,21 @@ class NetworkLayout:
         """Bytes of all its arrays."""
         return sum(spec.nbytes for spec in self.array_specs().values())
 
+    @property
+    def prepared_bytes(self) -> int:
+        """Bytes of its units' arrays in the kernels' layouts (made once, when it first runs)."""
+        return sum(unit.prepared_bytes() for unit in self.units)
+
+    def float_forward_bytes(self, n: int, h: int, w: int) -> int:
+        """An upper estimate of what a float PyTorch model computing the same maps (its float
+        twin, the model it was packed from) allocates for one forward pass of ``n`` images of
+        ``h`` x ``w`` without gradients: :data:`FLOAT_FORWARD_MAPS` of its largest map."""
+        ch, cw = self.stem.conv_size(h, w)
+        largest = max(
+            ch * cw * self.stem.out_channels, *(s.h * s.w * s.c for s in self.shapes(h, w))
+        )
+        return 4 * n * FLOAT_FORWARD_MAPS * largest
+
     def shapes(self, h: int, w: int) -> list[MapShape]:
         """The stem's output map and every unit's, for an ``h`` x ``w`` input."""
         h, w = self.stem.out_size(h, w)
@@ -426,8 +451,8 @@ class PackedModel(NetworkLayout):
     @classmethod
     def from_arrays(cls, layout: NetworkLayout, arrays: Mapping[str, np.ndarray]) -> PackedModel:
         """``layout`` with ``arrays`` (by their names in a file), every name, dtype and shape
-        checked against :meth:`NetworkLayout.array_specs`, and each unit's contents by its kind;
-        raises :class:`PackedFormatError`."""
+        checked against :meth:`NetworkLayout.array_specs`, each unit's contents by its kind, and
+        every float array for NaN and infinity; raises :class:`PackedFormatError`."""
         expected = layout.array_specs()
         missing = sorted(set(expected) - set(arrays))
         extra = sorted(set(arrays) - set(expected))
@@ -441,13 +466,21 @@ class PackedModel(NetworkLayout):
         for i, unit in enumerate(layout.units):
             own = {k: arrays[f"units.{i}.{k}"] for k in unit.array_specs()}
             units.append(unit.with_arrays(own, i))
-        return cls(
+        model = cls(
             backbone=layout.backbone,
             in_channels=layout.in_channels,
             num_features=layout.num_features,
             stem=stem,
             units=tuple(units),
         )
+        for layer, name, a in model.layers():
+            need(
+                a.dtype.kind != "f" or bool(np.isfinite(a).all()),
+                f"array {name!r} (layer {layer}) holds NaN or infinity: the network it packs "
+                "computes NaN; pack it again from a model without NaN or infinity in its weights "
+                "and statistics (an earlier checkpoint, or a retrained model)",
+            )
+        return model
 
     def named_arrays(self) -> dict[str, np.ndarray]:
         """Every array by its name in a file, in file order."""

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from s2bnn_plugin.errors import S2BNNError
+from s2bnn_plugin.memory import require_memory
 from s2bnn_plugin.runtime import reference as ref
 from s2bnn_plugin.runtime.calls import KernelCall, UnitInput, UnitIO, UnitOutput
 from s2bnn_plugin.runtime.format import read_packed, spec_of, write_packed
@@ -235,6 +236,14 @@ class PackedNetwork:
         largest = max(hh * ww * c for hh, ww, c in self.shapes(h, w)) * 4
         return max(numba.get_num_threads(), CACHE_BYTES // max(1, largest))
 
+    def memory_needed(self, n: int, h: int, w: int) -> int:
+        """Bytes the engine allocates for the features of ``n`` images of ``h`` x ``w`` besides
+        the input: the arrays in the kernels' layouts, the buffers of at most two passes of
+        images (a full one and the last, smaller one) and the features."""
+        per_pass = min(n, self.images_per_pass(h, w))
+        workspace = self.model.workspace(per_pass, h, w).nbytes
+        return self.model.prepared_bytes + 2 * workspace + 4 * n * self.num_features
+
     def _buffers(self, n: int, h: int, w: int) -> _Buffers:
         from s2bnn_plugin.kernels import aligned
 
@@ -243,6 +252,7 @@ class PackedNetwork:
             return self._workspaces[key]
         pool_out = self._pools_output(h, w)
         plan = self.model.workspace(n, h, w, pool_out)
+        require_memory(plan.nbytes, f"the packed engine's buffers for {n} images of {h} x {w}")
         # Each unit reads one float map and writes the next: two buffers, used in turn, hold
         # them all, so the maps a forward pass touches stay few and warm in cache.
         pair = [aligned(np.empty(size, np.float32)) for size in plan.map_buffers]

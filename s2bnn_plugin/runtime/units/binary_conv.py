@@ -32,7 +32,7 @@ from typing import Any, ClassVar, NamedTuple
 import numpy as np
 
 from s2bnn_plugin.runtime import reference as ref
-from s2bnn_plugin.runtime.calls import KernelCall, UnitCall, UnitIO
+from s2bnn_plugin.runtime.calls import ALIGN, KernelCall, UnitCall, UnitIO
 from s2bnn_plugin.runtime.model import (
     F32,
     ArraySpec,
@@ -188,6 +188,13 @@ class BinaryConvLayout(UnitLayout):
             return 0
         ho, wo = self.out_size(h, w)
         return n * ho * wo * self.out_channels
+
+    def prepared_bytes(self) -> int:
+        """The weights in the kernels' layout (64-byte aligned), their tap sums (int64 per tap
+        and lane) and the (6, C) epilogue parameters."""
+        k = self.kernel
+        weight = self.array_specs()["weight"].nbytes + ALIGN
+        return weight + 8 * k * k * self.blocks * LANES + 4 * 6 * self.out_channels
 
     def pools_residual(self, input_pooled: bool) -> bool:
         """Whether the unit averages its residual's 2x2 windows itself: an average-pooled
