@@ -32,6 +32,7 @@ from s2bnn_plugin.data import (
     validate_image_folder,
 )
 from s2bnn_plugin.data import fashion_mnist as fm
+from s2bnn_plugin.files import is_partial
 
 CLASSES5 = ["a", "b", "c", "d", "e"]
 HAVE_FASHION_MNIST = (DEFAULT_SOURCE_DIR / "t10k-labels-idx1-ubyte.gz").is_file()
@@ -134,7 +135,7 @@ def test_prepare_writes_an_image_folder_that_round_trips(tmp_path):
         assert (im.mode, im.size) == ("RGB", (16, 16))
     marker = json.loads((out / fm.MARKER).read_text())
     assert marker["counts"] == {"train": 20, "val": 10}
-    assert not list(out.rglob("*.tmp")) and not (out / fm.INCOMPLETE_MARKER).exists()
+    assert not any(map(is_partial, out.rglob("*"))) and not (out / fm.INCOMPLETE_MARKER).exists()
 
     # Labels survive the trip: each image's gray level encodes its source label.
     splits = validate_dataset_root(out)
@@ -197,7 +198,10 @@ def test_prepare_resumes_after_an_interruption(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         prepare_fashion_mnist(out, progress=False, **kwargs)
     assert not (out / fm.MARKER).exists()
-    assert len(list(out.rglob("*.png"))) == 17 and len(list(out.rglob("*.tmp"))) == 1
+    # Ctrl-C removed the half-written temporary; a SIGKILL would leave one like this:
+    assert len(list(out.rglob("*.png"))) == 17 and not any(map(is_partial, out.rglob("*")))
+    killed = out / "train" / FASHION_MNIST_CLASSES[0] / ".00001.png.0123abcd.partial"
+    killed.write_bytes(b"half a png")
     with pytest.raises(ValueError, match="unfinished"):  # never used half-written
         validate_dataset_root(out)
     written = _mtimes(out)
@@ -206,7 +210,7 @@ def test_prepare_resumes_after_an_interruption(tmp_path, monkeypatch):
     prepare_fashion_mnist(out, progress=False, **kwargs)
     assert len(resumed.calls) == 50 - 17  # only the missing images are written
     assert all(_mtimes(out)[p] == t for p, t in written.items())
-    assert len(list(out.rglob("*.png"))) == 50 and not list(out.rglob("*.tmp"))
+    assert len(list(out.rglob("*.png"))) == 50 and not any(map(is_partial, out.rglob("*")))
     assert (out / fm.MARKER).is_file()
     validate_dataset_root(out)
 

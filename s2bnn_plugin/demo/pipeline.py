@@ -38,6 +38,7 @@ import numpy as np
 
 from s2bnn_plugin.data import DEMO_TRAIN_PER_CLASS, DEMO_VAL_PER_CLASS
 from s2bnn_plugin.errors import S2BNNError, require_positive, require_whole
+from s2bnn_plugin.files import atomic_file, write_text
 
 __all__ = [
     "STUDENTS",
@@ -159,9 +160,7 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 def _write_json(path: Path, content: Any) -> None:
     """Atomic, so that an interrupted write never leaves a marker that looks finished."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(content, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(content, indent=2, default=str) + "\n", force=True)
 
 
 class Stages:
@@ -533,8 +532,8 @@ def stage_eval(
         val = load_image_folder(data["val"], cfg.image_size)
         train_x, train_y, val_x, val_y = train.images, train.labels, val.images, val.labels
         eval_dir.mkdir(parents=True, exist_ok=True)
-        np.savez(cache.with_suffix(".tmp.npz"), tx=train_x, ty=train_y, vx=val_x, vy=val_y)
-        os.replace(cache.with_suffix(".tmp.npz"), cache)
+        with atomic_file(cache, force=True) as tmp, tmp.open("wb") as f:
+            np.savez(f, tx=train_x, ty=train_y, vx=val_x, vy=val_y)
     n_cls = len(data["classes"])
     results: dict[str, Any] = {}
     for name, ckpt in models.items():

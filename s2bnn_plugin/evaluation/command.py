@@ -17,21 +17,9 @@ from s2bnn_plugin.errors import FileMissing, UsageError, require_positive, requi
 from s2bnn_plugin.evaluation.evaluate import evaluate, evaluate_raw_pixels
 from s2bnn_plugin.evaluation.knn import prediction_agreement
 from s2bnn_plugin.evaluation.models import EVAL_ENGINES, load_engines
+from s2bnn_plugin.files import check_output, write_text
 
-__all__ = ["check_eval_options", "check_output_file", "evaluate_model"]
-
-
-def check_output_file(path: str | os.PathLike[str], option: str) -> None:
-    """Refuse an output file that could not be written (a folder, a missing or read-only
-    folder), so that it fails before the work whose result it would hold, not after."""
-    out = Path(path)
-    if out.is_dir():
-        raise UsageError(f"{option} {out} is a folder; give a file name, e.g. {out / 'eval.json'}")
-    parent = out.parent
-    if not parent.is_dir():
-        raise UsageError(f"{option} {out}: the folder {parent} does not exist; create it first")
-    if not os.access(parent, os.W_OK | os.X_OK) or (out.exists() and not os.access(out, os.W_OK)):
-        raise UsageError(f"{option} {out}: not writable; give a file in a folder you can write")
+__all__ = ["check_eval_options", "evaluate_model"]
 
 
 def check_eval_options(
@@ -75,7 +63,7 @@ def check_eval_options(
             require_whole(option, value, 1, "images per class, or 'all'")
     require_whole("--seed", seed, 0, "numpy seeds are non-negative")
     if json_path:
-        check_output_file(json_path, "--json")
+        check_output(json_path, option="--json", force=True)
 
 
 def evaluate_model(
@@ -180,6 +168,6 @@ def evaluate_model(
             f"kNN agreement, packed vs torch: {100 * same:.2f} % ({round(same * n)} / {n} images)"
         )
     if json_path:
-        Path(json_path).write_text(json.dumps(report, indent=2) + "\n")
+        write_text(json_path, json.dumps(report, indent=2) + "\n", force=True)
         print(f"wrote {json_path}")
     return report

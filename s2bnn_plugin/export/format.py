@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import secrets
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from s2bnn_plugin.errors import FileMissing, S2BNNError
+from s2bnn_plugin.files import atomic_file
 
 __all__ = [
     "FORMAT",
@@ -237,33 +237,14 @@ def check_arrays(spec: dict, arrays: dict[str, np.ndarray]) -> None:
         )
 
 
-def _create_temporary(path: Path) -> tuple[int, Path]:
-    """A new file beside ``path``, created with mode 0666 less the umask, as ``open()`` would."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    while True:
-        tmp = path.with_name(f"{path.name}.{secrets.token_hex(4)}.tmp")
-        try:
-            return os.open(tmp, flags, 0o666), tmp
-        except FileExistsError:
-            continue
-
-
 def write_packed(path: str | os.PathLike, spec: dict, arrays: dict[str, np.ndarray]) -> Path:
-    """Write atomically (temporary file, flushed to disk, then renamed): a crash never leaves
-    half a file. The file gets the permissions any new file of the user gets (0666 less the
-    umask)."""
+    """Write atomically (:func:`s2bnn_plugin.files.atomic_file`: a temporary file, flushed to
+    disk, then moved into place): a crash never leaves half a file. The file gets the
+    permissions any new file of the user gets (0666 less the umask)."""
     path = Path(path)
     blob = np.frombuffer(json.dumps(spec, sort_keys=True).encode("utf-8"), dtype=np.uint8)
-    fd, tmp = _create_temporary(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **{SPEC_KEY: blob}, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_file(path, force=True) as tmp, tmp.open("wb") as f:
+        np.savez(f, **{SPEC_KEY: blob}, **arrays)
     return path
 
 

@@ -38,8 +38,6 @@ differently in the last bit).
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +48,7 @@ import numpy as np
 from s2bnn_plugin.errors import FileMissing, S2BNNError, UsageError, require_whole
 from s2bnn_plugin.export import reference as ref
 from s2bnn_plugin.export.network import PackedNetwork, load
+from s2bnn_plugin.files import atomic_files
 
 __all__ = [
     "INSTALL_HINT",
@@ -277,11 +276,6 @@ class OpenVINOExport:
     binary_convolutions: int
 
 
-def _fsync(path: Path) -> None:
-    with path.open("rb") as f:
-        os.fsync(f.fileno())
-
-
 def export_openvino(
     packed: PackedNetwork | str | os.PathLike[str],
     output: str | os.PathLike[str],
@@ -307,15 +301,8 @@ def export_openvino(
     net = packed if isinstance(packed, PackedNetwork) else load(packed)
     model = build_openvino_model(net, size, batch=batch)
     count = sum(op.get_type_name() == "BinaryConvolution" for op in model.get_ordered_ops())
-    tmp = Path(tempfile.mkdtemp(prefix=f".{xml.name}.", dir=xml.parent))
-    try:
-        ov.save_model(model, tmp / "model.xml", compress_to_fp16=False)
-        for part in ("model.xml", "model.bin"):
-            _fsync(tmp / part)
-        os.replace(tmp / "model.bin", binf)
-        os.replace(tmp / "model.xml", xml)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with atomic_files([xml, binf], force=True) as (tmp_xml, _):
+        ov.save_model(model, tmp_xml, compress_to_fp16=False)  # its .bin beside it
     shape = tuple(model.input(0).get_shape())
     return OpenVINOExport(xml=xml, bin=binf, input_shape=shape, binary_convolutions=count)
 
