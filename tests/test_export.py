@@ -22,7 +22,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pack_utils import assert_accumulations_exact
+from pack_utils import assert_accumulations_exact, solo_checkpoint
 from torch import nn
 
 from s2bnn_plugin import kernels as K
@@ -220,7 +220,7 @@ def test_corrupted_file_fails_or_is_unharmed(saved, packed_cases, tmp_path_facto
 
 
 def _rewrite(net: PackedNetwork, path, spec=None, arrays=None):
-    write_packed(path, spec or net.spec, arrays or net.arrays)
+    write_packed(path, spec or net.spec, arrays or net.arrays, force=True)
     return path
 
 
@@ -324,13 +324,7 @@ def test_pack_refuses_what_it_cannot_pack():
 
 
 def _solo_run(tmp_path, model, name, kwargs):
-    run = tmp_path / "run"
-    run.mkdir(exist_ok=True)
-    state = {f"backbone.{k}": v for k, v in model.state_dict().items()}
-    state["projector.0.weight"] = torch.zeros(2, 2)
-    torch.save({"state_dict": state, "epoch": 1}, run / "last.ckpt")
-    (run / "args.json").write_text(json.dumps({"backbone": {"name": name, "kwargs": kwargs}}))
-    return run / "last.ckpt"
+    return solo_checkpoint(tmp_path, model, name, kwargs)
 
 
 def test_pack_and_check_commands(tmp_path, capsys):
@@ -504,7 +498,7 @@ def test_a_failed_write_leaves_no_file(packed_cases, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
     path.write_bytes(b"old")
     with pytest.raises(OSError, match="disk full"):
-        net.save(path)
+        net.save(path, force=True)
     assert path.read_bytes() == b"old" and list(tmp_path.iterdir()) == [path]
 
 

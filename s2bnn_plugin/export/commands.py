@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from s2bnn_plugin.errors import S2BNNError, UsageError
+from s2bnn_plugin.files import check_output
 
 __all__ = [
     "BATCH_RANGE",
@@ -219,6 +219,11 @@ def pack_checkpoint(
 ) -> Agreement:
     """``s2bnn pack CKPT -o FILE``: load, pack, check against the float model, save.
 
+    The output path is checked before anything is loaded (:func:`s2bnn_plugin.files.
+    check_output`: exists without ``force``, a folder, a missing or read-only folder, a name
+    too long, the checkpoint itself); the file is then created exclusively (unless ``force``)
+    and atomically.
+
     Nothing is written when the model cannot be packed (including NaN or infinite weights or
     statistics) or when the packed network's features on 2 random images disagree with the
     float model's beyond ``min_cosine`` / ``max_flipped`` (see ``bench.commands.check``):
@@ -230,11 +235,7 @@ def pack_checkpoint(
     from s2bnn_plugin.checkpoints import load_backbone
     from s2bnn_plugin.export.packer import pack_model
 
-    out = Path(output)
-    if out.exists() and not force:
-        raise UsageError(f"{out} exists; pass --force to overwrite it")
-    if not out.parent.is_dir():
-        raise UsageError(f"output folder {out.parent} does not exist")
+    out = check_output(output, force=force, option="-o", inputs=[checkpoint])
     with tqdm(total=3, desc="pack", disable=not progress) as bar:
         bar.set_postfix_str("loading checkpoint")
         model, name, kwargs = load_backbone(checkpoint, backbone, backbone_kwargs)
@@ -252,7 +253,7 @@ def pack_checkpoint(
         min_cosine,
         max_flipped,
     )
-    net.save(out)
+    net.save(out, force=force)
     from s2bnn_plugin.export.report import file_sizes
 
     packed, fp32 = file_sizes(net, model)

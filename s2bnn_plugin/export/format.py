@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from s2bnn_plugin.errors import FileMissing, S2BNNError
-from s2bnn_plugin.files import atomic_file
+from s2bnn_plugin.files import PARTIAL_PATTERN, atomic_file, is_partial
 
 __all__ = [
     "FORMAT",
@@ -237,13 +237,19 @@ def check_arrays(spec: dict, arrays: dict[str, np.ndarray]) -> None:
         )
 
 
-def write_packed(path: str | os.PathLike, spec: dict, arrays: dict[str, np.ndarray]) -> Path:
+def write_packed(
+    path: str | os.PathLike, spec: dict, arrays: dict[str, np.ndarray], *, force: bool = False
+) -> Path:
     """Write atomically (:func:`s2bnn_plugin.files.atomic_file`: a temporary file, flushed to
-    disk, then moved into place): a crash never leaves half a file. The file gets the
-    permissions any new file of the user gets (0666 less the umask)."""
+    disk, then moved into place): a crash never leaves half a file; an existing file or link
+    is replaced only with ``force``, a folder never. The file gets the permissions any new file
+    of the user gets (0666 less the umask)."""
     path = Path(path)
     blob = np.frombuffer(json.dumps(spec, sort_keys=True).encode("utf-8"), dtype=np.uint8)
-    with atomic_file(path, force=True) as tmp, tmp.open("wb") as f:
+    with (
+        atomic_file(path, force=force, what="saving the packed network") as tmp,
+        tmp.open("wb") as f,
+    ):
         np.savez(f, **{SPEC_KEY: blob}, **arrays)
     return path
 
@@ -370,6 +376,11 @@ def read_packed(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
     path = Path(path)
     if not path.is_file():
         raise FileMissing(f"no packed network file at {path}")
+    if is_partial(path):
+        raise PackedFormatError(
+            f"{path} is the temporary of a save that was killed (named {PARTIAL_PATTERN}), not "
+            "a packed network; delete it and pack the model again"
+        )
     try:
         with path.open("rb") as f:
             magic = f.read(6)
