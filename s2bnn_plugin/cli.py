@@ -108,6 +108,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         seed=args.seed,
         data_root=args.data_root,
         json_path=args.json,
+        force=args.force,
         progress=not args.no_progress,
     )
     return 0
@@ -397,6 +398,7 @@ def _add_eval(sub: _Subparsers) -> None:
         help="fashion-mnist: where to prepare it (default $S2BNN_DATA_DIR or ~/.cache/s2bnn/data)",
     )
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --json file")
     _add_no_progress(p)
     p.set_defaults(func=_cmd_eval)
 

@@ -1,9 +1,11 @@
 """The commands' output paths: refused before any work when they cannot or must not be written,
 created exclusively unless forced, never left half-written, and a killed save's temporary never
-loaded (``s2bnn pack -o``; ``eval --json`` and ``export-openvino -o`` in their own tests)."""
+loaded (``s2bnn pack -o``, ``s2bnn eval --json``; ``export-openvino -o`` in
+tests/test_openvino_export.py)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -11,13 +13,14 @@ import sys
 import textwrap
 
 import pytest
+from image_utils import make_image_folder
 from pack_utils import solo_checkpoint
 from process_utils import check_read_only_holds, run_python
 from test_export import CASES, trained_like
 
 from s2bnn_plugin import checkpoints
 from s2bnn_plugin.cli import main
-from s2bnn_plugin.export import PackedFormatError, load
+from s2bnn_plugin.export import PackedFormatError, load, pack
 from s2bnn_plugin.export import packer as packer_module
 from s2bnn_plugin.files import is_partial
 
@@ -197,3 +200,49 @@ def test_check_refuses_a_killed_saves_temporary(tmp_path, ckpt, capsys):
     capsys.readouterr()
     assert main(["check", str(partial), "--size", "16", "--batch", "1", "--no-progress"]) == 2
     assert "the temporary of a save that was killed" in _one_line(capsys)
+
+
+# ---------------------------------------------------------------------------- eval --json
+
+CLASSES = ["ant", "bee", "cat", "dog", "eel"]
+
+
+@pytest.fixture(scope="module")
+def packed_model(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("eval")
+    name, kwargs, _ = CASES["a_cifar"]
+    model = pack(trained_like(name, kwargs)).save(folder / "m.s2bnn")
+    make_image_folder(folder / "data" / "train", CLASSES, per_class=4, size=12, seed=0)
+    make_image_folder(folder / "data" / "val", CLASSES, per_class=2, size=12, seed=1)
+    return model, folder / "data"
+
+
+def _eval(model, data, json_path, *extra):
+    argv = ["eval", "--model", str(model), "--data", str(data), "--size", "16"]
+    return main([*argv, "--engine", "packed", "--no-progress", "--json", str(json_path), *extra])
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_eval_never_writes_its_json_over_the_model(packed_model, monkeypatch, capsys, force):
+    """``s2bnn eval --model m.s2bnn --json m.s2bnn`` replaced the model with JSON and exited 0."""
+    model, data = packed_model
+    before = model.read_bytes()
+    monkeypatch.setattr(
+        "s2bnn_plugin.evaluation.command.load_engines",
+        lambda *a: pytest.fail("the model was loaded before --json was checked"),
+    )
+    assert _eval(model, data, model, *(["--force"] if force else [])) == 2
+    assert f"--json {model} is also this command's input" in _one_line(capsys)
+    assert model.read_bytes() == before
+
+
+def test_eval_json_is_created_exclusively_unless_forced(packed_model, tmp_path, capsys):
+    model, data = packed_model
+    report = tmp_path / "r.json"
+    report.write_text("mine")
+    assert _eval(model, data, report) == 2
+    assert f"--json {report} exists; pass --force to overwrite it" in _one_line(capsys)
+    assert report.read_text() == "mine"
+    assert _eval(model, data, report, "--force") == 0
+    assert json.loads(report.read_text())["model"] == str(model)
+    assert os.listdir(tmp_path) == ["r.json"]

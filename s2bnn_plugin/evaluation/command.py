@@ -35,9 +35,12 @@ def check_eval_options(
     val_per_class: int | None,
     seed: int,
     json_path: str | os.PathLike[str] | None,
+    force: bool = False,
+    model: str | os.PathLike[str] | None = None,
 ) -> None:
     """Every option of ``s2bnn eval`` that can be checked without the data or the model,
-    checked before any work: each error names the option, the value and what it must be."""
+    checked before any work: each error names the option, the value and what it must be. The
+    ``--json`` file must not exist (unless ``force``) and is never the ``model`` itself."""
     if engine not in EVAL_ENGINES:
         raise UsageError(f"--engine must be one of {', '.join(EVAL_ENGINES)}, got {engine!r}")
     require_whole("--size", size, 1, "the image size in pixels")
@@ -63,7 +66,8 @@ def check_eval_options(
             require_whole(option, value, 1, "images per class, or 'all'")
     require_whole("--seed", seed, 0, "numpy seeds are non-negative")
     if json_path:
-        check_output(json_path, option="--json", force=True)
+        inputs = [] if model is None else [model]
+        check_output(json_path, option="--json", force=force, inputs=inputs)
 
 
 def evaluate_model(
@@ -83,11 +87,12 @@ def evaluate_model(
     seed: int = 0,
     data_root: str | None = None,
     json_path: str | os.PathLike[str] | None = None,
+    force: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Features of ``model`` on the dataset's train and val splits, then weighted kNN (train as
     the bank) and a linear probe; prints a table and returns the report (also written to
-    ``json_path``)."""
+    ``json_path``, which must not exist unless ``force``)."""
     if not Path(model).is_file():
         raise FileMissing(f"model file {model} does not exist")
     check_eval_options(
@@ -102,6 +107,8 @@ def evaluate_model(
         val_per_class=val_per_class,
         seed=seed,
         json_path=json_path,
+        force=force,
+        model=model,
     )
     # the model first: a checkpoint that cannot be loaded fails before the data is prepared
     engines, notes = load_engines(model, engine)
@@ -168,6 +175,6 @@ def evaluate_model(
             f"kNN agreement, packed vs torch: {100 * same:.2f} % ({round(same * n)} / {n} images)"
         )
     if json_path:
-        write_text(json_path, json.dumps(report, indent=2) + "\n", force=True)
+        write_text(json_path, json.dumps(report, indent=2) + "\n", force=force, what="s2bnn eval")
         print(f"wrote {json_path}")
     return report
