@@ -48,7 +48,7 @@ import numpy as np
 from s2bnn_plugin.errors import FileMissing, S2BNNError, UsageError, require_whole
 from s2bnn_plugin.export import reference as ref
 from s2bnn_plugin.export.network import PackedNetwork, load
-from s2bnn_plugin.files import atomic_files
+from s2bnn_plugin.files import atomic_files, check_output
 
 __all__ = [
     "INSTALL_HINT",
@@ -127,8 +127,12 @@ def _sign_threshold(shift: np.ndarray) -> np.ndarray:
 
 
 def _avgpool2(g: _Graph, x: Any, name: str) -> Any:
-    """2x2 / 2 average, ceil mode, windows cut by the border averaging what they hold."""
-    return g.ops.avg_pool(x, [2, 2], [0, 0], [0, 0], [2, 2], True, "ceil", name=name)
+    """2x2 / 2 average, ceil mode, windows cut by the border averaging what they hold. An odd
+    side is padded by one at its end (padding not averaged): OpenVINO refuses a window larger
+    than a map of one pixel, which ceil mode alone would need."""
+    shape = x.get_output_shape(0) if hasattr(x, "get_output_shape") else x.get_shape()
+    h, w = (int(d) for d in shape[2:])
+    return g.ops.avg_pool(x, [2, 2], [0, 0], [h % 2, w % 2], [2, 2], True, "floor", name=name)
 
 
 def _binary_part(g: _Graph, unit: dict, prefix: str, residual: Any) -> Any:
@@ -286,22 +290,22 @@ def export_openvino(
 ) -> OpenVINOExport:
     """Write ``packed`` (a network or a packed file) as ``output`` (``.xml``) and the ``.bin``
     beside it. Everything is checked (openvino installed, the file's format version, every unit
-    expressible, the output path) before anything is written; both files are written to a
-    temporary folder beside them and moved into place, so no partial IR is ever left."""
+    expressible, the output paths: :func:`s2bnn_plugin.files.check_output`) before anything is
+    written; both files are written to a temporary folder beside them and moved into place
+    together (:func:`s2bnn_plugin.files.atomic_files`), so no partial IR or lone ``.bin`` is
+    ever left, and neither replaces an existing file unless ``force``."""
     xml = Path(output)
     if xml.suffix != ".xml":
         raise UsageError(f"the output must be an .xml file (its .bin goes beside it), got {xml}")
     binf = xml.with_suffix(".bin")
-    if not xml.parent.is_dir():
-        raise UsageError(f"output folder {xml.parent} does not exist")
-    existing = [str(p) for p in (xml, binf) if p.exists()]
-    if existing and not force:
-        raise UsageError(f"{', '.join(existing)} exists; pass --force to overwrite")
+    inputs = [] if isinstance(packed, PackedNetwork) else [packed]
+    for path in (xml, binf):
+        check_output(path, force=force, option="-o", inputs=inputs)
     ov = require_openvino()
     net = packed if isinstance(packed, PackedNetwork) else load(packed)
     model = build_openvino_model(net, size, batch=batch)
     count = sum(op.get_type_name() == "BinaryConvolution" for op in model.get_ordered_ops())
-    with atomic_files([xml, binf], force=True) as (tmp_xml, _):
+    with atomic_files([xml, binf], force=force, what="s2bnn export-openvino") as (tmp_xml, _):
         ov.save_model(model, tmp_xml, compress_to_fp16=False)  # its .bin beside it
     shape = tuple(model.input(0).get_shape())
     return OpenVINOExport(xml=xml, bin=binf, input_shape=shape, binary_convolutions=count)
