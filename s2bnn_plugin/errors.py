@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Sequence
 
 __all__ = [
     "DataError",
     "FileMissing",
     "S2BNNError",
     "UsageError",
+    "name_a_few",
     "require_positive",
     "require_whole",
 ]
@@ -55,3 +57,11 @@ def require_positive(
     ok = not isinstance(value, bool) and isinstance(value, numbers.Real)
     if not ok or not (value > 0 and math.isfinite(value)):
         raise error(f"{name} must be a finite number > 0 ({what}), got {value!r}")
+
+
+def name_a_few(items: Sequence[object], shown: int = 5) -> str:
+    """The first ``shown`` of ``items``, then how many more: an error stays one short line
+    however many things it is about (``'a, b, c and 2997 more'``)."""
+    head = ", ".join(str(i) for i in items[:shown])
+    rest = len(items) - shown
+    return f"{head} and {rest} more" if rest > 0 else head
