@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from image_utils import fake_fashion_mnist, make_image_folder, write_idx
 from PIL import Image
+from process_utils import run_python
 
 from s2bnn_plugin.data import (
     APT_HINT,
@@ -284,11 +285,45 @@ def test_validate_image_folder_errors(tmp_path):
         validate_image_folder(few)
     five = make_image_folder(tmp_path / "five", CLASSES5, per_class=1)
     (five / "f").mkdir()
-    with pytest.raises(ValueError, match=r"\['f'\] hold no images"):
+    with pytest.raises(ValueError, match=r"1 of 6 class folders hold no images \(f\)"):
         validate_image_folder(five)
     (five / "f" / "deep").mkdir()
     Image.new("RGB", (4, 4)).save(five / "f" / "deep" / "x.JPG")  # nested, upper-case: found
     assert validate_image_folder(five) == [*CLASSES5, "f"]
+
+
+def test_thousands_of_empty_class_folders_are_named_a_few_and_counted(tmp_path):
+    """3000 empty class folders made a 33 KB one-line error: now five are named, the rest
+    counted."""
+    root = make_image_folder(tmp_path / "d", CLASSES5, per_class=1)
+    for i in range(3000):
+        (root / f"empty{i:04d}").mkdir()
+    with pytest.raises(ValueError) as info:
+        validate_image_folder(root)
+    message = str(info.value)
+    assert "3000 of 3005 class folders hold no images (empty0000, empty0001, " in message
+    assert "empty0004 and 2995 more)" in message and len(message) < 400, message
+
+
+@pytest.mark.parametrize("kind", ["named pipe", "link to nothing"])
+def test_a_named_pipe_among_the_images_is_refused_without_opening_it(tmp_path, kind):
+    """A named pipe called like an image made ``s2bnn eval`` wait forever (PIL opened it). It is
+    refused by name, before anything is opened: in a child process with a time limit, since
+    the regression it guards is a hang."""
+    root = make_image_folder(tmp_path / "d", CLASSES5, per_class=2)
+    odd = root / CLASSES5[2] / "x.png"
+    if kind == "named pipe":
+        os.mkfifo(odd)
+    else:
+        odd.symlink_to(tmp_path / "gone.png")
+    code = (
+        "import sys; from s2bnn_plugin.data import load_image_folder\n"
+        "load_image_folder(sys.argv[1], 8, progress=False)"
+    )
+    proc = run_python(code, str(root), timeout=120)
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "1 file(s) named like images are not regular files" in last and str(odd) in last
 
 
 def test_validate_dataset_root(tmp_path):
