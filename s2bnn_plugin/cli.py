@@ -409,7 +409,7 @@ def _add_no_progress(p: argparse.ArgumentParser) -> None:
 
 def _add_agreement_bounds(p: argparse.ArgumentParser) -> None:
     """``--min-cosine`` and ``--max-flipped``: when the packed features count as the model's."""
-    from s2bnn_plugin.export.commands import MAX_FLIPPED, MIN_COSINE
+    from s2bnn_plugin.export.commands import MAX_FLIPPED, MIN_COSINE, MIN_IMAGES
 
     p.add_argument(
         "--min-cosine",
@@ -423,8 +423,9 @@ def _add_agreement_bounds(p: argparse.ArgumentParser) -> None:
         "--max-flipped",
         type=float,
         default=MAX_FLIPPED,
-        help="fail when a larger share of the images (and more than one) has a flipped sign "
-        f"bit (default {MAX_FLIPPED}; a correct packing flips about 10 %% at 224 px)",
+        help=f"fail when a larger share of the images (at least {MIN_IMAGES} are compared) has "
+        f"a flipped sign bit (default {MAX_FLIPPED}; a correct packing flips up to 20 %% at "
+        "224 px, a wrong student every image)",
     )
 
 

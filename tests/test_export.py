@@ -357,7 +357,7 @@ def test_pack_and_check_commands(tmp_path, capsys):
     common = ["--size", "16", "--batch", "2", "--repeats", "1", "--no-progress"]
     assert main(["check", str(out), "--ckpt", str(ckpt), *common]) == 0
     text = capsys.readouterr().out
-    assert "agreement with the float model" in text and "flipped sign bit: 0/2" in text
+    assert "agreement with the float model" in text and "flipped sign bit: 0/16" in text
     assert main(["check", str(out), *common, "-v"]) == 0
     assert "float twin" in capsys.readouterr().out
     (tmp_path / "bad.s2bnn").write_bytes(out.read_bytes()[:100])
@@ -567,13 +567,13 @@ def test_check_fails_on_another_students_weights(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert "cosine similarity" in err and "below the bound 0.9 (--min-cosine" in err, err
-    assert "8 of 8 images (100 %) have a flipped sign bit" in err and "--max-flipped" in err
+    assert "16 of 16 images (100 %) have a flipped sign bit" in err and "--max-flipped" in err
     loose = ["--min-cosine", "-1", "--max-flipped", "1"]
     assert main(["check", str(out), "--ckpt", str(theirs), *common, *loose]) == 0
     with pytest.raises(AgreementError, match=r"cosine similarity 0\.\d+, below the bound 0\.99"):
         check(out, ckpt=theirs, size=32, batch=8, repeats=1, min_cosine=0.99, progress=False)
     agree = check(out, ckpt=own, size=32, batch=8, repeats=1, progress=False)
-    assert agree.min_cosine > 0.999 and agree.images == 8
+    assert agree.min_cosine > 0.999 and agree.images == 16  # at least MIN_IMAGES
 
 
 def test_pack_writes_nothing_when_the_packed_network_disagrees(tmp_path, monkeypatch, capsys):

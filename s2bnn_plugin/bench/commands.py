@@ -51,11 +51,14 @@ def check(
     """``s2bnn check FILE [--ckpt CKPT]``: agreement, file size, speed; returns the agreement
     figures.
 
-    Raises :class:`AgreementError` (exit code 2 from ``s2bnn``) after printing the agreement
-    when any image's features have a cosine similarity below ``min_cosine`` with the float
-    model's, or more than ``max_flipped`` of the images (and more than one) have a flipped
-    sign bit. Sign flips near a threshold are expected of a correct packing (float rounding
-    differs); the defaults pass those with a wide margin and fail another network's weights."""
+    The agreement compares ``max(batch, MIN_IMAGES)`` random images (``batch`` is what the
+    speed is timed on): one image cannot tell a correct packing from a wrong student. Raises
+    :class:`AgreementError` (exit code 2 from ``s2bnn``) after printing the agreement when any
+    image's features have a cosine similarity below ``min_cosine`` with the float model's, or
+    more than ``max_flipped`` of the images have a flipped sign bit. Sign flips near a
+    threshold are expected of a correct packing (float rounding differs); the defaults pass
+    those with a wide margin and fail another network's weights, or one layer of them, at every
+    batch size."""
     size = int_arg("--size", size, *SIZE_RANGE)
     batch = int_arg("--batch", batch, *BATCH_RANGE)
     threads = threads_arg(threads)
@@ -85,7 +88,7 @@ def check(
         agree = agreement(model, net, size, batch)
         bar.update()
         # above the bar, which stays for the stages that follow
-        tqdm.write(f"agreement with {reference}, {batch} random images at {size} px:")
+        tqdm.write(f"agreement with {reference}, {agree.images} random images at {size} px:")
         tqdm.write(f"  {agree.summary()}")
         require_agreement(agree, f"{file}", reference, min_cosine, max_flipped)
         bar.set_postfix_str("sizes")
