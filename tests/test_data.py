@@ -15,7 +15,6 @@ from process_utils import run_python
 
 from s2bnn_plugin.data import (
     APT_HINT,
-    DEFAULT_SOURCE_DIR,
     FASHION_MNIST_CLASSES,
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -36,7 +35,6 @@ from s2bnn_plugin.data import fashion_mnist as fm
 from s2bnn_plugin.files import is_partial
 
 CLASSES5 = ["a", "b", "c", "d", "e"]
-HAVE_FASHION_MNIST = (DEFAULT_SOURCE_DIR / "t10k-labels-idx1-ubyte.gz").is_file()
 
 
 # ---------------------------------------------------------------------------------------- idx
@@ -360,7 +358,7 @@ def test_eval_transform_reproduces_solo_learns_custom_pipeline():
 # ------------------------------------------------------------------- the real Debian package
 
 
-@pytest.mark.skipif(not HAVE_FASHION_MNIST, reason=f"Fashion-MNIST not installed: {APT_HINT}")
+@pytest.mark.fashion_mnist
 def test_real_fashion_mnist_files():
     images, labels = load_fashion_mnist("test")
     assert images.shape == (10000, 28, 28) and images.dtype == np.uint8
