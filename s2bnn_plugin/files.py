@@ -9,7 +9,8 @@ reports, the demo's markers and caches, Fashion-MNIST's images, the ``.pth`` of
   be written: one that exists (unless ``force``), a folder, a path in a missing or read-only
   folder, a name longer than the file system allows, or one of the command's own inputs. Each
   error is one line naming the path and the fix.
-- :func:`atomic_file` writes to a temporary file beside the target and moves it into place only
+- :func:`atomic_file` (:func:`atomic_open` for an open file, :func:`write_text`) writes to a
+  temporary file beside the target and moves it into place only
   when the writing succeeded, so a reader never sees half a file. Without ``force`` the target is
   created exclusively: a file, folder or symbolic link (dangling or not) that appeared there
   while the work ran is never replaced. With ``force`` an existing file or link is replaced (the
@@ -37,6 +38,7 @@ import signal
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 from s2bnn_plugin.errors import UsageError
 
@@ -45,6 +47,7 @@ __all__ = [
     "OutputError",
     "atomic_file",
     "atomic_files",
+    "atomic_open",
     "check_output",
     "is_partial",
     "write_text",
@@ -315,6 +318,16 @@ def atomic_files(
             _fsync(targets[0].parent, folder=True)
         finally:
             shutil.rmtree(work, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_open(
+    path: str | os.PathLike[str], *, force: bool = False, what: str = "the command"
+) -> Iterator[BinaryIO]:
+    """:func:`atomic_file` as an open binary file (for writers that take one: ``np.save``,
+    ``np.savez``, ``Figure.savefig``); closed before the temporary is moved into place."""
+    with atomic_file(path, force=force, what=what) as tmp, tmp.open("wb") as f:
+        yield f
 
 
 def write_text(

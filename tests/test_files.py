@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 from process_utils import check_read_only_holds, run_python
 
@@ -20,6 +21,7 @@ from s2bnn_plugin.files import (
     OutputError,
     atomic_file,
     atomic_files,
+    atomic_open,
     check_output,
     is_partial,
     write_text,
@@ -318,3 +320,11 @@ def test_a_file_appearing_at_one_target_of_a_group_writes_neither(tmp_path):
             tb.write_bytes(b"weights")
             bin_.write_bytes(b"theirs")
     assert _entries(tmp_path) == ["m.bin"] and bin_.read_bytes() == b"theirs"
+
+
+def test_atomic_open_gives_an_open_file_that_lands_whole(tmp_path):
+    out = tmp_path / "a.npy"
+    with atomic_open(out) as f:
+        np.save(f, np.arange(3))
+        assert not out.exists() and not f.closed
+    assert np.array_equal(np.load(out), np.arange(3)) and _entries(tmp_path) == ["a.npy"]

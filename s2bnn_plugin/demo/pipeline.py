@@ -38,7 +38,7 @@ import numpy as np
 
 from s2bnn_plugin.data import DEMO_TRAIN_PER_CLASS, DEMO_VAL_PER_CLASS
 from s2bnn_plugin.errors import S2BNNError, require_positive, require_whole
-from s2bnn_plugin.files import atomic_file, write_text
+from s2bnn_plugin.files import atomic_open, write_text
 
 __all__ = [
     "STUDENTS",
@@ -532,7 +532,7 @@ def stage_eval(
         val = load_image_folder(data["val"], cfg.image_size)
         train_x, train_y, val_x, val_y = train.images, train.labels, val.images, val.labels
         eval_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_file(cache, force=True) as tmp, tmp.open("wb") as f:
+        with atomic_open(cache, force=True) as f:
             np.savez(f, tx=train_x, ty=train_y, vx=val_x, vy=val_y)
     n_cls = len(data["classes"])
     results: dict[str, Any] = {}
@@ -570,8 +570,10 @@ def stage_eval(
             seconds=seconds,
         )
         dist = _distributions(tf, train_y, vf, cfg, n_cls)
-        np.save(eval_dir / f"{name}_knn_dist.npy", dist)
-        np.save(eval_dir / f"{name}_linear_pred.npy", res.linear.predictions)
+        with atomic_open(eval_dir / f"{name}_knn_dist.npy", force=True) as f:
+            np.save(f, dist)
+        with atomic_open(eval_dir / f"{name}_linear_pred.npy", force=True) as f:
+            np.save(f, res.linear.predictions)
         summary = {**res.to_dict(), "engine": engine_name, "checkpoint": ckpt}
         _write_json(eval_dir / f"{name}.json", summary)
         log(
@@ -586,7 +588,8 @@ def stage_eval(
         _write_json(raw_path, raw)
     log(f"  raw pixels: linear {raw['linear_top1']:.2f} %")
     results["raw_pixels"] = raw
-    np.save(eval_dir / "val_labels.npy", val_y)
+    with atomic_open(eval_dir / "val_labels.npy", force=True) as f:
+        np.save(f, val_y)
     return results
 
 

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from s2bnn_plugin.errors import FileMissing, S2BNNError
-from s2bnn_plugin.files import PARTIAL_PATTERN, atomic_file, is_partial
+from s2bnn_plugin.files import PARTIAL_PATTERN, atomic_open, is_partial
 
 __all__ = [
     "FORMAT",
@@ -246,10 +246,7 @@ def write_packed(
     of the user gets (0666 less the umask)."""
     path = Path(path)
     blob = np.frombuffer(json.dumps(spec, sort_keys=True).encode("utf-8"), dtype=np.uint8)
-    with (
-        atomic_file(path, force=force, what="saving the packed network") as tmp,
-        tmp.open("wb") as f,
-    ):
+    with atomic_open(path, force=force, what="saving the packed network") as f:
         np.savez(f, **{SPEC_KEY: blob}, **arrays)
     return path
 
