@@ -9,12 +9,12 @@ reports, the demo's markers and caches, Fashion-MNIST's images, the ``.pth`` of
   be written: one that exists (unless ``force``), a folder, a path in a missing or read-only
   folder, a name longer than the file system allows, or one of the command's own inputs. Each
   error is one line naming the path and the fix.
-- :func:`atomic_file` (:func:`atomic_open` for an open file, :func:`write_text`) writes to a
-  temporary file beside the target and moves it into place only
-  when the writing succeeded, so a reader never sees half a file. Without ``force`` the target is
-  created exclusively: a file, folder or symbolic link (dangling or not) that appeared there
-  while the work ran is never replaced. With ``force`` an existing file or link is replaced (the
-  link itself, never the file it points to); a folder never is.
+- :func:`atomic_file` (:func:`atomic_open` for an open file, :func:`write_text` for text)
+  writes to a temporary file beside the target and moves it into place only when the writing
+  succeeded, so a reader never sees half a file. Without ``force`` the target is created
+  exclusively: a file, folder or symbolic link (dangling or not) that appeared there while the
+  work ran is never replaced. With ``force`` an existing file or link is replaced (the link
+  itself, never the file it points to); a folder never is.
 - :func:`atomic_files` does the same for a group of files that belong together (an OpenVINO IR's
   ``.xml`` and ``.bin``): all of them are put in place, or none.
 
@@ -236,10 +236,10 @@ def _link_exclusive(tmp: Path, target: Path, what: str) -> None:
 def _publish(pairs: Sequence[tuple[Path, Path]], force: bool, what: str) -> None:
     """Move each temporary to its target: all of them, or (on any failure) none, every target
     as it was before."""
-    # (target, a link to the file it replaces (groups only), whether the target was created)
     for _, target in pairs:
         if target.is_dir() and not target.is_symlink():
             raise _occupied(target, what)
+    # (target, a link to the file it replaces (groups only), whether the target was created)
     done: list[tuple[Path, Path | None, bool]] = []
     try:
         for tmp, target in pairs:

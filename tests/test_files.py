@@ -207,10 +207,13 @@ def test_partial_names_are_recognised():
 
 # ---------------------------------------------------------------------------- signals
 
+# (Ctrl-C raises KeyboardInterrupt even where the test runs in the background, whose children
+# inherit SIGINT ignored)
 _WRITER = textwrap.dedent(
     """
-    import sys, time
+    import signal, sys, time
     from s2bnn_plugin.files import atomic_file
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     with atomic_file(sys.argv[1]) as tmp:
         tmp.write_bytes(b"part of the output")
         print(tmp, flush=True)

@@ -135,11 +135,14 @@ def test_a_file_appearing_at_the_output_while_pack_runs_is_kept(
     assert os.listdir(tmp_path) == ["out.s2bnn"]  # the link's target was not created
 
 
+# (Ctrl-C raises KeyboardInterrupt even where the test runs in the background, whose children
+# inherit SIGINT ignored)
 _PACK_IN_A_CHILD = textwrap.dedent(
     """
-    import sys, time
+    import signal, sys, time
     import numpy as np
     from s2bnn_plugin.cli import main
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def slow_savez(f, **arrays):  # a save that takes long: the signal arrives during it
         f.write(b"PK part of a zip")

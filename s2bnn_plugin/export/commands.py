@@ -55,9 +55,9 @@ failed by :data:`MAX_FLIPPED`. Measured with ``tools/check_bounds.py`` on random
 tiny backbone) with random weights and randomised statistics, 15-448 px, 256 images per case
 (96 at width 1, 16 at 448 px): at worst 0.9966; with the default statistics of a fresh model
 a sign flip weighs more: at worst 0.852 (reactnet18 at 64 px). Another student's weights:
-0.27-0.68 (trained students of two seeds: 0.90-0.95). A student with one binary layer taken
-from another seed: 0.83-0.9991, which no cosine bound can tell from a correct packing's
-flipped image."""
+0.27-0.68 (reported for trained students of two seeds: 0.90-0.95). A student with one binary
+layer taken from another seed: 0.83-0.9991, which no cosine bound can tell from a correct
+packing's flipped image."""
 
 MAX_FLIPPED = 0.5
 """Default bound: at most this share of the compared images has a flipped sign bit (a
