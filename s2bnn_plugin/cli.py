@@ -90,11 +90,9 @@ def _per_class(value: str) -> int | None:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     """Features of a model on a dataset's train and val splits, then kNN and a linear probe."""
-    from s2bnn_plugin.evaluation.command import evaluate_model
+    from s2bnn_plugin.evaluation.command import EvalOptions, evaluate_model
 
-    evaluate_model(
-        args.model,
-        args.data,
+    options = EvalOptions(
         engine=args.engine,
         size=args.size,
         crop_ratio=args.crop_ratio,
@@ -111,6 +109,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         force=args.force,
         progress=not args.no_progress,
     )
+    evaluate_model(args.model, args.data, options)
     return 0
 
 
@@ -588,8 +587,8 @@ def _add_ablation(sub: _Subparsers) -> None:
         "epoch, the first crop shared); every other row changes only what it names, and its "
         "differences are paired by seed. Evaluates them with the packed CPU engine and writes "
         "ablation.md, ablation.json and ablation.png into --out. Run it again to resume: "
-        "finished stages are skipped. The defaults (6 rows, 2 seeds: 14 trainings) took 50 "
-        "minutes on 2 busy CPU cores (docs/demo-and-study.md); it prints an estimate first.",
+        "finished stages are skipped. The defaults (6 rows, 2 seeds: 14 trainings) take about "
+        "50 minutes on 2 busy CPU cores (docs/demo-and-study.md); it prints an estimate first.",
     )
     p.add_argument(
         "--out", default="s2bnn-ablation", help="ablation folder (default ./s2bnn-ablation)"

@@ -153,6 +153,31 @@ def test_the_students_per_seed_and_the_two_step_split():
     assert two_step_epochs(6) == (3, 3) and two_step_epochs(2) == (1, 1)
 
 
+def test_a_row_added_to_the_table_trains_its_students(monkeypatch):
+    """The rows are data: a new row (a recipe on the reference's) gets its students per seed,
+    named, described and configured from its entry alone."""
+    from s2bnn_plugin.demo.ablation_rows import REFERENCE_RECIPE, ROWS, AblationRow, Step
+
+    row = AblationRow(
+        "distill-hot",
+        "the reference at T = 0.5",
+        "method_kwargs.temperature=0.5",
+        (Step(REFERENCE_RECIPE.adding("method_kwargs.temperature=0.5")),),
+    )
+    monkeypatch.setitem(ROWS, row.name, row)
+    specs = ablation_students(AblationConfig(rows=["distill-hot"], seeds=2))
+    assert [s.name for s in specs] == [
+        "distill-s0",
+        "distill-hot-s0",
+        "distill-s1",
+        "distill-hot-s1",
+    ]
+    hot, reference = specs[3], specs[2]
+    assert hot.overrides == (*reference.overrides, "method_kwargs.temperature=0.5")
+    assert hot.description == "the reference at T = 0.5, seed 1" and hot.seed == 1
+    assert (hot.config, hot.distill, hot.objective) == ("s2bnn.yaml", True, None)
+
+
 def test_the_default_run_is_estimated_under_40_minutes():
     cfg = AblationConfig()
     minutes = estimate_seconds(cfg, 10 * cfg.train_per_class) / 60

@@ -1,3 +1,6 @@
+import re
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -255,3 +258,48 @@ def test_compiled_training_steps_agree_with_eager_steps(name):
         losses.append(loss)
     assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
     assert losses[-1] < losses[0]
+
+
+def _contributing_backbone() -> str:
+    """The Python block of CONTRIBUTING's "Adding a backbone", as written there."""
+    text = (Path(__file__).resolve().parents[1] / "CONTRIBUTING.md").read_text()
+    section = text.split("### Adding a backbone", 1)[1]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def test_the_contributing_backbone_honours_compile(monkeypatch):
+    """A backbone written exactly as CONTRIBUTING shows registers, takes its keyword arguments
+    and runs its features through torch.compile with backbone.kwargs.compile=true (Dynamo's
+    counters see its graph), computing what the eager model computes."""
+    from torch._dynamo.utils import counters
+
+    from s2bnn_plugin import backbones
+
+    monkeypatch.setattr(backbones, "BACKBONES", dict(backbones.BACKBONES))
+    namespace: dict = {}
+    exec(compile(_contributing_backbone(), "CONTRIBUTING.md", "exec"), namespace)
+    assert backbones.BACKBONES["my_bnn"] is namespace["my_bnn"]
+    compiled = backbones.create_backbone("my_bnn", compile=True, width_mult=0.5).eval()
+    eager = backbones.create_backbone("my_bnn", width_mult=0.5).eval()
+    assert compiled.compile_features and not eager.compile_features
+    assert compiled.num_features == eager.num_features == 32
+    eager.load_state_dict(compiled.state_dict())
+    compiled.compile_backend = "eager"  # Dynamo alone: no C++ compiler needed
+    torch._dynamo.reset()
+    counters.clear()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        expected = eager(x)
+        assert not counters["stats"]["unique_graphs"]
+        torch.testing.assert_close(compiled(x), expected)
+    assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
+    with pytest.raises(TypeError, match="compile must be true or false, got 'yes'"):
+        namespace["my_bnn"](compile="yes")
+
+
+def test_a_config_refuses_compile_rather_than_dropping_it():
+    from s2bnn_plugin.backbones import BackboneArgumentError, BackboneConfig
+
+    with pytest.raises(BackboneArgumentError, match=r"build_backbone\(cls, kwargs\)"):
+        BackboneConfig.from_kwargs("my_bnn", {"compile": True, "width_mult": 0.5})
+    assert BackboneConfig.from_kwargs("my_bnn", {"width_mult": 0.5}).width_mult == 0.5

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -154,8 +155,8 @@ def test_numbers_that_cannot_train_are_refused_before_anything_runs(
 
 
 def test_cli_refuses_zero_teacher_epochs_before_anything_runs(tmp_path, capsys, monkeypatch):
-    """It used to fail after the data stage with solo-learn's ZeroDivisionError, advising to
-    run the demo again, which failed again."""
+    """Zero teacher epochs would fail after the data stage with solo-learn's ZeroDivisionError,
+    and again on every rerun: refused before anything runs."""
     _forbid(monkeypatch, "stage_data")
     out = tmp_path / "o"
     assert main(["demo", "--teacher-epochs", "0", "--out", str(out)]) == 2
@@ -210,3 +211,43 @@ def test_the_demo_students_keep_their_recipe_whatever_the_shipped_configs_say(
     assert run.scheduler.warmup_epochs == 0
     assert run.method_kwargs.distill_crops == "all"
     assert run.method_kwargs.get("loss", "kl") == "kl"
+
+
+def test_the_stages_are_numbered_from_one_derived_list(dataset, tmp_path, monkeypatch):
+    """Every stage's "[i/N]" is its place in stage_list (data, teacher, the students in order,
+    eval, report), an intermediate student included, and a finished stage keeps its number."""
+    from s2bnn_plugin.demo import pipeline
+
+    def stub(name):
+        return lambda *args, **kwargs: {"checkpoint": f"{name}.ckpt", "train": str(dataset)}
+
+    for stage in ("stage_data", "stage_teacher", "stage_eval"):
+        monkeypatch.setattr(pipeline, stage, stub(stage))
+    monkeypatch.setattr(pipeline, "stage_student", lambda cfg, spec, *a, **k: stub(spec.name)())
+    monkeypatch.setattr(pipeline, "check_solo", lambda: None)
+    cfg = tiny(tmp_path / "demo", dataset)
+    step1 = pipeline.STUDENTS["distill"].spec(cfg, "step1", seed=0)
+    students = [replace(step1, evaluate=False), *pipeline.demo_students(cfg)]
+    expected = pipeline.stage_list(s.name for s in students)
+    assert expected == [
+        "data",
+        "teacher",
+        "step1",
+        "contrastive",
+        "distill",
+        "mixed",
+        "eval",
+        "report",
+    ]
+    words = {"teacher": "teacher", "eval": "evaluation", "report": "report", "data": "data"}
+    for _ in range(2):  # the second run finds every stage finished
+        logs: list[str] = []
+        pipeline.run_pipeline(
+            cfg, students, lambda *a: {"report": True}, report_title="report", log=logs.append
+        )
+        for i, name in enumerate(expected, 1):
+            lines = [line for line in logs if line.startswith(f"[{i}/8] ")]
+            assert lines and all(words.get(name, f"'{name}'") in line for line in lines), (
+                name,
+                logs,
+            )

@@ -211,3 +211,59 @@ def test_burn_loss_shape_mismatch_is_refused():
 def test_burn_lambda_follows_a_half_cosine(step, expected):
     """BURN's hook: lambda = end - (end - start) * (cos(pi * step / total) + 1) / 2."""
     assert math.isclose(burn_lambda(step, 100, 0.1, 0.3), expected, rel_tol=1e-9)
+
+
+# -------------------------------------------------------------- the losses as registered objects
+
+
+def test_the_registered_losses_pair_the_crops_their_way():
+    """kl: each crop against itself; burn: across views (BURN); first: the first crop to both."""
+    from s2bnn_plugin.methods.losses import LOSSES
+
+    kl = LOSSES["kl"](0.2, {})
+    burn = LOSSES["burn"](0.2, {"burn_lambda_start": 0.1, "burn_lambda_end": 0.3})
+    assert kl.pairs(2, "all") == [(0, 0), (1, 1)]
+    assert burn.pairs(2, "all") == [(0, 1), (1, 0)]
+    assert burn.pairs(3, "all") == [(0, 1), (1, 2), (2, 0)]
+    for loss in (kl, burn):
+        assert loss.pairs(2, "first") == [(0, 0)]
+        assert loss.pairs(1, "all") == [(0, 0)]
+
+
+def test_the_registered_losses_are_the_means_of_their_formulas_over_the_pairs():
+    from s2bnn_plugin.methods.losses import LOSSES, Progress
+
+    g = torch.Generator().manual_seed(0)
+    pairs = [(torch.randn(4, 8, generator=g), torch.randn(4, 8, generator=g)) for _ in range(2)]
+    kl = LOSSES["kl"](0.5, {})(pairs, lambda: None)
+    expected = (distillation_loss(*pairs[0], 0.5) + distillation_loss(*pairs[1], 0.5)) / 2
+    torch.testing.assert_close(kl.loss, expected)
+    assert kl.logged == {}
+
+    burn = LOSSES["burn"](0.5, {"burn_lambda_start": 0.0, "burn_lambda_end": 1.0})
+    for progress, lam in ((None, 0.0), (Progress(50, 100), 0.5), (Progress(100, 100), 1.0)):
+        terms = burn(pairs, lambda progress=progress: progress)
+        parts = [burn_loss(s, t, lam, 0.5) for s, t in pairs]
+        torch.testing.assert_close(terms.loss, (parts[0].loss + parts[1].loss) / 2)
+        torch.testing.assert_close(
+            terms.logged["train_burn_feature_loss"], (parts[0].feature + parts[1].feature) / 2
+        )
+        torch.testing.assert_close(
+            terms.logged["train_burn_kl_loss"], (parts[0].kl + parts[1].kl) / 2
+        )
+        assert float(terms.logged["train_burn_lambda"]) == pytest.approx(lam)
+
+
+def test_each_loss_is_a_choice_of_the_loss_setting_and_alone_reads_its_settings():
+    from s2bnn_plugin.methods.losses import LOSSES
+    from s2bnn_plugin.methods.settings import SETTINGS, reads
+
+    loss_row = next(s for s in SETTINGS if s.key == "loss")
+    assert loss_row.choices == tuple(LOSSES) == ("kl", "burn")
+    assert [s.key for s in LOSSES["burn"].settings] == ["burn_lambda_start", "burn_lambda_end"]
+    for name, loss in LOSSES.items():
+        assert loss.summary in loss_row.hint
+        for setting in loss.settings:
+            assert setting in SETTINGS
+            assert all(reads(setting, {"loss": other}) == (other == name) for other in LOSSES)
+    assert reads(loss_row, {"loss": "burn"}) and reads(loss_row, {})

@@ -154,3 +154,27 @@ def test_the_demo_time_is_one_figure_everywhere():
     }
     assert all(stated.values()), stated
     assert len(set().union(*stated.values())) == 1, stated
+
+
+def test_the_method_settings_table_is_the_codes():
+    """docs/training.md's table of ``method_kwargs`` is generated from the one table of
+    settings (``SETTINGS``), and the defaults the README names are that table's."""
+    from s2bnn_plugin.methods.settings import SETTINGS, default_words, markdown_table
+
+    training = (ROOT / "docs" / "training.md").read_text()
+    table = markdown_table()
+    assert table in training, (
+        "docs/training.md's settings table differs from the code's; replace it with "
+        f"s2bnn_plugin.methods.settings.markdown_table():\n{table}"
+    )
+    keys = [s.key for s in SETTINGS]
+    for setting in SETTINGS:  # every key, its default and its range, in the table's order
+        row = next(line for line in table.splitlines() if line.startswith(f"| `{setting.key}` |"))
+        assert row.split(" | ")[1] == default_words(setting)
+    assert [line.split("`")[1] for line in table.splitlines()[2:]] == keys
+
+    paragraph = next(p for p in README.split("\n\n") if p.startswith("The main `method_kwargs`"))
+    named = dict(re.findall(r"`([\w.]+)` \(([^,;)]+)", paragraph))
+    assert {"teacher.ckpt", "temperature", "loss", "student_init"} <= set(named), named
+    by_key = {s.key: s for s in SETTINGS}
+    assert {key: named[key] for key in named} == {key: default_words(by_key[key]) for key in named}

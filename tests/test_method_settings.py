@@ -402,3 +402,36 @@ def test_the_shipped_s2bnn_configs_use_the_linear_schedule_and_pass(solo, teache
     RegisterS2BNN.check_config(
         run_config("s2bnn.yaml", teacher, warmup_epochs=5, warmup_start_lr=0.0)
     )
+
+
+# ------------------------------------------------------------- the table the checks come from
+
+
+def _outside(setting):
+    """A value ``setting`` refuses: a name it does not list, or a number past its range."""
+    if setting.choices is not None:
+        return "nonexistent"
+    numbers = setting.numbers
+    return numbers.low - 1 if numbers.low is not None else numbers.high + 1
+
+
+def test_every_checked_setting_is_refused_in_the_words_of_its_row(solo, teacher):
+    """Each row of SETTINGS with a range or choices is what the check applies: a value outside
+    it is refused, naming the key and the row's words, and the row's default passes."""
+    from s2bnn_plugin.methods.settings import SETTINGS, check_method_kwargs
+
+    checked = [s for s in SETTINGS if s.numbers is not None or s.choices is not None]
+    assert {s.key for s in checked} >= {"temperature", "loss", "teacher.format", "burn_lambda_end"}
+    for setting in checked:
+        extra = {"loss": "burn"} if setting.key.startswith("burn_") else {}
+        group, _, key = setting.key.rpartition(".")
+        value = {key: _outside(setting)}
+        kwargs = {group: {"ckpt": str(teacher), **value}} if group else value
+        message = refusal(config(teacher, **kwargs, **extra))
+        assert message.startswith(f"method_kwargs.{setting.key} must be {setting.words()}"), (
+            setting.key,
+            message,
+        )
+        default = {key: setting.default}
+        kwargs = {group: {"ckpt": str(teacher), **default}} if group else default
+        check_method_kwargs(config(teacher, **kwargs, **extra))

@@ -136,3 +136,25 @@ def test_no_module_imports_another_modules_underscore_names():
     found = [hit for folder in ("s2bnn_plugin", "kernels", "benchmarks", "tests")
              for hit in _imported_private_names(ROOT / folder)]  # fmt: skip
     assert not found, found
+
+
+#: the most parameters a function outside kernels/ takes: more travel as an options dataclass
+MAX_PARAMETERS = 12
+
+
+def test_no_function_outside_the_kernels_takes_more_than_12_parameters():
+    """Long pass-throughs become option dataclasses (``EvalOptions``); the Numba kernels, whose
+    compiled calls take NamedTuples field by field, have their own limit (CONTRIBUTING)."""
+    import ast
+
+    counts = {}
+    for path in sorted((ROOT / "s2bnn_plugin").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                a = node.args
+                n = len(a.posonlyargs) + len(a.args) + len(a.kwonlyargs)
+                counts[f"{path.relative_to(ROOT)}:{node.lineno} {node.name}"] = (
+                    n + (a.vararg is not None) + (a.kwarg is not None)
+                )
+    assert len(counts) > 500  # the whole package was read
+    assert {f: n for f, n in counts.items() if n > MAX_PARAMETERS} == {}

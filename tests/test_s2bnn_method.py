@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import sys
 
 import pytest
 import torch
@@ -736,8 +738,8 @@ def test_burn_lambda_moves_with_the_trainers_steps(methods, teacher_ckpt):
     cfg = s2bnn_cfg(teacher_ckpt, "none", loss="burn", burn_lambda_start=0.0, burn_lambda_end=1.0)
     model = methods["s2bnn"](cfg)
     seen = []
-    original = model._burn_lambda
-    model._burn_lambda = lambda: seen.append(original()) or seen[-1]
+    original = model.distill_loss.kl_weight
+    model.distill_loss.kl_weight = lambda progress: seen.append(original(progress)) or seen[-1]
     fit(model, cfg, steps=4)
     # steps 0..3 of 4: (1 - cos(pi * k / 4)) / 2
     assert seen == pytest.approx([(1 - math.cos(math.pi * k / 4)) / 2 for k in range(4)])
@@ -760,6 +762,34 @@ def test_distill_crops_first_feeds_the_first_crop_to_teacher_and_student(
         x = crops[0].to(memory_format=torch.channels_last)
         expected = distillation_loss(model.distill_head(model.backbone(x)), model.teacher(x), 0.2)
     torch.testing.assert_close(logs["train_distill_loss"], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_every_default_is_filled_from_the_settings_table(methods, teacher_ckpt, monkeypatch):
+    """Keys left out get their row's default (BURN's only with loss=burn), and a default
+    changed in the table (as the method module reads it) is the one the model trains with."""
+    from omegaconf import OmegaConf
+
+    from s2bnn_plugin.methods import settings
+    from s2bnn_plugin.validate import NO_DEFAULT
+
+    for loss in ("kl", "burn"):
+        cfg = s2bnn_cfg(teacher_ckpt, "none", loss=loss)
+        for key in ("head_hidden_dim", "ssl_kwargs"):
+            del cfg.method_kwargs[key]
+        methods["s2bnn"](cfg)
+        for setting in settings.SETTINGS:
+            found = OmegaConf.select(cfg, f"method_kwargs.{setting.key}", default="<absent>")
+            if setting.key.startswith("burn_") and loss == "kl":
+                assert found == "<absent>", setting.key
+            elif setting.default is not NO_DEFAULT and setting.key != "loss":
+                assert found == setting.default, (loss, setting.key, found)
+    warmer = [
+        dataclasses.replace(s, default=0.7) if s.key == "temperature" else s
+        for s in settings.SETTINGS
+    ]
+    monkeypatch.setattr(sys.modules[methods["s2bnn"].__module__], "SETTINGS", tuple(warmer))
+    model, cfg = make(methods, teacher_ckpt, "none")
+    assert cfg.method_kwargs.temperature == 0.7 and model.distill_temperature == 0.7
 
 
 def test_head_hidden_width_defaults_to_the_backbones(methods, teacher_ckpt):

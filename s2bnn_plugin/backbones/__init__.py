@@ -4,7 +4,8 @@ timm-style: small factories, names that say what they build.
 
 Each factory has solo-learn's signature ``fn(method=None, **kwargs)`` and returns a module mapping
 (B, 3, H, W) to (B, num_features). Add a backbone: write its module here, then a factory decorated
-with :func:`register_backbone`; :mod:`s2bnn_plugin.solo` registers every entry with solo-learn.
+with :func:`register_backbone` that returns ``build_backbone(cls, kwargs)`` (which honours
+``compile``); :mod:`s2bnn_plugin.solo` registers every entry with solo-learn.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ __all__ = [
     "ReActNet18",
     "ReActNetA",
     "UnknownBackbone",
+    "build_backbone",
     "create_backbone",
     "list_backbones",
     "reactnet18",
@@ -59,13 +61,13 @@ def reactnet_a(method: str | None = None, **kwargs: Any) -> ReActNetA:
     ``method`` is solo-learn's method name, accepted for its factory signature and unused.
     Keyword arguments: see :class:`BackboneConfig`, and ``compile`` (:class:`BinaryBackbone`).
     """
-    return build_backbone(ReActNetA, "reactnet_a", kwargs)
+    return build_backbone(ReActNetA, kwargs)
 
 
 @register_backbone
 def reactnet18(method: str | None = None, **kwargs: Any) -> ReActNet18:
     """A ResNet-18-layout BNN with ReActNet-style blocks (512-d features at width 1)."""
-    return build_backbone(ReActNet18, "reactnet18", kwargs)
+    return build_backbone(ReActNet18, kwargs)
 
 
 def list_backbones() -> list[str]:

@@ -23,6 +23,7 @@ from torch import nn
 
 from s2bnn_plugin.errors import S2BNNError
 from s2bnn_plugin.nn import QUANTIZERS, Quantizer, get_quantizer
+from s2bnn_plugin.validate import Range, is_number
 
 __all__ = [
     "COMPILE_KWARG",
@@ -38,6 +39,9 @@ __all__ = [
 COMPILE_KWARG = "compile"
 """The keyword argument (``backbone.kwargs.compile``) that runs the features through
 ``torch.compile``; it is not part of :class:`BackboneConfig` (packed files do not record it)."""
+
+#: ``width_mult``: any finite positive multiplier of the channel counts
+WIDTH_MULTS = Range(0, open_low=True)
 
 
 class BackboneError(S2BNNError, ValueError):
@@ -69,8 +73,15 @@ class BackboneConfig:
 
     @classmethod
     def from_kwargs(cls, backbone: str, kwargs: dict[str, Any]) -> BackboneConfig:
-        # ``compile`` is read by the factory (build_backbone), not a field of the config
-        kwargs = {k: v for k, v in kwargs.items() if k != COMPILE_KWARG}
+        """The config of a factory's keyword arguments, checked. ``compile`` is not a field
+        (it says how the model runs, not what it is) and is refused here rather than dropped:
+        a factory builds its model with :func:`build_backbone`, which honours it."""
+        if COMPILE_KWARG in kwargs:
+            raise BackboneArgumentError(
+                f"{backbone}(): {COMPILE_KWARG} sets how the model runs, which the config does "
+                "not hold: build the model with build_backbone(cls, kwargs) (see CONTRIBUTING, "
+                "'Adding a backbone'), which honours it"
+            )
         accepted = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(kwargs) - set(accepted))
         if unknown:
@@ -88,11 +99,11 @@ class BackboneConfig:
                 raise BackboneArgumentError(
                     f"{backbone}(): {flag} must be true or false, got {getattr(self, flag)!r}"
                 )
-        if isinstance(self.width_mult, bool) or not isinstance(self.width_mult, int | float):
+        if not is_number(self.width_mult):
             raise BackboneArgumentError(
                 f"{backbone}(): width_mult must be a number, got {self.width_mult!r}"
             )
-        if not 0 < self.width_mult < float("inf"):
+        if not WIDTH_MULTS.admits(self.width_mult):
             raise BackboneError(
                 f"{backbone}(): width_mult must be > 0 and finite (1.0 is the paper's width), "
                 f"got {self.width_mult}"
@@ -180,9 +191,11 @@ class BinaryBackbone(nn.Module):
 Backbone = TypeVar("Backbone", bound=BinaryBackbone)
 
 
-def build_backbone(cls: type[Backbone], name: str, kwargs: dict[str, Any]) -> Backbone:
+def build_backbone(cls: type[Backbone], kwargs: dict[str, Any]) -> Backbone:
     """``cls`` built from a factory's keyword arguments: :class:`BackboneConfig`'s fields and
-    ``compile`` (true or false, default false), all checked before the model is built."""
+    ``compile`` (true or false, default false), all checked before the model is built. Every
+    factory builds its model this way (``cls.name`` names it in the messages)."""
+    name = cls.name
     kwargs = dict(kwargs)
     compile_features = kwargs.pop(COMPILE_KWARG, False)
     if not isinstance(compile_features, bool):

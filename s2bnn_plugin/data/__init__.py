@@ -49,6 +49,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "APT_HINT",
+    "CROP_RATIOS",
     "DEFAULT_SOURCE_DIR",
     "DEMO_TRAIN_PER_CLASS",
     "DEMO_VAL_PER_CLASS",

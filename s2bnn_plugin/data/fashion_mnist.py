@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from s2bnn_plugin.data.idx import read_idx
 from s2bnn_plugin.errors import DataError, S2BNNError
 from s2bnn_plugin.files import atomic_file, is_partial, write_text
+from s2bnn_plugin.validate import Range
 
 __all__ = [
     "APT_HINT",
@@ -183,7 +184,7 @@ def load_fashion_mnist(
 def _per_class(name: str, value: int | None) -> int | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+    if not Range(1, whole=True).admits(value):
         raise DataError(f"{name} must be a positive integer or None (all), got {value!r}")
     return int(value)
 
@@ -301,7 +302,7 @@ def prepare_fashion_mnist(
     :data:`DEMO_VAL_PER_CLASS` the CPU demo's. A finished folder with the same settings
     is returned at once; one with other settings is an error; an unfinished one is completed.
     """
-    if isinstance(size, bool) or not isinstance(size, int) or size < 8:
+    if not Range(8, whole=True).admits(size):
         raise DataError(f"size must be an integer of at least 8 pixels, got {size!r}")
     train_per_class = _per_class("train_per_class", train_per_class)
     val_per_class = _per_class("val_per_class", val_per_class)

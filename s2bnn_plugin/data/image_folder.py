@@ -26,8 +26,10 @@ from tqdm.auto import tqdm
 
 from s2bnn_plugin.data.fashion_mnist import INCOMPLETE_MARKER
 from s2bnn_plugin.errors import DataError, name_a_few
+from s2bnn_plugin.validate import Range
 
 __all__ = [
+    "CROP_RATIOS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "IMG_EXTENSIONS",
@@ -39,6 +41,9 @@ __all__ = [
     "validate_dataset_root",
     "validate_image_folder",
 ]
+
+#: the share of the resized image a centre crop keeps (``crop_ratio``; 1 keeps all of it)
+CROP_RATIOS = Range(0, 1, open_low=True)
 
 #: solo-learn's (timm's) normalisation for ``custom`` and ImageNet data.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -188,8 +193,8 @@ def eval_transform(
     (resize 256, crop 224). The default ``crop_ratio=1.0`` keeps the whole image, which is what a
     model pretrained on small (e.g. 32 px) images should see.
     """
-    if not 0 < crop_ratio <= 1:
-        raise DataError(f"crop_ratio must be in (0, 1], got {crop_ratio}")
+    if not CROP_RATIOS.admits(crop_ratio):
+        raise DataError(f"crop_ratio must be in {CROP_RATIOS.interval()}, got {crop_ratio}")
     return transforms.Compose(
         [
             transforms.Resize(round(size / crop_ratio)),

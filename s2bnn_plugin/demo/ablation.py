@@ -23,7 +23,7 @@ two steps, and (right after the data stage) a batch larger than the data.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -44,10 +44,11 @@ from s2bnn_plugin.demo.pipeline import (
     check_config,
     check_solo,
     count_images,
-    demo_students,
     print_line,
     run_pipeline,
+    stage_list,
 )
+from s2bnn_plugin.validate import Range
 
 __all__ = [
     "DEFAULT_ROWS",
@@ -70,11 +71,6 @@ __all__ = [
 
 class AblationError(DemoError):
     """Ablation settings that cannot run (unknown row, one seed, too few epochs, ...)."""
-
-
-DISTILL_CONFIG = "s2bnn.yaml"
-STEP1_CONFIG = "s2bnn_step1.yaml"
-STEP2_CONFIG = "s2bnn_step2.yaml"
 
 
 @dataclass
@@ -112,16 +108,18 @@ def check_ablation(cfg: AblationConfig) -> None:
             raise AblationError(
                 f"--rows: unknown row {row!r}{_nearest(row, list(ROWS))}; rows: {available}"
             )
-    if isinstance(cfg.seeds, bool) or not isinstance(cfg.seeds, int) or cfg.seeds < 2:
+    if not Range(2, whole=True).admits(cfg.seeds):
         raise AblationError(
             f"--seeds {cfg.seeds}: the differences to the reference are paired by seed and "
             "their spread needs at least 2 seeds; use --seeds 2 (or more)"
         )
-    if "two-step" in cfg.rows and cfg.epochs < 2:
-        raise AblationError(
-            f"--epochs {cfg.epochs}: the two-step row splits the epochs between its two steps "
-            "and needs at least 2; use --epochs 2 (or more), or leave two-step out of --rows"
-        )
+    for row in (ROWS[name] for name in cfg.rows):
+        if cfg.epochs < row.least_epochs:
+            raise AblationError(
+                f"--epochs {cfg.epochs}: the {row.name} row {row.because} and needs at least "
+                f"{row.least_epochs}; use --epochs {row.least_epochs} (or more), or leave "
+                f"{row.name} out of --rows"
+            )
 
 
 def rows_of(cfg: AblationConfig) -> list[str]:
@@ -129,81 +127,29 @@ def rows_of(cfg: AblationConfig) -> list[str]:
     return [r for r in ROWS if r in cfg.rows or r == REFERENCE]
 
 
-def _demo_student(cfg: AblationConfig, name: str) -> StudentSpec:
-    return next(s for s in demo_students(cfg) if s.name == name)
-
-
 def ablation_students(cfg: AblationConfig) -> list[StudentSpec]:
-    """Per seed, one student per row (two for ``two-step``: step 1 is not evaluated)."""
-    temperature = f"method_kwargs.temperature={cfg.temperature}"
-    reference = (temperature, *REFERENCE_OVERRIDES)
-    mixed = _demo_student(cfg, "mixed").overrides  # SimCLR's settings inside s2bnn
-    own: dict[str, tuple[str, ...]] = {
-        REFERENCE: reference,
-        "distill-cosine": (
-            *reference,
-            "scheduler.name=warmup_cosine",
-            "++scheduler.interval=step",
-        ),
-        "distill-burn": (*reference, "++method_kwargs.loss=burn"),
-        "contrastive-distill": (*reference, *mixed),
-    }
+    """Per seed, the students of each row (:data:`ROWS`), in the rows' order."""
     specs = []
     for seed in cfg.student_seeds:
         for row in rows_of(cfg):
-            name = f"{row}-s{seed}"
-            description = f"{ROWS[row].description}, seed {seed}"
-            if row == "contrastive":
-                spec = _demo_student(cfg, "contrastive")
+            previous = None
+            for step in ROWS[row].steps:
+                name = f"{row}{step.suffix}-s{seed}"
+                epochs = None if step.epochs is None else step.epochs(cfg.epochs)
+                what = ROWS[row].description
+                if step.description is not None:
+                    what = step.description.format(epochs=epochs)
+                spec = step.recipe.spec(cfg, name, seed=seed)
                 specs.append(
-                    StudentSpec(
-                        name=name,
-                        config=spec.config,
-                        overrides=spec.overrides,
-                        description=description,
-                        distill=False,
-                        objective="simclr",
-                        seed=seed,
+                    replace(
+                        spec,
+                        description=f"{what}, seed {seed}",
+                        epochs=epochs,
+                        init_from=previous if step.from_previous else None,
+                        evaluate=step.evaluate,
                     )
                 )
-            elif row == "two-step":
-                first, second = two_step_epochs(cfg.epochs)
-                step1 = f"{row}-step1-s{seed}"
-                specs += [
-                    StudentSpec(
-                        name=step1,
-                        config=STEP1_CONFIG,
-                        overrides=reference,
-                        description=f"two-step, step 1 (real weights, {first} epochs), seed {seed}",
-                        distill=True,
-                        seed=seed,
-                        epochs=first,
-                        evaluate=False,
-                    ),
-                    StudentSpec(
-                        name=name,
-                        config=STEP2_CONFIG,
-                        overrides=reference,
-                        description=f"two-step, step 2 (binary weights, {second} epochs), "
-                        f"seed {seed}",
-                        distill=True,
-                        seed=seed,
-                        epochs=second,
-                        init_from=step1,
-                    ),
-                ]
-            else:
-                specs.append(
-                    StudentSpec(
-                        name=name,
-                        config=DISTILL_CONFIG,
-                        overrides=own[row],
-                        description=description,
-                        distill=True,
-                        objective="simclr" if row == "contrastive-distill" else None,
-                        seed=seed,
-                    )
-                )
+                previous = name
     return specs
 
 
@@ -282,4 +228,4 @@ def run_ablation(
 
 def stage_names(cfg: AblationConfig) -> list[str]:
     """Every stage of this ablation, in order (for ``--until``)."""
-    return ["data", "teacher", *(s.name for s in ablation_students(cfg)), "eval", "report"]
+    return stage_list(s.name for s in ablation_students(cfg))

@@ -7,18 +7,19 @@ never retrains, hence never overwrites, a finished checkpoint):
 2. ``teacher``: a real-valued self-supervised teacher (solo-learn SimCLR on solo-learn's ResNet-18);
 3. ``contrastive``, ``distill``, ``mixed``: three binary students with the same budget: SimCLR
    alone, S2-BNN distillation alone, SimCLR + distillation;
-4. ``eval-<model>``: kNN and linear probe on the held-out split (students on the packed CPU engine,
-   the teacher in PyTorch, plus a raw-pixel probe), with kNN class distributions kept for the
-   calibration analysis;
+4. ``eval``: kNN and linear probe on the held-out split (students on the packed CPU engine, the
+   teacher in PyTorch, plus a raw-pixel probe; each model's results kept as it finishes), with
+   kNN class distributions kept for the calibration analysis;
 5. ``report``: results.md / results.json and the PNG plots.
 
 All training runs through solo-learn's own ``main_pretrain.py`` in a subprocess with the plugin's
 configs plus overrides; an interrupted training resumes from its last epoch checkpoint through
 solo-learn's auto-resume.
 
-The stages are generic over a list of :class:`StudentSpec` (:func:`run_pipeline`): the demo is one
-fixed list of three students (:func:`demo_students`), ``s2bnn study`` builds a longer one
-(:mod:`s2bnn_plugin.demo.study`).
+The stages are generic over a list of :class:`StudentSpec` (:func:`run_pipeline`), numbered by
+one list (:func:`stage_list`). Students are made from tables of :class:`StudentRecipe`: the demo's
+three are :data:`STUDENTS` (:func:`demo_students`); ``s2bnn study`` and ``s2bnn ablation`` build
+longer lists from theirs (:mod:`s2bnn_plugin.demo.study`, :mod:`s2bnn_plugin.demo.ablation_rows`).
 """
 
 from __future__ import annotations
@@ -29,22 +30,25 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
 from s2bnn_plugin.data import DEMO_TRAIN_PER_CLASS, DEMO_VAL_PER_CLASS
-from s2bnn_plugin.errors import S2BNNError, require_positive, require_whole
+from s2bnn_plugin.errors import S2BNNError
 from s2bnn_plugin.files import atomic_open, write_text
+from s2bnn_plugin.validate import require_positive, require_whole
 
 __all__ = [
     "STUDENTS",
     "TEACHER_CONFIG",
+    "TEMPERATURE",
     "DemoConfig",
     "DemoError",
+    "StudentRecipe",
     "StudentSpec",
     "check_batches",
     "check_config",
@@ -54,31 +58,13 @@ __all__ = [
     "print_line",
     "run_demo",
     "run_pipeline",
+    "stage_list",
     "student_overrides",
 ]
 
 
 class DemoError(S2BNNError, RuntimeError):
     """A problem the user can fix (bad data, missing solo-learn, a failed training run)."""
-
-
-#: student name -> (config file, extra overrides, description). Same budget for all three.
-STUDENTS: dict[str, tuple[str, list[str], str]] = {
-    "contrastive": (
-        "bnn_mocov2plus.yaml",
-        ["method=simclr", "~method_kwargs.queue_size", "~momentum"],
-        "binary, SimCLR only (no teacher)",
-    ),
-    "distill": ("s2bnn.yaml", [], "binary, S2-BNN distillation only"),
-    "mixed": (
-        "s2bnn.yaml",
-        ["method_kwargs.ssl_method=simclr", "+method_kwargs.ssl_weight=1.0"],
-        "binary, SimCLR + distillation",
-    ),
-}
-STAGES = ["data", "teacher", *STUDENTS, "eval", "report"]
-#: the real-valued SimCLR teacher's config (``solo_configs/pretrain/custom``)
-TEACHER_CONFIG = "teacher_simclr.yaml"
 
 
 @dataclass(frozen=True)
@@ -101,6 +87,101 @@ class StudentSpec:
     #: False for an intermediate stage (a two-step recipe's real-weight step 1): trained, but not
     #: evaluated, since the packed engine takes binary weights only
     evaluate: bool = True
+
+
+@dataclass(frozen=True)
+class StudentRecipe:
+    """What makes a kind of student what it is, as data: the plugin config it starts from, its
+    Hydra overrides, what it is, whether the teacher distils it, and the solo-learn objective it
+    trains, if any. In the overrides, the description and the objective, ``{field}`` stands for
+    that field of the run's :class:`DemoConfig` (or a field :meth:`spec` is given).
+    :meth:`spec` makes one run's student of it; the demo, the study and the ablation are tables
+    of recipes."""
+
+    config: str
+    overrides: tuple[str, ...]
+    description: str
+    distill: bool
+    objective: str | None = None
+
+    def spec(
+        self,
+        cfg: DemoConfig,
+        name: str,
+        *,
+        seed: int,
+        fields: Mapping[str, object] | None = None,
+        extra: Sequence[str] = (),
+    ) -> StudentSpec:
+        """The student ``name`` of this recipe in the run ``cfg``: its templates filled from
+        ``cfg``'s fields and ``fields``, then ``extra`` overrides as given. The epochs, the
+        student it starts from and whether it is evaluated are the spec's defaults
+        (``dataclasses.replace`` sets them)."""
+        values = {**vars(cfg), **(fields or {})}
+        return StudentSpec(
+            name=name,
+            config=self.config,
+            overrides=(*(o.format_map(values) for o in self.overrides), *extra),
+            description=self.description.format_map(values),
+            distill=self.distill,
+            objective=None if self.objective is None else self.objective.format_map(values),
+            seed=seed,
+        )
+
+    def adding(self, *overrides: str, **changes: Any) -> StudentRecipe:
+        """This recipe with ``overrides`` after its own (and other ``changes`` of its fields)."""
+        return replace(self, overrides=(*self.overrides, *overrides), **changes)
+
+
+#: every student's distillation and contrastive temperature (the run's ``temperature``)
+TEMPERATURE = "method_kwargs.temperature={temperature}"
+#: the demo's three students, in training order: the same budget for all three
+STUDENTS: dict[str, StudentRecipe] = {
+    "contrastive": StudentRecipe(
+        "bnn_mocov2plus.yaml",
+        (
+            TEMPERATURE,
+            "method=simclr",
+            "~method_kwargs.queue_size",
+            "~momentum",
+            "method_kwargs.proj_hidden_dim={proj_hidden_dim}",
+        ),
+        "binary, SimCLR only (no teacher)",
+        distill=False,
+        objective="simclr",
+    ),
+    "distill": StudentRecipe(
+        "s2bnn.yaml", (TEMPERATURE,), "binary, S2-BNN distillation only", distill=True
+    ),
+    "mixed": StudentRecipe(
+        "s2bnn.yaml",
+        (
+            TEMPERATURE,
+            "method_kwargs.ssl_method=simclr",
+            "+method_kwargs.ssl_weight=1.0",
+            "+method_kwargs.ssl_kwargs.proj_hidden_dim={proj_hidden_dim}",
+            "+method_kwargs.ssl_kwargs.proj_output_dim=128",
+            "+method_kwargs.ssl_kwargs.temperature={temperature}",
+        ),
+        "binary, SimCLR + distillation",
+        distill=True,
+        objective="simclr",
+    ),
+}
+#: the stages before and after the students'
+FIRST_STAGES = ("data", "teacher")
+LAST_STAGES = ("eval", "report")
+
+
+def stage_list(students: Iterable[str]) -> list[str]:
+    """Every stage of a run over the students named, in order: the one list that numbers the
+    stages and that ``--until`` takes."""
+    return [*FIRST_STAGES, *students, *LAST_STAGES]
+
+
+STAGES = stage_list(STUDENTS)
+#: the real-valued SimCLR teacher's config (``solo_configs/pretrain/custom``)
+TEACHER_CONFIG = "teacher_simclr.yaml"
 
 
 @dataclass
@@ -405,31 +486,8 @@ def stage_teacher(cfg: DemoConfig, data: dict[str, Any], log: Log, quiet: bool) 
 
 
 def demo_students(cfg: DemoConfig) -> list[StudentSpec]:
-    """The demo's three students (:data:`STUDENTS`) with the overrides they have always had."""
-    specs = []
-    for name, (config, extra, description) in STUDENTS.items():
-        overrides = [f"method_kwargs.temperature={cfg.temperature}", *extra]
-        if name == "contrastive":
-            overrides.append(f"method_kwargs.proj_hidden_dim={cfg.proj_hidden_dim}")
-        elif name == "mixed":
-            overrides += [
-                f"+method_kwargs.ssl_kwargs.proj_hidden_dim={cfg.proj_hidden_dim}",
-                "+method_kwargs.ssl_kwargs.proj_output_dim=128",
-                f"+method_kwargs.ssl_kwargs.temperature={cfg.temperature}",
-            ]
-        objective = None if name == "distill" else "simclr"
-        specs.append(
-            StudentSpec(
-                name=name,
-                config=config,
-                overrides=tuple(overrides),
-                description=description,
-                distill=name != "contrastive",
-                objective=objective,
-                seed=cfg.seed,
-            )
-        )
-    return specs
+    """The demo's three students (:data:`STUDENTS`) in the run ``cfg``."""
+    return [recipe.spec(cfg, name, seed=cfg.seed) for name, recipe in STUDENTS.items()]
 
 
 def merge_overrides(overrides: list[str]) -> list[str]:
@@ -646,8 +704,8 @@ def run_pipeline(
     and before any training (settings that cannot run on that data are refused there)."""
     check_config(cfg)
     names = [s.name for s in students]
-    stage_names = ["data", "teacher", *names, "eval", "report"]
-    if len(set(names)) != len(names) or set(names) & {"data", "teacher", "eval", "report"}:
+    stage_names = stage_list(names)
+    if len(set(names)) != len(names) or set(names) & {*FIRST_STAGES, *LAST_STAGES}:
         raise ValueError(f"student names must be unique stage names: {names}")
     for i, spec in enumerate(students):
         if spec.init_from is not None and spec.init_from not in names[:i]:
@@ -666,7 +724,8 @@ def run_pipeline(
     loads: dict[str, float] = dict(previous.get("load_average", {}))
     total = len(stage_names)
 
-    def run(index: int, name: str, title: str, fn: Callable[[], dict[str, Any]]) -> dict:
+    def run(name: str, title: str, fn: Callable[[], dict[str, Any]]) -> dict:
+        index = stage_names.index(name) + 1
         done = stages.done(name)
         if done is not None:
             log(f"[{index}/{total}] {title}: done earlier, skipped ({stages.dir / name}.json)")
@@ -680,14 +739,13 @@ def run_pipeline(
         log(f"[{index}/{total}] {title}: finished in {timings[name]:.0f} s")
         return stages.finish(name, result)
 
-    data = run(1, "data", "data", lambda: stage_data(cfg))
+    data = run("data", "data", lambda: stage_data(cfg))
     check_batches(cfg, count_images(data["train"]))
     if check_data is not None:
         check_data(data)
     if until == "data":
         return {"data": data}
     teacher = run(
-        2,
         "teacher",
         "real-valued teacher (SimCLR, ResNet-18)",
         lambda: stage_teacher(cfg, data, log, quiet),
@@ -696,9 +754,8 @@ def run_pipeline(
         return {"teacher": teacher}
     ckpts = {"teacher": teacher["checkpoint"]}  # the models to evaluate
     trained: dict[str, str] = {}  # every student's last checkpoint
-    for i, spec in enumerate(students):
+    for spec in students:
         result = run(
-            3 + i,
             spec.name,
             f"student '{spec.name}' ({spec.description})",
             lambda spec=spec: stage_student(
@@ -717,14 +774,13 @@ def run_pipeline(
         if until == spec.name:
             return {spec.name: result}
     evaluation = run(
-        total - 1,
         "eval",
         "evaluation on the held-out split",
         lambda: stage_eval(cfg, data, ckpts, log),
     )
     if until == "eval":
         return evaluation
-    return run(total, "report", report_title, lambda: report(data, evaluation, timings))
+    return run("report", report_title, lambda: report(data, evaluation, timings))
 
 
 def run_demo(

@@ -22,27 +22,34 @@ from __future__ import annotations
 
 import copy
 import difflib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
 from s2bnn_plugin.demo.pipeline import (
+    STUDENTS,
+    TEMPERATURE,
     DemoConfig,
     DemoError,
     Log,
+    StudentRecipe,
     StudentSpec,
     check_config,
     check_solo,
     count_images,
     print_line,
     run_pipeline,
+    stage_list,
 )
+from s2bnn_plugin.validate import Range
 
 __all__ = [
     "DEFAULT_METHODS",
     "METHOD_KEYS",
     "NOT_STUDIED",
+    "OBJECTIVE_STUDENTS",
     "STUDY_KWARGS",
+    "ObjectiveStudent",
     "StudyConfig",
     "StudyError",
     "available_methods",
@@ -167,7 +174,7 @@ def check_methods(cfg: StudyConfig) -> None:
     """Refuse unknown, unsupported or repeated method names, listing the available ones."""
     if not cfg.methods:
         raise StudyError(f"no methods given; available: {', '.join(available_methods())}")
-    if cfg.seeds < 1:
+    if not Range(1, whole=True).admits(cfg.seeds):
         raise StudyError(f"--seeds must be at least 1 (got {cfg.seeds})")
     repeated = sorted({m for m in cfg.methods if cfg.methods.count(m) > 1})
     if repeated:
@@ -340,64 +347,81 @@ def _base_method_keys(config: str) -> list[str]:
     return list(cfg.get("method_kwargs") or {})
 
 
+@dataclass(frozen=True)
+class ObjectiveStudent:
+    """One of the students every studied method gets per seed: its stage-name part, its recipe
+    (``{method}`` stands for the method), where the objective's settings go, and whether the
+    objective replaces the base config's own (the base config's other ``method_kwargs`` and,
+    for an objective without one, its momentum block are removed)."""
+
+    part: str
+    recipe: StudentRecipe
+    settings_at: str
+    replaces_base: bool
+
+    def overrides(
+        self, kwargs: dict[str, Any], momentum: dict[str, float], base_keys: list[str]
+    ) -> list[str]:
+        """The objective's settings (``kwargs``, ``momentum``) as this student's overrides."""
+        removed = [f"~method_kwargs.{k}" for k in base_keys if k not in kwargs]
+        moment = [f"++momentum.{k}={_value(v)}" for k, v in momentum.items()]
+        return [
+            *(removed if self.replaces_base else []),
+            *(f"++{self.settings_at}{k}={_value(v)}" for k, v in _flat("", kwargs)),
+            *(moment or (["~momentum"] if self.replaces_base else [])),
+        ]
+
+
 ALONE_CONFIG = "bnn_mocov2plus.yaml"  # the objective directly on the binary student
-DISTILL_CONFIG = "s2bnn.yaml"
+#: per seed: the distillation-only student (the demo's), then per method these two, with
+#: identical objective settings
+OBJECTIVE_STUDENTS = (
+    ObjectiveStudent(
+        "alone",
+        StudentRecipe(
+            ALONE_CONFIG,
+            ("method={method}",),
+            "binary, {method} alone",
+            distill=False,
+            objective="{method}",
+        ),
+        settings_at="method_kwargs.",
+        replaces_base=True,
+    ),
+    ObjectiveStudent(
+        "distill",
+        StudentRecipe(
+            STUDENTS["distill"].config,
+            (TEMPERATURE, "method_kwargs.ssl_method={method}", "+method_kwargs.ssl_weight=1.0"),
+            "binary, {method} + distillation",
+            distill=True,
+            objective="{method}",
+        ),
+        settings_at="method_kwargs.ssl_kwargs.",
+        replaces_base=False,
+    ),
+)
 
 
 def study_students(cfg: StudyConfig) -> list[StudentSpec]:
     """Per seed: the distillation-only student, then per method the objective alone and the
-    objective + distillation, with identical objective settings."""
+    objective + distillation, with identical objective settings (:data:`OBJECTIVE_STUDENTS`)."""
     specs = []
     base_keys = _base_method_keys(ALONE_CONFIG)
     for seed in cfg.student_seeds:
-        specs.append(
-            StudentSpec(
-                name=f"distill-only-s{seed}",
-                config=DISTILL_CONFIG,
-                overrides=(f"method_kwargs.temperature={cfg.temperature}",),
-                description=f"binary, S2-BNN distillation only, seed {seed}",
-                distill=True,
-                seed=seed,
-            )
-        )
+        only = STUDENTS["distill"].spec(cfg, f"distill-only-s{seed}", seed=seed)
+        specs.append(replace(only, description=f"{only.description}, seed {seed}"))
         for name in cfg.methods:
             kwargs, momentum = objective_settings(cfg, name)
-            moment = [f"++momentum.{k}={_value(v)}" for k, v in momentum.items()]
-            alone = [
-                f"method={name}",
-                *(f"~method_kwargs.{k}" for k in base_keys if k not in kwargs),
-                *(f"++method_kwargs.{k}={_value(v)}" for k, v in _flat("", kwargs)),
-                *(moment or ["~momentum"]),
-            ]
-            mixed = [
-                f"method_kwargs.temperature={cfg.temperature}",
-                f"method_kwargs.ssl_method={name}",
-                "+method_kwargs.ssl_weight=1.0",
-                *(f"++method_kwargs.ssl_kwargs.{k}={_value(v)}" for k, v in _flat("", kwargs)),
-                *moment,
-            ]
-            specs.append(
-                StudentSpec(
-                    name=f"{name}-alone-s{seed}",
-                    config=ALONE_CONFIG,
-                    overrides=tuple(alone),
-                    description=f"binary, {name} alone, seed {seed}",
-                    distill=False,
-                    objective=name,
+            for student in OBJECTIVE_STUDENTS:
+                spec = student.recipe.spec(
+                    cfg,
+                    f"{name}-{student.part}-s{seed}",
                     seed=seed,
+                    fields={"method": name},
+                    extra=student.overrides(kwargs, momentum, base_keys),
                 )
-            )
-            specs.append(
-                StudentSpec(
-                    name=f"{name}-distill-s{seed}",
-                    config=DISTILL_CONFIG,
-                    overrides=tuple(mixed),
-                    description=f"binary, {name} + distillation, seed {seed}",
-                    distill=True,
-                    objective=name,
-                    seed=seed,
-                )
-            )
+                specs.append(replace(spec, description=f"{spec.description}, seed {seed}"))
     return specs
 
 
@@ -444,4 +468,4 @@ def run_study(
 
 def stage_names(cfg: StudyConfig) -> list[str]:
     """Every stage of this study, in order (for ``--until``)."""
-    return ["data", "teacher", *(s.name for s in study_students(cfg)), "eval", "report"]
+    return stage_list(s.name for s in study_students(cfg))

@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from s2bnn_plugin.validate import Range
+
 __all__ = ["FeatureExtractor", "TorchExtractor", "as_extractor", "extract_features"]
 
 
@@ -65,7 +67,7 @@ def extract_features(
     if not isinstance(images, np.ndarray) or images.ndim != 4:
         shape = getattr(images, "shape", None)
         raise ValueError(f"images must be a numpy array (N, C, H, W), got shape {shape}")
-    if batch_size < 1:
+    if not Range(1, whole=True).admits(batch_size):
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     extractor = as_extractor(extractor)
     images = images.astype(np.float32, copy=False)

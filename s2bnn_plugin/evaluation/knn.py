@@ -21,6 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from s2bnn_plugin.validate import Range
+
 __all__ = ["KNNResult", "knn_agreement", "knn_classify", "knn_scores", "prediction_agreement"]
 
 
@@ -61,7 +63,7 @@ def _scores(
     max_distance_matrix_size: int,
 ) -> torch.Tensor:
     """The computation, on validated, L2-normalised features."""
-    if k < 1 or temperature <= 0:
+    if not (Range(1, whole=True).admits(k) and Range(0, open_low=True).admits(temperature)):
         raise ValueError(f"need k >= 1 and temperature > 0, got k={k}, T={temperature}")
     k = min(k, len(train))
     # test rows per similarity block: at most max_distance_matrix_size entries at a time

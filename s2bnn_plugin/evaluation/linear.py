@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from s2bnn_plugin.validate import Range
+
 __all__ = ["LinearProbeResult", "gray_as_rgb", "linear_probe", "raw_pixel_probe"]
 
 
@@ -58,7 +60,7 @@ def linear_probe(
     ``tolerance`` is the largest gradient entry at which it stops (a few hundred iterations of
     one matrix product each: seconds for 10,000 x 1,024 features).
     """
-    if not 0 < weight_decay < float("inf"):
+    if not Range(0, open_low=True).admits(weight_decay):
         raise ValueError(
             f"weight_decay must be a finite number > 0 (the L2 penalty that makes the loss "
             f"strictly convex, so the fit has one optimum), got {weight_decay}"

@@ -17,6 +17,7 @@ import numpy as np
 
 from s2bnn_plugin.errors import S2BNNError, UsageError
 from s2bnn_plugin.files import check_output
+from s2bnn_plugin.validate import Range, require
 
 __all__ = [
     "BATCH_RANGE",
@@ -99,9 +100,7 @@ def parse_kwargs(text: str | None) -> dict[str, Any] | None:
 
 def int_arg(flag: str, value: object, lo: int, hi: int, why: str = "") -> int:
     """``value`` as an int in ``[lo, hi]``, or a :class:`UsageError` naming ``flag``."""
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise UsageError(f"{flag} must be an integer in [{lo}, {hi}]{why}, got {value!r}")
-    return value
+    return int(require(flag, value, Range(lo, hi, whole=True), why))
 
 
 def threads_arg(value: object) -> int:
@@ -115,12 +114,7 @@ def threads_arg(value: object) -> int:
 def float_arg(flag: str, value: object, lo: float, hi: float, *, open_low: bool = False) -> float:
     """``value`` as a float in ``[lo, hi]`` (``(lo, hi]`` with ``open_low``), or a
     :class:`UsageError` naming ``flag``."""
-    ok = not isinstance(value, bool) and isinstance(value, int | float)
-    ok = ok and (lo < value if open_low else lo <= value) and value <= hi
-    if not ok:
-        low = "(" if open_low else "["
-        raise UsageError(f"{flag} must be a number in {low}{lo}, {hi}], got {value!r}")
-    return float(value)
+    return float(require(flag, value, Range(lo, hi, open_low=open_low)))
 
 
 def bounds_args(min_cosine: object, max_flipped: object) -> tuple[float, float]:

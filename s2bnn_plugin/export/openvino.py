@@ -45,10 +45,11 @@ from typing import Any
 
 import numpy as np
 
-from s2bnn_plugin.errors import FileMissing, S2BNNError, UsageError, require_whole
+from s2bnn_plugin.errors import FileMissing, S2BNNError, UsageError
 from s2bnn_plugin.export import reference as ref
 from s2bnn_plugin.export.network import PackedNetwork, load
 from s2bnn_plugin.files import atomic_files, check_output
+from s2bnn_plugin.validate import require_whole
 
 __all__ = [
     "INSTALL_HINT",

@@ -45,23 +45,21 @@ from solo.utils.momentum import initialize_momentum_params
 
 from s2bnn_plugin.checkpoints import UnreadableWeights, load_weights
 from s2bnn_plugin.methods import rng_state
-from s2bnn_plugin.methods.distillation import (
-    DistillationHead,
-    burn_lambda,
-    burn_loss,
-    calibration_stats,
-    distillation_loss,
-)
+from s2bnn_plugin.methods.distillation import DistillationHead, calibration_stats
+from s2bnn_plugin.methods.losses import LOSSES, DistillLoss, Progress
 from s2bnn_plugin.methods.schedule import LINEAR, LinearDecay, linear_decay, s2bnn_linear_problems
 from s2bnn_plugin.methods.settings import (
+    SETTINGS,
     MethodConfigError,
     check_method_kwargs,
     objective_class,
     objective_names,
+    reads,
 )
 from s2bnn_plugin.methods.ssl_defaults import ssl_defaults
 from s2bnn_plugin.solo_learn.resume import file_sha256
 from s2bnn_plugin.teachers import load_teacher
+from s2bnn_plugin.validate import NO_DEFAULT
 
 __all__ = ["S2BNN", "mixed_class", "objective_names"]
 
@@ -95,33 +93,11 @@ class _TakeMomentumClassLoss(BaseMomentumMethod):
 class S2BNN(BaseMethod):
     """Guided distribution calibration of a binary student by a frozen real teacher.
 
-    method_kwargs:
-        teacher.ckpt (str, required): the teacher checkpoint (formats: see s2bnn_plugin.teachers).
-        teacher.format (str): auto | solo | moco | torchvision. Default auto.
-        teacher.output (str): projector (the prediction, default) | backbone (features).
-        teacher.stem_padding (int): padding of a 3x3 (CIFAR) stem in a bare state dict, which
-            the weights do not record. Default null: 1, with a warning (solo-learn's own CIFAR
-            ResNets use 2; their .ckpt + args.json needs nothing).
-        temperature (float > 0): distillation temperature. Default 0.2 (the paper's).
-        distill_weight (float >= 0): weight of the distillation loss. Default 1.0.
-        head_hidden_dim (int >= 1 | None): hidden size of the student's distillation head.
-            Default null: the backbone's feature width (``features_dim``), as S2-BNN's code
-            (``dim_mlp = fc.in_features``: 1024 for ReActNet-A).
-        loss (str): kl (S2-BNN's, default) | burn (BURN's feature similarity + KL mix; see
-            :mod:`s2bnn_plugin.methods.distillation`).
-        burn_lambda_start, burn_lambda_end (floats in [0, 1], loss=burn only): BURN's weight of
-            the KL term at the first and the last optimiser step (half cosine between).
-            Default 0.1 and 0.3 (BURN's configs).
-        distill_crops (str): all (default: every large crop is distilled) | first (the first
-            crop only, fed to teacher and student alike, as S2-BNN's distillation-only code).
-        ssl_method (str): none (distillation only, the paper's best) or a solo-learn method name.
-        ssl_weight (float >= 0): weight of that objective's loss. Default 1.0.
-        ssl_kwargs (dict): the objective's own method_kwargs (defaults: solo-learn's CIFAR recipe).
-        student_init (str | None): a step-1 checkpoint (.ckpt) whose weights initialise this
-            student.
-
-    Any other key, a key under ssl_kwargs that the objective does not read, and a value out of
-    these ranges are refused (:func:`s2bnn_plugin.methods.settings.check_method_kwargs`).
+    ``method_kwargs``: every key, its default, the values it accepts and what it means are the
+    rows of :data:`s2bnn_plugin.methods.settings.SETTINGS` (docs/training.md shows them as a
+    table). ``teacher.ckpt`` is required; any other key, a key under ``ssl_kwargs`` that the
+    mixed objective does not read, and a value out of range are refused
+    (:func:`s2bnn_plugin.methods.settings.check_method_kwargs`).
     """
 
     def __new__(cls, cfg: omegaconf.DictConfig | None = None, *args: Any, **kwargs: Any) -> S2BNN:
@@ -154,12 +130,8 @@ class S2BNN(BaseMethod):
         self.distill_weight: float = float(mk.distill_weight)
         self.ssl_method: str = str(mk.ssl_method)
         self.ssl_weight: float = float(mk.ssl_weight) if self.ssl_method != "none" else 0.0
-        self.distill_loss_name: str = str(mk.loss)
-        self.burn_lambda_range: tuple[float, float] = (
-            (float(mk.burn_lambda_start), float(mk.burn_lambda_end))
-            if self.distill_loss_name == "burn"
-            else (0.0, 0.0)
-        )
+        # a plain object (not a sub-module): it holds settings, no weights
+        self.distill_loss: DistillLoss = LOSSES[str(mk.loss)](self.distill_temperature, mk)
         self.distill_crops: str = str(mk.distill_crops)
 
         teacher = load_teacher(
@@ -194,20 +166,13 @@ class S2BNN(BaseMethod):
                 f"method_kwargs.teacher.ckpt={ckpt} is not a file; give the path of the teacher "
                 "checkpoint (relative paths are relative to the directory you launch from)"
             )
-        mk.teacher.format = omegaconf_select(cfg, "method_kwargs.teacher.format", "auto")
-        mk.teacher.output = omegaconf_select(cfg, "method_kwargs.teacher.output", "projector")
-        mk.teacher.stem_padding = omegaconf_select(cfg, "method_kwargs.teacher.stem_padding", None)
-        mk.temperature = omegaconf_select(cfg, "method_kwargs.temperature", 0.2)
-        mk.distill_weight = omegaconf_select(cfg, "method_kwargs.distill_weight", 1.0)
-        mk.head_hidden_dim = omegaconf_select(cfg, "method_kwargs.head_hidden_dim", None)
-        mk.loss = omegaconf_select(cfg, "method_kwargs.loss", "kl")
-        if mk.loss == "burn":  # BURN's configs: lambda from 0.1 to 0.3
-            mk.burn_lambda_start = omegaconf_select(cfg, "method_kwargs.burn_lambda_start", 0.1)
-            mk.burn_lambda_end = omegaconf_select(cfg, "method_kwargs.burn_lambda_end", 0.3)
-        mk.distill_crops = omegaconf_select(cfg, "method_kwargs.distill_crops", "all")
-        mk.ssl_method = str(omegaconf_select(cfg, "method_kwargs.ssl_method", "none")).lower()
-        mk.ssl_weight = omegaconf_select(cfg, "method_kwargs.ssl_weight", 1.0)
-        mk.student_init = omegaconf_select(cfg, "method_kwargs.student_init", None)
+        # the table's defaults, in its order (a loss's own settings once the loss is known)
+        for setting in SETTINGS:
+            if setting.default is not NO_DEFAULT and reads(setting, mk):
+                *parents, key = setting.key.split(".")
+                node = functools.reduce(getattr, parents, mk)
+                node[key] = omegaconf_select(cfg, f"method_kwargs.{setting.key}", setting.default)
+        mk.ssl_method = str(mk.ssl_method).lower()
         if mk.student_init and not Path(str(mk.student_init)).expanduser().is_file():
             raise FileNotFoundError(
                 f"method_kwargs.student_init={mk.student_init} is not a file; give the step-1 "
@@ -296,7 +261,7 @@ class S2BNN(BaseMethod):
         crops = [crops] if isinstance(crops, torch.Tensor) else crops
         # the teacher sees the large crops only (multi-crop's small crops train the objective)
         large = list(crops[: self.num_large_crops])[: len(terms["feats"])]
-        pairs = distill_pairs(len(large), self.distill_crops, self.distill_loss_name)
+        pairs = self.distill_loss.pairs(len(large), self.distill_crops)
         targets: dict[int, torch.Tensor] = {}
         predictions: dict[int, torch.Tensor] = {}
         for i, j in pairs:
@@ -307,20 +272,10 @@ class S2BNN(BaseMethod):
                 targets[j] = self.teacher(x)
             if i not in predictions:
                 predictions[i] = self.distill_head(terms["feats"][i])
-        burn = self.distill_loss_name == "burn"
-        lam = self._burn_lambda() if burn else 0.0
-        distill, features, kls, stats = [], [], [], []
-        for i, j in pairs:
-            prediction, target = predictions[i], targets[j]
-            if burn:
-                parts = burn_loss(prediction, target, lam, self.distill_temperature)
-                distill.append(parts.loss)
-                features.append(parts.feature)
-                kls.append(parts.kl)
-            else:
-                distill.append(distillation_loss(prediction, target, self.distill_temperature))
-            stats.append(calibration_stats(prediction, target, self.distill_temperature))
-        distill_loss = sum(distill) / len(distill)
+        matched = [(predictions[i], targets[j]) for i, j in pairs]
+        distill = self.distill_loss(matched, self._progress)
+        stats = [calibration_stats(s, t, self.distill_temperature) for s, t in matched]
+        distill_loss = distill.loss
         loss = class_loss + self.distill_weight * distill_loss
         if self.ssl_method != "none":
             loss = loss + self.ssl_weight * ssl_loss
@@ -328,16 +283,8 @@ class S2BNN(BaseMethod):
             loss = loss + momentum_class_loss
 
         n = len(stats)
-        if burn:
-            self.log_dict(
-                {
-                    "train_burn_feature_loss": sum(features) / n,
-                    "train_burn_kl_loss": sum(kls) / n,
-                    "train_burn_lambda": torch.tensor(lam, device=loss.device),
-                },
-                on_epoch=True,
-                sync_dist=True,
-            )
+        if distill.logged:  # the loss's own terms
+            self.log_dict(distill.logged, on_epoch=True, sync_dist=True)
         self.log_dict(
             {
                 "train_loss": loss,
@@ -352,13 +299,12 @@ class S2BNN(BaseMethod):
         )
         return loss
 
-    def _burn_lambda(self) -> float:
-        """BURN's KL weight at this optimiser step (the start value outside a Trainer)."""
-        start, end = self.burn_lambda_range
+    def _progress(self) -> Progress | None:
+        """Where training is (``None`` outside a Trainer), for a loss that changes over it."""
         trainer = self._trainer
         if trainer is None:
-            return start
-        return burn_lambda(trainer.global_step, int(trainer.estimated_stepping_batches), start, end)
+            return None
+        return Progress(trainer.global_step, int(trainer.estimated_stepping_batches))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Add every rank's random states (see the module docstring) and, for momentum
@@ -445,20 +391,6 @@ class S2BNN(BaseMethod):
         self.load_state_dict(loadable, strict=False)
         for online, momentum in getattr(self, "momentum_pairs", []):
             initialize_momentum_params(online, momentum)
-
-
-def distill_pairs(n_crops: int, distill_crops: str, loss: str) -> list[tuple[int, int]]:
-    """(student crop, teacher crop) pairs distilled in a batch of ``n_crops`` large crops.
-
-    ``first``: the first crop, seen by both (S2-BNN's distillation-only code). ``all``: each
-    crop against itself for ``kl``; across views for ``burn`` as BURN does (crop i against the
-    teacher's crop i + 1, cyclically: (0, 1) and (1, 0) for two crops), the same crop when
-    there is only one."""
-    if distill_crops == "first" or n_crops == 1:
-        return [(0, 0)]
-    if loss == "burn":
-        return [(i, (i + 1) % n_crops) for i in range(n_crops)]
-    return [(i, i) for i in range(n_crops)]
 
 
 def _crop_size(cfg: omegaconf.DictConfig) -> int:

@@ -17,9 +17,10 @@ from ``lr`` to ``scheduler.min_lr`` (default 0) over the remaining epochs or ste
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
+
+from s2bnn_plugin.validate import Range
 
 __all__ = [
     "LINEAR",
@@ -37,6 +38,9 @@ SOLO_SCHEDULERS = ("warmup_cosine", "step", "none")
 SOLO_LINEAR_SCHEDULERS = ("warmup_cosine", "reduce", "step", "exponential", "none")
 INTERVALS = ("step", "epoch")
 MISSING = "???"
+NUMBER = Range()
+NON_NEGATIVE = Range(0)
+POSITIVE = Range(0, open_low=True)
 
 
 @dataclass
@@ -120,30 +124,26 @@ def s2bnn_linear_problems(cfg: Any) -> list[str]:
         )
     max_epochs = _get(cfg, "max_epochs", 1)
     warmup = _get(scheduler, "warmup_epochs", 0)
-    if not _number(warmup) or warmup < 0:
+    if not NON_NEGATIVE.admits(warmup):
         out.append(f"scheduler.warmup_epochs={warmup} must be a number >= 0 (0: no warmup)")
-    elif _number(max_epochs) and max_epochs > 0 and warmup >= max_epochs:
+    elif POSITIVE.admits(max_epochs) and warmup >= max_epochs:
         out.append(
             f"scheduler.warmup_epochs={warmup} leaves no epoch to decay in max_epochs="
             f"{max_epochs}: set warmup_epochs below max_epochs (S2-BNN's own schedule: 0)"
         )
     lr = _get(_get(cfg, "optimizer", {}) or {}, "lr")
     min_lr = _get(scheduler, "min_lr", 0.0)
-    if not _number(min_lr) or min_lr < 0 or (_number(lr) and min_lr > lr):
+    if not Range(0, lr if NUMBER.admits(lr) else None).admits(min_lr):
         out.append(
             f"scheduler.min_lr={min_lr} must be a number in [0, optimizer.lr={lr}] (the lr the "
             "decay ends at; S2-BNN's: 0)"
         )
     start = _get(scheduler, "warmup_start_lr", 3e-5)
-    if _number(warmup) and warmup > 0 and (not _number(start) or start < 0):
+    if POSITIVE.admits(warmup) and not NON_NEGATIVE.admits(start):
         out.append(f"scheduler.warmup_start_lr={start} must be a number >= 0")
-    if _number(lr) and lr <= 0:
+    if NUMBER.admits(lr) and not POSITIVE.admits(lr):
         out.append(f"optimizer.lr={lr} must be > 0 for the linear decay (it scales from it)")
     return out
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _is_mapping(value: Any) -> bool:

@@ -1,4 +1,10 @@
-"""What ``method=s2bnn`` reads from ``method_kwargs``, and the check that refuses anything else.
+"""What ``method=s2bnn`` reads from ``method_kwargs`` (:data:`SETTINGS`), and the check that
+refuses anything else.
+
+:data:`SETTINGS` is the one table of the method's settings: each row's key, default, accepted
+values and meaning. ``S2BNN.add_and_assert_specific_cfg`` fills the defaults from it,
+:func:`check_method_kwargs` checks the values against it, and docs/training.md's table is
+:func:`markdown_table` (a test keeps the two equal).
 
 solo-learn's methods look up the keys they know and ignore the rest, so a typo
 (``+method_kwargs.temprature=0.1``) would train with the default and no word.
@@ -23,7 +29,6 @@ import ast
 import difflib
 import functools
 import inspect
-import math
 import re
 import textwrap
 import zipfile
@@ -32,46 +37,156 @@ from pathlib import Path
 from typing import Any
 
 from s2bnn_plugin.errors import S2BNNError
+from s2bnn_plugin.methods.losses import LOSSES
 from s2bnn_plugin.solo_learn.locate import require_solo
-from s2bnn_plugin.teachers import FORMATS, OUTPUTS
+from s2bnn_plugin.teachers import FORMATS, OUTPUTS, STEM_PADDINGS
+from s2bnn_plugin.validate import NO_DEFAULT, Range, Setting
 
 __all__ = [
-    "BURN_KEYS",
     "DISTILL_CROPS",
     "KEYS",
-    "LOSSES",
+    "LOSS_KEYS",
+    "SETTINGS",
     "TEACHER_KEYS",
     "MethodConfigError",
     "check_method_kwargs",
+    "default_words",
+    "markdown_table",
     "objective_class",
     "objective_keys",
     "objective_names",
+    "reads",
 ]
 
-#: every key of ``method_kwargs`` that ``method=s2bnn`` reads
-KEYS = (
-    "teacher",
-    "temperature",
-    "distill_weight",
-    "head_hidden_dim",
-    "loss",
-    "burn_lambda_start",
-    "burn_lambda_end",
-    "distill_crops",
-    "ssl_method",
-    "ssl_weight",
-    "ssl_kwargs",
-    "student_init",
-)
-#: every key of ``method_kwargs.teacher``; ``sha256`` is the teacher file's digest, which the
-#: method itself records (args.json keeps it, so a resume with another teacher is refused)
-TEACHER_KEYS = ("ckpt", "format", "output", "stem_padding", "sha256")
-#: ``method_kwargs.loss``: S2-BNN's KL distillation, or BURN's feature similarity + KL mix
-LOSSES = ("kl", "burn")
-#: the keys that only ``loss=burn`` reads (its weight schedule)
-BURN_KEYS = ("burn_lambda_start", "burn_lambda_end")
 #: ``method_kwargs.distill_crops``: every large crop, or the first only (S2-BNN's code)
 DISTILL_CROPS = ("all", "first")
+
+_TEACHER_SETTINGS = (
+    Setting(
+        "teacher.ckpt",
+        NO_DEFAULT,
+        "the teacher checkpoint",
+        accepted="a file",
+        shown_default="required",
+    ),
+    Setting(
+        "teacher.format",
+        "auto",
+        "`solo` (a solo-learn `.ckpt` with its `args.json` beside it: any solo-learn method can "
+        "teach), `moco` (MoCo v2 `state_dict` with `module.encoder_q.*`, as the paper's "
+        "teacher), `torchvision` (a plain ResNet state dict)",
+        choices=FORMATS,
+    ),
+    Setting(
+        "teacher.output",
+        "projector",
+        "the teacher's prediction (projector / MLP head) or `backbone` features",
+        choices=OUTPUTS,
+    ),
+    Setting(
+        "teacher.stem_padding",
+        None,
+        "the padding of a bare state dict's 3x3 stem, which its weights do not record; null: 1, "
+        'with a warning ("Teachers")',
+        numbers=STEM_PADDINGS,
+        null=True,
+        accepted="null or an int >= 0",
+    ),
+    Setting(
+        "teacher.sha256",
+        NO_DEFAULT,
+        "the teacher file's SHA-256, which the run's `args.json` keeps: a resume with another "
+        "teacher is refused",
+        accepted="-",
+        shown_default="set by the method",
+    ),
+)
+#: ``method_kwargs.loss``: which registered loss (:mod:`~s2bnn_plugin.methods.losses`) distils
+_LOSS = Setting(
+    "loss",
+    "kl",
+    "S2-BNN's KL calibration, or BURN's mix (\"BURN's loss\")",
+    choices=tuple(LOSSES),
+    hint="; ".join(f"{name}: {loss.summary}" for name, loss in LOSSES.items()),
+)
+_DISTILL_SETTINGS = (
+    Setting(
+        "temperature",
+        0.2,
+        "distillation temperature",
+        numbers=Range(0, open_low=True),
+        hint="a number; the paper's 0.2",
+    ),
+    Setting(
+        "distill_weight",
+        1.0,
+        "weight of the distillation loss",
+        numbers=Range(0),
+        hint="a number; 0 leaves the distillation loss out",
+    ),
+    Setting(
+        "head_hidden_dim",
+        None,
+        "hidden size of the student's distillation head; null: the backbone's feature width",
+        numbers=Range(1, whole=True),
+        null=True,
+        hint="null: the backbone's feature width, as S2-BNN's code",
+    ),
+    _LOSS,
+)
+_MIXING_SETTINGS = (
+    Setting(
+        "distill_crops",
+        "all",
+        "distil on every large crop, or on the first only, shared by teacher and student",
+        choices=DISTILL_CROPS,
+        hint="all: every large crop; first: the first crop only, shared by teacher and student "
+        "as in S2-BNN's code",
+    ),
+    Setting(
+        "ssl_method",
+        "none",
+        "an objective to train alongside",
+        accepted="`none` or a solo-learn method",
+    ),
+    Setting(
+        "ssl_weight",
+        1.0,
+        "`loss = class_loss [+ momentum_class_loss] + ssl_weight * ssl_loss + distill_weight * "
+        "distill_loss`",
+        numbers=Range(0),
+        hint="a number",
+    ),
+    Setting(
+        "ssl_kwargs",
+        NO_DEFAULT,
+        "the mixed method's own `method_kwargs`",
+        accepted="the keys that method reads",
+        shown_default="solo-learn's CIFAR recipe for that method",
+    ),
+    Setting(
+        "student_init",
+        None,
+        "a step-1 checkpoint to start step 2 from",
+        null=True,
+        accepted="a training checkpoint",
+    ),
+)
+#: every setting of ``method=s2bnn``, keys relative to ``method_kwargs``, in the docs' order
+#: (each registered loss's own settings after ``loss``)
+SETTINGS: tuple[Setting, ...] = (
+    *_TEACHER_SETTINGS,
+    *_DISTILL_SETTINGS,
+    *(setting for loss in LOSSES.values() for setting in loss.settings),
+    *_MIXING_SETTINGS,
+)
+#: every key of ``method_kwargs`` that ``method=s2bnn`` reads
+KEYS = tuple(dict.fromkeys(s.key.partition(".")[0] for s in SETTINGS))
+#: every key of ``method_kwargs.teacher``; ``sha256`` is the teacher file's digest, which the
+#: method itself records (args.json keeps it, so a resume with another teacher is refused)
+TEACHER_KEYS = tuple(s.key.partition(".")[2] for s in _TEACHER_SETTINGS)
+#: the keys that one registered loss alone reads -> that loss's name
+LOSS_KEYS = {s.key: name for name, loss in LOSSES.items() for s in loss.settings}
 NOT_OBJECTIVES = {"base", "linear", "s2bnn"}
 MISSING = "???"
 
@@ -216,66 +331,38 @@ def _teacher_problems(teacher: Any) -> list[str]:
     ]
     if teacher.get("ckpt") in (None, "", MISSING):
         out.append(needs)
-    fmt, output = teacher.get("format", "auto"), teacher.get("output", "projector")
-    if fmt not in FORMATS:
-        out.append(f"method_kwargs.teacher.format must be one of {list(FORMATS)}, got {fmt!r}")
-    if output not in OUTPUTS:
-        out.append(f"method_kwargs.teacher.output must be one of {list(OUTPUTS)}, got {output!r}")
-    pad = teacher.get("stem_padding")
-    if pad is not None and not _is_int(pad, 0):
-        out.append(f"method_kwargs.teacher.stem_padding must be null or an int >= 0, got {pad!r}")
+    return out + _value_problems(teacher, _TEACHER_SETTINGS, "teacher.")
+
+
+def _value_problems(
+    given: Mapping[str, Any], settings: tuple[Setting, ...], prefix: str = ""
+) -> list[str]:
+    """The refusals of the values ``given`` for ``settings`` (keys ``prefix`` + the key given)."""
+    out = []
+    for setting in settings:
+        key = setting.key.removeprefix(prefix)
+        if key in given:
+            problem = setting.problem(f"method_kwargs.{setting.key}", given[key])
+            if problem is not None:
+                out.append(problem)
     return out
 
 
 def _range_problems(mk: Mapping[str, Any]) -> list[str]:
-    out = []
-    rules = (
-        ("temperature", 0.0, False, "> 0 (a number; the paper's 0.2)"),
-        ("distill_weight", 0.0, True, ">= 0 (a number; 0 leaves the distillation loss out)"),
-        ("ssl_weight", 0.0, True, ">= 0 (a number)"),
-    )
-    for key, low, inclusive, rule in rules:
-        if key in mk and not _is_number(mk[key], low, inclusive):
-            out.append(f"method_kwargs.{key} must be {rule}, got {_show(mk[key])}")
-    hidden = mk.get("head_hidden_dim")
-    if hidden is not None and not _is_int(hidden, 1):
-        out.append(
-            "method_kwargs.head_hidden_dim must be an int >= 1 or null (null: the backbone's "
-            f"feature width, as S2-BNN's code), got {_show(hidden)}"
-        )
-    out += _loss_problems(mk)
-    crops = mk.get("distill_crops", "all")
-    if crops not in DISTILL_CROPS:
-        out.append(
-            f"method_kwargs.distill_crops must be one of {list(DISTILL_CROPS)} (all: every "
-            "large crop; first: the first crop only, shared by teacher and student as in "
-            f"S2-BNN's code), got {_show(crops)}"
-        )
-    return out
-
-
-def _loss_problems(mk: Mapping[str, Any]) -> list[str]:
-    loss = mk.get("loss", "kl")
-    if loss not in LOSSES:
-        return [
-            f"method_kwargs.loss must be one of {list(LOSSES)} (kl: S2-BNN's; burn: BURN's "
-            f"feature similarity + KL mix), got {_show(loss)}"
-        ]
-    given = [key for key in BURN_KEYS if key in mk and mk[key] is not None]
-    if loss != "burn":
-        if not given:
-            return []
-        return [
-            f"method_kwargs.{key} is set (BURN's weight schedule), but loss={loss} does not "
-            "read it: set method_kwargs.loss=burn, or remove it"
-            for key in given
-        ]
-    return [
-        f"method_kwargs.{key} must be a number in [0, 1] (the weight of BURN's KL term; "
-        f"1 - it weighs the feature similarity term), got {_show(mk[key])}"
-        for key in given
-        if not (_is_number(mk[key], 0.0, True) and mk[key] <= 1.0)
-    ]
+    loss = mk.get("loss", _LOSS.default)
+    out = _value_problems(mk, _DISTILL_SETTINGS)
+    if _LOSS.admits(loss):  # else refused above: which loss reads what is unknown
+        for name, cls in LOSSES.items():
+            given = tuple(s for s in cls.settings if mk.get(s.key) is not None)
+            if name == loss:
+                out += _value_problems(mk, given)
+                continue
+            out += [
+                f"method_kwargs.{s.key} is set ({cls.settings_are}), but loss={loss} does not "
+                f"read it: set method_kwargs.loss={name}, or remove it"
+                for s in given
+            ]
+    return out + _value_problems(mk, _MIXING_SETTINGS)
 
 
 def _ssl_kwargs_problems(ssl_kwargs: Any, ssl_method: str, objective: bool) -> list[str]:
@@ -330,6 +417,53 @@ def _looks_packed(path: Path) -> bool:
         return False
 
 
+def reads(setting: Setting, method_kwargs: Mapping[str, Any]) -> bool:
+    """Whether ``method=s2bnn`` with these ``method_kwargs`` reads ``setting``: a loss's own
+    settings only with that loss (the loss is looked up for those alone)."""
+    owner = LOSS_KEYS.get(setting.key)
+    return owner is None or method_kwargs.get("loss", _LOSS.default) == owner
+
+
+# ------------------------------------------------------------------------------ the docs' table
+
+
+def markdown_table() -> str:
+    """docs/training.md's table of the settings: key, default, accepted values, meaning."""
+    lines = ["| key | default | accepted | meaning |", "|---|---|---|---|"]
+    for s in SETTINGS:
+        lines.append(f"| `{s.key}` | {default_words(s)} | {_accepted_words(s)} | {s.doc} |")
+    return "\n".join(lines)
+
+
+def default_words(setting: Setting) -> str:
+    """A setting's default as the docs write it: ``0.2``, ```kl```, ``null``, ``required``."""
+    value = setting.default
+    if value is NO_DEFAULT:
+        return setting.shown_default
+    if value is None:
+        return "null"
+    return f"`{value}`" if isinstance(value, str) else str(value)
+
+
+def _accepted_words(setting: Setting) -> str:
+    if setting.accepted:
+        words = setting.accepted
+    elif setting.choices is not None:
+        words = ", ".join(f"`{c}`" for c in setting.choices)
+    else:
+        numbers = setting.numbers
+        assert numbers is not None, setting  # every row says what it accepts
+        interval = numbers.interval()
+        two_sided = numbers.low is not None and numbers.high is not None
+        noun = "an int" if numbers.whole else "a number"
+        words = f"{noun} {'in ' if two_sided else ''}{interval}"
+        if setting.null:
+            words += ", or null"
+    if setting.key in LOSS_KEYS:
+        words += f"; `loss={LOSS_KEYS[setting.key]}` only"
+    return words
+
+
 # ---------------------------------------------------------------------------------- helpers
 
 
@@ -344,20 +478,6 @@ def _unknown(path: str, owner: str, accepted: Collection[str]) -> str:
 def _nearest(word: str, choices: Collection[str]) -> str:
     match = difflib.get_close_matches(word, list(choices), n=1)
     return f" (did you mean {match[0]}?)" if match else ""
-
-
-def _is_number(value: Any, low: float, inclusive: bool) -> bool:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        return False
-    return value >= low if inclusive else value > low
-
-
-def _is_int(value: Any, low: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= low
-
-
-def _show(value: Any) -> str:
-    return repr(value) if isinstance(value, str) else str(value)
 
 
 def _select(cfg: Any, key: str) -> Any:

@@ -26,10 +26,21 @@ from s2bnn_plugin.errors import FileMissing
 from s2bnn_plugin.teachers.base import OUTPUTS, Teacher, TeacherError
 from s2bnn_plugin.teachers.resnet import MOCO_PREFIX, looks_like_resnet, resnet_teacher
 from s2bnn_plugin.teachers.solo_checkpoint import solo_teacher
+from s2bnn_plugin.validate import Range
 
-__all__ = ["FORMATS", "OUTPUTS", "Teacher", "TeacherError", "detect_format", "load_teacher"]
+__all__ = [
+    "FORMATS",
+    "OUTPUTS",
+    "STEM_PADDINGS",
+    "Teacher",
+    "TeacherError",
+    "detect_format",
+    "load_teacher",
+]
 
 FORMATS = ("auto", "solo", "moco", "torchvision")
+#: ``stem_padding``: the padding of a bare state dict's 3x3 stem, which its weights do not record
+STEM_PADDINGS = Range(0, whole=True)
 
 
 def _read(path: Path) -> dict:
@@ -88,9 +99,7 @@ def load_teacher(
         raise TeacherError(f"teacher.format must be one of {list(FORMATS)}, got {format!r}")
     if output not in OUTPUTS:
         raise TeacherError(f"teacher.output must be one of {list(OUTPUTS)}, got {output!r}")
-    if stem_padding is not None and (
-        isinstance(stem_padding, bool) or not isinstance(stem_padding, int) or stem_padding < 0
-    ):
+    if stem_padding is not None and not STEM_PADDINGS.admits(stem_padding):
         raise TeacherError(f"teacher.stem_padding must be an int >= 0, got {stem_padding!r}")
     obj = _read(path)
     if format == "auto":
