@@ -28,7 +28,7 @@ from s2bnn_plugin.backbones import (
     create_backbone,
     list_backbones,
 )
-from s2bnn_plugin.errors import S2BNNError
+from s2bnn_plugin.errors import S2BNNError, name_a_few
 from s2bnn_plugin.memory import require_memory
 from s2bnn_plugin.solo_learn.locate import SoloLearnNotFound
 from s2bnn_plugin.solo_learn.registry import solo_backbones
@@ -48,6 +48,7 @@ __all__ = [
     "read_args_json",
     "require_backbone",
     "select_prefix",
+    "state_dict_mismatch",
     "state_dict_of",
     "use_cifar_stem",
 ]
@@ -218,6 +219,31 @@ def _state_dict(obj: Any, where: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def state_dict_mismatch(
+    expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor]
+) -> str:
+    """What keeps ``given`` from loading into a model whose state dict is ``expected`` (empty when
+    it loads): the missing keys, the unexpected keys and the keys of another shape, a few of
+    each named and the rest counted (a whole other network differs in hundreds)."""
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    reshaped = [
+        f"{k} {tuple(given[k].shape)} vs {tuple(expected[k].shape)}"
+        for k in sorted(set(expected) & set(given))
+        if tuple(given[k].shape) != tuple(expected[k].shape)
+    ]
+    parts = [
+        f"{len(keys)} {what}: {name_a_few(keys, 3)}"
+        for what, keys in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("of another shape (checkpoint vs model)", reshaped),
+        )
+        if keys
+    ]
+    return "; ".join(parts)
+
+
 def load_backbone(
     path: str | os.PathLike,
     backbone: str | None = None,
@@ -251,13 +277,13 @@ def load_backbone(
         source = ("--backbone / --backbone-kwargs", "correct --backbone / --backbone-kwargs")
     state = _state_dict(load_weights(path), path)
     model = _build(name, kwargs, args, source)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
+    mismatch = state_dict_mismatch(model.state_dict(), state)
+    if mismatch:
         raise CheckpointError(
             f"{path}: the weights do not fit the backbone {name}({kwargs}) -- wrong backbone "
-            f"name or kwargs? {str(e).splitlines()[0]}"
-        ) from e
+            f"name or kwargs? Keys {mismatch}"
+        )
+    model.load_state_dict(state, strict=True)
     return model.eval(), name, kwargs
 
 

@@ -106,6 +106,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         seed=args.seed,
         data_root=args.data_root,
         json_path=args.json,
+        force=args.force,
         progress=not args.no_progress,
     )
     evaluate_model(args.model, args.data, options)
@@ -397,6 +398,7 @@ def _add_eval(sub: _Subparsers) -> None:
         help="fashion-mnist: where to prepare it (default $S2BNN_DATA_DIR or ~/.cache/s2bnn/data)",
     )
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --json file")
     _add_no_progress(p)
     p.set_defaults(func=_cmd_eval)
 
@@ -407,7 +409,7 @@ def _add_no_progress(p: argparse.ArgumentParser) -> None:
 
 def _add_agreement_bounds(p: argparse.ArgumentParser) -> None:
     """``--min-cosine`` and ``--max-flipped``: when the packed features count as the model's."""
-    from s2bnn_plugin.check.agreement import MAX_FLIPPED, MIN_COSINE
+    from s2bnn_plugin.check.agreement import MAX_FLIPPED, MIN_COSINE, MIN_IMAGES
 
     p.add_argument(
         "--min-cosine",
@@ -421,8 +423,9 @@ def _add_agreement_bounds(p: argparse.ArgumentParser) -> None:
         "--max-flipped",
         type=float,
         default=MAX_FLIPPED,
-        help="fail when a larger share of the images (and more than one) has a flipped sign "
-        f"bit (default {MAX_FLIPPED}; a correct packing flips about 10 %% at 224 px)",
+        help=f"fail when a larger share of the images (at least {MIN_IMAGES} are compared) has "
+        f"a flipped sign bit (default {MAX_FLIPPED}; a correct packing flips up to 20 %% at "
+        "224 px, a wrong student every image)",
     )
 
 

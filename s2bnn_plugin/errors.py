@@ -10,11 +10,14 @@ shows the traceback only with ``--debug``. Numeric values are checked by
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 __all__ = [
     "DataError",
     "FileMissing",
     "S2BNNError",
     "UsageError",
+    "name_a_few",
 ]
 
 
@@ -32,3 +35,11 @@ class DataError(S2BNNError, ValueError):
 
 class FileMissing(S2BNNError, FileNotFoundError):
     """An input file or folder that is not there."""
+
+
+def name_a_few(items: Sequence[object], shown: int = 5) -> str:
+    """The first ``shown`` of ``items``, then how many more: an error stays one short line
+    however many things it is about (``'a, b, c and 2997 more'``)."""
+    head = ", ".join(str(i) for i in items[:shown])
+    rest = len(items) - shown
+    return f"{head} and {rest} more" if rest > 0 else head

@@ -82,11 +82,14 @@ class RegisterS2BNN(_HydraCallback):
 
     @staticmethod
     def check_config(config: Any) -> None:
-        """Refuse what solo-learn would take silently or fail on with a bare assertion inside
-        ``main()``: an unknown ``backbone.name`` or ``method``; for ``method=s2bnn`` its
-        ``method_kwargs`` (unknown keys, values out of range:
-        :mod:`s2bnn_plugin.methods.settings`); ``scheduler.name=linear`` where nothing builds it,
-        or with settings out of range (:mod:`s2bnn_plugin.methods.schedule`). Raises an
+        """Refuse what solo-learn would take silently or fail on with a bare assertion or a
+        traceback inside ``main()``: an unknown ``backbone.name`` or ``method``; the plugin's
+        backbones' ``backbone.kwargs`` (built on the meta device: checked, nothing allocated);
+        for ``method=s2bnn`` its ``method_kwargs`` (unknown keys, values out of range:
+        :mod:`s2bnn_plugin.methods.settings`) and its teacher, loaded as the method will load it
+        (weights only: a file holding pickled objects is refused); ``scheduler.name=linear``
+        where nothing builds it, or with settings out of range
+        (:mod:`s2bnn_plugin.methods.schedule`). Raises an
         :class:`~s2bnn_plugin.errors.S2BNNError` naming each problem and its fix."""
         from omegaconf import OmegaConf
 
@@ -103,8 +106,49 @@ class RegisterS2BNN(_HydraCallback):
             },
             methods=sorted(solo_methods()),
         )
+        _check_backbone_kwargs(config)
         if OmegaConf.select(OmegaConf.create(config), "method", default=None) == "s2bnn":
             check_method_kwargs(config)
+            _check_teacher(config)
         problems = scheduler_problems(config)  # scheduler.name=linear: method=s2bnn's only
         if problems:
             raise MethodConfigError("; ".join(problems))
+
+
+def _check_backbone_kwargs(config: Any) -> None:
+    """Build a plugin backbone from ``backbone.kwargs`` on PyTorch's meta device (no memory):
+    whatever its factory refuses (``compile=yes``, an unknown kwarg) is refused here, before
+    solo-learn builds the method."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from s2bnn_plugin.backbones import BackboneError
+    from s2bnn_plugin.solo_learn.preflight import ConfigError
+
+    cfg = OmegaConf.create(config)
+    name = OmegaConf.select(cfg, "backbone.name", default=None)
+    if name not in BACKBONES:
+        return  # solo-learn's own, or unknown (check_names said so)
+    kwargs = OmegaConf.select(cfg, "backbone.kwargs", default=None) or {}
+    kwargs = OmegaConf.to_container(kwargs, resolve=True) if OmegaConf.is_config(kwargs) else kwargs
+    try:
+        with torch.device("meta"):
+            BACKBONES[name](OmegaConf.select(cfg, "method", default=None), **kwargs)
+    except BackboneError as e:
+        raise ConfigError(f"backbone.kwargs: {e}") from None
+
+
+def _check_teacher(config: Any) -> None:
+    """Load ``method_kwargs.teacher`` as :class:`~s2bnn_plugin.methods.s2bnn.S2BNN` will: a file
+    that cannot be a teacher (pickled objects, another format, weights that do not fit) is one
+    line here instead of a traceback from inside solo-learn's ``main()``."""
+    from omegaconf import OmegaConf
+
+    from s2bnn_plugin.teachers import load_teacher
+
+    teacher = OmegaConf.select(OmegaConf.create(config), "method_kwargs.teacher", default=None)
+    if teacher is None or teacher.get("ckpt") in (None, "", "???"):
+        return  # check_method_kwargs names a missing teacher
+    keys = ("format", "output", "stem_padding")
+    given = {k: teacher[k] for k in keys if teacher.get(k) is not None}
+    load_teacher(teacher.ckpt, **given)

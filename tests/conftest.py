@@ -1,8 +1,10 @@
 """Shared fixtures.
 
 Tests marked ``solo`` need solo-learn, tests marked ``openvino`` need OpenVINO (an optional
-extra). Where one is absent its tests skip, saying how to install it; under CI (``CI=true``) they
-fail instead: CI installs both, so a missing one is a broken set-up that must not pass as skips.
+extra), tests marked ``fashion_mnist`` need Fashion-MNIST's files (Debian's
+``dataset-fashion-mnist``). Where one is absent its tests skip, saying how to install it; under
+CI (``CI=true``) they fail instead: CI installs all three, so a missing one is a broken set-up
+that must not pass as skips.
 
 torch is imported only by the fixture that seeds it, and only where it is installed: the kernel
 tests (tests/test_kernels.py) also run where only numpy and Numba are (``tools/arm64-check``).
@@ -31,19 +33,41 @@ class Requirement(NamedTuple):
     install: str
 
 
+def _fashion_mnist() -> Requirement:
+    """Fashion-MNIST's idx files where ``load_fashion_mnist`` looks for them."""
+    try:
+        from s2bnn_plugin.data.fashion_mnist import (
+            APT_HINT,
+            SOURCE_ENV,
+            FashionMNISTNotFound,
+            find_fashion_mnist,
+        )
+    except ImportError as e:  # a runtime without Pillow (tools/arm64-check runs no such test)
+        return Requirement("Fashion-MNIST", False, f"the data layer does not import here: {e}")
+    try:
+        find_fashion_mnist()
+    except FashionMNISTNotFound:
+        found = False
+    else:
+        found = True
+    install = f"as root: {APT_HINT}; or set {SOURCE_ENV}=FOLDER holding its four idx files"
+    return Requirement("Fashion-MNIST", found, install)
+
+
 #: marker -> what its tests need
 REQUIREMENTS = {
     "solo": Requirement("solo-learn", solo_available(), SOLO_HINT),
     "openvino": Requirement(
         "openvino", importlib.util.find_spec("openvino") is not None, OPENVINO_HINT
     ),
+    "fashion_mnist": _fashion_mnist(),
 }
 
 
 def pytest_report_header(config):
     where = "fail (CI=true)" if IN_CI else "skip"
     return [
-        f"{need.name} importable: {need.available} "
+        f"{need.name} available: {need.available} "
         f"(tests marked '{marker}' {'run' if need.available else where})"
         for marker, need in REQUIREMENTS.items()
     ]
@@ -67,7 +91,7 @@ def pytest_runtest_setup(item):
             continue
         message = f"needs {need.name}. {need.install}"
         if IN_CI:
-            pytest.fail(f"CI=true but {need.name} is not importable: {message}", pytrace=False)
+            pytest.fail(f"CI=true but {need.name} is missing: {message}", pytrace=False)
         pytest.skip(message)
 
 

@@ -1,6 +1,10 @@
-"""Test helper: a packed network's integer accumulations against PyTorch's, unit by unit."""
+"""Test helpers: a packed network's integer accumulations against PyTorch's, unit by unit; a model
+as a solo-learn run's checkpoint."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -59,3 +63,15 @@ def assert_accumulations_exact(model: nn.Module, net: PackedNetwork, x: torch.Te
         shape = K.ConvShape(n, h, w, c, k, u.stride, g, cg)
         K.binary_conv_acc(bits, shape, K.BinaryWeights(wk, wsum, V), 1, out)
         np.testing.assert_array_equal(out, expected, err_msg=u.name)
+
+
+def solo_checkpoint(folder: Path, model: nn.Module, name: str, kwargs: dict) -> Path:
+    """``model`` as a solo-learn run's ``folder/run/last.ckpt`` (backbone weights under
+    ``backbone.``, a projector beside them) with its ``args.json``; returns the checkpoint."""
+    run = folder / "run"
+    run.mkdir(exist_ok=True)
+    state = {f"backbone.{k}": v for k, v in model.state_dict().items()}
+    state["projector.0.weight"] = torch.zeros(2, 2)
+    torch.save({"state_dict": state, "epoch": 1}, run / "last.ckpt")
+    (run / "args.json").write_text(json.dumps({"backbone": {"name": name, "kwargs": kwargs}}))
+    return run / "last.ckpt"

@@ -5,6 +5,7 @@ check and eval alike, never a traceback."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -175,3 +176,35 @@ def test_a_solo_learn_cifar_resnet_gets_the_stem_solo_learn_trained_it_with(tmp_
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(model(x), trained(x), rtol=0, atol=0)
+
+
+def test_weights_that_do_not_fit_name_the_keys_a_few_and_count_the_rest(tmp_path, capsys):
+    """Another network's checkpoint (reactnet_a's weights read as reactnet18): hundreds of keys
+    differ; the one-line error names three of each kind and counts the rest (it said only
+    "Error(s) in loading state_dict"). A single missing key is named."""
+    ckpt = _run(tmp_path, create_backbone("reactnet_a", **KWARGS), {"name": "reactnet18"})
+    (ckpt.parent / "args.json").write_text(
+        json.dumps({"method": "simclr", "backbone": {"name": "reactnet18", "kwargs": KWARGS}})
+    )
+    assert main(["pack", str(ckpt), "-o", str(tmp_path / "o.s2bnn"), "--no-progress"]) == 2
+    err = _one_line(capsys)
+    assert "do not fit the backbone reactnet18" in err and len(err) < 1000, err
+    for kind in ("missing", "unexpected"):
+        listed = re.search(rf"(\d+) {kind}: ((?:[\w.]+, ){{2}}[\w.]+) and (\d+) more", err)
+        assert listed, err
+        assert int(listed.group(1)) == 3 + int(listed.group(3)) > 20
+    state = {
+        f"backbone.{k}": v for k, v in create_backbone("reactnet18", **KWARGS).state_dict().items()
+    }
+    del state["backbone.blocks.3.conv_b.bn.running_var"]
+    torch.save({"state_dict": state}, ckpt)
+    with pytest.raises(
+        CheckpointError, match=r"Keys 1 missing: blocks\.3\.conv_b\.bn\.running_var$"
+    ):
+        load_backbone(ckpt)
+    state["backbone.stem.0.weight"] = torch.zeros(1, 3, 3, 3)
+    torch.save({"state_dict": state}, ckpt)
+    with pytest.raises(
+        CheckpointError, match=r"another shape .*: stem\.0\.weight \(1, 3, 3, 3\) vs"
+    ):
+        load_backbone(ckpt)

@@ -112,12 +112,12 @@ def test_cli_stops_quietly_when_its_reader_goes_away():
 S2BNN_AUG = sorted((ROOT / "pretrain").glob("*/augmentations/s2bnn_aug_plus.yaml"))
 
 
+@pytest.mark.solo
 @pytest.mark.parametrize("path", S2BNN_AUG, ids=lambda p: p.parent.parent.name)
 def test_s2bnn_augmentation_is_the_official_aug_plus(path):
     """S2-BNN's --aug-plus (main_moco.py): RandomResizedCrop(scale 0.2-1), ColorJitter(0.4,
     0.4, 0.4, 0.1) with p 0.6, grayscale p 0.2, Gaussian blur (sigma 0.1-2) with p 0.2,
     horizontal flip; read back from the torchvision pipeline solo-learn builds from the file."""
-    pytest.importorskip("solo")
     from solo.data.pretrain_dataloader import GaussianBlur, build_transform_pipeline
     from torchvision import transforms as T
 

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from image_utils import fake_fashion_mnist, make_image_folder, write_idx
 from PIL import Image
+from process_utils import run_python
 
 from s2bnn_plugin.data import (
     APT_HINT,
-    DEFAULT_SOURCE_DIR,
     FASHION_MNIST_CLASSES,
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -32,9 +32,9 @@ from s2bnn_plugin.data import (
     validate_image_folder,
 )
 from s2bnn_plugin.data import fashion_mnist as fm
+from s2bnn_plugin.files import is_partial
 
 CLASSES5 = ["a", "b", "c", "d", "e"]
-HAVE_FASHION_MNIST = (DEFAULT_SOURCE_DIR / "t10k-labels-idx1-ubyte.gz").is_file()
 
 
 # ---------------------------------------------------------------------------------------- idx
@@ -134,7 +134,7 @@ def test_prepare_writes_an_image_folder_that_round_trips(tmp_path):
         assert (im.mode, im.size) == ("RGB", (16, 16))
     marker = json.loads((out / fm.MARKER).read_text())
     assert marker["counts"] == {"train": 20, "val": 10}
-    assert not list(out.rglob("*.tmp")) and not (out / fm.INCOMPLETE_MARKER).exists()
+    assert not any(map(is_partial, out.rglob("*"))) and not (out / fm.INCOMPLETE_MARKER).exists()
 
     # Labels survive the trip: each image's gray level encodes its source label.
     splits = validate_dataset_root(out)
@@ -197,7 +197,10 @@ def test_prepare_resumes_after_an_interruption(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         prepare_fashion_mnist(out, progress=False, **kwargs)
     assert not (out / fm.MARKER).exists()
-    assert len(list(out.rglob("*.png"))) == 17 and len(list(out.rglob("*.tmp"))) == 1
+    # Ctrl-C removed the half-written temporary; a SIGKILL would leave one like this:
+    assert len(list(out.rglob("*.png"))) == 17 and not any(map(is_partial, out.rglob("*")))
+    killed = out / "train" / FASHION_MNIST_CLASSES[0] / ".00001.png.0123abcd.partial"
+    killed.write_bytes(b"half a png")
     with pytest.raises(ValueError, match="unfinished"):  # never used half-written
         validate_dataset_root(out)
     written = _mtimes(out)
@@ -206,7 +209,7 @@ def test_prepare_resumes_after_an_interruption(tmp_path, monkeypatch):
     prepare_fashion_mnist(out, progress=False, **kwargs)
     assert len(resumed.calls) == 50 - 17  # only the missing images are written
     assert all(_mtimes(out)[p] == t for p, t in written.items())
-    assert len(list(out.rglob("*.png"))) == 50 and not list(out.rglob("*.tmp"))
+    assert len(list(out.rglob("*.png"))) == 50 and not any(map(is_partial, out.rglob("*")))
     assert (out / fm.MARKER).is_file()
     validate_dataset_root(out)
 
@@ -280,11 +283,45 @@ def test_validate_image_folder_errors(tmp_path):
         validate_image_folder(few)
     five = make_image_folder(tmp_path / "five", CLASSES5, per_class=1)
     (five / "f").mkdir()
-    with pytest.raises(ValueError, match=r"\['f'\] hold no images"):
+    with pytest.raises(ValueError, match=r"1 of 6 class folders hold no images \(f\)"):
         validate_image_folder(five)
     (five / "f" / "deep").mkdir()
     Image.new("RGB", (4, 4)).save(five / "f" / "deep" / "x.JPG")  # nested, upper-case: found
     assert validate_image_folder(five) == [*CLASSES5, "f"]
+
+
+def test_thousands_of_empty_class_folders_are_named_a_few_and_counted(tmp_path):
+    """3000 empty class folders made a 33 KB one-line error: now five are named, the rest
+    counted."""
+    root = make_image_folder(tmp_path / "d", CLASSES5, per_class=1)
+    for i in range(3000):
+        (root / f"empty{i:04d}").mkdir()
+    with pytest.raises(ValueError) as info:
+        validate_image_folder(root)
+    message = str(info.value)
+    assert "3000 of 3005 class folders hold no images (empty0000, empty0001, " in message
+    assert "empty0004 and 2995 more)" in message and len(message) < 400, message
+
+
+@pytest.mark.parametrize("kind", ["named pipe", "link to nothing"])
+def test_a_named_pipe_among_the_images_is_refused_without_opening_it(tmp_path, kind):
+    """A named pipe called like an image made ``s2bnn eval`` wait forever (PIL opened it). It is
+    refused by name, before anything is opened: in a child process with a time limit, since
+    the regression it guards is a hang."""
+    root = make_image_folder(tmp_path / "d", CLASSES5, per_class=2)
+    odd = root / CLASSES5[2] / "x.png"
+    if kind == "named pipe":
+        os.mkfifo(odd)
+    else:
+        odd.symlink_to(tmp_path / "gone.png")
+    code = (
+        "import sys; from s2bnn_plugin.data import load_image_folder\n"
+        "load_image_folder(sys.argv[1], 8, progress=False)"
+    )
+    proc = run_python(code, str(root), timeout=120)
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "1 file(s) named like images are not regular files" in last and str(odd) in last
 
 
 def test_validate_dataset_root(tmp_path):
@@ -321,7 +358,7 @@ def test_eval_transform_reproduces_solo_learns_custom_pipeline():
 # ------------------------------------------------------------------- the real Debian package
 
 
-@pytest.mark.skipif(not HAVE_FASHION_MNIST, reason=f"Fashion-MNIST not installed: {APT_HINT}")
+@pytest.mark.fashion_mnist
 def test_real_fashion_mnist_files():
     images, labels = load_fashion_mnist("test")
     assert images.shape == (10000, 28, 28) and images.dtype == np.uint8

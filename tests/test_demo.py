@@ -11,13 +11,9 @@ import pytest
 from image_utils import TINY_RUN, random_dataset, random_image_folder
 
 from s2bnn_plugin.cli import main
-from s2bnn_plugin.data import APT_HINT, DEFAULT_SOURCE_DIR
 from s2bnn_plugin.demo import DemoConfig, DemoError, run_demo
 
 pytestmark = pytest.mark.solo
-
-
-HAVE_FASHION_MNIST = (DEFAULT_SOURCE_DIR / "t10k-labels-idx1-ubyte.gz").is_file()
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +99,7 @@ def test_cli_reports_bad_data(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(not HAVE_FASHION_MNIST, reason=f"Fashion-MNIST not installed: {APT_HINT}")
+@pytest.mark.fashion_mnist
 @pytest.mark.slow
 def test_relative_out_dir_with_default_data(tmp_path, monkeypatch):
     """`make demo` passes a relative --out; solo-learn's runs start in their own folders."""

@@ -16,8 +16,6 @@ from torch import nn
 from s2bnn_plugin.backbones import create_backbone
 from s2bnn_plugin.cli import main
 from s2bnn_plugin.data import (
-    APT_HINT,
-    DEFAULT_SOURCE_DIR,
     load_fashion_mnist,
     subsample_per_class,
 )
@@ -36,7 +34,6 @@ from s2bnn_plugin.evaluation import (
 )
 from s2bnn_plugin.evaluation.linear import gray_as_rgb
 
-HAVE_FASHION_MNIST = (DEFAULT_SOURCE_DIR / "t10k-labels-idx1-ubyte.gz").is_file()
 CLASSES = ["ant", "bee", "cat", "dog", "eel", "fox"]
 
 
@@ -184,7 +181,7 @@ def test_raw_pixel_probe_treats_gray_rgb_as_one_channel():
     assert not gray_as_rgb(color) and not gray_as_rgb(gray)
 
 
-@pytest.mark.skipif(not HAVE_FASHION_MNIST, reason=f"Fashion-MNIST not installed: {APT_HINT}")
+@pytest.mark.fashion_mnist
 def test_raw_pixel_baseline_on_real_fashion_mnist():
     """This probe scores 83.7 % with 10,000 training images on the full test split, as a linear
     classifier on raw Fashion-MNIST pixels should (low 80s). A 3,000 / 1,000 subsample keeps the

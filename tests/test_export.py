@@ -25,7 +25,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pack_utils import assert_accumulations_exact
+from pack_utils import assert_accumulations_exact, solo_checkpoint
 from torch import nn
 
 from s2bnn_plugin import kernels as K
@@ -232,7 +232,7 @@ def test_corrupted_file_fails_or_is_unharmed(saved, packed_cases, tmp_path_facto
 
 
 def _rewrite(net: PackedNetwork, path, spec=None, arrays=None):
-    write_packed(path, spec or spec_dict(net), arrays or arrays_dict(net))
+    write_packed(path, spec or spec_dict(net), arrays or arrays_dict(net), force=True)
     return path
 
 
@@ -360,13 +360,7 @@ def test_pack_refuses_what_it_cannot_pack():
 
 
 def _solo_run(tmp_path, model, name, kwargs):
-    run = tmp_path / "run"
-    run.mkdir(exist_ok=True)
-    state = {f"backbone.{k}": v for k, v in model.state_dict().items()}
-    state["projector.0.weight"] = torch.zeros(2, 2)
-    torch.save({"state_dict": state, "epoch": 1}, run / "last.ckpt")
-    (run / "args.json").write_text(json.dumps({"backbone": {"name": name, "kwargs": kwargs}}))
-    return run / "last.ckpt"
+    return solo_checkpoint(tmp_path, model, name, kwargs)
 
 
 def test_pack_and_check_commands(tmp_path, capsys):
@@ -399,7 +393,7 @@ def test_pack_and_check_commands(tmp_path, capsys):
     common = ["--size", "16", "--batch", "2", "--repeats", "1", "--no-progress"]
     assert main(["check", str(out), "--ckpt", str(ckpt), *common]) == 0
     text = capsys.readouterr().out
-    assert "agreement with the float model" in text and "flipped sign bit: 0/2" in text
+    assert "agreement with the float model" in text and "flipped sign bit: 0/16" in text
     assert main(["check", str(out), *common, "-v"]) == 0
     assert "float twin" in capsys.readouterr().out
     (tmp_path / "bad.s2bnn").write_bytes(out.read_bytes()[:100])
@@ -543,7 +537,7 @@ def test_a_failed_write_leaves_no_file(packed_cases, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
     path.write_bytes(b"old")
     with pytest.raises(OSError, match="disk full"):
-        net.save(path)
+        net.save(path, force=True)
     assert path.read_bytes() == b"old" and list(tmp_path.iterdir()) == [path]
 
 
@@ -612,13 +606,13 @@ def test_check_fails_on_another_students_weights(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert "cosine similarity" in err and "below the bound 0.9 (--min-cosine" in err, err
-    assert "8 of 8 images (100 %) have a flipped sign bit" in err and "--max-flipped" in err
+    assert "16 of 16 images (100 %) have a flipped sign bit" in err and "--max-flipped" in err
     loose = ["--min-cosine", "-1", "--max-flipped", "1"]
     assert main(["check", str(out), "--ckpt", str(theirs), *common, *loose]) == 0
     with pytest.raises(AgreementError, match=r"cosine similarity 0\.\d+, below the bound 0\.99"):
         check(out, ckpt=theirs, size=32, batch=8, repeats=1, min_cosine=0.99, progress=False)
     agree = check(out, ckpt=own, size=32, batch=8, repeats=1, progress=False)
-    assert agree.min_cosine > 0.999 and agree.images == 8
+    assert agree.min_cosine > 0.999 and agree.images == 16  # at least MIN_IMAGES
 
 
 def test_pack_writes_nothing_when_the_packed_network_disagrees(tmp_path, monkeypatch, capsys):

@@ -28,10 +28,14 @@ def solo():
     return require_solo()
 
 
-@pytest.fixture()
-def teacher(tmp_path) -> Path:
-    path = tmp_path / "teacher.pth.tar"
-    path.write_bytes(b"never read: the settings are refused first")
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory) -> Path:
+    """A small torchvision ResNet's weights: the callback loads the teacher once the settings
+    pass."""
+    from torchvision.models.resnet import BasicBlock, ResNet
+
+    path = tmp_path_factory.mktemp("teacher") / "teacher.pth.tar"
+    torch.save(ResNet(BasicBlock, [1, 1, 1, 1]).state_dict(), path)
     return path
 
 

@@ -21,6 +21,7 @@ from test_pack_rules import TinyReActNet, randomised
 from s2bnn_plugin import cli
 from s2bnn_plugin.backbones import BackboneConfig
 from s2bnn_plugin.exporters import openvino as ovx
+from s2bnn_plugin.files import OutputError
 from s2bnn_plugin.packing import pack
 from s2bnn_plugin.runtime import PackedFormatError, PackedNetwork
 from s2bnn_plugin.runtime.format import spec_of, write_packed
@@ -181,3 +182,72 @@ def test_a_failed_write_leaves_no_partial_ir(nets, tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         ovx.export_openvino(net, tmp_path / "a.xml", size=size)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("key", ["a_odd", "r18_odd", "a_cifar", "tiny_odd"])
+def test_every_input_size_the_packed_engine_runs_is_exported(nets, key):
+    """1-7 px (and 1 x 5, 3 x 8): maps of one pixel before a 2x2 average, which OpenVINO
+    refused ('kernel <= dim') with a RuntimeError for --size 1 to 7 on ReActNet-A."""
+    net, _ = nets[key]
+    for size in [*range(1, 8), (1, 5), (3, 8)]:
+        h, w = (size, size) if isinstance(size, int) else size
+        compiled = ovx.compile_openvino(ovx.build_openvino_model(net, size, batch=2), threads=1)
+        x = torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(h * 10 + w)).numpy()
+        assert _relative(compiled(x)[0], net(x)).max() < TOLERANCE, size
+
+
+def test_a_folder_at_the_xml_path_is_refused_before_anything_is_written(nets, tmp_path, capsys):
+    """``-o dd.xml --force`` with dd.xml a folder: one line, and no dd.bin without its .xml."""
+    net, size = nets["a_cifar"]
+    net.save(tmp_path / "s.s2bnn")
+    (tmp_path / "dd.xml").mkdir()
+    argv = ["export-openvino", str(tmp_path / "s.s2bnn"), "-o", str(tmp_path / "dd.xml")]
+    assert cli.main([*argv, "--size", str(size), "--force"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"s2bnn export-openvino: -o {tmp_path / 'dd.xml'} is a folder; give a file " + (
+        f"name, e.g. {tmp_path / 'dd.xml' / 'out'}"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dd.xml", "s.s2bnn"]
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_the_pair_is_written_together_or_not_at_all(nets, tmp_path, monkeypatch, force):
+    """A folder appears at the .bin while the IR is written: neither file is put in place (with
+    --force too, and an existing .xml stays as it was)."""
+    import openvino
+
+    net, size = nets["a_cifar"]
+    xml, binf = tmp_path / "m.xml", tmp_path / "m.bin"
+    if force:
+        xml.write_text("old xml")
+    real = openvino.save_model
+
+    def racing(model, path, **kwargs):
+        real(model, path, **kwargs)
+        binf.mkdir()
+
+    monkeypatch.setattr(openvino, "save_model", racing)
+    with pytest.raises(OutputError, match=r"m\.bin: a folder is there now"):
+        ovx.export_openvino(net, xml, size=size, force=force)
+    assert sorted(p.name for p in tmp_path.iterdir()) == (
+        ["m.bin", "m.xml"] if force else ["m.bin"]
+    )
+    assert not force or xml.read_text() == "old xml"
+
+
+def test_a_file_appearing_at_the_bin_path_is_never_replaced(nets, tmp_path, monkeypatch):
+    import openvino
+
+    net, size = nets["a_cifar"]
+    binf = tmp_path / "m.bin"
+    real = openvino.save_model
+
+    def racing(model, path, **kwargs):
+        real(model, path, **kwargs)
+        binf.write_bytes(b"theirs")
+
+    monkeypatch.setattr(openvino, "save_model", racing)
+    with pytest.raises(OutputError, match=r"m\.bin: a file is there now"):
+        ovx.export_openvino(net, tmp_path / "m.xml", size=size)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.bin"]
+    assert binf.read_bytes() == b"theirs"

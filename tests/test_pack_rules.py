@@ -310,7 +310,7 @@ def test_the_float_twin_of_a_user_backbone_is_rebuilt_by_the_same_rules(
             assert torch.equal(a.prelu.weight, b.prelu.weight), name
     args = ["check", str(path), "--size", "16", "--batch", "2", "--repeats", "1", "--no-progress"]
     assert main(args) == 0
-    assert "images with a flipped sign bit: 0/2" in capsys.readouterr().out
+    assert "images with a flipped sign bit: 0/16" in capsys.readouterr().out
 
 
 @pytest.mark.solo

@@ -97,3 +97,53 @@ def test_s2bnn_linear_without_its_checkpoint_says_what_to_set(tmp_path):
     )
     line = _one_line_refusal(proc, tmp_path)
     assert "pretrained_feature_extractor is not set: set pretrained_feature_extractor=PATH" in line
+
+
+def test_a_teacher_holding_pickled_code_stops_main_pretrain_in_one_line(tmp_path):
+    """It was refused by torch's weights-only loader as a traceback from inside main()."""
+    marker = tmp_path / "code-ran"
+    teacher = tmp_path / "evil.pth.tar"
+    code = (
+        "import os, sys, torch\n"
+        "class RunsCode:\n"
+        "    def __reduce__(self):\n"
+        "        return (os.system, ('touch ' + sys.argv[2],))\n"
+        "torch.save({'state_dict': {'conv1.weight': RunsCode()}}, sys.argv[1])\n"
+    )
+    subprocess.run([sys.executable, "-c", code, str(teacher), str(marker)], check=True)
+    proc = _pretrain(tmp_path, ["accelerator=cpu", f"method_kwargs.teacher.ckpt={teacher}"])
+    line = _one_line_refusal(proc, tmp_path)
+    assert line.startswith("s2bnn: bad config: cannot read teacher checkpoint"), line
+    assert "weights-only" in line and not marker.exists()
+
+
+def test_a_backbone_kwarg_the_factory_refuses_stops_main_pretrain_in_one_line(tmp_path):
+    """+backbone.kwargs.compile=yes was a BackboneArgumentError traceback from the method."""
+    proc = _pretrain(tmp_path, ["accelerator=cpu", "+backbone.kwargs.compile=yes"])
+    line = _one_line_refusal(proc, tmp_path)
+    assert "backbone.kwargs: reactnet_a(): compile must be true or false, got 'yes'" in line
+
+
+def test_s2bnn_pretrain_passes_a_path_with_quotes_and_dollars_literally(tmp_path):
+    """A '"' broke the quoting of the command line, and ${...} was interpolated: the refusal
+    names the path exactly as given."""
+    odd = tmp_path / 'it\'s "odd" ${oc.env:HOME}' / "train"
+    command = [
+        sys.executable,
+        "-m",
+        "s2bnn_plugin.cli",
+        "pretrain",
+        "--dataset",
+        "custom",
+        "--config",
+        "s2bnn.yaml",
+        f"data.train_path={odd}",
+        f"checkpoint.dir={tmp_path / 'out'}",
+        "accelerator=cpu",
+    ]
+    env = dict(os.environ, PYTHONWARNINGS="ignore", CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run(
+        command, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300
+    )
+    line = _one_line_refusal(proc, tmp_path)
+    assert f"data.train_path={odd} does not exist" in line, line

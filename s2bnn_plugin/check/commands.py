@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 from s2bnn_plugin.arguments import (
@@ -25,12 +24,13 @@ from s2bnn_plugin.arguments import (
 from s2bnn_plugin.check.agreement import (
     MAX_FLIPPED,
     MIN_COSINE,
+    MIN_IMAGES,
     Agreement,
     agreement,
     bounds_args,
     require_agreement,
 )
-from s2bnn_plugin.errors import UsageError
+from s2bnn_plugin.files import check_output
 from s2bnn_plugin.memory import require_memory
 
 __all__ = ["check", "pack_checkpoint"]
@@ -54,11 +54,14 @@ def check(
     """``s2bnn check FILE [--ckpt CKPT]``: agreement, file size, speed; returns the agreement
     figures.
 
-    Raises :class:`AgreementError` (exit code 2 from ``s2bnn``) after printing the agreement
-    when any image's features have a cosine similarity below ``min_cosine`` with the float
-    model's, or more than ``max_flipped`` of the images (and more than one) have a flipped
-    sign bit. Sign flips near a threshold are expected of a correct packing (float rounding
-    differs); the defaults pass those with a wide margin and fail another network's weights."""
+    The agreement compares ``max(batch, MIN_IMAGES)`` random images (``batch`` is what the
+    speed is timed on): one image cannot tell a correct packing from a wrong student. Raises
+    :class:`AgreementError` (exit code 2 from ``s2bnn``) after printing the agreement when any
+    image's features have a cosine similarity below ``min_cosine`` with the float model's, or
+    more than ``max_flipped`` of the images have a flipped sign bit. Sign flips near a
+    threshold are expected of a correct packing (float rounding differs); the defaults pass
+    those with a wide margin and fail another network's weights, or one layer of them, at every
+    batch size."""
     size = int_arg("--size", size, *SIZE_RANGE)
     batch = int_arg("--batch", batch, *BATCH_RANGE)
     threads = threads_arg(threads)
@@ -75,8 +78,8 @@ def check(
 
     net = load(file)
     require_memory(
-        comparison_bytes(net, size, batch),
-        f"checking {file} on --batch {batch} random images of --size {size} px",
+        comparison_bytes(net, size, max(batch, MIN_IMAGES)),
+        f"checking {file} on {max(batch, MIN_IMAGES)} random images of --size {size} px",
     )
     if ckpt:
         model, _, _ = load_backbone(ckpt, backbone, backbone_kwargs)
@@ -93,7 +96,7 @@ def check(
         agree = agreement(model, net, size, batch)
         bar.update()
         # above the bar, which stays for the stages that follow
-        tqdm.write(f"agreement with {reference}, {batch} random images at {size} px:")
+        tqdm.write(f"agreement with {reference}, {agree.images} random images at {size} px:")
         tqdm.write(f"  {agree.summary()}")
         require_agreement(agree, f"{file}", reference, min_cosine, max_flipped)
         bar.set_postfix_str("sizes")
@@ -134,9 +137,15 @@ def pack_checkpoint(
 ) -> Agreement:
     """``s2bnn pack CKPT -o FILE``: load, pack, check against the float model, save.
 
+    The output path is checked before anything is loaded (:func:`s2bnn_plugin.files.
+    check_output`: exists without ``force``, a folder, a missing or read-only folder, a name
+    too long, the checkpoint itself); the file is then created exclusively (unless ``force``)
+    and atomically.
+
     Nothing is written when the model cannot be packed (including NaN or infinite weights or
-    statistics) or when the packed network's features on 2 random images disagree with the
-    float model's beyond ``min_cosine`` / ``max_flipped`` (see :func:`check`):
+    statistics) or when the packed network's features on :data:`MIN_IMAGES` random images
+    disagree with the float model's beyond ``min_cosine`` / ``max_flipped`` (see
+    :func:`check`):
     :class:`AgreementError`. Returns the agreement figures."""
     check_size = int_arg("--check-size", check_size, *SIZE_RANGE)
     min_cosine, max_flipped = bounds_args(min_cosine, max_flipped)
@@ -146,11 +155,7 @@ def pack_checkpoint(
     from s2bnn_plugin.checkpoints import load_backbone
     from s2bnn_plugin.packing.packer import pack_model
 
-    out = Path(output)
-    if out.exists() and not force:
-        raise UsageError(f"{out} exists; pass --force to overwrite it")
-    if not out.parent.is_dir():
-        raise UsageError(f"output folder {out.parent} does not exist")
+    out = check_output(output, force=force, option="-o", inputs=[checkpoint])
     with tqdm(total=3, desc="pack", disable=not progress) as bar:
         bar.set_postfix_str("loading checkpoint")
         model, name, kwargs = load_backbone(checkpoint, backbone, backbone_kwargs)
@@ -159,20 +164,21 @@ def pack_checkpoint(
         net = pack_model(model, progress=progress)
         bar.update()
         require_memory(
-            comparison_bytes(net, check_size, 2),
-            f"checking the packed network on 2 random images of --check-size {check_size} px",
+            comparison_bytes(net, check_size, MIN_IMAGES),
+            f"checking the packed network on {MIN_IMAGES} random images of --check-size "
+            f"{check_size} px",
         )
         bar.set_postfix_str("checking against the float model")
-        agree = agreement(model, net, check_size, 2)
+        agree = agreement(model, net, check_size, MIN_IMAGES)
         bar.update()
     require_agreement(
         agree,
-        f"the packed network ({check_size} px, 2 random images; nothing written)",
+        f"the packed network ({check_size} px, {agree.images} random images; nothing written)",
         f"the float model of {checkpoint}",
         min_cosine,
         max_flipped,
     )
-    net.save(out)
+    net.save(out, force=force)
     from s2bnn_plugin.packing.report import file_sizes
 
     packed, fp32 = file_sizes(net, model)
@@ -183,7 +189,7 @@ def pack_checkpoint(
         f"(1/{fp32 / packed:.1f})"
     )
     print(
-        f"  features vs the float model ({check_size} px, 2 images): max |diff| "
+        f"  features vs the float model ({check_size} px, {agree.images} images): max |diff| "
         f"{agree.max_abs:.2e} (feature scale {agree.feature_scale:.2e}), lowest cosine "
         f"similarity {agree.min_cosine:.6f}"
     )

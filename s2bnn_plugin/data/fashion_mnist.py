@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from s2bnn_plugin.data.idx import read_idx
 from s2bnn_plugin.errors import DataError, S2BNNError
+from s2bnn_plugin.files import atomic_file, is_partial, write_text
 from s2bnn_plugin.validate import Range
 
 __all__ = [
@@ -219,9 +220,7 @@ def _read_json(path: Path) -> dict | None:
 
 def _write_json(path: Path, content: dict) -> None:
     """Atomic: a reader sees the old file or the whole new one."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(content, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(content, indent=2) + "\n", force=True)
 
 
 def _count_pngs(out_dir: Path) -> dict[str, int]:
@@ -280,7 +279,7 @@ def _remove_strays(out_dir: Path, expected: set[Path], wipe: bool) -> None:
                 continue
             for entry in os.scandir(folder):
                 rel = Path(split) / c / entry.name
-                if entry.name.endswith(".tmp") or (
+                if is_partial(entry.name) or (
                     entry.name.endswith(".png") and (wipe or rel not in expected)
                 ):
                     os.unlink(entry.path)
@@ -347,10 +346,8 @@ def prepare_fashion_mnist(
         pil = Image.fromarray(image)  # uint8 (H, W): grayscale
         if size != pil.width:
             pil = pil.resize((size, size), Image.Resampling.BILINEAR)
-        path = out_dir / rel
-        tmp = path.with_name(path.name + ".tmp")
-        pil.convert("RGB").save(tmp, format="PNG")
-        os.replace(tmp, path)
+        with atomic_file(out_dir / rel, force=True) as tmp:
+            pil.convert("RGB").save(tmp, format="PNG")
 
     counts = _count_pngs(out_dir)
     _write_json(marker, {"settings": settings, "counts": counts})

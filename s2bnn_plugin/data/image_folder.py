@@ -12,6 +12,7 @@ numpy batches, and features are extracted from the same array for every engine).
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -24,7 +25,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extensi
 from tqdm.auto import tqdm
 
 from s2bnn_plugin.data.fashion_mnist import INCOMPLETE_MARKER
-from s2bnn_plugin.errors import DataError
+from s2bnn_plugin.errors import DataError, name_a_few
 from s2bnn_plugin.validate import Range
 
 __all__ = [
@@ -80,13 +81,26 @@ class DatasetSplits:
     class_names: list[str]
 
 
-def _has_image(folder: str) -> bool:
-    """Whether ImageFolder would find at least one image below ``folder`` (same walk as
-    torchvision: recursive, following links, by extension)."""
-    for _, _, files in os.walk(folder, followlinks=True):
-        if any(has_file_allowed_extension(f, IMG_EXTENSIONS) for f in files):
-            return True
-    return False
+def _scan(folder: str) -> tuple[int, list[str]]:
+    """How many image files ImageFolder would find below ``folder`` (the same walk as
+    torchvision: recursive, following links, by extension), and those of them that are not
+    regular files (a named pipe, a device, a socket, a link to nothing): opening a named pipe
+    waits forever for a writer. Found with ``stat``, without opening any file."""
+    images, irregular = 0, []
+    for root, _, files in os.walk(folder, followlinks=True):
+        for name in files:
+            if not has_file_allowed_extension(name, IMG_EXTENSIONS):
+                continue
+            path = os.path.join(root, name)
+            try:
+                regular = stat.S_ISREG(os.stat(path).st_mode)
+            except OSError:  # a link to nothing
+                regular = False
+            if regular:
+                images += 1
+            else:
+                irregular.append(path)
+    return images, irregular
 
 
 def validate_image_folder(
@@ -105,7 +119,15 @@ def validate_image_folder(
     classes = sorted(e.name for e in os.scandir(path) if e.is_dir())
     if not classes:
         raise DataError(f"{what} {path} has no class sub-folders: {_LAYOUT}.")
-    empty = [c for c in classes if not _has_image(os.path.join(path, c))]
+    scans = {c: _scan(os.path.join(path, c)) for c in classes}
+    irregular = [p for _, found in scans.values() for p in found]
+    if irregular:
+        raise DataError(
+            f"{what} {path}: {len(irregular)} file(s) named like images are not regular files "
+            f"(a named pipe, a device, a socket or a link to nothing), which loading would wait "
+            f"on or fail: {name_a_few(irregular)}; remove them or put the image files there"
+        )
+    empty = [c for c, (images, _) in scans.items() if not images]
     if len(empty) == len(classes):
         raise DataError(
             f"{what} {path} holds no images (looked for {', '.join(IMG_EXTENSIONS)} files in "
@@ -113,8 +135,9 @@ def validate_image_folder(
         )
     if empty:
         raise DataError(
-            f"{what} {path}: class folder(s) {empty} hold no images; remove them or add images "
-            f"(torchvision's ImageFolder, which solo-learn uses, rejects empty classes)."
+            f"{what} {path}: {len(empty)} of {len(classes)} class folders hold no images "
+            f"({name_a_few(empty)}); remove them or add images (torchvision's ImageFolder, which "
+            "solo-learn uses, rejects empty classes)."
         )
     if len(classes) < min_classes:
         raise DataError(

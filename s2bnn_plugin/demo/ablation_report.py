@@ -26,6 +26,7 @@ from s2bnn_plugin.demo.summary import (
     stage_time_lines,
     student_metrics,
 )
+from s2bnn_plugin.files import atomic_open, write_text
 
 __all__ = ["summarise", "write_ablation_report"]
 
@@ -114,7 +115,8 @@ def _plot(out_dir: Path, summary: dict[str, Any], evaluation: dict[str, Any]) ->
     axes[0].legend(fontsize=7, loc="upper left")
     fig.suptitle("Binary students at the same budget: mean ± sd over seeds, seeds as dots")
     fig.tight_layout()
-    fig.savefig(out_dir / "ablation.png", dpi=110)
+    with atomic_open(out_dir / "ablation.png", force=True) as f:
+        fig.savefig(f, format="png", dpi=110)
     plt.close(fig)
     return "ablation.png"
 
@@ -154,7 +156,9 @@ def write_ablation_report(
         "cpu_count": os.cpu_count(),
         "plots": [plot],
     }
-    (out_dir / "ablation.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    write_text(
+        out_dir / "ablation.json", json.dumps(result, indent=2, default=str) + "\n", force=True
+    )
     lines = [
         "# s2bnn ablation: which parts of the S2-BNN recipe matter at this budget?",
         "",
@@ -186,5 +190,5 @@ def write_ablation_report(
     for metric in METRICS:
         lines += _table(metric, summary, evaluation)
     lines += [*stage_time_lines(timings, loads, os.cpu_count() or 1), f"![{plot}]({plot})", ""]
-    (out_dir / "ablation.md").write_text("\n".join(lines))
+    write_text(out_dir / "ablation.md", "\n".join(lines), force=True)
     return {"ablation_md": str(out_dir / "ablation.md"), "total_stage_seconds": total}

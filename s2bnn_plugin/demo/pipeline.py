@@ -39,6 +39,7 @@ import numpy as np
 
 from s2bnn_plugin.data import DEMO_TRAIN_PER_CLASS, DEMO_VAL_PER_CLASS
 from s2bnn_plugin.errors import S2BNNError
+from s2bnn_plugin.files import atomic_open, write_text
 from s2bnn_plugin.validate import require_positive, require_whole
 
 __all__ = [
@@ -240,9 +241,7 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 def _write_json(path: Path, content: Any) -> None:
     """Atomic, so that an interrupted write never leaves a marker that looks finished."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(content, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(content, indent=2, default=str) + "\n", force=True)
 
 
 class Stages:
@@ -591,8 +590,8 @@ def stage_eval(
         val = load_image_folder(data["val"], cfg.image_size)
         train_x, train_y, val_x, val_y = train.images, train.labels, val.images, val.labels
         eval_dir.mkdir(parents=True, exist_ok=True)
-        np.savez(cache.with_suffix(".tmp.npz"), tx=train_x, ty=train_y, vx=val_x, vy=val_y)
-        os.replace(cache.with_suffix(".tmp.npz"), cache)
+        with atomic_open(cache, force=True) as f:
+            np.savez(f, tx=train_x, ty=train_y, vx=val_x, vy=val_y)
     n_cls = len(data["classes"])
     results: dict[str, Any] = {}
     for name, ckpt in models.items():
@@ -629,8 +628,10 @@ def stage_eval(
             seconds=seconds,
         )
         dist = _distributions(tf, train_y, vf, cfg, n_cls)
-        np.save(eval_dir / f"{name}_knn_dist.npy", dist)
-        np.save(eval_dir / f"{name}_linear_pred.npy", res.linear.predictions)
+        with atomic_open(eval_dir / f"{name}_knn_dist.npy", force=True) as f:
+            np.save(f, dist)
+        with atomic_open(eval_dir / f"{name}_linear_pred.npy", force=True) as f:
+            np.save(f, res.linear.predictions)
         summary = {**res.to_dict(), "engine": engine_name, "checkpoint": ckpt}
         _write_json(eval_dir / f"{name}.json", summary)
         log(
@@ -645,7 +646,8 @@ def stage_eval(
         _write_json(raw_path, raw)
     log(f"  raw pixels: linear {raw['linear_top1']:.2f} %")
     results["raw_pixels"] = raw
-    np.save(eval_dir / "val_labels.npy", val_y)
+    with atomic_open(eval_dir / "val_labels.npy", force=True) as f:
+        np.save(f, val_y)
     return results
 
 

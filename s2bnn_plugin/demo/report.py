@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from s2bnn_plugin.files import atomic_open, write_text
+
 __all__ = ["calibration", "write_report"]
 
 LABELS = {
@@ -80,7 +82,8 @@ def _plots(out_dir: Path, rows: dict[str, Any], calib: dict[str, Any], timings: 
     ax.set_title("Accuracy at equal budget (students on the packed CPU engine)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out_dir / "accuracy.png", dpi=110)
+    with atomic_open(out_dir / "accuracy.png", force=True) as f:
+        fig.savefig(f, format="png", dpi=110)
     plt.close(fig)
     written.append("accuracy.png")
 
@@ -107,7 +110,8 @@ def _plots(out_dir: Path, rows: dict[str, Any], calib: dict[str, Any], timings: 
     ax2.set_title("Top-1 agreement with the teacher")
     ax2.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out_dir / "calibration.png", dpi=110)
+    with atomic_open(out_dir / "calibration.png", force=True) as f:
+        fig.savefig(f, format="png", dpi=110)
     plt.close(fig)
     written.append("calibration.png")
 
@@ -143,7 +147,8 @@ def _plots(out_dir: Path, rows: dict[str, Any], calib: dict[str, Any], timings: 
         for ax in (ax1, ax2):
             ax.legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(out_dir / "training_calibration.png", dpi=110)
+        with atomic_open(out_dir / "training_calibration.png", force=True) as f:
+            fig.savefig(f, format="png", dpi=110)
         plt.close(fig)
         written.append("training_calibration.png")
     return written
@@ -174,7 +179,9 @@ def write_report(
         "stage_seconds": timings,
         "plots": plots,
     }
-    (out_dir / "results.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    write_text(
+        out_dir / "results.json", json.dumps(result, indent=2, default=str) + "\n", force=True
+    )
 
     lines = [
         "# s2bnn demo results",
@@ -213,5 +220,5 @@ def write_report(
         *[f"![{p}]({p})" for p in plots],
         "",
     ]
-    (out_dir / "results.md").write_text("\n".join(lines))
+    write_text(out_dir / "results.md", "\n".join(lines), force=True)
     return {"results_md": str(out_dir / "results.md"), "gap": gap}

@@ -27,6 +27,7 @@ from s2bnn_plugin.demo.summary import (
     stage_time_lines,
     student_metrics,
 )
+from s2bnn_plugin.files import atomic_open, write_text
 
 __all__ = ["summarise", "write_study_report"]
 
@@ -130,7 +131,8 @@ def _plot(out_dir: Path, summary: dict[str, Any], evaluation: dict[str, Any]) ->
     axes[0].legend(fontsize=7, loc="upper left")
     fig.suptitle("Binary students: each objective alone vs + S2-BNN distillation (same budget)")
     fig.tight_layout()
-    fig.savefig(out_dir / "study.png", dpi=110)
+    with atomic_open(out_dir / "study.png", force=True) as f:
+        fig.savefig(f, format="png", dpi=110)
     plt.close(fig)
     return "study.png"
 
@@ -166,7 +168,7 @@ def write_study_report(
         "cpu_count": os.cpu_count(),
         "plots": [plot],
     }
-    (out_dir / "study.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    write_text(out_dir / "study.json", json.dumps(result, indent=2, default=str) + "\n", force=True)
     seeds = len(cfg.student_seeds)
     lines = [
         "# s2bnn study: does distillation lift each objective's binary student?",
@@ -202,5 +204,5 @@ def write_study_report(
         f"![{plot}]({plot})",
         "",
     ]
-    (out_dir / "study.md").write_text("\n".join(lines))
+    write_text(out_dir / "study.md", "\n".join(lines), force=True)
     return {"study_md": str(out_dir / "study.md"), "total_stage_seconds": total}

@@ -17,22 +17,10 @@ from s2bnn_plugin.errors import FileMissing, UsageError
 from s2bnn_plugin.evaluation.evaluate import evaluate, evaluate_raw_pixels
 from s2bnn_plugin.evaluation.knn import prediction_agreement
 from s2bnn_plugin.evaluation.models import EVAL_ENGINES, load_engines, require_engine_memory
+from s2bnn_plugin.files import check_output, write_text
 from s2bnn_plugin.validate import require_positive, require_whole
 
-__all__ = ["EvalOptions", "check_output_file", "evaluate_model"]
-
-
-def check_output_file(path: str | os.PathLike[str], option: str) -> None:
-    """Refuse an output file that could not be written (a folder, a missing or read-only
-    folder), so that it fails before the work whose result it would hold, not after."""
-    out = Path(path)
-    if out.is_dir():
-        raise UsageError(f"{option} {out} is a folder; give a file name, e.g. {out / 'eval.json'}")
-    parent = out.parent
-    if not parent.is_dir():
-        raise UsageError(f"{option} {out}: the folder {parent} does not exist; create it first")
-    if not os.access(parent, os.W_OK | os.X_OK) or (out.exists() and not os.access(out, os.W_OK)):
-        raise UsageError(f"{option} {out}: not writable; give a file in a folder you can write")
+__all__ = ["EvalOptions", "evaluate_model"]
 
 
 @dataclass(frozen=True)
@@ -42,7 +30,7 @@ class EvalOptions:
     where results go and whether progress bars show. ``train_per_class`` / ``val_per_class``:
     Fashion-MNIST images per class (``None``: all); ``data_root``: where Fashion-MNIST is
     prepared (``None``: the default cache); ``json_path``: a file the report is also written
-    to."""
+    to, which must not exist unless ``force`` (and is never the model)."""
 
     engine: str = "auto"
     size: int = 32
@@ -57,11 +45,13 @@ class EvalOptions:
     seed: int = 0
     data_root: str | None = None
     json_path: str | os.PathLike[str] | None = None
+    force: bool = False
     progress: bool = True
 
-    def check(self) -> None:
+    def check(self, model: str | os.PathLike[str] | None = None) -> None:
         """Every option that can be checked without the data or the model, checked before any
-        work: each error names the option, the value and what it must be."""
+        work: each error names the option, the value and what it must be. The ``--json`` file
+        is never ``model``, even with ``force``."""
         if self.engine not in EVAL_ENGINES:
             raise UsageError(
                 f"--engine must be one of {', '.join(EVAL_ENGINES)}, got {self.engine!r}"
@@ -90,7 +80,8 @@ class EvalOptions:
                 require_whole(option, value, 1, "images per class, or 'all'")
         require_whole("--seed", self.seed, 0, "numpy seeds are non-negative")
         if self.json_path:
-            check_output_file(self.json_path, "--json")
+            inputs = [] if model is None else [model]
+            check_output(self.json_path, option="--json", force=self.force, inputs=inputs)
 
 
 def evaluate_model(
@@ -104,7 +95,7 @@ def evaluate_model(
     opts = EvalOptions() if options is None else options
     if not Path(model).is_file():
         raise FileMissing(f"model file {model} does not exist")
-    opts.check()
+    opts.check(model)
     # the model first: a checkpoint that cannot be loaded fails before the data is prepared
     engines, notes = load_engines(model, opts.engine)
     require_engine_memory(engines, opts.batch_size, opts.size)
@@ -171,6 +162,11 @@ def evaluate_model(
             f"kNN agreement, packed vs torch: {100 * same:.2f} % ({round(same * n)} / {n} images)"
         )
     if opts.json_path:
-        Path(opts.json_path).write_text(json.dumps(report, indent=2) + "\n")
+        write_text(
+            opts.json_path,
+            json.dumps(report, indent=2) + "\n",
+            force=opts.force,
+            what="s2bnn eval",
+        )
         print(f"wrote {opts.json_path}")
     return report

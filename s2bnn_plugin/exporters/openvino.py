@@ -40,8 +40,6 @@ differently in the last bit).
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +49,7 @@ import numpy as np
 
 from s2bnn_plugin.errors import FileMissing, S2BNNError, UsageError
 from s2bnn_plugin.exporters.base import Exporter, ExportError
+from s2bnn_plugin.files import atomic_files, check_output
 from s2bnn_plugin.runtime.format import FORMAT_VERSION
 from s2bnn_plugin.runtime.model import Unit
 from s2bnn_plugin.runtime.network import PackedNetwork, load
@@ -128,8 +127,14 @@ class Graph:
         return self.ov.op.Constant(tensor, shared_memory=False)  # a copy: ``packed`` goes away
 
     def avgpool2(self, x: Any, name: str) -> Any:
-        """2x2 / 2 average, ceil mode, windows cut by the border averaging what they hold."""
-        return self.ops.avg_pool(x, [2, 2], [0, 0], [0, 0], [2, 2], True, "ceil", name=name)
+        """2x2 / 2 average, ceil mode, windows cut by the border averaging what they hold. An
+        odd side is padded by one at its end (padding not averaged): OpenVINO refuses a window
+        larger than a map of one pixel, which ceil mode alone would need."""
+        shape = x.get_output_shape(0) if hasattr(x, "get_output_shape") else x.get_shape()
+        h, w = (int(d) for d in shape[2:])
+        return self.ops.avg_pool(
+            x, [2, 2], [0, 0], [h % 2, w % 2], [2, 2], True, "floor", name=name
+        )
 
 
 class OpenVINOExporter(Exporter):
@@ -208,11 +213,6 @@ class OpenVINOExport:
     binary_convolutions: int
 
 
-def _fsync(path: Path) -> None:
-    with path.open("rb") as f:
-        os.fsync(f.fileno())
-
-
 def export_openvino(
     packed: PackedNetwork | str | os.PathLike[str],
     output: str | os.PathLike[str],
@@ -223,30 +223,23 @@ def export_openvino(
 ) -> OpenVINOExport:
     """Write ``packed`` (a network or a packed file) as ``output`` (``.xml``) and the ``.bin``
     beside it. Everything is checked (openvino installed, the file's format version, every unit
-    expressible, the output path) before anything is written; both files are written to a
-    temporary folder beside them and moved into place, so no partial IR is ever left."""
+    expressible, the output paths: :func:`s2bnn_plugin.files.check_output`) before anything is
+    written; both files are written to a temporary folder beside them and moved into place
+    together (:func:`s2bnn_plugin.files.atomic_files`), so no partial IR or lone ``.bin`` is
+    ever left, and neither replaces an existing file unless ``force``."""
     xml = Path(output)
     if xml.suffix != ".xml":
         raise UsageError(f"the output must be an .xml file (its .bin goes beside it), got {xml}")
     binf = xml.with_suffix(".bin")
-    if not xml.parent.is_dir():
-        raise UsageError(f"output folder {xml.parent} does not exist")
-    existing = [str(p) for p in (xml, binf) if p.exists()]
-    if existing and not force:
-        raise UsageError(f"{', '.join(existing)} exists; pass --force to overwrite")
+    inputs = [] if isinstance(packed, PackedNetwork) else [packed]
+    for path in (xml, binf):
+        check_output(path, force=force, option="-o", inputs=inputs)
     ov = require_openvino()
     net = packed if isinstance(packed, PackedNetwork) else load(packed)
     model = build_openvino_model(net, size, batch=batch)
     count = sum(op.get_type_name() == "BinaryConvolution" for op in model.get_ordered_ops())
-    tmp = Path(tempfile.mkdtemp(prefix=f".{xml.name}.", dir=xml.parent))
-    try:
-        ov.save_model(model, tmp / "model.xml", compress_to_fp16=False)
-        for part in ("model.xml", "model.bin"):
-            _fsync(tmp / part)
-        os.replace(tmp / "model.bin", binf)
-        os.replace(tmp / "model.xml", xml)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with atomic_files([xml, binf], force=force, what="s2bnn export-openvino") as (tmp_xml, _):
+        ov.save_model(model, tmp_xml, compress_to_fp16=False)  # its .bin beside it
     shape = tuple(model.input(0).get_shape())
     return OpenVINOExport(xml=xml, bin=binf, input_shape=shape, binary_convolutions=count)
 

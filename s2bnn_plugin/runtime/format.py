@@ -37,7 +37,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import secrets
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -45,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from s2bnn_plugin.errors import FileMissing
+from s2bnn_plugin.files import PARTIAL_PATTERN, atomic_open, is_partial
 from s2bnn_plugin.memory import MemoryLimitError, require_memory
 from s2bnn_plugin.runtime.model import BackboneRef, NetworkLayout, PackedModel, StemLayout
 from s2bnn_plugin.runtime.spec import (
@@ -171,33 +171,17 @@ def check_model(model: PackedModel) -> PackedModel:
     return PackedModel.from_arrays(parse_spec(spec_of(model)), model.named_arrays())
 
 
-def _create_temporary(path: Path) -> tuple[int, Path]:
-    """A new file beside ``path``, created with mode 0666 less the umask, as ``open()`` would."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    while True:
-        tmp = path.with_name(f"{path.name}.{secrets.token_hex(4)}.tmp")
-        try:
-            return os.open(tmp, flags, 0o666), tmp
-        except FileExistsError:
-            continue
-
-
-def write_packed(path: str | os.PathLike, spec: dict, arrays: dict[str, np.ndarray]) -> Path:
-    """Write atomically (temporary file, flushed to disk, then renamed): a crash never leaves
-    half a file. The file gets the permissions any new file of the user gets (0666 less the
-    umask)."""
+def write_packed(
+    path: str | os.PathLike, spec: dict, arrays: dict[str, np.ndarray], *, force: bool = False
+) -> Path:
+    """Write atomically (:func:`s2bnn_plugin.files.atomic_file`: a temporary file, flushed to
+    disk, then moved into place): a crash never leaves half a file; an existing file or link
+    is replaced only with ``force``, a folder never. The file gets the permissions any new file
+    of the user gets (0666 less the umask)."""
     path = Path(path)
     blob = np.frombuffer(json.dumps(spec, sort_keys=True).encode("utf-8"), dtype=np.uint8)
-    fd, tmp = _create_temporary(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **{SPEC_KEY: blob}, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_open(path, force=force, what="saving the packed network") as f:
+        np.savez(f, **{SPEC_KEY: blob}, **arrays)
     return path
 
 
@@ -338,6 +322,11 @@ def read_packed(path: str | os.PathLike) -> PackedModel:
     path = Path(path)
     if not path.is_file():
         raise FileMissing(f"no packed network file at {path}")
+    if is_partial(path):
+        raise PackedFormatError(
+            f"{path} is the temporary of a save that was killed (named {PARTIAL_PATTERN}), not "
+            "a packed network; delete it and pack the model again"
+        )
     try:
         with path.open("rb") as f:
             magic = f.read(6)

@@ -153,9 +153,10 @@ class PackedNetwork:
         return "\n".join(lines)
 
     # -- file ------------------------------------------------------------------------------
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write one self-describing file (see :mod:`s2bnn_plugin.runtime.format`)."""
-        return write_packed(path, spec_of(self.model), self.model.named_arrays())
+    def save(self, path: str | os.PathLike, *, force: bool = False) -> Path:
+        """Write one self-describing file (see :mod:`s2bnn_plugin.runtime.format`); an existing
+        ``path`` is replaced only with ``force``."""
+        return write_packed(path, spec_of(self.model), self.model.named_arrays(), force=force)
 
     # -- inference -------------------------------------------------------------------------
     def check_input(self, x: Any) -> np.ndarray:

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from s2bnn_plugin.errors import S2BNNError
+from s2bnn_plugin.files import write_text
 from s2bnn_plugin.solo_learn.locate import is_solo_tree, solo_checkout
 from s2bnn_plugin.solo_learn.pin import (
     COMMIT_MARKER,
@@ -270,8 +271,6 @@ def _write_pth(
         return SetupResult(
             tree, commit, pth, False, f"solo-learn {commit} is installed: {tree} (via {pth})"
         )
-    tmp = pth.with_name(pth.name + ".tmp")
-    tmp.write_text(f"{tree.resolve()}\n")
-    os.replace(tmp, pth)
+    write_text(pth, f"{tree.resolve()}\n", force=True)
     log(f"wrote {pth}")
     return SetupResult(tree, commit, pth, True, f"installed solo-learn {commit}: {tree}")

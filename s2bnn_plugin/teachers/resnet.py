@@ -14,7 +14,11 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from s2bnn_plugin.checkpoints import SOLO_CIFAR_STEM_PADDING, use_cifar_stem
+from s2bnn_plugin.checkpoints import (
+    SOLO_CIFAR_STEM_PADDING,
+    state_dict_mismatch,
+    use_cifar_stem,
+)
 from s2bnn_plugin.teachers.base import Teacher, TeacherError
 
 __all__ = ["MOCO_PREFIX", "build_resnet", "looks_like_resnet", "resnet_teacher"]
@@ -93,12 +97,12 @@ def resnet_teacher(
 ) -> Teacher:
     """Build, load (strictly: every key must match) and wrap a ResNet teacher."""
     model = build_resnet(state, stem_padding)
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
+    mismatch = state_dict_mismatch(model.state_dict(), state)
+    if mismatch:
         raise TeacherError(
-            f"{source}: the weights do not fit a torchvision ResNet (missing "
-            f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]})"
+            f"{source}: the weights do not fit a torchvision ResNet: keys {mismatch}"
         )
+    model.load_state_dict(state, strict=True)
     head = None if isinstance(model.fc, nn.Identity) else model.fc
     model.fc = nn.Identity()
     return Teacher(model, head, output=output, source=source)

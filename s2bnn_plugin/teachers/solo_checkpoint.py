@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from s2bnn_plugin.checkpoints import find_args_json, read_args_json
+from s2bnn_plugin.checkpoints import find_args_json, read_args_json, state_dict_mismatch
 from s2bnn_plugin.teachers.base import Teacher, TeacherError
 
 __all__ = ["solo_teacher"]
@@ -41,13 +41,16 @@ def solo_teacher(state: dict[str, torch.Tensor], ckpt: Path, output: str) -> Tea
             f"(available: {sorted(methods)})"
         )
     method = methods[name](cfg)
-    result = method.load_state_dict(state, strict=False)
-    wanted = [k for k in result.missing_keys if k.startswith(("backbone.", "projector."))]
-    if wanted or result.unexpected_keys:
+    own = method.state_dict()
+    # only the backbone and projector must be there (not, say, a linear classifier's weights)
+    optional = {k: v for k, v in own.items() if not k.startswith(("backbone.", "projector."))}
+    mismatch = state_dict_mismatch(own, {**optional, **state})
+    if mismatch:
         raise TeacherError(
-            f"{ckpt}: its weights do not fit the {name} model its args.json describes "
-            f"(missing {wanted[:5]}, unexpected {result.unexpected_keys[:5]})"
+            f"{ckpt}: its weights do not fit the {name} model its args.json describes: keys "
+            f"{mismatch}"
         )
+    method.load_state_dict(state, strict=False)
     key = "z" if output == "projector" else "feats"
 
     def forward(x: torch.Tensor) -> torch.Tensor:
