@@ -19,8 +19,8 @@ import torch
 from pack_utils import solo_checkpoint
 from test_export import CASES, trained_like
 
-from s2bnn_plugin.bench.commands import check
 from s2bnn_plugin.check.agreement import MIN_IMAGES, AgreementError
+from s2bnn_plugin.check.commands import check
 from s2bnn_plugin.packing import pack
 
 SIZE = 32
