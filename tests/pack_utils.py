@@ -65,6 +65,25 @@ def assert_accumulations_exact(model: nn.Module, net: PackedNetwork, x: torch.Te
         np.testing.assert_array_equal(out, expected, err_msg=u.name)
 
 
+def as_trained(model: nn.Module, seed: int) -> nn.Module:
+    """``model`` with non-default BatchNorm statistics, shifts and RPReLU slopes drawn from
+    ``seed``, as after training (eval mode): the case where a packing error would show."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.3, generator=g)
+                m.running_var.uniform_(0.5, 2, generator=g)
+                m.weight.uniform_(0.5, 1.5, generator=g)
+                m.bias.normal_(0, 0.3, generator=g)
+        for n, p in model.named_parameters():
+            if n.endswith(".shift.bias") or ".shift_in." in n or ".shift_out." in n:
+                p.normal_(0, 0.2, generator=g)
+            elif "prelu" in n:
+                p.uniform_(-0.2, 0.5, generator=g)
+    return model.eval()
+
+
 def solo_checkpoint(folder: Path, model: nn.Module, name: str, kwargs: dict) -> Path:
     """``model`` as a solo-learn run's ``folder/run/last.ckpt`` (backbone weights under
     ``backbone.``, a projector beside them) with its ``args.json``; returns the checkpoint."""

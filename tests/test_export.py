@@ -25,7 +25,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pack_utils import assert_accumulations_exact, solo_checkpoint
+from pack_utils import as_trained, assert_accumulations_exact, solo_checkpoint
 from torch import nn
 
 from s2bnn_plugin import kernels as K
@@ -61,22 +61,8 @@ def arrays_dict(net: PackedNetwork) -> dict[str, np.ndarray]:
 
 def trained_like(name: str, kwargs: dict, seed: int = 0) -> nn.Module:
     """A backbone with non-default statistics and shifts, as after training (eval mode)."""
-    g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model = create_backbone(name, **kwargs)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.normal_(0, 0.3, generator=g)
-                m.running_var.uniform_(0.5, 2, generator=g)
-                m.weight.uniform_(0.5, 1.5, generator=g)
-                m.bias.normal_(0, 0.3, generator=g)
-        for n, p in model.named_parameters():
-            if n.endswith(".shift.bias") or ".shift_in." in n or ".shift_out." in n:
-                p.normal_(0, 0.2, generator=g)
-            elif "prelu" in n:
-                p.uniform_(-0.2, 0.5, generator=g)
-    return model.eval()
+    return as_trained(create_backbone(name, **kwargs), seed)
 
 
 @pytest.fixture(scope="module")

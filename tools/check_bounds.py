@@ -41,31 +41,14 @@ import torch
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # the tiny test backbone
+sys.path.insert(0, str(ROOT / "tests"))  # the tiny test backbone, as_trained
+
+from pack_utils import as_trained  # noqa: E402
 
 from s2bnn_plugin.backbones import BackboneConfig, create_backbone  # noqa: E402
 from s2bnn_plugin.backbones.blocks import ResidualBinaryConv  # noqa: E402
 from s2bnn_plugin.check.agreement import FLIP_RELATIVE  # noqa: E402
 from s2bnn_plugin.packing import pack  # noqa: E402
-
-
-def randomised(model: nn.Module, seed: int) -> nn.Module:
-    """Non-default statistics, shifts and slopes, as after training (tests/test_export.py's
-    ``trained_like``)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.normal_(0, 0.3, generator=g)
-                m.running_var.uniform_(0.5, 2, generator=g)
-                m.weight.uniform_(0.5, 1.5, generator=g)
-                m.bias.normal_(0, 0.3, generator=g)
-        for n, p in model.named_parameters():
-            if n.endswith(".shift.bias") or ".shift_in." in n or ".shift_out." in n:
-                p.normal_(0, 0.2, generator=g)
-            elif "prelu" in n:
-                p.uniform_(-0.2, 0.5, generator=g)
-    return model.eval()
 
 
 def build(name: str, kwargs: dict, seed: int, trained: bool) -> nn.Module:
@@ -76,7 +59,7 @@ def build(name: str, kwargs: dict, seed: int, trained: bool) -> nn.Module:
         model = TinyReActNet(BackboneConfig.from_kwargs("tiny_reactnet", kwargs))
     else:
         model = create_backbone(name, **kwargs)
-    return randomised(model, seed) if trained else model.eval()
+    return as_trained(model, seed) if trained else model.eval()
 
 
 @dataclass
