@@ -79,7 +79,10 @@ def check(
     net = load(file)
     require_memory(
         comparison_bytes(net, size, max(batch, MIN_IMAGES)),
-        f"checking {file} on {max(batch, MIN_IMAGES)} random images of --size {size} px",
+        f"checking {file} on --batch {batch} random images of --size {size} px"
+        if batch >= MIN_IMAGES
+        else f"checking {file} on {MIN_IMAGES} random images (the fewest the agreement compares) "
+        f"of --size {size} px",
     )
     if ckpt:
         model, _, _ = load_backbone(ckpt, backbone, backbone_kwargs)
