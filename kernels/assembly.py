@@ -31,7 +31,7 @@ def micro_kernel_asm(variant: KernelVariant | None = None, narrow: bool = False)
 
 def micro_kernel_llvm(variant: KernelVariant | None = None, narrow: bool = False) -> str:
     """The optimised LLVM IR of the same micro-kernel (:func:`micro_kernel_asm`), for tools that
-    compile it for another target (``tools/neon_estimate.py``)."""
+    compile it for another target (``tools/mca_estimate.py``)."""
     return "\n".join(_compiled(variant, narrow).inspect_llvm().values())
 
 
