@@ -65,7 +65,8 @@ def _count(lines: list[str], op: str, reg: str = "") -> int:
 
 def popcount_report(variant: KernelVariant | None = None) -> dict[str, object]:
     """Counts of the popcount instructions in the two micro-kernels of ``variant`` (default:
-    the one this CPU runs), and the target CPU name."""
+    the one this CPU runs), of their scalar integer-to-float conversions (``vcvtsi2ss``: the
+    popcounts would be converted lane by lane), and the target CPU name."""
     import llvmlite.binding as llvm
     from numba.core import config
 
@@ -82,4 +83,5 @@ def popcount_report(variant: KernelVariant | None = None) -> dict[str, object]:
         "vpshufb_zmm": _count(lines, "vpshufb", "zmm"),
         "vpsadbw": _count(lines, "vpsadbw"),
         "popcnt_scalar": _count(lines + narrow, "popcnt"),
+        "vcvtsi2ss": _count(lines + narrow, "vcvtsi2ss"),
     }

@@ -496,11 +496,13 @@ def test_float_glue_matches_reference(n, h, w, cin, cout, k, stride, seed):
 def test_the_default_variant_uses_its_instructions():
     """The micro-kernel this CPU runs by default is built from its instruction set's popcount:
     ``vpopcntq`` / ``vpopcntd`` on zmm with VPOPCNTDQ, byte lookups (``vpshufb``) on zmm with
-    AVX-512BW and on ymm with AVX2 -- not the emulation LLVM would substitute."""
+    AVX-512BW and on ymm with AVX2 -- not the emulation LLVM would substitute; and its popcounts
+    become floats a vector at a time, not lane by lane."""
     from s2bnn_plugin.kernels.assembly import popcount_report
 
     report = popcount_report()
     assert report["variant"] == V.name, report
+    assert report["vcvtsi2ss"] == 0, report
     if V.name == "avx512_vpopcntdq":
         assert report["vpopcntq_zmm"] >= 16, report  # 4 positions x 4 vectors of 8 x 64 bits
         assert report["vpopcntd_zmm"] >= 16, report  # narrow: 8 positions x 2 of 16 x 32
