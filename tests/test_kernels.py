@@ -217,25 +217,33 @@ def test_binary_conv_acc_is_exact(n, h, w, cin, cout, k, stride, groups, seed):
     _check_acc(n, h, w, cin, cout, k, stride, groups, seed, V)
 
 
-def _check_acc(n, h, w, cin, cout, k, stride, groups, seed, variant, blocks_per_job=2):
-    """binary_conv_acc of ``variant`` against the plain numpy convolution."""
+def _check_acc(
+    n, h, w, cin, cout, k, stride, groups, seed, variant, blocks_per_job=2, opposite=False
+):
+    """binary_conv_acc of ``variant`` against the plain numpy convolution. With ``opposite``,
+    every input sign is -1 and every weight +1: every bit of ``a ^ w`` is set, so every byte
+    counter of the tap loops reaches the most it can hold before it is widened."""
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((groups, n, h, w, cin)).astype(np.float32)
     thr = (0.3 * rng.standard_normal((groups, cin))).astype(np.float32)
     weight = rng.standard_normal((groups * cout, cin, k, k)).astype(np.float32)
     weight[rng.random(weight.shape) < 0.05] = 0.0  # sign(0) = +1 for weights too
+    if opposite:
+        x = -np.abs(x) - 1.0
+        thr[:] = 0.0
+        weight = np.abs(weight)
     bits = _pack_input(x, thr, k // 2)
     wt = K.pack_weights((~(weight >= 0)).astype(np.uint8), groups)
     bpg = (cout + K.LANES - 1) // K.LANES
     wsum = K.tap_sums(wt, groups * bpg, k * k, K.words_for(cin), cin)
     ho, wo = K.out_size(h, k, stride), K.out_size(w, k, stride)
     out = np.full((n, ho, wo, groups * cout), -(2**30), np.int32)
-    wk = K.kernel_weights(wt, cin, k, V)  # 32-bit lanes for cin <= 32
+    wk = K.kernel_weights(wt, cin, k, variant)  # 32-bit lanes for cin <= 32
     K.binary_conv_acc(
         bits,
         K.ConvShape(n, h, w, cin, k, stride, groups, cout),
-        K.BinaryWeights(wk, wsum, V),
-        2,
+        K.BinaryWeights(wk, wsum, variant),
+        blocks_per_job,
         out,
     )
     np.testing.assert_array_equal(out, _reference_acc(x, thr, weight, k, stride))
@@ -423,6 +431,16 @@ def test_every_variant_is_exact(name):
         _check_acc(n, h, w, cin, cout, k, stride, groups, i, variant, blocks_per_job=1)
     for i, unit in enumerate(VARIANT_UNITS):
         _check_fused_unit(*unit, i, variant)
+
+
+@pytest.mark.parametrize("name", list(K.VARIANTS))
+def test_every_variant_counts_rows_of_set_bits(name):
+    """Every input sign -1 against every weight +1: each step's ``a ^ w`` has all its bits set,
+    so the byte counters of every tap loop fill to the most they hold before they are widened
+    (31 steps of 8, 31 fours of 8); one step more per widening would wrap them."""
+    variant = K.VARIANTS[name]
+    for i, (n, h, w, cin, cout, k, stride, groups) in enumerate(VARIANT_LAYERS):
+        _check_acc(n, h, w, cin, cout, k, stride, groups, i, variant, 1, opposite=True)
 
 
 def test_a_variant_the_cpu_cannot_run_is_refused():
