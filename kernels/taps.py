@@ -15,7 +15,8 @@ Schemes:
   ``a ^ w`` vectors are reduced by carry-save adders (Harley-Seal) to one vector of fours, whose
   byte popcount is added in bytes; the ones and twos left are counted at the end. About 6.5
   vector operations per 256 bits of ``a ^ w`` instead of 8 for byte counts, 9 for per-step lane
-  sums. Which layers take it: :func:`.variants.wide_scheme`.
+  sums. With one position a pass, rows of whole fours run as one stream over all of a kernel's
+  rows. Which layers take it: :func:`.variants.wide_scheme`.
 - ``bytes``: 4 positions x 8 channels a pass: byte popcounts added in bytes, widened to 64-bit
   lane sums every 31 steps at most (``vpsadbw``) and at the end of each row of taps.
 
@@ -195,7 +196,50 @@ def _step(bits, a, wt, w):
 def _carrysave1(bits, b, wt, w0, k, rowstride, words):
     """popcount(a ^ w) summed over the taps of one position (top-left tap ``b``) for the 8
     channels whose steps start at ``w0`` (grouped layout): carry-save adders over four steps at
-    a time, the fours counted in bytes, widened at the end of each row (or every 31 fours)."""
+    a time, the fours counted in bytes and widened every 31 fours.
+
+    A row of ``k * words`` steps that splits into whole fours (every layer of 256, 512, 1024 or
+    2048 channels) runs as one stream over all rows: the next row's activations are one address
+    jump away and its weights follow on, so a pass has a single loop and no widening, spill or
+    loop exit per row. Other rows: :func:`_carrysave1_rows`."""
+    seg = k * words
+    if seg % 4:
+        return _carrysave1_rows(bits, b, wt, w0, k, rowstride, words)
+    ones = vzero()
+    twos = vzero()
+    total = vzero()
+    jump = rowstride - seg  # from past a row's last tap to the next row's first
+    a = b
+    w = w0
+    col = 0
+    left = k * seg // 4
+    while left > 0:
+        n = min(left, CHUNK)
+        left -= n
+        fours = vzero()
+        for _ in range(n):
+            y0 = _step(bits, a, wt, w)
+            y1 = _step(bits, a + 1, wt, w + GROUP)
+            y2 = _step(bits, a + 2, wt, w + 2 * GROUP)
+            y3 = _step(bits, a + 3, wt, w + 3 * GROUP)
+            ta, ones = _csa(ones, y0, y1)
+            tb, ones = _csa(ones, y2, y3)
+            carry, twos = _csa(twos, ta, tb)
+            fours = vcount_bytes(fours, carry)
+            w += 4 * GROUP
+            col += 4
+            wrap = col == seg
+            a += 4 + jump * wrap
+            col -= seg * wrap
+        total = vwiden_add(total, fours, 2)
+    total = vwiden_add(total, vcount_bytes(vzero(), ones), 0)
+    return vwiden_add(total, vcount_bytes(vzero(), twos), 1)
+
+
+@njit(cache=True, inline="always")
+def _carrysave1_rows(bits, b, wt, w0, k, rowstride, words):
+    """:func:`_carrysave1` row by row, for rows that do not split into whole fours: the fours
+    widened at the end of each row (or every 31 fours), the row's last steps counted in bytes."""
     ones = vzero()
     twos = vzero()
     total = vzero()

@@ -399,7 +399,9 @@ def _check_fused_unit(n, h, w, cin, k, stride, groups, next_sets, opad, seed, va
 # taps (carry-save adders in the AVX2 and AVX-512BW variants, with leftover words), short rows
 # (byte counts), rows of 125 words (fours widened mid-row after 31 carry-save groups; byte counts
 # every 31 steps), stride 2 with two groups and a partial weight block, at most 32 input
-# channels (32-bit lanes), one word a pixel.
+# channels (32-bit lanes), one word a pixel; rows of whole fours, which AVX2's carry-save loop
+# runs as one stream over a kernel's rows: 12 words (3 fours a row), 48 (31 fours widened in the
+# middle of the third row) and one row of 128 (32 fours).
 VARIANT_LAYERS = [
     (1, 5, 9, 300, 64, 3, 1, 1),
     (2, 4, 7, 130, 33, 3, 2, 2),
@@ -407,6 +409,9 @@ VARIANT_LAYERS = [
     (1, 3, 3, 2100, 40, 3, 1, 1),
     (2, 6, 6, 20, 40, 3, 1, 1),
     (1, 5, 5, 64, 64, 1, 1, 1),
+    (1, 4, 5, 256, 40, 3, 1, 1),
+    (1, 3, 4, 1024, 32, 3, 1, 1),
+    (1, 3, 4, 8192, 32, 1, 1, 1),
 ]
 # fused units (n, h, w, cin, k, stride, groups, next_sets, opad): carry-save rows with the
 # epilogue in registers (plain and 2x2-pooled residual, pooled output), through the block buffer
