@@ -631,6 +631,18 @@ def test_native_builds_of_other_variants(cpu, name, tmp_path):
     assert _run(code, env, tmp_path).split() == ["exact"]
 
 
+def test_a_job_scratch_holds_at_most_its_table_of_positions():
+    """The epilogues and tap loops index a job's scratch without bounds checks: it is made only
+    for 1 to MAX_POSITIONS positions a block, with room for a call's 16 result vectors."""
+    from s2bnn_plugin.kernels.table import MAX_POSITIONS, RESULT_WORDS, RESULTS, block_scratch
+
+    assert block_scratch(MAX_POSITIONS).size == RESULTS + RESULT_WORDS
+    assert RESULTS == 9 * MAX_POSITIONS  # ROW slots for every position, then the results
+    for bad in (0, MAX_POSITIONS + 1):
+        with pytest.raises(ValueError, match="1 to 8 output positions"):
+            block_scratch(bad)
+
+
 def test_kernels_refuse_buffers_of_the_wrong_size():
     """The loops have no bounds checks; every public kernel checks its buffers first."""
     bits = np.zeros(2 * 7 * 7, np.uint64)
