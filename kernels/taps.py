@@ -187,6 +187,16 @@ def _csa(a, b, c):
 
 
 @njit(cache=True, inline="always")
+def _fours(ones, twos, y0, y1, y2, y3):
+    """Four steps' ``a ^ w`` into the running ones and twos: (fours, ones, twos), the fours
+    being the carry out of the twos (Harley-Seal: three carry-save adders)."""
+    ta, ones = _csa(ones, y0, y1)
+    tb, ones = _csa(ones, y2, y3)
+    carry, twos = _csa(twos, ta, tb)
+    return carry, ones, twos
+
+
+@njit(cache=True, inline="always")
 def _step(bits, a, wt, w):
     """``a ^ w``: the activation word at ``bits[a]`` against the weight vector at ``wt[w]``."""
     return vbxor(load_u64(bits, a), vload(wt, w))
@@ -222,9 +232,7 @@ def _carrysave1(bits, b, wt, w0, k, rowstride, words):
             y1 = _step(bits, a + 1, wt, w + GROUP)
             y2 = _step(bits, a + 2, wt, w + 2 * GROUP)
             y3 = _step(bits, a + 3, wt, w + 3 * GROUP)
-            ta, ones = _csa(ones, y0, y1)
-            tb, ones = _csa(ones, y2, y3)
-            carry, twos = _csa(twos, ta, tb)
+            carry, ones, twos = _fours(ones, twos, y0, y1, y2, y3)
             fours = vcount_bytes(fours, carry)
             w += 4 * GROUP
             col += 4
@@ -256,9 +264,7 @@ def _carrysave1_rows(bits, b, wt, w0, k, rowstride, words):
                 y1 = _step(bits, a + i + 1, wt, w + (i + 1) * GROUP)
                 y2 = _step(bits, a + i + 2, wt, w + (i + 2) * GROUP)
                 y3 = _step(bits, a + i + 3, wt, w + (i + 3) * GROUP)
-                ta, ones = _csa(ones, y0, y1)
-                tb, ones = _csa(ones, y2, y3)
-                carry, twos = _csa(twos, ta, tb)
+                carry, ones, twos = _fours(ones, twos, y0, y1, y2, y3)
                 fours = vcount_bytes(fours, carry)
                 i += 4
             total = vwiden_add(total, fours, 2)
@@ -297,17 +303,17 @@ def _carrysave2(bits, b, c, wt, w0, k, rowstride, words):
                 v1 = vload(wt, w + (i + 1) * GROUP)
                 v2 = vload(wt, w + (i + 2) * GROUP)
                 v3 = vload(wt, w + (i + 3) * GROUP)
-                ta, ones_b = _csa(ones_b, vbxor(load_u64(bits, ab + i), v0),
-                                  vbxor(load_u64(bits, ab + i + 1), v1))  # fmt: skip
-                tb, ones_b = _csa(ones_b, vbxor(load_u64(bits, ab + i + 2), v2),
-                                  vbxor(load_u64(bits, ab + i + 3), v3))  # fmt: skip
-                carry, twos_b = _csa(twos_b, ta, tb)
+                carry, ones_b, twos_b = _fours(
+                    ones_b, twos_b, vbxor(load_u64(bits, ab + i), v0),
+                    vbxor(load_u64(bits, ab + i + 1), v1), vbxor(load_u64(bits, ab + i + 2), v2),
+                    vbxor(load_u64(bits, ab + i + 3), v3),
+                )  # fmt: skip
                 fours_b = vcount_bytes(fours_b, carry)
-                ta, ones_c = _csa(ones_c, vbxor(load_u64(bits, ac + i), v0),
-                                  vbxor(load_u64(bits, ac + i + 1), v1))  # fmt: skip
-                tb, ones_c = _csa(ones_c, vbxor(load_u64(bits, ac + i + 2), v2),
-                                  vbxor(load_u64(bits, ac + i + 3), v3))  # fmt: skip
-                carry, twos_c = _csa(twos_c, ta, tb)
+                carry, ones_c, twos_c = _fours(
+                    ones_c, twos_c, vbxor(load_u64(bits, ac + i), v0),
+                    vbxor(load_u64(bits, ac + i + 1), v1), vbxor(load_u64(bits, ac + i + 2), v2),
+                    vbxor(load_u64(bits, ac + i + 3), v3),
+                )  # fmt: skip
                 fours_c = vcount_bytes(fours_c, carry)
                 i += 4
             total_b = vwiden_add(total_b, fours_b, 2)
