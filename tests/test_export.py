@@ -421,7 +421,8 @@ def test_bench_command(capsys):
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("kernel", 3.0), ("kernel", True), ("stride", 2.0), ("stride", True), ("name", 7)],
+    [("kernel", 3.0), ("kernel", True), ("stride", 2.0), ("stride", True)]
+    + [("groups", 1.0), ("groups", True), ("name", 7)],
 )
 def test_spec_fields_are_integers_not_floats_or_bools(packed_cases, tmp_path, field, value):
     """``3.0 == 3`` and ``True == 1`` in Python: the file check compares types, not values."""

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from s2bnn_plugin.errors import S2BNNError
+from s2bnn_plugin.validate import Range
 
 __all__ = [
     "MAX_CHANNELS",
@@ -42,12 +43,11 @@ def is_int(v: object) -> bool:
 
 
 def spec_int(d: Mapping[str, Any], key: str, where: str, lo: int, hi: int) -> int:
-    """``d[key]``, a JSON integer in ``[lo, hi]``."""
+    """``d[key]``, a JSON integer in ``[lo, hi]`` (the package's one numeric check,
+    :class:`~s2bnn_plugin.validate.Range`)."""
     v = d.get(key)
-    need(
-        is_int(v) and lo <= v <= hi,
-        f"{where}: '{key}' must be an integer in [{lo}, {hi}], got {v!r}",
-    )
+    allowed = Range(lo, hi, whole=True)
+    need(allowed.admits(v), f"{where}: '{key}' must be {allowed.describe()}, got {v!r}")
     return v
 
 
