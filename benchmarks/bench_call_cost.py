@@ -4,7 +4,8 @@ Run: ``python benchmarks/bench_call_cost.py`` (about a minute once the kernels a
 A micro-kernel call computes one block, 4 output positions x 32 output channels
 (:mod:`s2bnn_plugin.kernels.micro`): its tap loop runs over ``k * k * words`` input words, and
 around it come the passes' set-up, the reductions, the block's results and the block loop of the
-driver. This times :func:`~s2bnn_plugin.kernels.binary_conv_acc` on 1x1 layers of one size and
+driver. This times :func:`~s2bnn_plugin.kernels.binary_conv_acc` (bound to its arguments, as the
+network calls it: :func:`~s2bnn_plugin.kernels.bind`) on 1x1 layers of one size and
 output width with more and more input channels (random packed input and weights, batch 1,
 1 thread, best of ``--repeats`` bursts of 3 calls, variants alternating), and fits
 
@@ -30,7 +31,6 @@ Prints markdown tables. On a shared machine, run it pinned to one CPU with nothi
 from __future__ import annotations
 
 import argparse
-from functools import partial
 
 import numpy as np
 from s2bnn_plugin.kernels import (
@@ -40,6 +40,7 @@ from s2bnn_plugin.kernels import (
     ConvShape,
     binary_conv_acc,
     binary_weights,
+    bind,
     pack_weights,
     words_for,
 )
@@ -64,7 +65,7 @@ def _layer_calls(size: int, cin: int, cout: int, variant_names: list[str], repea
     fns = []
     for name in variant_names:
         weights = binary_weights(stored, cin, 1, 1, cout, VARIANTS[name])
-        fns.append(partial(binary_conv_acc, bits, shape, weights, blocks, out))
+        fns.append(bind(binary_conv_acc, bits, shape, weights, blocks, out))
     return best_times(fns, repeats), blocks * (cout // LANES)
 
 

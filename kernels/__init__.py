@@ -7,7 +7,8 @@ zero-padding corrections), :mod:`.epilogue` (the fused unit's float epilogue ins
 micro-kernel, on its accumulator registers), :mod:`.table` (a block's position table, the
 epilogues' per-position offsets), :mod:`.bconv` (the binary convolution drivers:
 exact accumulation, fused unit), :mod:`.realops` (stem convolution, pooling, projection
-shortcut), :mod:`.assembly` (does the compiled code use ``vpopcntq`` / ``vpopcntd``?).
+shortcut), :mod:`.assembly` (does the compiled code use ``vpopcntq`` / ``vpopcntd``?),
+:mod:`.dispatch` (a compiled call bound to its arguments: no per-call type resolution).
 
 All functions are ``@njit(cache=True)``: the first call in a fresh environment compiles them
 (:data:`.cache.FIRST_COMPILE` for what a ReActNet-A runs; ``PackedNetwork`` says so first),
@@ -54,6 +55,7 @@ from .bitpack import (
     tap_sums,
     words_for,
 )
+from .dispatch import bind
 from .epilogue import pools_output
 from .micro import ConvShape
 from .realops import conv_nchw_bn, global_avgpool, maxpool3x3s2, projection_shortcut
@@ -74,6 +76,7 @@ __all__ = [
     "binary_conv_acc",
     "binary_conv_fused",
     "binary_gemm",
+    "bind",
     "binary_weights",
     "block_positions",
     "conv_nchw_bn",

@@ -117,6 +117,30 @@ def test_threads_and_chunks_do_not_change_results(packed_cases, monkeypatch):
     np.testing.assert_array_equal(net(x[:2]), one[:2])
 
 
+def test_later_passes_resolve_no_argument_types_and_read_each_new_input(packed_cases, monkeypatch):
+    """Numba's dispatcher types named-tuple arguments in Python on every call (40-140 us for a
+    fused unit); after its first pass on a shape, a forward pass must call the compiled code
+    bound to its buffers, while still reading each new input."""
+    from numba.core.dispatcher import Dispatcher
+
+    _, net, size = packed_cases["a_odd"]
+    x, y = _images(2, size, seed=3).numpy(), _images(2, size, seed=4).numpy()
+    net(x)
+    resolved = []
+    typeof_pyval = Dispatcher.typeof_pyval
+
+    def counted(self, val):
+        resolved.append((self.py_func.__name__, type(val).__name__))
+        return typeof_pyval(self, val)
+
+    monkeypatch.setattr(Dispatcher, "typeof_pyval", counted)
+    got = net(y)
+    assert resolved == []
+    np.testing.assert_array_equal(got, net(y, engine="numpy"))
+    K.binary_conv_fused(*net.kernel_calls(y)[0][-2].args)  # the check counts what it should
+    assert ("binary_conv_fused", "FusedOutput") in resolved
+
+
 def test_the_first_run_says_it_compiles_the_kernels(packed_cases, monkeypatch, caplog):
     """Once per process, before compiled code runs, and only when the kernels' cache lacks the
     fused driver (the first packed run after an install or upgrade stalls about 30 seconds)."""

@@ -9,7 +9,6 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import partial
 
 import numpy as np
 
@@ -94,7 +93,7 @@ def profile(
     Best of ``repeats`` rounds for each figure: a stage's best alone is a little lower than its
     share of the best sequence, so the stages sum to a little less than ``calls_s``.
     """
-    from s2bnn_plugin.kernels import binary_conv_acc
+    from s2bnn_plugin.kernels import binary_conv_acc, bind
 
     set_threads(threads)
     x = np.random.default_rng(seed).standard_normal((batch, net.in_channels, size, size))
@@ -102,21 +101,23 @@ def profile(
     per_pass = net.images_per_pass(size, size)
     spare = _spare_maps(net, size, min(per_pass, batch))
     # the compiled calls of every pass the network runs (at most two shapes: full, last)
+    # every call bound to its arguments, as the network runs it (no per-call type resolution)
     plans = []
     for start in range(0, batch, per_pass):
         calls, _ = net.kernel_calls(x[start : start + per_pass])
-        plans.append((calls, _conv_args(calls, spare)))
-    first_calls, first_convs = plans[0]
+        conv_runs = [bind(binary_conv_acc, *args) for args in _conv_args(calls, spare)]
+        plans.append((calls, [c.bound() for c in calls], conv_runs))
+    first_calls, first_runs, first_convs = plans[0]
 
     def convs() -> None:
-        for _, conv_args in plans:
-            for args in conv_args:
-                binary_conv_acc(*args)
+        for _, _, plan in plans:
+            for conv in plan:
+                conv()
 
     def calls() -> None:
-        for plan, _ in plans:
+        for _, plan, _ in plans:
             for call in plan:
-                call.fn(*call.args)
+                call()
 
     net(x)
     convs()
@@ -134,13 +135,13 @@ def profile(
         calls()
         best_calls = min(best_calls, time.perf_counter() - t)
         j = 0
-        for i, call in enumerate(first_calls):
+        for i, (call, run) in enumerate(zip(first_calls, first_runs)):
             t = time.perf_counter()
-            call.fn(*call.args)
+            run()
             stage_t[i] = min(stage_t[i], time.perf_counter() - t)
             if call.binary is not None:
                 t = time.perf_counter()
-                binary_conv_acc(*first_convs[j])
+                first_convs[j]()
                 conv_t[j] = min(conv_t[j], time.perf_counter() - t)
                 j += 1
     scale = batch / min(per_pass, batch)  # stages: the first pass's, times the passes
@@ -163,18 +164,17 @@ def unit_epilogues(
     it really gets, by :func:`best_times` against its :func:`binary_conv_acc` (``repeats``
     rounds of ``burst`` calls). Why: the per-stage profile times each call once per round inside
     the sequence; a change to the epilogue of a few percent needs the steadier figure."""
-    from s2bnn_plugin.kernels import binary_conv_acc
+    from s2bnn_plugin.kernels import binary_conv_acc, bind
 
     x = np.random.default_rng(seed).standard_normal((1, net.in_channels, size, size))
     calls, _ = net.kernel_calls(x.astype(np.float32))
     conv_args = iter(_conv_args(calls, _spare_maps(net, size, 1)))
     rows = []
     for call in calls:
+        run = call.bound()
         if call.binary is not None:  # the inputs as the calls before leave them
-            args = next(conv_args)
-            t_unit, t_conv = best_times(
-                [partial(call.fn, *call.args), partial(binary_conv_acc, *args)], repeats, burst
-            )
+            conv = bind(binary_conv_acc, *next(conv_args))
+            t_unit, t_conv = best_times([run, conv], repeats, burst)
             rows.append((call.name, t_unit, t_conv))
-        call.fn(*call.args)
+        run()
     return rows

@@ -164,7 +164,7 @@ def layer_timings(
     (:func:`binary_conv_acc`: exact int32 accumulations, NHWC, the same micro-kernel and driver
     as the fused unit); the fused unit as the network runs it.
     """
-    from s2bnn_plugin.kernels import binary_conv_acc
+    from s2bnn_plugin.kernels import binary_conv_acc, bind
 
     set_threads(threads)
     x = np.random.default_rng(seed).standard_normal((1, net.in_channels, size, size))
@@ -197,8 +197,8 @@ def layer_timings(
             [
                 partial(F.conv2d, xin, weight, None, s, k // 2),
                 partial(F.conv2d, xcl, wcl, None, s, k // 2),
-                partial(binary_conv_acc, *b.conv_args(acc)),
-                partial(call.fn, *call.args),
+                bind(binary_conv_acc, *b.conv_args(acc)),
+                call.bound(),
             ],
             repeats,
         )
@@ -245,7 +245,7 @@ def variant_rates(
     """Each distinct binary layer of ``net`` at ``size`` px, batch 1, its binary convolution
     alone under every kernel variant named (weights laid out for each, the same input), timed
     alternately by :func:`best_times` (bursts of 3)."""
-    from s2bnn_plugin.kernels import VARIANTS, binary_conv_acc, binary_weights
+    from s2bnn_plugin.kernels import VARIANTS, binary_conv_acc, binary_weights, bind
 
     set_threads(threads)
     x = np.random.default_rng(0).standard_normal((1, net.in_channels, size, size))
@@ -264,7 +264,7 @@ def variant_rates(
         fns = []
         for name in variants:
             weights = binary_weights(stored, cin, k, groups, cg, VARIANTS[name])
-            fns.append(partial(binary_conv_acc, b.bits, b.shape, weights, b.blocks_per_job, acc))
+            fns.append(bind(binary_conv_acc, b.bits, b.shape, weights, b.blocks_per_job, acc))
         times = best_times(fns, repeats)
         _, ho, wo, cout = b.out_shape
         rows.append(

@@ -25,12 +25,12 @@ come out NaN, as in the PyTorch model; the other images of the batch are unaffec
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 import math
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,9 +69,20 @@ def _announce_compilation() -> None:
 
 
 @dataclass
+class _Pass:
+    """The compiled calls of one pass of images on a :class:`_Buffers`: the stem's, which takes
+    each new input, and the rest bound once to the buffers (:meth:`KernelCall.bound`); ``out``
+    holds the features they leave."""
+
+    stem: KernelCall
+    rest: list[Callable[[], Any]]
+    out: np.ndarray
+
+
+@dataclass
 class _Buffers:
     """The allocated :class:`~s2bnn_plugin.runtime.model.Workspace` of one input shape, and the
-    call lists built on it (by thread count)."""
+    passes built on it (by thread count)."""
 
     plan: Workspace
     pool_out: tuple[bool, ...]  # per unit: it writes only its map's 2x2 average
@@ -79,7 +90,7 @@ class _Buffers:
     maps: list[np.ndarray]  # maps[0]: the stem's output; maps[i + 1]: unit i's
     bits: list[np.ndarray]  # bits[i]: unit i's packed input signs; one empty array after
     scratch: list[np.ndarray | None]
-    calls: dict[int, tuple[list[KernelCall], np.ndarray]] = field(default_factory=dict)
+    passes: dict[int, _Pass] = field(default_factory=dict)  # by thread count
 
 
 class KernelVariantError(S2BNNError, ValueError):
@@ -341,18 +352,20 @@ class PackedNetwork:
         import numba
 
         # The call list depends only on the input's shape and the thread count (the buffers are
-        # kept per shape): built once, only the input itself is swapped in.
+        # kept per shape): built once. Only the stem's input changes between passes: the stem
+        # goes through Numba's dispatcher, which checks the new input's type; every other call
+        # reads and writes the same buffers each pass and is bound to them once.
         n, _, h, w = x.shape
         buf = self._buffers(n, h, w)
         threads = numba.get_num_threads()
-        if threads not in buf.calls:
-            buf.calls[threads] = self.kernel_calls(x)
-        calls, out = buf.calls[threads]
-        first = calls[0]
-        calls[0] = dataclasses.replace(first, args=(x, *first.args[1:]))  # the stem's input
-        for call in calls:
-            call.fn(*call.args)
-        return out
+        if threads not in buf.passes:
+            calls, out = self.kernel_calls(x)
+            buf.passes[threads] = _Pass(calls[0], [c.bound() for c in calls[1:]], out)
+        one = buf.passes[threads]
+        one.stem.fn(x, *one.stem.args[1:])
+        for call in one.rest:
+            call()
+        return one.out
 
     # -- numpy engine ----------------------------------------------------------------------
     def _forward_numpy(self, x: np.ndarray) -> np.ndarray:
