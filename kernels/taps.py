@@ -18,7 +18,8 @@ Schemes:
   sums. With one position a pass, rows of whole fours run as one stream over all of a kernel's
   rows. Which layers take it: :func:`.variants.wide_scheme`.
 - ``bytes``: 4 positions x 8 channels a pass: byte popcounts added in bytes, widened to 64-bit
-  lane sums every 31 steps at most (``vpsadbw``) and at the end of each row of taps.
+  lane sums (``vpsadbw``) once for a kernel of at most 31 steps (every 1x1 layer, 3x3 ones of
+  up to 192 channels), else every 31 steps at most and at the end of each row of taps.
 
 The pass-wise schemes leave each pass's vectors in the job's scratch (:data:`.table.RESULTS`) and
 return them read back; a layer's weights are then grouped 8 channels at a time
@@ -335,9 +336,27 @@ def _carrysave2(bits, b, c, wt, w0, k, rowstride, words):
 
 
 @njit(cache=True, inline="always")
+def _count4(bits, b0, b1, b2, b3, off, wt, w, c0, c1, c2, c3):
+    """One step of 4 positions (top-left taps ``b0..b3``, the step ``off`` words on) against
+    the weight vector at ``wt[w]``: its byte popcounts added to the byte counters ``c0..c3``."""
+    v = vload(wt, w)
+    return (
+        vcount_bytes(c0, vbxor(load_u64(bits, b0 + off), v)),
+        vcount_bytes(c1, vbxor(load_u64(bits, b1 + off), v)),
+        vcount_bytes(c2, vbxor(load_u64(bits, b2 + off), v)),
+        vcount_bytes(c3, vbxor(load_u64(bits, b3 + off), v)),
+    )
+
+
+@njit(cache=True, inline="always")
 def _bytes4(bits, b0, b1, b2, b3, wt, w0, k, rowstride, words):
     """popcount(a ^ w) of 4 positions for the 8 channels whose steps start at ``w0`` (grouped
-    layout): byte counts added in bytes, widened every 31 steps and at the end of each row."""
+    layout): byte counts added in bytes. A kernel of at most 31 steps (every 1x1 layer; 3x3
+    ones of up to 192 channels) is counted in bytes throughout and widened once
+    (:func:`_bytes4_short`); longer ones are widened every 31 steps and at the end of each
+    row."""
+    if k * k * words <= CHUNK:
+        return _bytes4_short(bits, b0, b1, b2, b3, wt, w0, k, rowstride, words)
     t0 = vzero()
     t1 = vzero()
     t2 = vzero()
@@ -354,17 +373,38 @@ def _bytes4(bits, b0, b1, b2, b3, wt, w0, k, rowstride, words):
             c2 = vzero()
             c3 = vzero()
             while i < stop:
-                v = vload(wt, w + i * GROUP)
-                c0 = vcount_bytes(c0, vbxor(load_u64(bits, b0 + r + i), v))
-                c1 = vcount_bytes(c1, vbxor(load_u64(bits, b1 + r + i), v))
-                c2 = vcount_bytes(c2, vbxor(load_u64(bits, b2 + r + i), v))
-                c3 = vcount_bytes(c3, vbxor(load_u64(bits, b3 + r + i), v))
+                c0, c1, c2, c3 = _count4(
+                    bits, b0, b1, b2, b3, r + i, wt, w + i * GROUP, c0, c1, c2, c3
+                )
                 i += 1
             t0 = vwiden_add(t0, c0, 0)
             t1 = vwiden_add(t1, c1, 0)
             t2 = vwiden_add(t2, c2, 0)
             t3 = vwiden_add(t3, c3, 0)
     return t0, t1, t2, t3
+
+
+@njit(cache=True, inline="always")
+def _bytes4_short(bits, b0, b1, b2, b3, wt, w0, k, rowstride, words):
+    """:func:`_bytes4` of a kernel of at most 31 steps: byte counts carried across its rows and
+    widened once at the end (no running totals held through the loop: its 8 byte counters,
+    the weight vector and the lookup constants fit AVX2's 16 registers)."""
+    c0 = vzero()
+    c1 = vzero()
+    c2 = vzero()
+    c3 = vzero()
+    seg = k * words
+    for ky in range(k):
+        r = ky * rowstride
+        w = w0 + ky * seg * GROUP
+        for i in range(seg):
+            c0, c1, c2, c3 = _count4(bits, b0, b1, b2, b3, r + i, wt, w + i * GROUP, c0, c1, c2, c3)
+    return (
+        vwiden_add(vzero(), c0, 0),
+        vwiden_add(vzero(), c1, 0),
+        vwiden_add(vzero(), c2, 0),
+        vwiden_add(vzero(), c3, 0),
+    )
 
 
 @njit(cache=True, inline="always")

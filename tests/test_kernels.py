@@ -401,7 +401,8 @@ def _check_fused_unit(n, h, w, cin, k, stride, groups, next_sets, opad, seed, va
 # every 31 steps), stride 2 with two groups and a partial weight block, at most 32 input
 # channels (32-bit lanes), one word a pixel; rows of whole fours, which AVX2's carry-save loop
 # runs as one stream over a kernel's rows: 12 words (3 fours a row), 48 (31 fours widened in the
-# middle of the third row) and one row of 128 (32 fours).
+# middle of the third row) and one row of 128 (32 fours); byte counts of a whole kernel of 31
+# steps widened once at its end, and of 32 steps (the first widened every 31 steps).
 VARIANT_LAYERS = [
     (1, 5, 9, 300, 64, 3, 1, 1),
     (2, 4, 7, 130, 33, 3, 2, 2),
@@ -412,6 +413,8 @@ VARIANT_LAYERS = [
     (1, 4, 5, 256, 40, 3, 1, 1),
     (1, 3, 4, 1024, 32, 3, 1, 1),
     (1, 3, 4, 8192, 32, 1, 1, 1),
+    (1, 3, 4, 1984, 32, 1, 1, 1),
+    (1, 3, 4, 2048, 32, 1, 1, 1),
 ]
 # fused units (n, h, w, cin, k, stride, groups, next_sets, opad): carry-save rows with the
 # epilogue in registers (plain and 2x2-pooled residual, pooled output), through the block buffer
