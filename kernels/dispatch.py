@@ -3,10 +3,11 @@
 A Numba dispatcher works out its arguments' types on every call: in C for arrays and scalars, but
 in Python for the named tuples the drivers take (:class:`.micro.ConvShape`,
 :class:`.bitpack.BinaryWeights` with its :class:`.variants.KernelVariant`,
-:class:`.bconv.FusedOutput`), 40-140 microseconds a call on Zen 3 -- 2-4 ms of a ReActNet-A
-forward pass at batch 1, 10-15 % of it. A call whose arguments stay the same objects from one
-forward pass to the next (the packed network's own buffers) is resolved once by :func:`bind`, and
-each pass then calls the compiled entry point directly.
+:class:`.bconv.FusedOutput`), 40-140 microseconds a call on Zen 3: 2-4 ms of a 21-23 ms
+ReActNet-A forward pass at batch 1, whose bound calls run it 5-9 % faster. A call whose
+arguments stay the same objects from one forward pass to the next (the packed network's own
+buffers) is resolved once by :func:`bind`, and each pass then calls the compiled entry point
+directly.
 """
 
 from __future__ import annotations
