@@ -16,13 +16,13 @@ besides its tap loop, ``per_word`` the tap loop's cost per input word of the 4 x
 in core cycles (the clock measured in the same run, :mod:`s2bnn_plugin.bench.clock`); the loop's
 binary MACs per cycle follow from ``per_word``. The last column is the share of each layer's time
 the fixed cost takes. A short-row layer (few input words per call) is bound by ``fixed``, a long
-one by the loop. The default input widths (2-10 words) keep every variant on one tap loop: the
-carry-save variants switch from byte counts to carry-save adders at 12 words a row
+one by the loop. The default input widths (2-10 words) keep every variant on one tap loop:
+``avx512bw`` switches from byte counts to carry-save adders at 12 words a row
 (:func:`~s2bnn_plugin.kernels.variants.wide_scheme`), and a fit across the switch mixes the
 two.
 
     python benchmarks/bench_call_cost.py                  # 1x1 layers at 14 px, 512 outputs
-    python benchmarks/bench_call_cost.py --cin 768 1024 1536 2048 --variants avx2   # carry-save
+    python benchmarks/bench_call_cost.py --cin 768 1024 1536 2048 --variants avx2   # longer rows
 
 Prints markdown tables. On a shared machine, run it pinned to one CPU with nothing else running
 (``taskset -c 1``): the fit needs steady times.

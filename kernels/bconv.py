@@ -80,6 +80,7 @@ from .table import (
     ROW,
     block_scratch,
 )
+from .taps import tap_input, weight_factor
 
 __all__ = [
     "POSITIONS",
@@ -137,7 +138,7 @@ def _check_conv(bits, shape, weights, blocks_per_job):
                 "binary conv: at most 32 input channels read the 32-bit weight layout; "
                 "convert pack_weights' output with bitpack.kernel_weights"
             )
-    elif wt.size != groups * bpg * k * k * words * LANES:
+    elif wt.size != groups * bpg * k * k * words * LANES * weight_factor(weights.variant, cin):
         raise ValueError("binary conv: the packed weights do not match the shape")
     if k > 1 and (wsum.shape[0] != k * k or wsum.shape[1] != groups * bpg * LANES):
         raise ValueError("binary conv: the tap sums do not match the weights")
@@ -169,7 +170,8 @@ def binary_conv_acc(bits, shape, weights, blocks_per_job, out):
     # its outputs (no padding lanes); otherwise through ``acc``.
     direct_ok = cols == cout and (k == 1 or k == 3)
     step = stride * geo.words
-    pbits, pwt, pout = address(bits), address(wt), address(flat_out)
+    src = tap_input(variant, bits, cin)
+    pbits, pwt, pout = address(src), address(wt), address(flat_out)
     for job in prange(n * geo.jobs_per_img):
         img, first, by, bx = _job_start(job, geo.jobs_per_img, blocks_per_job, positions, wo)
         acc = np.empty(positions * cols, np.float32)
@@ -205,7 +207,7 @@ def binary_conv_acc(bits, shape, weights, blocks_per_job, out):
             count = min(positions, nq - blk * positions)
             obase = ((img * ho + by) * wo + bx) * cout
             direct = direct_ok and count == positions
-            popcounts(variant, geo, bits, wt, img, by, bx, count, acc, flat_out, direct, obase, scr)
+            popcounts(variant, geo, src, wt, img, by, bx, count, acc, flat_out, direct, obase, scr)
             edge = pad > 0 and not interior(by, bx, count, k, stride, h, w, wo)
             if direct:
                 if edge:
@@ -498,7 +500,8 @@ def binary_conv_fused(bits, shape, weights, unit, blocks_per_job):
         ptab=address(table),
     )  # fmt: skip
     arrays = UnitArrays(prm=flat_prm, res=res, z=z, thr=flat_thr, obits=obits)
-    pbits, pwt = address(bits), address(wt)
+    src = tap_input(variant, bits, cin)
+    pbits, pwt = address(src), address(wt)
     for job in prange(n * geo.jobs_per_img):
         img, first, by, bx = _job_start(job, geo.jobs_per_img, blocks_per_job, positions, wo)
         acc = np.empty(positions * geo.cols, np.float32)
@@ -510,7 +513,7 @@ def binary_conv_fused(bits, shape, weights, unit, blocks_per_job):
                 unit_block(variant, geo, ep, pbits, pwt, img, by, bx, count, ppos)
                 by, bx = advance(by, bx, count, wo)
                 continue
-            popcounts(variant, geo, bits, wt, img, by, bx, count, acc, no_out, False, 0, pos)
+            popcounts(variant, geo, src, wt, img, by, bx, count, acc, no_out, False, 0, pos)
             if geo.pad > 0 and not interior(by, bx, count, k, stride, h, w, wo):
                 border_block(acc, geo.cols, k, by, bx, count, stride, h, w, wo, table)
             if sliced:

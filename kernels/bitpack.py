@@ -31,6 +31,7 @@ __all__ = [
     "kernel_weights",
     "pack_signs",
     "pack_weights",
+    "split_nibbles",
     "tap_sums",
     "words_for",
 ]
@@ -138,22 +139,45 @@ def kernel_weights(wt: np.ndarray, cin: int, k: int, variant: KernelVariant) -> 
     - more, where the variant's tap loop for the layer works 8 channels at a time (byte counts
       or carry-save adders, :func:`.variants.wide_scheme`): each 32-channel block as 4 groups of
       8 channels, a group holding its words for every step (tap, word) in order, flat
-      ``(blocks, 4, k * k * words, 8)``;
+      ``(blocks, 4, k * k * words, 8)``; where that loop counts nibbles (``"nibbles"``), each
+      step's 8 words as their low nibbles then their high ones (:func:`split_nibbles`), flat
+      ``(blocks, 4, k * k * words, 2, 8)``;
     - otherwise (lane popcounts) :func:`pack_weights`' layout itself.
     """
     wt = np.ascontiguousarray(wt, dtype=np.uint64).ravel()
     if cin > NARROW_CHANNELS:
-        if wide_scheme(variant, k, cin) == "vpopcnt":
+        scheme = wide_scheme(variant, k, cin)
+        if scheme == "vpopcnt":
             return wt
         steps = k * k * words_for(cin)
-        blocks = wt.reshape(-1, steps, LANES // GROUP, GROUP)
-        return np.ascontiguousarray(blocks.transpose(0, 2, 1, 3)).ravel()
+        blocks = wt.reshape(-1, steps, LANES // GROUP, GROUP).transpose(0, 2, 1, 3)
+        if scheme == "nibbles":
+            blocks = np.stack((blocks & _LOW_NIBBLES, (blocks >> np.uint64(4)) & _LOW_NIBBLES), 3)
+        return np.ascontiguousarray(blocks).ravel()
     if np.any(wt >> np.uint64(NARROW_CHANNELS)):
         raise ValueError(
             f"kernel_weights: bits above channel 32 in a weight for {cin} input channels; "
             "expected pack_weights' output for this layer"
         )
     return wt.astype(np.uint32).view(np.uint64)
+
+
+_LOW_NIBBLES = np.uint64(0x0F0F0F0F0F0F0F0F)
+
+
+@njit(cache=True)
+def split_nibbles(bits):
+    """Each word of a packed input as two: its low nibbles, then its high nibbles shifted down
+    (every byte at most 15), flat ``(..., words, 2)``. The nibble-counting tap loop reads these
+    against weights split the same way (:func:`kernel_weights`), so ``a ^ w`` per nibble needs
+    no masking or shifting in the loop: one XOR and one table lookup per 32 nibbles."""
+    out = np.empty(2 * bits.size, np.uint64)
+    m = _LOW_NIBBLES
+    for i in range(bits.size):
+        x = bits[i]
+        out[2 * i] = x & m
+        out[2 * i + 1] = (x >> np.uint64(4)) & m
+    return out
 
 
 @njit(cache=True)

@@ -1,11 +1,13 @@
-"""Popcounts counted in bytes, and the carry-save adders that feed them: LLVM-level building
-blocks for the tap loops of CPUs without a 64-bit vector popcount (:mod:`.taps`).
+"""Popcounts counted in bytes or nibbles, and the carry-save adders that feed them: LLVM-level
+building blocks for the tap loops of CPUs without a 64-bit vector popcount (:mod:`.taps`).
 
 Without AVX-512 VPOPCNTDQ a vector popcount is per byte (``vpshufb`` nibble lookups on x86,
 ``cnt`` on aarch64); summing each 64-bit lane's bytes after every step costs one more instruction
 per vector. So the tap loops add byte counts in bytes, up to 31 steps (8 x 31 < 256), and widen
 them to 64-bit (or 32-bit) lane sums once (:func:`vwiden_add`). Carry-save adders (Harley-Seal:
 :func:`vand`, :func:`vor`, :func:`vxor`) reduce four inputs to one before the byte popcount.
+:func:`vcount_nibbles` counts inputs already split into nibbles: one ``vpshufb`` per 32 nibbles
+and nothing else.
 
 The vectors are :data:`.simd.I64x8` (eight 64-bit lanes: 8 output channels of a wide layer) and
 :data:`.simd.I32x16` (sixteen 32-bit lanes: 16 channels of a layer of at most 32 input
@@ -30,6 +32,7 @@ __all__ = [
     "vbxor32",
     "vcount_bytes",
     "vcount_bytes32",
+    "vcount_nibbles",
     "vor",
     "vwiden32_add",
     "vwiden_add",
@@ -119,6 +122,51 @@ vcount_bytes.__doc__ = """``acc + popcount(x)`` per byte (byte lanes of 8-lane v
 8 per step, so 31 steps fit before :func:`vwiden_add`."""
 vcount_bytes32 = _count_bytes(I32x16)
 vcount_bytes32.__doc__ = """:func:`vcount_bytes` on 16-lane vectors (see :func:`vwiden32_add`)."""
+
+
+_NIBBLE_COUNTS = [bin(i).count("1") for i in range(16)]
+
+
+def _nibble_lookup(builder, x):
+    """Per byte, the popcount of ``x``'s byte (<64 x i8>, every byte at most 15): ``vpshufb``
+    of a 16-entry table on x86 with AVX2 (each 32-byte half one instruction), LLVM's byte
+    popcount elsewhere."""
+    if "avx2" not in target().isa:
+        ctpop = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(_BYTES, [_BYTES]), "llvm.ctpop.v64i8"
+        )
+        return builder.call(ctpop, [x])
+    half = ir.VectorType(_I8, 32)
+    idx = ir.VectorType(_I32, 32)
+    table = ir.Constant(half, [ir.Constant(_I8, c) for c in _NIBBLE_COUNTS * 2])
+    pshufb = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(half, [half, half]), "llvm.x86.avx2.pshuf.b"
+    )
+    lo = builder.shuffle_vector(x, x, ir.Constant(idx, list(range(32))))
+    hi = builder.shuffle_vector(x, x, ir.Constant(idx, list(range(32, 64))))
+    return builder.shuffle_vector(
+        builder.call(pshufb, [table, lo]),
+        builder.call(pshufb, [table, hi]),
+        ir.Constant(ir.VectorType(_I32, 64), list(range(64))),
+    )
+
+
+@intrinsic
+def vcount_nibbles(typingctx, acc, lo, hi):
+    """``acc + popcount(lo) + popcount(hi)`` per byte, where every byte of ``lo`` and ``hi``
+    is at most 15: the low and high nibbles of ``a ^ w``, split beforehand
+    (:func:`.bitpack.split_nibbles`), so each byte's count is one table lookup and no masking
+    or shifting is left in the loop. At most 8 per step, as :func:`vcount_bytes`."""
+    if acc != I64x8 or lo != I64x8 or hi != I64x8:
+        return None
+
+    def codegen(context, builder, sig, args):
+        total = builder.bitcast(args[0], _BYTES)
+        for x in args[1:]:
+            total = builder.add(total, _nibble_lookup(builder, builder.bitcast(x, _BYTES)))
+        return builder.bitcast(total, _VEC)
+
+    return I64x8(acc, lo, hi), codegen
 
 
 def _mask64(value: int):

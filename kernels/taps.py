@@ -11,15 +11,18 @@ Schemes:
 
 - ``vpopcnt``: a 64-bit (32-bit) lane popcount per step, all 16 accumulators in registers
   (``vpopcntq`` / ``vpopcntd`` with AVX-512 VPOPCNTDQ; 32 zmm registers hold them).
-- ``carrysave``: for one position and 8 channels at a time (two with ``streams=2``), four steps'
-  ``a ^ w`` vectors are reduced by carry-save adders (Harley-Seal) to one vector of fours, whose
-  byte popcount is added in bytes; the ones and twos left are counted at the end. About 6.5
-  vector operations per 256 bits of ``a ^ w`` instead of 8 for byte counts, 9 for per-step lane
-  sums. With one position a pass, rows of whole fours run as one stream over all of a kernel's
-  rows. Which layers take it: :func:`.variants.wide_scheme`.
+- ``carrysave`` (AVX-512BW): for two positions and 8 channels at a time, four steps' ``a ^ w``
+  vectors are reduced by carry-save adders (Harley-Seal, two ``vpternlogq`` each) to one vector
+  of fours, whose byte popcount is added in bytes; the ones and twos left are counted at the
+  end. Which layers take it: :func:`.variants.wide_scheme`.
 - ``bytes``: 4 positions x 8 channels a pass: byte popcounts added in bytes, widened to 64-bit
   lane sums (``vpsadbw``) once for a kernel of at most 31 steps (every 1x1 layer, 3x3 ones of
   up to 192 channels), else every 31 steps at most and at the end of each row of taps.
+- ``nibbles`` (AVX2): ``bytes`` on inputs and weights whose words were split into their low and
+  high nibbles beforehand (:func:`.bitpack.split_nibbles`, :func:`tap_input`): each nibble of
+  ``a ^ w`` is then one XOR and one ``vpshufb`` lookup, with no masking or shifting in the loop
+  (6 vector operations per 256 bits of ``a ^ w``, against 8 for byte counts and 6.5 for
+  carry-save adders built of AVX2's two-input logic ops).
 
 The pass-wise schemes leave each pass's vectors in the job's scratch (:data:`.table.RESULTS`) and
 return them read back; a layer's weights are then grouped 8 channels at a time
@@ -35,7 +38,7 @@ from __future__ import annotations
 from numba import njit
 from numba.extending import overload
 
-from .bitpack import GROUP, LANES
+from .bitpack import GROUP, LANES, NARROW_CHANNELS, split_nibbles
 from .bytelanes import (
     as_i32x16,
     as_i64x8,
@@ -44,6 +47,7 @@ from .bytelanes import (
     vbxor32,
     vcount_bytes,
     vcount_bytes32,
+    vcount_nibbles,
     vor,
     vwiden32_add,
     vwiden_add,
@@ -62,7 +66,7 @@ from .simd import (
 from .table import RESULTS
 from .variants import VariantType
 
-__all__ = ["narrow", "wide"]
+__all__ = ["nibble_layer", "tap_input", "narrow", "wide", "weight_factor"]
 
 CHUNK = 31  # steps of byte counts before they are widened (8 * 31 < 256)
 
@@ -204,85 +208,11 @@ def _step(bits, a, wt, w):
 
 
 @njit(cache=True, inline="always")
-def _carrysave1(bits, b, wt, w0, k, rowstride, words):
-    """popcount(a ^ w) summed over the taps of one position (top-left tap ``b``) for the 8
-    channels whose steps start at ``w0`` (grouped layout): carry-save adders over four steps at
-    a time, the fours counted in bytes and widened every 31 fours.
-
-    A row of ``k * words`` steps that splits into whole fours (every layer of 256, 512, 1024 or
-    2048 channels) runs as one stream over all rows: the next row's activations are one address
-    jump away and its weights follow on, so a pass has a single loop and no widening, spill or
-    loop exit per row. Other rows: :func:`_carrysave1_rows`."""
-    seg = k * words
-    if seg % 4:
-        return _carrysave1_rows(bits, b, wt, w0, k, rowstride, words)
-    ones = vzero()
-    twos = vzero()
-    total = vzero()
-    jump = rowstride - seg  # from past a row's last tap to the next row's first
-    a = b
-    w = w0
-    col = 0
-    left = k * seg // 4
-    while left > 0:
-        n = min(left, CHUNK)
-        left -= n
-        fours = vzero()
-        for _ in range(n):
-            y0 = _step(bits, a, wt, w)
-            y1 = _step(bits, a + 1, wt, w + GROUP)
-            y2 = _step(bits, a + 2, wt, w + 2 * GROUP)
-            y3 = _step(bits, a + 3, wt, w + 3 * GROUP)
-            carry, ones, twos = _fours(ones, twos, y0, y1, y2, y3)
-            fours = vcount_bytes(fours, carry)
-            w += 4 * GROUP
-            col += 4
-            wrap = col == seg
-            a += 4 + jump * wrap
-            col -= seg * wrap
-        total = vwiden_add(total, fours, 2)
-    total = vwiden_add(total, vcount_bytes(vzero(), ones), 0)
-    return vwiden_add(total, vcount_bytes(vzero(), twos), 1)
-
-
-@njit(cache=True, inline="always")
-def _carrysave1_rows(bits, b, wt, w0, k, rowstride, words):
-    """:func:`_carrysave1` row by row, for rows that do not split into whole fours: the fours
-    widened at the end of each row (or every 31 fours), the row's last steps counted in bytes."""
-    ones = vzero()
-    twos = vzero()
-    total = vzero()
-    seg = k * words
-    for ky in range(k):
-        a = b + ky * rowstride
-        w = w0 + ky * seg * GROUP
-        i = 0
-        while i + 4 <= seg:
-            stop = min(seg, i + 4 * CHUNK)
-            fours = vzero()
-            while i + 4 <= stop:
-                y0 = _step(bits, a + i, wt, w + i * GROUP)
-                y1 = _step(bits, a + i + 1, wt, w + (i + 1) * GROUP)
-                y2 = _step(bits, a + i + 2, wt, w + (i + 2) * GROUP)
-                y3 = _step(bits, a + i + 3, wt, w + (i + 3) * GROUP)
-                carry, ones, twos = _fours(ones, twos, y0, y1, y2, y3)
-                fours = vcount_bytes(fours, carry)
-                i += 4
-            total = vwiden_add(total, fours, 2)
-        if i < seg:
-            rest = vzero()
-            while i < seg:
-                rest = vcount_bytes(rest, _step(bits, a + i, wt, w + i * GROUP))
-                i += 1
-            total = vwiden_add(total, rest, 0)
-    total = vwiden_add(total, vcount_bytes(vzero(), ones), 0)
-    return vwiden_add(total, vcount_bytes(vzero(), twos), 1)
-
-
-@njit(cache=True, inline="always")
 def _carrysave2(bits, b, c, wt, w0, k, rowstride, words):
-    """:func:`_carrysave1` for two positions (top-left taps ``b`` and ``c``) sharing each
-    weight vector load."""
+    """popcount(a ^ w) summed over the taps of two positions (top-left taps ``b`` and ``c``)
+    for the 8 channels whose steps start at ``w0`` (grouped layout), sharing each weight vector
+    load: carry-save adders over four steps at a time, the fours counted in bytes and widened
+    at the end of each row (or every 31 fours), a row's last steps counted in bytes."""
     ones_b = vzero()
     twos_b = vzero()
     total_b = vzero()
@@ -408,6 +338,78 @@ def _bytes4_short(bits, b0, b1, b2, b3, wt, w0, k, rowstride, words):
 
 
 @njit(cache=True, inline="always")
+def _nib(c, bits, a, lo, hi):
+    """``c`` plus the nibble counts of the split activation word at ``bits[a]`` (low nibbles;
+    ``bits[a + 1]``: high) against one step's low and high weight nibbles."""
+    return vcount_nibbles(c, vbxor(load_u64(bits, a), lo), vbxor(load_u64(bits, a + 1), hi))
+
+
+@njit(cache=True, inline="always")
+def _nib4(bits, b0, b1, b2, b3, off, wt, w, c0, c1, c2, c3):
+    """:func:`_count4` on nibble-split inputs and weights (:func:`.bitpack.split_nibbles`):
+    ``b0..b3`` and ``off`` in split words (twice the packed offsets), ``wt[w]`` the step's low
+    nibbles and ``wt[w + 8]`` its high ones."""
+    lo = vload(wt, w)
+    hi = vload(wt, w + GROUP)
+    return (
+        _nib(c0, bits, b0 + off, lo, hi),
+        _nib(c1, bits, b1 + off, lo, hi),
+        _nib(c2, bits, b2 + off, lo, hi),
+        _nib(c3, bits, b3 + off, lo, hi),
+    )
+
+
+@njit(cache=True, inline="always")
+def _nibbles4(bits, b0, b1, b2, b3, wt, w0, k, rowstride, words):
+    """:func:`_bytes4` counting nibbles: ``bits`` split by :func:`.bitpack.split_nibbles`
+    (offsets as for the packed input), ``wt`` in the nibble layout (16 words a step)."""
+    b0, b1, b2, b3 = 2 * b0, 2 * b1, 2 * b2, 2 * b3
+    seg = k * words
+    if k * seg <= CHUNK:
+        c0 = vzero()
+        c1 = vzero()
+        c2 = vzero()
+        c3 = vzero()
+        for ky in range(k):
+            r = 2 * ky * rowstride
+            w = w0 + 2 * ky * seg * GROUP
+            for i in range(seg):
+                c0, c1, c2, c3 = _nib4(
+                    bits, b0, b1, b2, b3, r + 2 * i, wt, w + 2 * i * GROUP, c0, c1, c2, c3
+                )
+        return (
+            vwiden_add(vzero(), c0, 0),
+            vwiden_add(vzero(), c1, 0),
+            vwiden_add(vzero(), c2, 0),
+            vwiden_add(vzero(), c3, 0),
+        )
+    t0 = vzero()
+    t1 = vzero()
+    t2 = vzero()
+    t3 = vzero()
+    for ky in range(k):
+        r = 2 * ky * rowstride
+        w = w0 + 2 * ky * seg * GROUP
+        i = 0
+        while i < seg:
+            stop = min(seg, i + CHUNK)
+            c0 = vzero()
+            c1 = vzero()
+            c2 = vzero()
+            c3 = vzero()
+            while i < stop:
+                c0, c1, c2, c3 = _nib4(
+                    bits, b0, b1, b2, b3, r + 2 * i, wt, w + 2 * i * GROUP, c0, c1, c2, c3
+                )
+                i += 1
+            t0 = vwiden_add(t0, c0, 0)
+            t1 = vwiden_add(t1, c1, 0)
+            t2 = vwiden_add(t2, c2, 0)
+            t3 = vwiden_add(t3, c3, 0)
+    return t0, t1, t2, t3
+
+
+@njit(cache=True, inline="always")
 def _bytes4_32(bits, b0, b1, b2, b3, wt, w0, k, rowstride):
     """:func:`_bytes4` on 32-bit lanes, 16 channels (narrow layout, ``w0`` in uint32 units):
     4 positions over the ``k * k`` taps, one half-word each."""
@@ -481,20 +483,25 @@ def _bytes_passes(bits, b0, b1, b2, b3, wt, wofs, k, rowstride, words, scr):
 
 
 @njit(cache=True, inline="always")
-def _carrysave_passes1(bits, b0, b1, b2, b3, wt, wofs, k, rowstride, words, scr):
-    """:func:`wide` by carry-save adders: 16 passes of 1 position x 8 channels into the
-    scratch, the 4 positions of a channel group one after the other (its weights stay in L1)."""
+def _nibble_passes(bits, b0, b1, b2, b3, wt, wofs, k, rowstride, words, scr):
+    """:func:`_bytes_passes` counting nibbles (:func:`_nibbles4`); ``wofs`` as for the packed
+    layout (the nibble layout's blocks are twice as long)."""
     steps = k * k * words
     for j in range(4):
-        w0 = wofs + j * steps * GROUP
-        for p in range(4):
-            t = _carrysave1(bits, _at(b0, b1, b2, b3, p), wt, w0, k, rowstride, words)
-            vstore(scr, RESULTS + (p * 4 + j) * GROUP, t)
+        t0, t1, t2, t3 = _nibbles4(
+            bits, b0, b1, b2, b3, wt, 2 * (wofs + j * steps * GROUP), k, rowstride, words
+        )
+        vstore(scr, RESULTS + j * GROUP, t0)
+        vstore(scr, RESULTS + (4 + j) * GROUP, t1)
+        vstore(scr, RESULTS + (8 + j) * GROUP, t2)
+        vstore(scr, RESULTS + (12 + j) * GROUP, t3)
 
 
 @njit(cache=True, inline="always")
-def _carrysave_passes2(bits, b0, b1, b2, b3, wt, wofs, k, rowstride, words, scr):
-    """:func:`_carrysave_passes1` two positions a pass (:func:`_carrysave2`)."""
+def _carrysave_passes(bits, b0, b1, b2, b3, wt, wofs, k, rowstride, words, scr):
+    """:func:`wide` by carry-save adders: 8 passes of 2 positions x 8 channels
+    (:func:`_carrysave2`) into the scratch, the positions of a channel group one pass after the
+    other (its weights stay in L1)."""
     steps = k * k * words
     for j in range(4):
         w0 = wofs + j * steps * GROUP
@@ -538,27 +545,24 @@ def _wide(variant, bits, b0, b1, b2, b3, wt, wofs, k, rowstride, words, scr):
             return _read16(scr)
 
         return bytes_only
-    # the rule of .variants.wide_scheme, which also chose the weights' layout
-    carrysave_from = v.carrysave_from
-    if v.streams == 2:
+    if v.wide == "nibbles":
 
-        def carrysave2(variant, bits, b0, b1, b2, b3, wt, wofs, k, rowstride, words, scr):
-            if k * words < carrysave_from:
-                _bytes_passes(bits, b0, b1, b2, b3, wt, wofs, k, rowstride, words, scr)
-            else:
-                _carrysave_passes2(bits, b0, b1, b2, b3, wt, wofs, k, rowstride, words, scr)
+        def nibbles(variant, bits, b0, b1, b2, b3, wt, wofs, k, rowstride, words, scr):
+            _nibble_passes(bits, b0, b1, b2, b3, wt, wofs, k, rowstride, words, scr)
             return _read16(scr)
 
-        return carrysave2
+        return nibbles
+    # carry-save: the rule of .variants.wide_scheme, which also chose the weights' layout
+    carrysave_from = v.carrysave_from
 
-    def carrysave1(variant, bits, b0, b1, b2, b3, wt, wofs, k, rowstride, words, scr):
+    def carrysave(variant, bits, b0, b1, b2, b3, wt, wofs, k, rowstride, words, scr):
         if k * words < carrysave_from:
             _bytes_passes(bits, b0, b1, b2, b3, wt, wofs, k, rowstride, words, scr)
         else:
-            _carrysave_passes1(bits, b0, b1, b2, b3, wt, wofs, k, rowstride, words, scr)
+            _carrysave_passes(bits, b0, b1, b2, b3, wt, wofs, k, rowstride, words, scr)
         return _read16(scr)
 
-    return carrysave1
+    return carrysave
 
 
 def narrow(variant, bits, b0, b1, b2, b3, b4, b5, b6, b7, wt, wofs, k, rowstride, scr):
@@ -602,3 +606,34 @@ def _narrow(variant, bits, b0, b1, b2, b3, b4, b5, b6, b7, wt, wofs, k, rowstrid
         )  # fmt: skip
 
     return passes
+
+
+def nibble_layer(variant, cin):
+    """Whether ``variant``'s tap loop counts nibbles on a layer over ``cin`` input channels
+    (:func:`.variants.wide_scheme`'s ``"nibbles"``). (Compiled code only.)"""
+    raise NotImplementedError("taps.nibble_layer runs inside compiled kernels only")
+
+
+@overload(nibble_layer, inline="always")
+def _nibble_layer(variant, cin):
+    if not isinstance(variant, VariantType):
+        return None
+    if variant.variant.wide == "nibbles":
+        return lambda variant, cin: cin > NARROW_CHANNELS
+    return lambda variant, cin: False
+
+
+@njit(cache=True, inline="always")
+def tap_input(variant, bits, cin):
+    """The packed input as the layer's tap loop reads it: ``bits`` itself, or its nibble-split
+    copy (:func:`.bitpack.split_nibbles`) where the loop counts nibbles."""
+    if nibble_layer(variant, cin):
+        return split_nibbles(bits)
+    return bits
+
+
+@njit(cache=True, inline="always")
+def weight_factor(variant, cin):
+    """uint64 words of the variant's weight layout per word of :func:`.bitpack.pack_weights`'
+    (2 where the tap loop counts nibbles)."""
+    return 2 if nibble_layer(variant, cin) else 1

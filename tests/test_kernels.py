@@ -396,13 +396,13 @@ def _check_fused_unit(n, h, w, cin, k, stride, groups, next_sets, opad, seed, va
 
 
 # What each tap loop meets in a layer (n, h, w, cin, cout, k, stride, groups): long rows of
-# taps (carry-save adders in the AVX2 and AVX-512BW variants, with leftover words), short rows
-# (byte counts), rows of 125 words (fours widened mid-row after 31 carry-save groups; byte counts
-# every 31 steps), stride 2 with two groups and a partial weight block, at most 32 input
-# channels (32-bit lanes), one word a pixel; rows of whole fours, which AVX2's carry-save loop
-# runs as one stream over a kernel's rows: 12 words (3 fours a row), 48 (31 fours widened in the
-# middle of the third row) and one row of 128 (32 fours); byte counts of a whole kernel of 31
-# steps widened once at its end, and of 32 steps (the first widened every 31 steps).
+# taps (carry-save adders in the AVX-512BW variant, with leftover words), short rows (byte
+# counts), rows of 125 words (fours widened mid-row after 31 carry-save groups; byte and nibble
+# counts every 31 steps), stride 2 with two groups and a partial weight block, at most 32 input
+# channels (32-bit lanes), one word a pixel; rows of whole fours: 12 words (3 fours a row), 48
+# (31 fours widened in the middle of the third row) and one row of 128 (32 fours); byte and
+# nibble counts of a whole kernel of 31 steps widened once at its end, and of 32 steps (the
+# first widened every 31 steps).
 VARIANT_LAYERS = [
     (1, 5, 9, 300, 64, 3, 1, 1),
     (2, 4, 7, 130, 33, 3, 2, 2),
@@ -429,11 +429,11 @@ VARIANT_UNITS = [
 
 def _one_variant_per_scheme() -> list[str]:
     """A variant's compiled code depends only on its tap-loop scheme (:class:`KernelVariant`'s
-    ``wide``, ``narrow``, ``streams`` and ``carrysave_from``): variants with equal schemes, such
+    ``wide``, ``narrow`` and ``carrysave_from``): variants with equal schemes, such
     as ``neon`` and ``portable`` (byte counts), compile to the same code for this CPU. One of
     each, the last listed (``portable`` stands for ``neon``, which is the default build on
     aarch64 and tested there by every test here: ``tools/arm64-check``)."""
-    names = {(v.wide, v.narrow, v.streams, v.carrysave_from): v.name for v in K.VARIANTS.values()}
+    names = {(v.wide, v.narrow, v.carrysave_from): v.name for v in K.VARIANTS.values()}
     return list(names.values())
 
 
@@ -659,8 +659,9 @@ def test_a_job_scratch_holds_at_most_its_table_of_positions():
 def test_kernels_refuse_buffers_of_the_wrong_size():
     """The loops have no bounds checks; every public kernel checks its buffers first."""
     bits = np.zeros(2 * 7 * 7, np.uint64)
-    wt = K.pack_weights(np.zeros((32, 64, 3, 3), np.uint8), 1)
-    wsum = K.tap_sums(wt, 1, 9, 1, 64)
+    stored = K.pack_weights(np.zeros((32, 64, 3, 3), np.uint8), 1)
+    wsum = K.tap_sums(stored, 1, 9, 1, 64)
+    wt = K.kernel_weights(stored, 64, 3, V)
     out = np.zeros((2, 5, 5, 32), np.int32)
     K.binary_conv_acc(
         bits, K.ConvShape(2, 5, 5, 64, 3, 1, 1, 32), K.BinaryWeights(wt, wsum, V), 1, out
@@ -673,6 +674,12 @@ def test_kernels_refuse_buffers_of_the_wrong_size():
         K.binary_conv_acc(
             bits, K.ConvShape(2, 5, 5, 64, 3, 1, 1, 32), K.BinaryWeights(wt[:-1], wsum, V), 1, out
         )
+    if V.wide == "nibbles":  # the stored layout, not split into nibbles: half the words
+        with pytest.raises(ValueError, match="packed weights"):
+            K.binary_conv_acc(
+                bits, K.ConvShape(2, 5, 5, 64, 3, 1, 1, 32), K.BinaryWeights(stored, wsum, V), 1,
+                out,
+            )  # fmt: skip
     with pytest.raises(ValueError, match="out"):
         K.binary_conv_acc(
             bits, K.ConvShape(2, 5, 5, 64, 3, 1, 1, 32), K.BinaryWeights(wt, wsum, V), 1, out[:1]

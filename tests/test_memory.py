@@ -265,6 +265,9 @@ def test_memory_needed_covers_what_the_engine_allocates(small):
                     owner = a if a.base is None else a.base
                     owners[id(owner)] = owner.nbytes
         prepared = sum(a.nbytes for p in net._prepared_units() for a in _arrays(p))
-        assert prepared <= net.model.prepared_bytes <= 1.25 * prepared  # narrow layers: less
+        # the bound is the largest layout any variant makes (avx2 splits words into nibbles)
+        assert prepared <= net.model.prepared_bytes
+        if net.variant.wide == "nibbles":
+            assert net.model.prepared_bytes <= 1.25 * prepared  # narrow layers: less
         held = sum(owners.values()) + prepared + features.nbytes
         assert held <= net.memory_needed(n, size, size), (n, size)

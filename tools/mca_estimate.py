@@ -13,8 +13,10 @@ How: each variant's wide micro-kernel is compiled by Numba on this machine witho
 Every basic block that branches back to itself is a tap loop; ``llvm-mca`` (Debian's package
 ``llvm``) runs each for the same CPU. Its binary MACs per iteration follow from its instructions:
 ``vpopcntq`` / ``vpopcntd``: one per vector of ``a XOR w``; a byte popcount (two ``vpshufb``)
-covers one vector, or four when carry-save adders (``vpor``) feed it; ``cnt``: 128 bits. The
-table gives the fastest loop of each kind (``vpopcnt``, ``carrysave``, ``bytes``): a static
+covers one vector, or four when carry-save adders (``vpor``) feed it, and so do the two lookups
+of a nibble count (a loop of ``vpshufb`` without the shift that splits bytes, ``vpsrlw``);
+``cnt``: 128 bits. The table gives the fastest loop of each kind (``vpopcnt``, ``carrysave``,
+``nibbles``, ``bytes``): a static
 estimate of the loop on data in L1, without the border taps, the reductions between blocks and
 the epilogue.
 
@@ -125,7 +127,7 @@ def kind_and_bits(loop: list[str]) -> tuple[str, int] | None:
         return None
     if _count(loop, "vpor") or _count(loop, "vpternlogq") or _count(loop, "vpternlogd"):
         return "carrysave", shuffles // 2 * 4 * width
-    return "bytes", shuffles // 2 * width
+    return "nibbles" if not _count(loop, "vpsrlw") else "bytes", shuffles // 2 * width
 
 
 class UnknownCPU(Exception):

@@ -22,13 +22,18 @@ class Bound:
     derivation: str
 
 
-def _carrysave_avx2(pipes: int, where: str) -> Bound:
-    ops = 4 + 3 * 5 + 6 + 1  # xors, 3 adders of 5 logic ops, byte popcount, byte add
+def _nibbles_avx2(amd: bool) -> Bound:
+    ops = 2 + 2 + 2  # per 256 bits: 2 vpxor, 2 vpshufb, 2 vpaddb (low and high nibbles)
+    if amd:
+        return Bound(
+            256 * 4 / ops,
+            f"nibble counts per 256 bits: 2 vpxor + 2 vpshufb + 2 vpaddb = {ops} vector ops on "
+            "Zen's 4 vector ALU pipes (vpshufb on 2 of them: not binding)",
+        )
     return Bound(
-        4 * 256 * pipes / ops,
-        f"carry-save over 4 x 256 bits: 4 vpxor + 3 adders x 5 logic ops + a byte popcount of "
-        f"the fours (vpand, vpsrlw, vpand, 2 vpshufb, vpaddb) + vpaddb = {ops} vector ops on "
-        f"{where}'s {pipes} vector ALU pipes",
+        256 * 3 / ops,
+        f"nibble counts per 256 bits: 2 vpxor + 2 vpshufb + 2 vpaddb = {ops} vector ops on "
+        "Intel Haswell-Skylake's 3 vector ALU ports (the 2 vpshufb on port 5 alone: as binding)",
     )
 
 
@@ -51,7 +56,7 @@ def bound(variant: str, cpu: str) -> Bound | None:
             "Lake: ports 0 and 5, vpshufb on port 5: 2 of them, not binding)",
         )
     if variant == "avx2":
-        return _carrysave_avx2(4, "Zen") if amd else _carrysave_avx2(3, "Intel Haswell-Skylake")
+        return _nibbles_avx2(amd)
     if variant == "neon":
         return Bound(
             2 * 128 / 3,

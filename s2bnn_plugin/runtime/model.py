@@ -358,8 +358,11 @@ class Workspace:
 
     @property
     def nbytes(self) -> int:
+        """Bytes, with the nibble-split copy of the largest packed input that the ``avx2``
+        kernels make for the layer reading it (one layer's at a time)."""
         floats = self.stem_conv + sum(self.map_buffers) + sum(self.scratch) + self.features
-        return 4 * floats + 8 * sum(self.bits) + 2 * ALIGN
+        split = 2 * max(self.bits, default=0)
+        return 4 * floats + 8 * (sum(self.bits) + split) + 2 * ALIGN
 
 
 @dataclass(frozen=True)

@@ -190,10 +190,12 @@ class BinaryConvLayout(UnitLayout):
         return n * ho * wo * self.out_channels
 
     def prepared_bytes(self) -> int:
-        """The weights in the kernels' layout (64-byte aligned), their tap sums (int64 per tap
-        and lane) and the (6, C) epilogue parameters."""
+        """The weights in the kernels' layout (64-byte aligned; over 32 input channels the
+        largest any kernel variant makes, ``avx2``'s nibble-split words, twice the stored
+        bytes), their tap sums (int64 per tap and lane) and the (6, C) epilogue parameters."""
         k = self.kernel
-        weight = self.array_specs()["weight"].nbytes + ALIGN
+        split = 2 if self.in_channels > 32 else 1
+        weight = split * self.array_specs()["weight"].nbytes + ALIGN
         return weight + 8 * k * k * self.blocks * LANES + 4 * 6 * self.out_channels
 
     def pools_residual(self, input_pooled: bool) -> bool:
