@@ -100,6 +100,7 @@ def test_a_file_naming_width_mult_64_is_refused_before_its_twin_is_built(
     the float twin from the spec) refuses it from the parameter count on PyTorch's meta device,
     before any real tensor of the twin is allocated (it reached 18.8 GB before)."""
     import s2bnn_plugin.backbones as backbones
+    import s2bnn_plugin.checkpoints  # noqa: F401 (imported now, it keeps the real factory)
     import s2bnn_plugin.packing.unpack as unpack
 
     path = _with_kwargs(small[1], tmp_path / "wm64.s2bnn", width_mult=64)
