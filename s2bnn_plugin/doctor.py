@@ -88,15 +88,15 @@ def _numba() -> Check:
     import llvmlite.binding as llvm
     import numba
 
+    from s2bnn_plugin.kernels import variants
+
     cpu = os.environ.get("NUMBA_CPU_NAME") or llvm.get_host_cpu_name()
-    features = llvm.get_host_cpu_features() if "NUMBA_CPU_NAME" not in os.environ else {}
-    vector = bool(features) and features.get("avx512vpopcntdq", False)
-    popcount = (
-        "vector popcount (vpopcntq/vpopcntd, AVX-512 VPOPCNTDQ)"
-        if vector
-        else "no vector popcount: the kernels emulate it (slower, still exact)"
-    )
-    return Check("numba", True, f"numba {numba.__version__}, CPU target {cpu}: {popcount}")
+    found = f"numba {numba.__version__}, CPU target {cpu}"
+    try:
+        variant = variants.select()
+    except variants.UnsupportedVariant as e:
+        return Check("numba", False, f"{found}: {e}", f"unset {variants.ENV} or fix its value")
+    return Check("numba", True, f"{found}: kernel variant {variant.name} ({variant.description})")
 
 
 def _kernels() -> list[Check]:

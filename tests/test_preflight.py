@@ -144,6 +144,22 @@ def test_doctor_reports_each_missing_piece_with_its_fix(monkeypatch, capsys):
     assert out.rstrip().splitlines()[-1].startswith("missing for the README's commands:")
 
 
+def test_doctor_names_the_kernel_variant_or_why_a_forced_one_cannot_run(monkeypatch):
+    """The numba line names the variant the engine will run; a forced variant the CPU cannot
+    run (or no such variant) fails the check, with the reason and the fix."""
+    from s2bnn_plugin.kernels import variants
+
+    from s2bnn_plugin import doctor
+
+    monkeypatch.delenv(variants.ENV, raising=False)
+    check = doctor._numba()
+    assert check.ok and f"kernel variant {variants.best().name}" in check.found
+    monkeypatch.setenv(variants.ENV, "no_such_variant")
+    check = doctor._numba()
+    assert not check.ok and "no kernel variant 'no_such_variant'" in check.found
+    assert variants.ENV in check.fix
+
+
 def test_doctor_passes_when_everything_is_there(monkeypatch):
     from s2bnn_plugin import doctor
 
