@@ -25,15 +25,15 @@ class Bound:
 def _nibbles_avx2(amd: bool) -> Bound:
     ops = 2 + 2 + 2  # per 256 bits: 2 vpxor, 2 vpshufb, 2 vpaddb (low and high nibbles)
     if amd:
-        return Bound(
-            256 * 4 / ops,
-            f"nibble counts per 256 bits: 2 vpxor + 2 vpshufb + 2 vpaddb = {ops} vector ops on "
-            "Zen's 4 vector ALU pipes (vpshufb on 2 of them: not binding)",
+        pipes, where = 4, "Zen's 4 vector ALU pipes (vpshufb on 2 of them: not binding)"
+    else:
+        pipes = 3
+        where = (
+            "Intel Haswell-Skylake's 3 vector ALU ports (the 2 vpshufb on port 5 alone: as binding)"
         )
     return Bound(
-        256 * 3 / ops,
-        f"nibble counts per 256 bits: 2 vpxor + 2 vpshufb + 2 vpaddb = {ops} vector ops on "
-        "Intel Haswell-Skylake's 3 vector ALU ports (the 2 vpshufb on port 5 alone: as binding)",
+        256 * pipes / ops,
+        f"nibble counts per 256 bits: 2 vpxor + 2 vpshufb + 2 vpaddb = {ops} vector ops on {where}",
     )
 
 
