@@ -25,8 +25,8 @@ variant takes the byte-count loop (4 positions a pass, bytes summed for up to 31
 they are widened) below ``carrysave_from`` words. With AVX2, where carry-save adders cost 5
 logic ops each, counting nibbles split beforehand is faster at every length (6 vector ops per
 256 bits against 6.5). Layers of at most 32 input channels use 32-bit lanes: ``vpopcntd`` with
-VPOPCNTDQ, byte counts otherwise. Every variant gives the same integers, bit for bit (they are exact
-counts).
+VPOPCNTDQ, byte counts otherwise. Every variant gives the same integers, bit for bit (they are
+exact counts).
 
 The target is what Numba compiles for: the host CPU, or ``NUMBA_CPU_NAME`` /
 ``NUMBA_CPU_FEATURES`` when set. :func:`target` finds which of these instruction sets the
@@ -91,9 +91,8 @@ class KernelVariant:
 def wide_scheme(variant: KernelVariant, k: int, cin: int) -> str:
     """The tap loop ``variant`` runs on a ``k`` x ``k`` layer over ``cin`` (> 32) input
     channels: ``"vpopcnt"`` (lane popcounts), ``"nibbles"``, ``"bytes"`` or ``"carrysave"``.
-    The compiled
-    dispatch (:func:`.taps.wide`) applies the same rule; the weights' layout follows it
-    (:func:`.bitpack.kernel_weights`)."""
+    The compiled dispatch (:func:`.taps.wide`) applies the same rule; the weights' layout
+    follows it (:func:`.bitpack.kernel_weights`)."""
     row = k * ((cin + 63) // 64)
     if variant.wide in ("vpopcnt", "nibbles"):
         return variant.wide
