@@ -266,9 +266,9 @@ def test_memory_needed_covers_what_the_engine_allocates(small):
                     owner = a if a.base is None else a.base
                     owners[id(owner)] = owner.nbytes
         prepared = sum(a.nbytes for p in net._prepared_units() for a in _arrays(p))
-        # the bound is the largest layout any variant makes (avx2 splits words into nibbles)
-        assert prepared <= net.model.prepared_bytes
-        if net.variant.wide == "nibbles":
-            assert net.model.prepared_bytes <= 1.25 * prepared  # narrow layers: less
+        # the bound is the largest layout any variant makes (avx2 splits words into nibbles):
+        # within 1.25x of that layout (narrow layers take less), within 2x of any other
+        limit = 1.25 if net.variant.wide == "nibbles" else 2.0
+        assert prepared <= net.model.prepared_bytes <= limit * prepared
         held = sum(owners.values()) + prepared + features.nbytes
         assert held <= net.memory_needed(n, size, size), (n, size)
