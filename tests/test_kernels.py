@@ -495,7 +495,7 @@ def test_the_environment_variable_forces_a_variant(monkeypatch):
     stride=st.integers(1, 2),
     seed=st.integers(0, 2**16),
 )
-# rows wide enough for the stem's 8-position blocks, with 32 + 8 output channels
+# rows wide enough for the stem's 4-position blocks, with 32 + 8 output channels
 @example(n=1, h=3, w=21, cin=3, cout=40, k=3, stride=1, seed=1)
 @example(n=2, h=4, w=40, cin=3, cout=32, k=3, stride=2, seed=2)
 @example(n=1, h=9, w=30, cin=1, cout=16, k=7, stride=2, seed=3)
