@@ -35,6 +35,7 @@ from .border import border_block, border_block_direct, border_table, fix_positio
 from .epilogue import (
     Epilogue,
     SliceParams,
+    param_block,
     pools_output,
     register_epilogue_fits,
     residual_vec,
@@ -313,6 +314,8 @@ class UnitArrays(NamedTuple):
     z: Any  # the output float map
     thr: Any  # (t_sets, cout) float32: the next layer's RSign shifts
     obits: Any  # the next layer's packed signs (uint64)
+    params: Any  # :func:`.epilogue.param_block`, read through a raw pointer: held here, it
+    # lives as long as the loop that reads it (a variable last used before the loop would not)
 
 
 @njit(cache=True)
@@ -492,14 +495,15 @@ def binary_conv_fused(bits, shape, weights, unit, blocks_per_job):
     registers = sliced and register_epilogue_fits(cg, k, t_sets, pooled, h, w)
     hpo = ho + 2 * opad
     wpo = wo + 2 * opad
+    pblock = param_block(flat_prm, flat_thr, cout, t_sets)
     ep = Epilogue(
-        pprm=address(flat_prm), pthr=address(flat_thr), t_sets=t_sets, ktot=np.float32(geo.ktot),
+        pblk=address(pblock), t_sets=t_sets, ktot=np.float32(geo.ktot),
         pres=address(res), pooled=pooled, pz=address(z), pool_out=pool_out, pob=address(obits),
         cout=cout, opad=opad, owords=owords, hpo=hpo, wpo=wpo,
         tst32=n * hpo * wpo * owords * 2,  # uint32 units between threshold sets
         ptab=address(table),
     )  # fmt: skip
-    arrays = UnitArrays(prm=flat_prm, res=res, z=z, thr=flat_thr, obits=obits)
+    arrays = UnitArrays(prm=flat_prm, res=res, z=z, thr=flat_thr, obits=obits, params=pblock)
     src = tap_input(variant, bits, cin)
     pbits, pwt = address(src), address(wt)
     for job in prange(n * geo.jobs_per_img):
