@@ -279,65 +279,6 @@ def _count4(bits, b0, b1, b2, b3, off, wt, w, c0, c1, c2, c3):
 
 
 @njit(cache=True, inline="always")
-def _bytes4(bits, b0, b1, b2, b3, wt, w0, k, rowstride, words):
-    """popcount(a ^ w) of 4 positions for the 8 channels whose steps start at ``w0`` (grouped
-    layout): byte counts added in bytes. A kernel of at most 31 steps (every 1x1 layer; 3x3
-    ones of up to 192 channels) is counted in bytes throughout and widened once
-    (:func:`_bytes4_short`); longer ones are widened every 31 steps and at the end of each
-    row."""
-    if k * k * words <= CHUNK:
-        return _bytes4_short(bits, b0, b1, b2, b3, wt, w0, k, rowstride, words)
-    t0 = vzero()
-    t1 = vzero()
-    t2 = vzero()
-    t3 = vzero()
-    seg = k * words
-    for ky in range(k):
-        r = ky * rowstride
-        w = w0 + ky * seg * GROUP
-        i = 0
-        while i < seg:
-            stop = min(seg, i + CHUNK)
-            c0 = vzero()
-            c1 = vzero()
-            c2 = vzero()
-            c3 = vzero()
-            while i < stop:
-                c0, c1, c2, c3 = _count4(
-                    bits, b0, b1, b2, b3, r + i, wt, w + i * GROUP, c0, c1, c2, c3
-                )
-                i += 1
-            t0 = vwiden_add(t0, c0, 0)
-            t1 = vwiden_add(t1, c1, 0)
-            t2 = vwiden_add(t2, c2, 0)
-            t3 = vwiden_add(t3, c3, 0)
-    return t0, t1, t2, t3
-
-
-@njit(cache=True, inline="always")
-def _bytes4_short(bits, b0, b1, b2, b3, wt, w0, k, rowstride, words):
-    """:func:`_bytes4` of a kernel of at most 31 steps: byte counts carried across its rows and
-    widened once at the end (no running totals held through the loop: its 8 byte counters,
-    the weight vector and the lookup constants fit AVX2's 16 registers)."""
-    c0 = vzero()
-    c1 = vzero()
-    c2 = vzero()
-    c3 = vzero()
-    seg = k * words
-    for ky in range(k):
-        r = ky * rowstride
-        w = w0 + ky * seg * GROUP
-        for i in range(seg):
-            c0, c1, c2, c3 = _count4(bits, b0, b1, b2, b3, r + i, wt, w + i * GROUP, c0, c1, c2, c3)
-    return (
-        vwiden_add(vzero(), c0, 0),
-        vwiden_add(vzero(), c1, 0),
-        vwiden_add(vzero(), c2, 0),
-        vwiden_add(vzero(), c3, 0),
-    )
-
-
-@njit(cache=True, inline="always")
 def _nib(c, bits, a, lo, hi):
     """``c`` plus the nibble counts of the split activation word at ``bits[a]`` (low nibbles;
     ``bits[a + 1]``: high) against one step's low and high weight nibbles."""
@@ -360,10 +301,26 @@ def _nib4(bits, b0, b1, b2, b3, off, wt, w, c0, c1, c2, c3):
 
 
 @njit(cache=True, inline="always")
-def _nibbles4(bits, b0, b1, b2, b3, wt, w0, k, rowstride, words):
-    """:func:`_bytes4` counting nibbles: ``bits`` split by :func:`.bitpack.split_nibbles`
-    (offsets as for the packed input), ``wt`` in the nibble layout (16 words a step)."""
-    b0, b1, b2, b3 = 2 * b0, 2 * b1, 2 * b2, 2 * b3
+def _step4(nibbles, bits, b0, b1, b2, b3, off, wt, w, c0, c1, c2, c3):
+    """One step of :func:`_counts4`: :func:`_nib4` on split inputs, else :func:`_count4`
+    (``nibbles`` is a constant of each caller: the other branch folds away)."""
+    if nibbles:
+        return _nib4(bits, b0, b1, b2, b3, off, wt, w, c0, c1, c2, c3)
+    return _count4(bits, b0, b1, b2, b3, off, wt, w, c0, c1, c2, c3)
+
+
+@njit(cache=True, inline="always")
+def _counts4(nibbles, bits, b0, b1, b2, b3, wt, w0, k, rowstride, words):
+    """popcount(a ^ w) of 4 positions for the 8 channels whose steps start at ``w0`` (grouped
+    layout), counted in bytes (:func:`_count4`) or, with ``nibbles``, in nibbles
+    (:func:`_nib4`: ``bits`` split by :func:`.bitpack.split_nibbles`, ``wt`` in the nibble
+    layout of 16 words a step; offsets as for the packed input). Byte counts are added in
+    bytes: a kernel of at most 31 steps (every 1x1 layer; 3x3 ones of up to 192 channels) is
+    counted in bytes throughout and widened once, with no running totals held through the
+    loop (its 8 byte counters, the weight vectors and the lookup constants fit AVX2's 16
+    registers); longer ones are widened every 31 steps and at the end of each row."""
+    f = 2 if nibbles else 1  # words per packed word
+    b0, b1, b2, b3 = f * b0, f * b1, f * b2, f * b3
     seg = k * words
     if k * seg <= CHUNK:
         c0 = vzero()
@@ -371,12 +328,13 @@ def _nibbles4(bits, b0, b1, b2, b3, wt, w0, k, rowstride, words):
         c2 = vzero()
         c3 = vzero()
         for ky in range(k):
-            r = 2 * ky * rowstride
-            w = w0 + 2 * ky * seg * GROUP
+            r = f * ky * rowstride
+            w = w0 + f * ky * seg * GROUP
             for i in range(seg):
-                c0, c1, c2, c3 = _nib4(
-                    bits, b0, b1, b2, b3, r + 2 * i, wt, w + 2 * i * GROUP, c0, c1, c2, c3
-                )
+                c0, c1, c2, c3 = _step4(
+                    nibbles, bits, b0, b1, b2, b3, r + f * i, wt, w + f * i * GROUP, c0, c1,
+                    c2, c3,
+                )  # fmt: skip
         return (
             vwiden_add(vzero(), c0, 0),
             vwiden_add(vzero(), c1, 0),
@@ -388,8 +346,8 @@ def _nibbles4(bits, b0, b1, b2, b3, wt, w0, k, rowstride, words):
     t2 = vzero()
     t3 = vzero()
     for ky in range(k):
-        r = 2 * ky * rowstride
-        w = w0 + 2 * ky * seg * GROUP
+        r = f * ky * rowstride
+        w = w0 + f * ky * seg * GROUP
         i = 0
         while i < seg:
             stop = min(seg, i + CHUNK)
@@ -398,9 +356,10 @@ def _nibbles4(bits, b0, b1, b2, b3, wt, w0, k, rowstride, words):
             c2 = vzero()
             c3 = vzero()
             while i < stop:
-                c0, c1, c2, c3 = _nib4(
-                    bits, b0, b1, b2, b3, r + 2 * i, wt, w + 2 * i * GROUP, c0, c1, c2, c3
-                )
+                c0, c1, c2, c3 = _step4(
+                    nibbles, bits, b0, b1, b2, b3, r + f * i, wt, w + f * i * GROUP, c0, c1,
+                    c2, c3,
+                )  # fmt: skip
                 i += 1
             t0 = vwiden_add(t0, c0, 0)
             t1 = vwiden_add(t1, c1, 0)
@@ -411,8 +370,8 @@ def _nibbles4(bits, b0, b1, b2, b3, wt, w0, k, rowstride, words):
 
 @njit(cache=True, inline="always")
 def _bytes4_32(bits, b0, b1, b2, b3, wt, w0, k, rowstride):
-    """:func:`_bytes4` on 32-bit lanes, 16 channels (narrow layout, ``w0`` in uint32 units):
-    4 positions over the ``k * k`` taps, one half-word each."""
+    """:func:`_counts4`'s byte counts on 32-bit lanes, 16 channels (narrow layout, ``w0`` in
+    uint32 units): 4 positions over the ``k * k`` taps, one half-word each."""
     t0 = vzero32()
     t1 = vzero32()
     t2 = vzero32()
@@ -469,28 +428,17 @@ def _at(b0, b1, b2, b3, p):
 
 
 @njit(cache=True, inline="always")
-def _bytes_passes(bits, b0, b1, b2, b3, wt, wofs, k, rowstride, words, scr):
-    """:func:`wide` by byte counts: 4 passes of 4 positions x 8 channels into the scratch."""
+def _passes(nibbles, bits, b0, b1, b2, b3, wt, wofs, k, rowstride, words, scr):
+    """:func:`wide` by byte (or, with ``nibbles``, nibble) counts: 4 passes of 4 positions x
+    8 channels (:func:`_counts4`) into the scratch. ``wofs`` as for the packed layout (the
+    nibble layout's blocks are twice as long)."""
     steps = k * k * words
+    f = 2 if nibbles else 1
     for j in range(4):
-        t0, t1, t2, t3 = _bytes4(
-            bits, b0, b1, b2, b3, wt, wofs + j * steps * GROUP, k, rowstride, words
-        )
-        vstore(scr, RESULTS + j * GROUP, t0)
-        vstore(scr, RESULTS + (4 + j) * GROUP, t1)
-        vstore(scr, RESULTS + (8 + j) * GROUP, t2)
-        vstore(scr, RESULTS + (12 + j) * GROUP, t3)
-
-
-@njit(cache=True, inline="always")
-def _nibble_passes(bits, b0, b1, b2, b3, wt, wofs, k, rowstride, words, scr):
-    """:func:`_bytes_passes` counting nibbles (:func:`_nibbles4`); ``wofs`` as for the packed
-    layout (the nibble layout's blocks are twice as long)."""
-    steps = k * k * words
-    for j in range(4):
-        t0, t1, t2, t3 = _nibbles4(
-            bits, b0, b1, b2, b3, wt, 2 * (wofs + j * steps * GROUP), k, rowstride, words
-        )
+        t0, t1, t2, t3 = _counts4(
+            nibbles, bits, b0, b1, b2, b3, wt, f * (wofs + j * steps * GROUP), k, rowstride,
+            words,
+        )  # fmt: skip
         vstore(scr, RESULTS + j * GROUP, t0)
         vstore(scr, RESULTS + (4 + j) * GROUP, t1)
         vstore(scr, RESULTS + (8 + j) * GROUP, t2)
@@ -541,14 +489,14 @@ def _wide(variant, bits, b0, b1, b2, b3, wt, wofs, k, rowstride, words, scr):
     if v.wide == "bytes":
 
         def bytes_only(variant, bits, b0, b1, b2, b3, wt, wofs, k, rowstride, words, scr):
-            _bytes_passes(bits, b0, b1, b2, b3, wt, wofs, k, rowstride, words, scr)
+            _passes(False, bits, b0, b1, b2, b3, wt, wofs, k, rowstride, words, scr)
             return _read16(scr)
 
         return bytes_only
     if v.wide == "nibbles":
 
         def nibbles(variant, bits, b0, b1, b2, b3, wt, wofs, k, rowstride, words, scr):
-            _nibble_passes(bits, b0, b1, b2, b3, wt, wofs, k, rowstride, words, scr)
+            _passes(True, bits, b0, b1, b2, b3, wt, wofs, k, rowstride, words, scr)
             return _read16(scr)
 
         return nibbles
@@ -557,7 +505,7 @@ def _wide(variant, bits, b0, b1, b2, b3, wt, wofs, k, rowstride, words, scr):
 
     def carrysave(variant, bits, b0, b1, b2, b3, wt, wofs, k, rowstride, words, scr):
         if k * words < carrysave_from:
-            _bytes_passes(bits, b0, b1, b2, b3, wt, wofs, k, rowstride, words, scr)
+            _passes(False, bits, b0, b1, b2, b3, wt, wofs, k, rowstride, words, scr)
         else:
             _carrysave_passes(bits, b0, b1, b2, b3, wt, wofs, k, rowstride, words, scr)
         return _read16(scr)
