@@ -35,11 +35,11 @@ from .border import border_block, border_block_direct, border_table, fix_positio
 from .epilogue import (
     Epilogue,
     SliceParams,
+    block_params,
     param_block,
     pools_output,
     register_epilogue_fits,
     residual_vec,
-    slice_params,
     unit_block,
     unit_value,
 )
@@ -358,15 +358,16 @@ def _epilogue_generic(acc, geo, ep, arrays, img, by, bx, count):
 @njit(cache=True)
 def _epilogue_sliced(acc, geo, ep, arrays, img, by, bx, count, pos):
     """:func:`_epilogue_generic` when every group has whole 16-channel slices: slice by slice,
-    each slice's six parameters loaded once for the whole block, and the next layer's signs
-    taken from the registers (one compare into a mask, 16 bits stored) rather than read back
-    from the float map. Same float32 operations in the same order.
+    each slice's parameters (:func:`.epilogue.block_params`) loaded once for the whole block,
+    and the next layer's signs taken from the registers (one compare into a mask, 16 bits
+    stored) rather than read back from the float map. Same float32 operations in the same
+    order.
 
     ``pos``: the block's position table (:mod:`.table`).
     """
     cols, n, h, w, ho, wo, cg = geo.cols, geo.n, geo.h, geo.w, geo.ho, geo.wo, geo.cg
     groups, bpg, cout, pooled, ktot_f = geo.groups, geo.bpg, ep.cout, ep.pooled, ep.ktot
-    prm, res, z, thr, obits = arrays.prm, arrays.res, arrays.z, arrays.thr, arrays.obits
+    params, res, z, obits = arrays.params, arrays.res, arrays.z, arrays.obits
     t_sets, opad, owords, hpo, wpo = ep.t_sets, ep.opad, ep.owords, ep.hpo, ep.wpo
     tstride = n * hpo * wpo * owords * 4  # uint16 units between threshold sets
     ktot_v = fsplat(ktot_f)
@@ -379,7 +380,7 @@ def _epilogue_sliced(acc, geo, ep, arrays, img, by, bx, count, pos):
         for g in range(groups):
             for c in range(0, cg, 16):
                 co = g * cg + c
-                sp = slice_params(prm, thr, co, cout, t_sets, m2)
+                sp = block_params(params, co)
                 a = g * bpg * LANES + c
                 for p in range(count):
                     pop = fload(acc, p * cols + a)
@@ -415,7 +416,7 @@ def _epilogue_sliced(acc, geo, ep, arrays, img, by, bx, count, pos):
         for c in range(0, cg, 16):
             co = g * cg + c
             # the slice's parameters and the next layers' thresholds, kept in registers
-            sp = slice_params(prm, thr, co, cout, t_sets, m2)
+            sp = block_params(params, co)
             a = g * bpg * LANES + c
             for p in range(count):
                 q = ROW * p

@@ -41,7 +41,6 @@ from .simd import (
     fload,
     fload_n,
     fmul,
-    fneg,
     fprelu,
     fsplat,
     fstore,
@@ -58,18 +57,18 @@ __all__ = [
     "BlockContext",
     "Epilogue",
     "SliceParams",
+    "block_params",
     "param_block",
     "pools_output",
     "register_epilogue_fits",
     "residual_vec",
-    "slice_params",
     "unit_block",
     "unit_value",
 ]
 
 
 class SliceParams(NamedTuple):
-    """The epilogue's parameters of 16 output channels, as float vectors (:func:`slice_params`)."""
+    """The epilogue's parameters of 16 output channels, as float vectors (:func:`block_params`)."""
 
     scale: Any  # weight scale
     mul: Any  # BatchNorm multiplier
@@ -122,23 +121,6 @@ class BlockContext(NamedTuple):
     cout: int
 
 
-@njit(cache=True, inline="always")
-def slice_params(prm, thr, co, cout, t_sets, m2):
-    """The epilogue's parameters of the 16 channels from ``co`` on: the six rows of ``prm``
-    and the negated thresholds of up to two sets (:func:`.simd.sign_mask16`), ``m2`` standing in
-    for a missing set."""
-    return SliceParams(
-        scale=fload(prm, co),
-        mul=fload(prm, cout + co),
-        add=fload(prm, 2 * cout + co),
-        shift_in=fload(prm, 3 * cout + co),
-        slope=fload(prm, 4 * cout + co),
-        shift_out=fload(prm, 5 * cout + co),
-        thr0=fneg(fload(thr, co)) if t_sets > 0 else m2,
-        thr1=fneg(fload(thr, cout + co)) if t_sets > 1 else m2,
-    )
-
-
 PARAM_ROWS = 8  # float vectors of one 16-channel slice in :func:`param_block`
 
 
@@ -146,10 +128,11 @@ PARAM_ROWS = 8  # float vectors of one 16-channel slice in :func:`param_block`
 def param_block(prm, thr, cout, t_sets):
     """The epilogue's parameters (:class:`SliceParams`) of every whole 16-channel slice, each
     slice's :data:`PARAM_ROWS` vectors of 16 floats in a row: the six rows of ``prm`` (6, C),
-    then the negated thresholds of the first two sets (``-2.0`` standing in for a missing set,
-    as in :func:`slice_params`). Built once per call of a unit: each position's epilogue
-    (:func:`_y32`) loads its slices' vectors from here, where taking them as arguments would
-    copy them onto the stack for every call (measured 5-10 % of a 1x1 unit's time on Zen 3)."""
+    then the negated thresholds of the first two sets (:func:`.simd.sign_mask16`; ``-2.0``
+    stands in for a missing set, whose signs are never stored). Built once per call of a unit:
+    each position's epilogue (:func:`_y32`) loads its slices' vectors from here, where taking
+    them as arguments would copy them onto the stack for every call (5-10 % of a 1x1 unit's
+    time on Zen 3)."""
     slices = cout // 16
     out = np.empty(slices * PARAM_ROWS * 16, np.float32)
     for s in range(slices):
@@ -165,8 +148,9 @@ def param_block(prm, thr, cout, t_sets):
 
 
 @njit(cache=True, inline="always")
-def _block_params(pblk, co):
-    """:class:`SliceParams` of the 16 channels from ``co`` on, from :func:`param_block`."""
+def block_params(pblk, co):
+    """:class:`SliceParams` of the 16 channels from ``co`` on, from :func:`param_block` (the
+    array or its :func:`.simd.address`)."""
     b = (co // 16) * PARAM_ROWS * 16
     return SliceParams(
         scale=fload(pblk, b),
@@ -250,8 +234,8 @@ def _y32(pop0, pop1, E, p, co, c, kv, m2):
     r = load(E.ppos, q + AT_RES) + c
     res0 = _residual16(E.pres, r, E.cg, E.rw, E.pooled)
     res1 = _residual16(E.pres, r + 16, E.cg, E.rw, E.pooled)
-    lo = _block_params(E.pblk, co)
-    hi = _block_params(E.pblk, co + 16)
+    lo = block_params(E.pblk, co)
+    hi = block_params(E.pblk, co + 16)
     y0 = unit_value(pop0, res0, lo, kv, m2)
     y1 = unit_value(pop1, res1, hi, kv, m2)
     o32 = (load(E.ppos, q + AT_BITS) >> 1) + co // 32

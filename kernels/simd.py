@@ -21,7 +21,6 @@ __all__ = [
     "I64x8",
     "fadd",
     "ffma",
-    "fneg",
     "fdiv",
     "fload",
     "fload_n",
@@ -648,18 +647,6 @@ fmul = _binary("fmul")
 fmul.__doc__ = "Lane-wise ``a * b``."
 fdiv = _binary("fdiv")
 fdiv.__doc__ = "Lane-wise ``a / b`` (IEEE division, as in PyTorch's average pooling)."
-
-
-@intrinsic
-def fneg(typingctx, a):
-    """Lane-wise ``-a`` (exact)."""
-    if a != F32x16:
-        return None
-
-    def codegen(context, builder, sig, args):
-        return builder.fneg(args[0])
-
-    return F32x16(a), codegen
 
 
 @intrinsic
