@@ -2,14 +2,14 @@
 
 Why: through a block buffer every 16 channels' popcounts are converted and stored by the
 micro-kernel, then loaded back by the epilogue (on wide layers as two 8-lane stores read by one
-16-lane load, which store forwarding cannot serve). Here the micro-kernel's tap loop
-(:func:`.micro.taps_narrow` / :func:`.micro.taps_wide`) is followed by the epilogue of its 32
-output channels for each of its positions (:func:`_y32`, called with the popcounts in
-registers): popcounts to float in the register, weight scale, BatchNorm, the residual
-(optionally the 2x2 average of the input-sized map), RPReLU, the float map store, and the next
-layer's signs (one compare into a mask register per 16 channels, 32 bits per store). Same
-float32 operations in the same order as the buffered epilogue and the numpy reference: the
-results are bit for bit the same.
+16-lane load, which store forwarding cannot serve). Here each 32 output channels' tap loop
+(:func:`.taps.narrow` / :func:`.taps.wide`) is followed by their epilogue for each of the
+block's positions (:func:`_y32`, called with the popcounts in registers; one compiled call runs
+all of a block's weight blocks, :func:`unit_block`): popcounts to float in the register, weight
+scale, BatchNorm, the residual (optionally the 2x2 average of the input-sized map), RPReLU, the
+float map store, and the next layer's signs (one compare into a mask register per 16 channels,
+32 bits per store). Same float32 operations in the same order as the buffered epilogue and the
+numpy reference: the results are bit for bit the same.
 
 Every block of a unit takes this path when its groups are whole 32-channel weight blocks, its
 kernel is 1x1 or 3x3 (the zero-padding correction is added to the popcounts in the register,
@@ -287,8 +287,8 @@ def _pair32(pa0, pa1, pb0, pb1, E, p, co, c, kv, m2, count):
         fstore(pz, zo + 16, fmul(fadd(fadd(fload(pz, zo + 16), ya1), yb1), quarter))
 
 
-@njit(cache=True)
-def _unit_kernel_narrow(variant, pbits, offsets, pwt, wofs, k, rowstride, co, c, ktot, E, count):
+@njit(cache=True, inline="always")
+def _narrow32(variant, pbits, offsets, pwt, wofs, k, rowstride, co, c, ktot, E, count):
     """8 positions (top-left taps ``offsets``) x 32 channels of a layer with at most 32 input
     channels, from the tap loop to the float map and the next layer's signs."""
     b0, b1, b2, b3, b4, b5, b6, b7 = offsets
@@ -317,12 +317,10 @@ def _unit_kernel_narrow(variant, pbits, offsets, pwt, wofs, k, rowstride, co, c,
     _out32(ffrom_i32(c70), ffrom_i32(c71), E, 7, co, c, kv, m2)
 
 
-@njit(cache=True)
-def _unit_kernel_wide(
-    variant, pbits, offsets, pwt, wofs, k, rowstride, words, co, c, ktot, E, count
-):
-    """:func:`_unit_kernel_narrow` for wider layers: 4 positions x 32 channels on 64-bit lanes
-    (two 8-lane accumulators make one 16-channel float vector)."""
+@njit(cache=True, inline="always")
+def _wide32(variant, pbits, offsets, pwt, wofs, k, rowstride, words, co, c, ktot, E, count):
+    """:func:`_narrow32` for wider layers: 4 positions x 32 channels on 64-bit lanes (two
+    8-lane accumulators make one 16-channel float vector)."""
     b0, b1, b2, b3 = offsets
     c00, c01, c02, c03, c10, c11, c12, c13, c20, c21, c22, c23, c30, c31, c32, c33 = wide(
         variant, pbits, b0, b1, b2, b3, pwt, wofs, k, rowstride, words, E.ppos
@@ -441,16 +439,65 @@ def _row_table(ppos, geo, ep, img, by, bx):
     return True
 
 
+@njit(cache=True, inline="always")
+def _context(geo, ep, edge, ppos, blk):
+    """The :class:`BlockContext` of weight block ``blk`` of a block of positions."""
+    return BlockContext(
+        ppos=ppos, pblk=ep.pblk, pres=ep.pres, cg=geo.cg, rw=geo.w * geo.cg, pooled=ep.pooled,
+        pz=ep.pz, pob=ep.pob, tst32=ep.tst32, t_sets=ep.t_sets, edge=edge, ptab=ep.ptab,
+        tcol=blk * LANES, pool_out=ep.pool_out, cout=ep.cout,
+    )  # fmt: skip
+
+
+@njit(cache=True)
+def _unit_kernel_narrow(variant, geo, ep, pbits, pwt, img, offsets, edge, count, ppos):
+    """Every group and weight block of one block of a layer with at most 32 input channels
+    (:func:`_narrow32` each). One compiled call per block, the loop over weight blocks inside
+    it: a call per weight block would pass its thirty-odd arguments through the stack every
+    time (about 5 % of a unit's time on Zen 3 at 14-56 px)."""
+    kk = geo.k * geo.k
+    o0, o1, o2, o3, o4, o5, o6, o7 = offsets
+    for g in range(geo.groups):
+        base = (g * geo.n + img) * geo.plane
+        for j in range(geo.bpg):
+            blk = g * geo.bpg + j
+            _narrow32(
+                variant,
+                pbits,
+                (base + o0, base + o1, base + o2, base + o3, base + o4, base + o5, base + o6,
+                 base + o7),
+                pwt, blk * kk * LANES, geo.k, geo.rowstride, g * geo.cg + j * LANES, j * LANES,
+                ep.ktot, _context(geo, ep, edge, ppos, blk), count,
+            )  # fmt: skip
+
+
+@njit(cache=True)
+def _unit_kernel_wide(variant, geo, ep, pbits, pwt, img, offsets, edge, count, ppos):
+    """:func:`_unit_kernel_narrow` for wider layers (:func:`_wide32` each)."""
+    kk = geo.k * geo.k
+    o0, o1, o2, o3 = offsets[0], offsets[1], offsets[2], offsets[3]
+    for g in range(geo.groups):
+        base = (g * geo.n + img) * geo.plane
+        for j in range(geo.bpg):
+            blk = g * geo.bpg + j
+            _wide32(
+                variant, pbits, (base + o0, base + o1, base + o2, base + o3), pwt,
+                blk * kk * geo.words * LANES, geo.k, geo.rowstride, geo.words,
+                g * geo.cg + j * LANES, j * LANES, ep.ktot, _context(geo, ep, edge, ppos, blk),
+                count,
+            )  # fmt: skip
+
+
 @njit(cache=True)
 def unit_block(variant, geo, ep, pbits, pwt, img, by, bx, count, ppos):
     """One block of ``count`` positions from (by, bx) on (row-major; a block's unused
     positions repeat its last one: the same values written twice) of a fused unit, every group
-    and weight block: tap loop and epilogue in one micro-kernel call each. ``geo``: the
+    and weight block (:func:`_unit_kernel_wide`, :func:`_unit_kernel_narrow`): tap loop and
+    epilogue straight from the accumulators, block by block of 32 channels. ``geo``: the
     convolution's :class:`.micro.Geometry`; ``ep``: the unit's :class:`Epilogue`; ``ppos``: the
     job's scratch (:func:`.table.block_scratch`). With ``ep.pool_out`` the float map is
     the 2x2-averaged one (:func:`pools_output`). ``variant``: the kernel variant
     (:mod:`.variants`) whose tap loop runs."""
-    kk = geo.k * geo.k
     positions = geo.positions
     offsets = block_offsets(geo, by, bx, count)
     edge = False
@@ -459,29 +506,7 @@ def unit_block(variant, geo, ep, pbits, pwt, img, by, bx, count, ppos):
         filled = _row_table(ppos, geo, ep, img, by, bx)
     if not filled:
         edge = _any_positions(ppos, geo, ep, img, by, bx, count)
-    cg = geo.cg
-    for g in range(geo.groups):
-        base = (g * geo.n + img) * geo.plane
-        o0, o1, o2, o3, o4, o5, o6, o7 = offsets
-        for j in range(geo.bpg):
-            blk = g * geo.bpg + j
-            E = BlockContext(
-                ppos=ppos, pblk=ep.pblk, pres=ep.pres, cg=cg, rw=geo.w * cg, pooled=ep.pooled,
-                pz=ep.pz, pob=ep.pob, tst32=ep.tst32, t_sets=ep.t_sets, edge=edge, ptab=ep.ptab,
-                tcol=blk * LANES, pool_out=ep.pool_out, cout=ep.cout,
-            )  # fmt: skip
-            if geo.narrow:
-                _unit_kernel_narrow(
-                    variant,
-                    pbits,
-                    (base + o0, base + o1, base + o2, base + o3, base + o4, base + o5, base + o6,
-                     base + o7),
-                    pwt, blk * kk * LANES, geo.k, geo.rowstride, g * cg + j * LANES, j * LANES,
-                    ep.ktot, E, count,
-                )  # fmt: skip
-            else:
-                _unit_kernel_wide(
-                    variant, pbits, (base + o0, base + o1, base + o2, base + o3), pwt,
-                    blk * kk * geo.words * LANES, geo.k, geo.rowstride, geo.words,
-                    g * cg + j * LANES, j * LANES, ep.ktot, E, count,
-                )  # fmt: skip
+    if geo.narrow:
+        _unit_kernel_narrow(variant, geo, ep, pbits, pwt, img, offsets, edge, count, ppos)
+    else:
+        _unit_kernel_wide(variant, geo, ep, pbits, pwt, img, offsets, edge, count, ppos)
