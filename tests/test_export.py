@@ -143,7 +143,7 @@ def test_later_passes_resolve_no_argument_types_and_read_each_new_input(packed_c
 
 def test_the_first_run_says_it_compiles_the_kernels(packed_cases, monkeypatch, caplog):
     """Once per process, before compiled code runs, and only when the kernels' cache lacks the
-    fused driver (the first packed run after an install or upgrade stalls about 30 seconds)."""
+    fused driver (the first packed run after an install or upgrade stalls while they compile)."""
     from s2bnn_plugin.kernels import cache
 
     _, net, size = packed_cases["r18"]
