@@ -314,8 +314,9 @@ class UnitArrays(NamedTuple):
     z: Any  # the output float map
     thr: Any  # (t_sets, cout) float32: the next layer's RSign shifts
     obits: Any  # the next layer's packed signs (uint64)
-    params: Any  # :func:`.epilogue.param_block`, read through a raw pointer: held here, it
-    # lives as long as the loop that reads it (a variable last used before the loop would not)
+    params: Any  # :func:`.epilogue.param_block`: the sliced epilogue reads it, the register
+    # epilogue through a raw pointer; held here, it lives as long as the loop that reads it (a
+    # variable last used before the loop would not)
 
 
 @njit(cache=True)

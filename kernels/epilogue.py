@@ -454,7 +454,8 @@ def _unit_kernel_narrow(variant, geo, ep, pbits, pwt, img, offsets, edge, count,
     """Every group and weight block of one block of a layer with at most 32 input channels
     (:func:`_narrow32` each). One compiled call per block, the loop over weight blocks inside
     it: a call per weight block would pass its thirty-odd arguments through the stack every
-    time (about 5 % of a unit's time on Zen 3 at 14-56 px)."""
+    time (about 5 % of a wide unit's time on Zen 3 at 14-56 px; within noise on the narrow
+    112 px layers, whose blocks hold one or two weight blocks)."""
     kk = geo.k * geo.k
     o0, o1, o2, o3, o4, o5, o6, o7 = offsets
     for g in range(geo.groups):
